@@ -1,0 +1,1 @@
+//! Criterion benchmark suites for recompose; the suites live in `benches/benches/`.
