@@ -1,1 +1,447 @@
-fn main() {}
+//! `recompose`: the command-line front end of the recompose toolkit.
+//!
+//! Subcommands:
+//! - `factorize`: factorize bound hypervectors with one method and report accuracy and speed;
+//! - `capacity`: search the operational capacity (largest codebook size at a target accuracy);
+//! - `compare`: run every factorization method on one problem and print a comparison table.
+//!
+//! Invalid arguments print one line on stderr and exit with status 2.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use recompose_decomp::capacity::{capacity, CapacityConfig, IterLimit};
+use recompose_decomp::factorize::{
+    factorize, FactorizeConfig, FactorizeReport, Method, Progress, METHOD_NAMES,
+};
+use recompose_decomp::problem::{Noise, Problem, ProblemConfig, VsaKind};
+use serde_json::json;
+
+/// Compositional inference with diffusion models and vector-symbolic architectures.
+#[derive(Debug, Parser)]
+#[command(name = "recompose", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Factorize bound hypervectors s = x1 ⊙ … ⊙ xF with one method.
+    Factorize(FactorizeArgs),
+    /// Find the largest codebook size a method factorizes at a target exact accuracy.
+    Capacity(CapacityArgs),
+    /// Run every factorization method on one problem and print a comparison table.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct FactorizeArgs {
+    /// Dimension D of the hypervectors.
+    #[arg(long)]
+    dim: i64,
+    /// Number of factors F (at least 2).
+    #[arg(long)]
+    factors: i64,
+    /// Codewords per codebook M (at least 1).
+    #[arg(long)]
+    codebook: i64,
+    /// VSA model: map or fhrr.
+    #[arg(long, default_value = "map")]
+    vsa: String,
+    /// Number of trials, all run as one batch.
+    #[arg(long, default_value_t = 200)]
+    trials: i64,
+    /// Iteration limit: a number, or `kent` for max(100, 0.001·M^F).
+    #[arg(long, default_value = "100")]
+    max_iters: String,
+    /// Method: resonator, resonator-ols, resonator-sync, stochastic, attention or als.
+    #[arg(long, default_value = "resonator")]
+    method: String,
+    /// Standard deviation of additive Gaussian noise on the bound vectors.
+    #[arg(long, default_value_t = 0.0)]
+    noise_gauss: f64,
+    /// Probability of flipping each component of the bound vectors.
+    #[arg(long, default_value_t = 0.0)]
+    noise_flip: f64,
+    /// Seed of the problem and of the method.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CapacityArgs {
+    /// Method: resonator, resonator-ols, resonator-sync, stochastic, attention or als.
+    #[arg(long)]
+    method: String,
+    /// Dimension D of the hypervectors.
+    #[arg(long)]
+    dim: i64,
+    /// Number of factors F (at least 2).
+    #[arg(long)]
+    factors: i64,
+    /// VSA model: map or fhrr.
+    #[arg(long, default_value = "map")]
+    vsa: String,
+    /// Target exact accuracy.
+    #[arg(long, default_value_t = 0.99)]
+    target: f64,
+    /// Trials per evaluated codebook size.
+    #[arg(long, default_value_t = 200)]
+    trials: i64,
+    /// Iteration limit: a number, or `kent` for max(100, 0.001·M^F).
+    #[arg(long, default_value = "kent")]
+    max_iters: String,
+    /// Largest codebook size to try.
+    #[arg(long, default_value_t = 4096)]
+    m_limit: i64,
+    /// Seed of the problems and of the method.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Dimension D of the hypervectors.
+    #[arg(long, default_value_t = 1000)]
+    dim: i64,
+    /// Number of factors F.
+    #[arg(long, default_value_t = 3)]
+    factors: i64,
+    /// Codewords per codebook M.
+    #[arg(long, default_value_t = 50)]
+    codebook: i64,
+    /// Number of trials.
+    #[arg(long, default_value_t = 200)]
+    trials: i64,
+    /// Iteration limit: a number, or `kent`.
+    #[arg(long, default_value = "100")]
+    max_iters: String,
+    /// Seed of the problem and of the methods.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object per method, one per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A bad argument: reported on one line, exit status 2.
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Usage(msg.into()).into()
+}
+
+fn positive(name: &str, v: i64, min: i64) -> Result<usize> {
+    if v < min {
+        return Err(usage(format!("--{name} must be at least {min}, got {v}")));
+    }
+    usize::try_from(v).map_err(|_| usage(format!("--{name} is too large: {v}")))
+}
+
+fn parse_limit(s: &str) -> Result<IterLimit> {
+    if s == "kent" {
+        return Ok(IterLimit::Kent);
+    }
+    match s.parse::<i64>() {
+        Ok(n) if n >= 1 => Ok(IterLimit::Fixed(n as usize)),
+        _ => Err(usage(format!(
+            "--max-iters must be a positive integer or 'kent', got '{s}'"
+        ))),
+    }
+}
+
+fn parse_method(s: &str) -> Result<Method> {
+    Method::from_name(s).map_err(|e| usage(e.to_string()))
+}
+
+fn parse_vsa(s: &str) -> Result<VsaKind> {
+    s.parse::<VsaKind>().map_err(|e| usage(e.to_string()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.downcast_ref::<Usage>().is_some() {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            } else {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Factorize(a) => run_factorize(a),
+        Command::Capacity(a) => run_capacity(a),
+        Command::Compare(a) => run_compare(a),
+    }
+}
+
+fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// Runs one method on one problem, with a progress bar over iterations.
+fn solve(problem: &Problem, fc: &FactorizeConfig, label: &str) -> Result<FactorizeReport> {
+    let pb = progress_bar(fc.max_iters as u64, false);
+    pb.set_message(label.to_string());
+    let report = factorize(problem, fc, &mut |p: Progress| {
+        pb.set_position(p.iteration as u64);
+    })?;
+    pb.finish_and_clear();
+    Ok(report)
+}
+
+fn problem_config(
+    vsa: &str,
+    dim: i64,
+    factors: i64,
+    codebook: i64,
+    trials: i64,
+    gauss: f64,
+    flip: f64,
+    seed: u64,
+) -> Result<ProblemConfig> {
+    let cfg = ProblemConfig {
+        vsa: parse_vsa(vsa)?,
+        dim: positive("dim", dim, 1)?,
+        factors: positive("factors", factors, 2)?,
+        codebook_size: positive("codebook", codebook, 1)?,
+        trials: positive("trials", trials, 1)?,
+        noise: Noise {
+            gauss: gauss as f32,
+            flip: flip as f32,
+        },
+        seed,
+    };
+    if !(0.0..=1.0).contains(&flip) {
+        return Err(usage(format!("--noise-flip must lie in [0, 1], got {flip}")));
+    }
+    if !(gauss.is_finite() && gauss >= 0.0) {
+        return Err(usage(format!(
+            "--noise-gauss must be finite and non-negative, got {gauss}"
+        )));
+    }
+    cfg.validate().map_err(|e| usage(e.to_string()))?;
+    Ok(cfg)
+}
+
+fn report_json(method: &str, pc: &ProblemConfig, max_iters: usize, r: &FactorizeReport) -> serde_json::Value {
+    json!({
+        "method": method,
+        "vsa": pc.vsa.name(),
+        "dim": pc.dim,
+        "factors": pc.factors,
+        "codebook": pc.codebook_size,
+        "trials": pc.trials,
+        "max_iters": max_iters,
+        "seed": pc.seed,
+        "noise_gauss": pc.noise.gauss,
+        "noise_flip": pc.noise.flip,
+        "factor_accuracy": r.factor_accuracy,
+        "exact_accuracy": r.exact_accuracy,
+        "mean_iterations": r.mean_iterations,
+        "converged_fraction": r.converged_fraction,
+        "limit_cycle_fraction": r.limit_cycle_fraction,
+        "wall_seconds": r.wall_seconds,
+        "trials_per_second": r.trials_per_second,
+    })
+}
+
+const TABLE_HEADER: &str = "method            factor_acc  exact_acc  mean_iters  converged  limit_cycles   wall_s     trials/s";
+
+fn table_row(method: &str, r: &FactorizeReport) -> String {
+    format!(
+        "{method:<16}  {:>10.4}  {:>9.4}  {:>10.1}  {:>9.3}  {:>12.3}  {:>7.3}  {:>11.0}",
+        r.factor_accuracy,
+        r.exact_accuracy,
+        r.mean_iterations,
+        r.converged_fraction,
+        r.limit_cycle_fraction,
+        r.wall_seconds,
+        r.trials_per_second
+    )
+}
+
+fn device() -> candle_core::Device {
+    candle_core::Device::Cpu
+}
+
+fn run_factorize(a: FactorizeArgs) -> Result<()> {
+    let method = parse_method(&a.method)?;
+    let limit = parse_limit(&a.max_iters)?;
+    let pc = problem_config(
+        &a.vsa, a.dim, a.factors, a.codebook, a.trials, a.noise_gauss, a.noise_flip, a.seed,
+    )?;
+    let max_iters = limit.for_problem(pc.codebook_size, pc.factors);
+    let problem = Problem::generate(&pc, &device())?;
+    let fc = FactorizeConfig {
+        method,
+        max_iters,
+        seed: a.seed,
+    };
+    let r = match solve(&problem, &fc, &a.method) {
+        Err(e) => match e.downcast_ref::<recompose_decomp::Error>() {
+            Some(recompose_decomp::Error::Unsupported { .. } | recompose_decomp::Error::Config(_)) => {
+                return Err(usage(e.to_string()));
+            }
+            _ => return Err(e),
+        },
+        Ok(r) => r,
+    };
+    if a.json {
+        println!("{}", report_json(&a.method, &pc, max_iters, &r));
+    } else {
+        println!(
+            "vsa={} D={} F={} M={} trials={} max_iters={} noise_gauss={} noise_flip={} seed={}",
+            pc.vsa.name(),
+            pc.dim,
+            pc.factors,
+            pc.codebook_size,
+            pc.trials,
+            max_iters,
+            pc.noise.gauss,
+            pc.noise.flip,
+            pc.seed
+        );
+        println!("{TABLE_HEADER}");
+        println!("{}", table_row(&a.method, &r));
+    }
+    Ok(())
+}
+
+fn run_capacity(a: CapacityArgs) -> Result<()> {
+    let method = parse_method(&a.method)?;
+    let limit = parse_limit(&a.max_iters)?;
+    if !(a.target > 0.0 && a.target <= 1.0) {
+        return Err(usage(format!("--target must lie in (0, 1], got {}", a.target)));
+    }
+    let cfg = CapacityConfig {
+        method,
+        vsa: parse_vsa(&a.vsa)?,
+        dim: positive("dim", a.dim, 1)?,
+        factors: positive("factors", a.factors, 2)?,
+        target: a.target,
+        trials: positive("trials", a.trials, 1)?,
+        max_iters: limit,
+        seed: a.seed,
+        m_limit: positive("m-limit", a.m_limit, 1)?,
+    };
+    if let Method::Als(_) = cfg.method
+        && cfg.vsa != VsaKind::Map
+    {
+        return Err(usage("method als is only available for the map model"));
+    }
+    let pb = progress_bar(0, false);
+    pb.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")?);
+    let report = capacity(&cfg, &device(), &mut |p| {
+        pb.set_message(format!(
+            "M={} exact={:.3} (max_iters {})",
+            p.codebook, p.exact_accuracy, p.max_iters
+        ));
+        pb.tick();
+    })
+    .map_err(|e| match e {
+        recompose_decomp::Error::Unsupported { .. } | recompose_decomp::Error::Config(_) => {
+            usage(e.to_string())
+        }
+        other => other.into(),
+    })?;
+    pb.finish_and_clear();
+    let at = report.at_m_max.as_ref();
+    if a.json {
+        let v = json!({
+            "method": a.method,
+            "vsa": cfg.vsa.name(),
+            "dim": cfg.dim,
+            "factors": cfg.factors,
+            "target": cfg.target,
+            "trials": cfg.trials,
+            "seed": cfg.seed,
+            "m_max": report.m_max,
+            "max_iters_at_m_max": at.map(|p| p.max_iters),
+            "exact_accuracy_at_m_max": at.map(|p| p.exact_accuracy),
+            "factor_accuracy_at_m_max": at.map(|p| p.factor_accuracy),
+            "evaluations": report.evaluations,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "capacity of {} (vsa={}, D={}, F={}, target exact accuracy {})",
+            a.method,
+            cfg.vsa.name(),
+            cfg.dim,
+            cfg.factors,
+            cfg.target
+        );
+        println!("{:>8}  {:>9}  {:>10}  {:>10}", "M", "max_iters", "exact_acc", "factor_acc");
+        for p in &report.evaluations {
+            println!(
+                "{:>8}  {:>9}  {:>10.4}  {:>10.4}",
+                p.codebook, p.max_iters, p.exact_accuracy, p.factor_accuracy
+            );
+        }
+        println!("m_max = {}", report.m_max);
+    }
+    Ok(())
+}
+
+fn run_compare(a: CompareArgs) -> Result<()> {
+    let limit = parse_limit(&a.max_iters)?;
+    let pc = problem_config("map", a.dim, a.factors, a.codebook, a.trials, 0.0, 0.0, a.seed)?;
+    let max_iters = limit.for_problem(pc.codebook_size, pc.factors);
+    let problem = Problem::generate(&pc, &device())?;
+    if !a.json {
+        println!(
+            "factorization comparison: vsa=map D={} F={} M={} trials={} max_iters={} seed={}",
+            pc.dim, pc.factors, pc.codebook_size, pc.trials, max_iters, pc.seed
+        );
+        println!("{TABLE_HEADER}");
+    }
+    for name in METHOD_NAMES {
+        let fc = FactorizeConfig {
+            method: Method::from_name(name)?,
+            max_iters,
+            seed: a.seed,
+        };
+        let r = solve(&problem, &fc, name)?;
+        if a.json {
+            println!("{}", report_json(name, &pc, max_iters, &r));
+        } else {
+            println!("{}", table_row(name, &r));
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,32 @@
-//! decomp
+//! # recompose-decomp
+//!
+//! Decomposition: recovering the factors of a composed representation.
+//!
+//! - [`problem`]: factorization problems — F codebooks, bound hypervectors s = x₁ ⊙ … ⊙ x_F and
+//!   their corruption by noise, all from one seed.
+//! - [`factorize`]: resonator networks (classic with OP and OLS weights, sequential and
+//!   synchronous; the stochastic, sparse resonator; the attention resonator) and alternating
+//!   least squares, batched over trials.
+//! - [`capacity`]: the operational capacity of a method (Kent et al. 2020): the largest codebook
+//!   size still factorized with a target exact accuracy.
+//!
+//! ```
+//! use candle_core::Device;
+//! use recompose_decomp::factorize::{factorize, FactorizeConfig, Method};
+//! use recompose_decomp::problem::{Problem, ProblemConfig};
+//!
+//! let problem = Problem::generate(&ProblemConfig::map(1000, 3, 10, 20, 7), &Device::Cpu)?;
+//! let config = FactorizeConfig { method: Method::from_name("resonator")?, max_iters: 100, seed: 7 };
+//! let report = factorize(&problem, &config, &mut |_| {})?;
+//! assert!(report.exact_accuracy > 0.9);
+//! # Ok::<(), recompose_decomp::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod capacity;
+pub mod error;
+pub mod factorize;
+mod linalg;
+pub mod problem;
+
+pub use error::{Error, Result};

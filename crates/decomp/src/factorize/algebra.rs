@@ -1,0 +1,188 @@
+//! Batched hypervector algebra on planes, for the factorizers.
+//!
+//! A batch of hypervectors is a list of real planes, each `[T, D]`: one plane for MAP (bipolar
+//! values), two for FHRR (real and imaginary parts). Binding is the element-wise product (complex
+//! for FHRR), unbinding multiplies by the conjugate, and the similarity with a codebook
+//! `C` (`[M, D]` per plane) is the complex inner product a_m = Σ_d conj(c_md)·u_d, computed with
+//! real matmuls. Projection back onto the codebook is x = Σ_m a_m c_m.
+
+use candle_core::{DType, Tensor};
+
+use crate::problem::VsaKind;
+use crate::Result;
+
+/// One batch of hypervectors (or similarity vectors): one tensor per plane.
+pub type Planes = Vec<Tensor>;
+
+/// A codebook prepared for fast batched products.
+#[derive(Debug, Clone)]
+pub struct PreparedCodebook {
+    /// Codewords per plane, `[M, D]`, contiguous.
+    pub c: Planes,
+    /// Transposed codewords per plane, `[D, M]`, contiguous.
+    pub ct: Planes,
+}
+
+impl PreparedCodebook {
+    /// Prepares the planes of one codebook.
+    pub fn new(c: Planes) -> Result<Self> {
+        let c = c
+            .into_iter()
+            .map(|p| p.contiguous())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let ct = c
+            .iter()
+            .map(|p| p.t()?.contiguous())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(PreparedCodebook { c, ct })
+    }
+}
+
+/// Element-wise product a ⊙ b (complex for FHRR).
+pub fn bind(kind: VsaKind, a: &Planes, b: &Planes) -> Result<Planes> {
+    Ok(match kind {
+        VsaKind::Map => vec![(&a[0] * &b[0])?],
+        VsaKind::Fhrr => vec![
+            ((&a[0] * &b[0])? - (&a[1] * &b[1])?)?,
+            ((&a[0] * &b[1])? + (&a[1] * &b[0])?)?,
+        ],
+    })
+}
+
+/// Unbinding a ⊙ conj(b) (for MAP, the same as binding).
+pub fn unbind(kind: VsaKind, a: &Planes, b: &Planes) -> Result<Planes> {
+    Ok(match kind {
+        VsaKind::Map => vec![(&a[0] * &b[0])?],
+        VsaKind::Fhrr => vec![
+            ((&a[0] * &b[0])? + (&a[1] * &b[1])?)?,
+            ((&a[1] * &b[0])? - (&a[0] * &b[1])?)?,
+        ],
+    })
+}
+
+/// The binding of all estimates but `skip` (`None`: all of them).
+pub fn product_except(kind: VsaKind, est: &[Planes], skip: Option<usize>) -> Result<Option<Planes>> {
+    let mut acc: Option<Planes> = None;
+    for (g, x) in est.iter().enumerate() {
+        if Some(g) == skip {
+            continue;
+        }
+        acc = Some(match acc {
+            None => x.clone(),
+            Some(p) => bind(kind, &p, x)?,
+        });
+    }
+    Ok(acc)
+}
+
+/// Similarities `[T, M]` per plane between a batch `[T, D]` and a codebook.
+pub fn similarities(kind: VsaKind, u: &Planes, cb: &PreparedCodebook) -> Result<Planes> {
+    Ok(match kind {
+        VsaKind::Map => vec![u[0].matmul(&cb.ct[0])?],
+        VsaKind::Fhrr => vec![
+            (u[0].matmul(&cb.ct[0])? + u[1].matmul(&cb.ct[1])?)?,
+            (u[1].matmul(&cb.ct[0])? - u[0].matmul(&cb.ct[1])?)?,
+        ],
+    })
+}
+
+/// Projection x = Σ_m a_m c_m of coefficients `[T, M]` per plane onto a codebook.
+pub fn project(kind: VsaKind, a: &Planes, cb: &PreparedCodebook) -> Result<Planes> {
+    Ok(match kind {
+        VsaKind::Map => vec![a[0].matmul(&cb.c[0])?],
+        VsaKind::Fhrr => {
+            let re = a[0].matmul(&cb.c[0])?;
+            match a.get(1) {
+                // Real coefficients (e.g. attention weights) need only two products.
+                None => vec![re, a[0].matmul(&cb.c[1])?],
+                Some(ai) => vec![
+                    (re - ai.matmul(&cb.c[1])?)?,
+                    (a[0].matmul(&cb.c[1])? + ai.matmul(&cb.c[0])?)?,
+                ],
+            }
+        }
+    })
+}
+
+/// Modulus of similarities, `[T, M]`: |a| for MAP, √(re² + im²) for FHRR.
+pub fn magnitude(kind: VsaKind, a: &Planes) -> Result<Tensor> {
+    Ok(match kind {
+        VsaKind::Map => a[0].abs()?,
+        VsaKind::Fhrr => (a[0].sqr()? + a[1].sqr()?)?.sqrt()?,
+    })
+}
+
+/// Bipolar sign with ties broken towards +1.
+pub fn sign(x: &Tensor) -> Result<Tensor> {
+    Ok(x.ge(0f32)?.to_dtype(DType::F32)?.affine(2.0, -1.0)?)
+}
+
+/// Scales every row of every plane to Euclidean norm √D (joint norm over planes).
+pub fn l2_normalize(x: &Planes) -> Result<Planes> {
+    let d = x[0].dim(1)? as f64;
+    let mut sq = x[0].sqr()?.sum_keepdim(1)?;
+    for p in &x[1..] {
+        sq = (sq + p.sqr()?.sum_keepdim(1)?)?;
+    }
+    // Guard the all-zero row: leave it at zero rather than producing NaN.
+    let inv = (sq.affine(1.0 / d, 1e-30)?.sqrt()?).recip()?;
+    Ok(x.iter()
+        .map(|p| p.broadcast_mul(&inv))
+        .collect::<candle_core::Result<Vec<_>>>()?)
+}
+
+/// Projects every FHRR component onto the unit circle (a zero component becomes 1 + 0i).
+pub fn phase_normalize(x: &Planes) -> Result<Planes> {
+    let modulus = (x[0].sqr()? + x[1].sqr()?)?.sqrt()?;
+    let zero = modulus.le(1e-30f32)?;
+    let re = zero.where_cond(&modulus.ones_like()?, &(&x[0] / &modulus)?)?;
+    let im = zero.where_cond(&modulus.zeros_like()?, &(&x[1] / &modulus)?)?;
+    Ok(vec![re, im])
+}
+
+/// Softmax along the last dimension, stabilized by the row maximum.
+pub fn softmax_rows(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let z = e.sum_keepdim(1)?;
+    Ok(e.broadcast_div(&z)?)
+}
+
+/// Index of the largest-magnitude similarity per row, `[T]` (decoding under the sign / global
+/// phase ambiguity).
+pub fn decode(kind: VsaKind, x: &Planes, cb: &PreparedCodebook) -> Result<Vec<u32>> {
+    let sims = similarities(kind, x, cb)?;
+    Ok(magnitude(kind, &sims)?.argmax(1)?.to_vec1::<u32>()?)
+}
+
+/// Keeps, per row, the `k` entries of largest modulus and zeroes the rest (ties may keep more).
+pub fn keep_top_k(kind: VsaKind, a: &Planes, k: usize) -> Result<Planes> {
+    let m = a[0].dim(1)?;
+    if k >= m {
+        return Ok(a.clone());
+    }
+    let mag = magnitude(kind, a)?;
+    let (sorted, _) = mag.sort_last_dim(false)?;
+    let kth = sorted.narrow(1, k - 1, 1)?;
+    let keep = mag.broadcast_ge(&kth)?;
+    let zeros = a[0].zeros_like()?;
+    Ok(a.iter()
+        .map(|p| keep.where_cond(p, &zeros))
+        .collect::<candle_core::Result<Vec<_>>>()?)
+}
+
+/// Zeroes, per row, the entries whose modulus is below `threshold`.
+pub fn threshold(kind: VsaKind, a: &Planes, threshold: f32) -> Result<Planes> {
+    let keep = magnitude(kind, a)?.ge(threshold)?;
+    let zeros = a[0].zeros_like()?;
+    Ok(a.iter()
+        .map(|p| keep.where_cond(p, &zeros))
+        .collect::<candle_core::Result<Vec<_>>>()?)
+}
+
+/// Selects rows (trials) of every plane.
+pub fn select_rows(x: &Planes, rows: &Tensor) -> Result<Planes> {
+    Ok(x.iter()
+        .map(|p| p.index_select(rows, 0))
+        .collect::<candle_core::Result<Vec<_>>>()?)
+}

@@ -1,0 +1,132 @@
+//! Alternating least squares (Kent et al., *Resonator Networks 2*, Neural Computation 32(12),
+//! 2020, §3.1): each factor in turn minimizes ‖s − (⊙_{g≠f} x̂_g) ⊙ C_fᵀ a_f‖² over its
+//! coefficients a_f, with the other factors fixed. With p = ⊙_{g≠f} x̂_g the normal equations
+//! are (C_f diag(p²) C_fᵀ) a_f = C_f (p ⊙ s), one M×M system per trial, batched as a
+//! `[T, M, D] × [D, M]` matmul and solved by Cholesky.
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::algebra::{self, Planes, PreparedCodebook};
+use super::{FactorizeConfig, Outcome, Progress};
+use crate::problem::{Problem, VsaKind};
+use crate::{linalg, Result};
+
+/// Settings of alternating least squares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlsConfig {
+    /// Relative ridge added to every normal-equation matrix.
+    pub ridge: f64,
+    /// Trials whose estimates change by less than this (mean absolute change per component)
+    /// over a sweep count as converged.
+    pub tolerance: f32,
+}
+
+impl Default for AlsConfig {
+    fn default() -> Self {
+        AlsConfig {
+            ridge: 1e-6,
+            tolerance: 1e-5,
+        }
+    }
+}
+
+pub(super) fn run(
+    problem: &Problem,
+    cfg: &AlsConfig,
+    fc: &FactorizeConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Outcome> {
+    let pc = &problem.config;
+    let (nf, m, d, t) = (pc.factors, pc.codebook_size, pc.dim, pc.trials);
+    let device = super::device_of(problem);
+    let cbs: Vec<PreparedCodebook> = (0..nf)
+        .map(|f| PreparedCodebook::new(problem.codebook(f)?))
+        .collect::<Result<_>>()?;
+    let mut ids: Vec<usize> = (0..t).collect();
+    let mut s = problem.bound_planes()?;
+    let mut est: Vec<Planes> = Vec::with_capacity(nf);
+    for cb in &cbs {
+        let sup = algebra::l2_normalize(&vec![cb.c[0].sum_keepdim(0)?])?;
+        est.push(vec![sup[0].broadcast_as((t, d))?.contiguous()?]);
+    }
+    let mut out = Outcome::new(t, nf);
+    for it in 1..=fc.max_iters {
+        let old = est.clone();
+        let n = ids.len();
+        for f in 0..nf {
+            let p = algebra::product_except(VsaKind::Map, &est, Some(f))?
+                .expect("at least two factors")[0]
+                .clone();
+            let rhs = (&p * &s[0])?.matmul(&cbs[f].ct[0])?; // [n, M]
+            let w = p.sqr()?.unsqueeze(1)?; // [n, 1, D]
+            let cw = cbs[f].c[0].unsqueeze(0)?.broadcast_mul(&w)?; // [n, M, D]
+            let gram = cw.broadcast_matmul(&cbs[f].ct[0])?; // [n, M, M]
+            let gram: Vec<f64> = gram.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+            let rhs: Vec<f64> = rhs.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+            let mut coef = Vec::with_capacity(n * m);
+            for i in 0..n {
+                let a = linalg::solve_spd(
+                    &gram[i * m * m..(i + 1) * m * m],
+                    m,
+                    &rhs[i * m..(i + 1) * m],
+                    cfg.ridge,
+                )?;
+                coef.extend(a.into_iter().map(|v| v as f32));
+            }
+            let coef = Tensor::from_vec(coef, (n, m), &device)?;
+            est[f] = algebra::l2_normalize(&vec![coef.matmul(&cbs[f].c[0])?])?;
+        }
+        // Stop trials whose estimates no longer move (up to the sign ambiguity of each factor's
+        // scale, which the L2 normalization fixes only up to ±).
+        let mut change = Tensor::zeros(n, DType::F32, &device)?;
+        for (new, prev) in est.iter().zip(&old) {
+            let diff = (&new[0] - &prev[0])?.abs()?.sum(1)?;
+            let sum = (&new[0] + &prev[0])?.abs()?.sum(1)?;
+            change = (change + diff.minimum(&sum)?)?;
+        }
+        let change = change.to_vec1::<f32>()?;
+        let tol = cfg.tolerance * d as f32;
+        let last = it == fc.max_iters;
+        let stop: Vec<bool> = change.iter().map(|&c| last || c <= tol).collect();
+        for (i, &c) in change.iter().enumerate() {
+            if c <= tol {
+                out.converged[ids[i]] = true;
+            }
+        }
+        if stop.iter().any(|&x| x) {
+            let done: Vec<u32> = (0..n).filter(|&i| stop[i]).map(|i| i as u32).collect();
+            let keep: Vec<u32> = (0..n).filter(|&i| !stop[i]).map(|i| i as u32).collect();
+            let done_t = Tensor::from_vec(done.clone(), done.len(), &device)?;
+            for f in 0..nf {
+                let x = algebra::select_rows(&est[f], &done_t)?;
+                let idx = algebra::decode(VsaKind::Map, &x, &cbs[f])?;
+                for (k, &row) in done.iter().enumerate() {
+                    out.predictions[ids[row as usize] * nf + f] = idx[k];
+                }
+            }
+            for &row in &done {
+                out.iterations[ids[row as usize]] = it as u32;
+            }
+            if keep.is_empty() {
+                ids.clear();
+            } else {
+                let keep_t = Tensor::from_vec(keep.clone(), keep.len(), &device)?;
+                ids = keep.iter().map(|&i| ids[i as usize]).collect();
+                s = algebra::select_rows(&s, &keep_t)?;
+                for e in est.iter_mut() {
+                    *e = algebra::select_rows(e, &keep_t)?;
+                }
+            }
+        }
+        progress(Progress {
+            iteration: it,
+            max_iters: fc.max_iters,
+            active: ids.len(),
+        });
+        if ids.is_empty() {
+            break;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,231 @@
+//! Factorization of bound hypervectors: resonator networks and their relatives.
+//!
+//! Given s = x₁ ⊙ … ⊙ x_F and the codebooks C_f, find the codeword of every factor. All methods
+//! here iterate the same skeleton (Frady et al., *Resonator Networks 1*, Neural Computation
+//! 32(12), 2020, eqs. 5–6): unbind the other factors' estimates from s,
+//! u_f = s ⊙ ∏_{g≠f} conj(x̂_g); compare u_f with the codebook, a = C_f u_f; pass the
+//! similarities through an activation; project back, x̂_f = normalize(C_fᵀ a). They differ in the
+//! activation and the normalization:
+//!
+//! | method | activation on a | normalization |
+//! |---|---|---|
+//! | classic resonator, OP weights | identity (W = CᵀC) | sign |
+//! | classic resonator, OLS weights | a ↦ (C Cᵀ)⁻¹ a (projection onto span C) | sign |
+//! | stochastic / sparse resonator (Langenegger et al., Nature Nanotechnology 18, 2023) | a/D + annealed Gaussian noise, keep top-k, threshold | sign |
+//! | attention resonator (Yeung et al., arXiv 2403.13218) | softmax(β a / D) | sign or L2 |
+//!
+//! plus alternating least squares ([`AlsConfig`]; Kent et al., *Resonator Networks 2*, 2020,
+//! §3), which solves a least-squares problem for each factor in turn.
+//!
+//! Updates are sequential (factor f uses the already-updated factors < f) or synchronous. The
+//! estimates start at the normalized superposition of each codebook. Every method runs all
+//! trials as one batch: the similarity and projection steps are `[T, D] × [D, M]` and
+//! `[T, M] × [M, D]` matmuls, and trials that have converged are frozen and removed from the
+//! batch. A trial has converged when a whole sweep leaves its estimates unchanged; for the
+//! deterministic sign-normalized methods the loop also detects limit cycles (a state seen
+//! before) and stops those trials. Each factor is decoded as the codeword of largest *absolute*
+//! similarity, because flipping the signs of an even number of MAP factors (or rotating FHRR
+//! phases so that they cancel) leaves s unchanged.
+
+mod algebra;
+mod als;
+mod resonator;
+
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::problem::{Problem, VsaKind};
+use crate::{Error, Result};
+
+pub use als::AlsConfig;
+pub use resonator::{Activation, Normalization, ResonatorConfig, Update, Weights};
+
+/// A factorization method and its settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Method {
+    /// A resonator network (classic, stochastic / sparse or attention-based).
+    Resonator(ResonatorConfig),
+    /// Alternating least squares.
+    Als(AlsConfig),
+}
+
+/// The names accepted by [`Method::from_name`], in the order reports list them.
+pub const METHOD_NAMES: [&str; 6] = [
+    "resonator",
+    "resonator-ols",
+    "resonator-sync",
+    "stochastic",
+    "attention",
+    "als",
+];
+
+impl Method {
+    /// The method called `name` on the command line, with its default (tuned) settings:
+    /// `resonator` (sequential, OP weights), `resonator-ols`, `resonator-sync` (synchronous, OP),
+    /// `stochastic` (the sparse, noisy resonator), `attention`, `als`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "resonator" => Method::Resonator(ResonatorConfig::classic()),
+            "resonator-ols" => Method::Resonator(ResonatorConfig {
+                weights: Weights::Ols,
+                ..ResonatorConfig::classic()
+            }),
+            "resonator-sync" => Method::Resonator(ResonatorConfig {
+                update: Update::Synchronous,
+                ..ResonatorConfig::classic()
+            }),
+            "stochastic" => Method::Resonator(ResonatorConfig::stochastic()),
+            "attention" => Method::Resonator(ResonatorConfig::attention()),
+            "als" => Method::Als(AlsConfig::default()),
+            other => {
+                return Err(Error::Config(format!(
+                    "unknown method '{other}' (expected one of {})",
+                    METHOD_NAMES.join(", ")
+                )));
+            }
+        })
+    }
+}
+
+/// How to run a factorization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FactorizeConfig {
+    /// The method.
+    pub method: Method,
+    /// Iteration limit (one iteration = one update of all F factors).
+    pub max_iters: usize,
+    /// Seed of the method's own random draws (the stochastic resonator's noise).
+    pub seed: u64,
+}
+
+/// The iteration limit of the published capacity protocol (Kent et al. 2020):
+/// max(100, 0.001·M^F).
+pub fn kent_max_iters(codebook_size: usize, factors: usize) -> usize {
+    let budget = 0.001 * (codebook_size as f64).powi(factors as i32);
+    if budget.is_finite() {
+        (budget.ceil() as usize).max(100)
+    } else {
+        usize::MAX
+    }
+}
+
+/// Outcome of one batched factorization run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FactorizeReport {
+    /// Decoded codeword index of every factor, trial-major (`[t * F + f]`).
+    pub predictions: Vec<u32>,
+    /// Iterations each trial used.
+    pub iterations: Vec<u32>,
+    /// Whether each trial reached a fixed point.
+    pub converged: Vec<bool>,
+    /// Whether each trial was stopped in a limit cycle.
+    pub limit_cycle: Vec<bool>,
+    /// Fraction of factors decoded correctly, averaged over trials.
+    pub factor_accuracy: f64,
+    /// Fraction of trials with every factor correct.
+    pub exact_accuracy: f64,
+    /// Mean number of iterations per trial.
+    pub mean_iterations: f64,
+    /// Fraction of trials that reached a fixed point.
+    pub converged_fraction: f64,
+    /// Fraction of trials stopped in a limit cycle.
+    pub limit_cycle_fraction: f64,
+    /// Wall-clock time of the solver, seconds (problem generation excluded).
+    pub wall_seconds: f64,
+    /// Trials per second of wall-clock time.
+    pub trials_per_second: f64,
+}
+
+/// Progress of a running factorization: the iteration just finished and how many trials are
+/// still active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Iterations done.
+    pub iteration: usize,
+    /// Iteration limit.
+    pub max_iters: usize,
+    /// Trials not yet stopped.
+    pub active: usize,
+}
+
+/// Per-trial outcome collected by the solvers.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    pub predictions: Vec<u32>,
+    pub iterations: Vec<u32>,
+    pub converged: Vec<bool>,
+    pub limit_cycle: Vec<bool>,
+}
+
+impl Outcome {
+    pub(crate) fn new(trials: usize, factors: usize) -> Self {
+        Outcome {
+            predictions: vec![0; trials * factors],
+            iterations: vec![0; trials],
+            converged: vec![false; trials],
+            limit_cycle: vec![false; trials],
+        }
+    }
+}
+
+/// Factorizes every trial of `problem` with `config`, calling `progress` after each iteration.
+pub fn factorize(
+    problem: &Problem,
+    config: &FactorizeConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<FactorizeReport> {
+    if config.max_iters == 0 {
+        return Err(Error::Config("iteration limit must be at least 1".into()));
+    }
+    let start = Instant::now();
+    let outcome = match &config.method {
+        Method::Resonator(rc) => resonator::run(problem, rc, config, progress)?,
+        Method::Als(ac) => {
+            if problem.config.vsa != VsaKind::Map {
+                return Err(Error::Unsupported {
+                    method: "als",
+                    vsa: problem.config.vsa.name(),
+                });
+            }
+            als::run(problem, ac, config, progress)?
+        }
+    };
+    let wall = start.elapsed().as_secs_f64();
+    Ok(summarize(problem, outcome, wall))
+}
+
+fn summarize(problem: &Problem, o: Outcome, wall_seconds: f64) -> FactorizeReport {
+    let t = problem.config.trials;
+    let f = problem.config.factors;
+    let mut correct = 0usize;
+    let mut exact = 0usize;
+    for ti in 0..t {
+        let c = (0..f)
+            .filter(|&fi| o.predictions[ti * f + fi] == problem.truth[ti * f + fi])
+            .count();
+        correct += c;
+        exact += usize::from(c == f);
+    }
+    let frac = |n: usize| n as f64 / t as f64;
+    FactorizeReport {
+        factor_accuracy: correct as f64 / (t * f) as f64,
+        exact_accuracy: frac(exact),
+        mean_iterations: o.iterations.iter().map(|&i| i as f64).sum::<f64>() / t as f64,
+        converged_fraction: frac(o.converged.iter().filter(|&&c| c).count()),
+        limit_cycle_fraction: frac(o.limit_cycle.iter().filter(|&&c| c).count()),
+        wall_seconds,
+        trials_per_second: t as f64 / wall_seconds.max(1e-12),
+        predictions: o.predictions,
+        iterations: o.iterations,
+        converged: o.converged,
+        limit_cycle: o.limit_cycle,
+    }
+}
+
+/// The device a problem's tensors live on.
+pub(crate) fn device_of(problem: &Problem) -> Device {
+    problem.bound.device().clone()
+}

@@ -1,0 +1,446 @@
+//! The resonator loop shared by the classic, stochastic / sparse and attention resonators.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use recompose_vsa::random;
+use serde::{Deserialize, Serialize};
+
+use super::algebra::{self, Planes, PreparedCodebook};
+use super::{FactorizeConfig, Outcome, Progress};
+use crate::problem::{Problem, VsaKind};
+use crate::{linalg, Error, Result};
+
+/// Which weight matrix maps the unbound vector back to a factor estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weights {
+    /// Outer-product weights W = CᵀC.
+    OuterProduct,
+    /// Ordinary-least-squares weights W = Cᵀ(CCᵀ)⁻¹C, the projection onto the codebook's span
+    /// (MAP only).
+    Ols,
+}
+
+/// Order of the factor updates within one iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Update {
+    /// Factor f is updated from the already-updated estimates of factors < f.
+    Sequential,
+    /// All factors are updated from the previous iteration's estimates.
+    Synchronous,
+}
+
+/// Non-linearity applied to the codebook similarities before projecting back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Activation {
+    /// The similarities themselves (classic resonator).
+    Linear,
+    /// The stochastic, sparse activation of the in-memory factorizer (Langenegger et al. 2023):
+    /// similarities normalized by D, plus Gaussian noise whose standard deviation is annealed
+    /// linearly from `noise_start` (first iteration) to `noise_end` (last), then sparsified.
+    Stochastic {
+        /// Noise standard deviation at the first iteration.
+        noise_start: f32,
+        /// Noise standard deviation at the iteration limit.
+        noise_end: f32,
+        /// Keep only the `top_k` largest-magnitude similarities (`None`: keep all).
+        top_k: Option<usize>,
+        /// Zero similarities whose magnitude is below this (after normalization by D).
+        threshold: Option<f32>,
+    },
+    /// Attention over the codebook, softmax(β·a/D) (Yeung et al. 2024).
+    Attention {
+        /// Inverse temperature β.
+        beta: f32,
+    },
+}
+
+/// How a projected estimate is brought back onto the hypervector space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalization {
+    /// Bipolar sign (ties → +1) for MAP; unit phasors for FHRR.
+    Sign,
+    /// Scale to Euclidean norm √D (MAP); unit phasors for FHRR.
+    L2,
+}
+
+/// Settings of a resonator network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResonatorConfig {
+    /// Weight matrix.
+    pub weights: Weights,
+    /// Update order.
+    pub update: Update,
+    /// Activation on the similarities.
+    pub activation: Activation,
+    /// Normalization of the estimates.
+    pub normalization: Normalization,
+    /// Trials whose estimates change by less than this (mean absolute change per component)
+    /// over a sweep count as converged; 0 demands an exact fixed point.
+    pub tolerance: f32,
+}
+
+impl ResonatorConfig {
+    /// The classic resonator: OP weights, sequential updates, sign normalization.
+    pub fn classic() -> Self {
+        ResonatorConfig {
+            weights: Weights::OuterProduct,
+            update: Update::Sequential,
+            activation: Activation::Linear,
+            normalization: Normalization::Sign,
+            tolerance: 0.0,
+        }
+    }
+
+    /// The stochastic, sparse resonator with the settings tuned at D = 1000, F = 3, M = 50
+    /// (`cargo xtask tune stochastic`): top-20 activation and noise annealed from 0.03 to 0.
+    pub fn stochastic() -> Self {
+        ResonatorConfig {
+            activation: Activation::Stochastic {
+                noise_start: 0.03,
+                noise_end: 0.0,
+                top_k: Some(20),
+                threshold: None,
+            },
+            ..ResonatorConfig::classic()
+        }
+    }
+
+    /// The attention resonator with sign normalization and β = 50.
+    pub fn attention() -> Self {
+        ResonatorConfig {
+            activation: Activation::Attention { beta: 50.0 },
+            ..ResonatorConfig::classic()
+        }
+    }
+
+    /// Whether the dynamics are deterministic and on a finite state space, so that a repeated
+    /// state proves a limit cycle.
+    fn detects_limit_cycles(&self, kind: VsaKind) -> bool {
+        kind == VsaKind::Map
+            && self.normalization == Normalization::Sign
+            && !matches!(self.activation, Activation::Stochastic { .. })
+    }
+
+    fn validate(&self, kind: VsaKind, m: usize) -> Result<()> {
+        if self.weights == Weights::Ols && kind != VsaKind::Map {
+            return Err(Error::Unsupported {
+                method: "resonator-ols",
+                vsa: kind.name(),
+            });
+        }
+        if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
+            return Err(Error::Config(format!(
+                "tolerance must be finite and non-negative, got {}",
+                self.tolerance
+            )));
+        }
+        match &self.activation {
+            Activation::Linear => {}
+            Activation::Stochastic {
+                noise_start,
+                noise_end,
+                top_k,
+                threshold,
+            } => {
+                for (name, v) in [("noise_start", noise_start), ("noise_end", noise_end)] {
+                    if !(v.is_finite() && *v >= 0.0) {
+                        return Err(Error::Config(format!(
+                            "{name} must be finite and non-negative, got {v}"
+                        )));
+                    }
+                }
+                if *top_k == Some(0) {
+                    return Err(Error::Config("top_k must be at least 1".into()));
+                }
+                if let Some(t) = threshold
+                    && !t.is_finite()
+                {
+                    return Err(Error::Config(format!("threshold must be finite, got {t}")));
+                }
+            }
+            Activation::Attention { beta } => {
+                if !beta.is_finite() || *beta <= 0.0 {
+                    return Err(Error::Config(format!(
+                        "inverse temperature beta must be finite and positive, got {beta}"
+                    )));
+                }
+            }
+        }
+        let _ = m;
+        Ok(())
+    }
+}
+
+/// Per-factor tensors prepared once per run.
+struct FactorData {
+    cb: PreparedCodebook,
+    /// OLS: (C Cᵀ)⁻¹, `[M, M]`.
+    gram_inv: Option<Tensor>,
+}
+
+/// The state of the active (not yet stopped) trials.
+struct Active {
+    /// Original trial index of every active row.
+    ids: Vec<usize>,
+    /// Bound vectors of the active trials.
+    s: Planes,
+    /// Current estimate of every factor.
+    est: Vec<Planes>,
+}
+
+pub(super) fn run(
+    problem: &Problem,
+    rc: &ResonatorConfig,
+    fc: &FactorizeConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Outcome> {
+    let pc = &problem.config;
+    let kind = pc.vsa;
+    let (nf, m, d, t) = (pc.factors, pc.codebook_size, pc.dim, pc.trials);
+    rc.validate(kind, m)?;
+    let device = super::device_of(problem);
+    let mut rng = random::seeded(fc.seed ^ 0x9E37_79B9_7F4A_7C15);
+
+    let mut factors = Vec::with_capacity(nf);
+    for f in 0..nf {
+        let cb = PreparedCodebook::new(problem.codebook(f)?)?;
+        let gram_inv = match rc.weights {
+            Weights::OuterProduct => None,
+            Weights::Ols => Some(gram_inverse(&cb.c[0], &device)?),
+        };
+        factors.push(FactorData { cb, gram_inv });
+    }
+
+    // Initial estimates: the normalized superposition of every codebook, for all trials.
+    let mut est = Vec::with_capacity(nf);
+    for fd in &factors {
+        let sup: Planes = fd
+            .cb
+            .c
+            .iter()
+            .map(|p| p.sum_keepdim(0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let sup = normalize(kind, rc.normalization, &sup)?;
+        est.push(
+            sup.iter()
+                .map(|p| p.broadcast_as((t, d))?.contiguous())
+                .collect::<candle_core::Result<Vec<_>>>()?,
+        );
+    }
+    let mut act = Active {
+        ids: (0..t).collect(),
+        s: problem.bound_planes()?,
+        est,
+    };
+
+    let mut out = super::Outcome::new(t, nf);
+    let cycles = rc.detects_limit_cycles(kind);
+    let sig = if cycles {
+        Some(signature_matrix(d, &device, fc.seed)?)
+    } else {
+        None
+    };
+    let mut history: Vec<HashMap<Vec<i64>, usize>> = vec![HashMap::new(); if cycles { t } else { 0 }];
+
+    for it in 1..=fc.max_iters {
+        let old = act.est.clone();
+        let noise_std = match &rc.activation {
+            Activation::Stochastic {
+                noise_start,
+                noise_end,
+                ..
+            } => {
+                let frac = if fc.max_iters > 1 {
+                    (it - 1) as f32 / (fc.max_iters - 1) as f32
+                } else {
+                    0.0
+                };
+                noise_start + (noise_end - noise_start) * frac
+            }
+            _ => 0.0,
+        };
+        for f in 0..nf {
+            let source = match rc.update {
+                Update::Sequential => &act.est,
+                Update::Synchronous => &old,
+            };
+            let others = algebra::product_except(kind, source, Some(f))?
+                .ok_or_else(|| Error::Config("at least two factors are needed".into()))?;
+            let u = algebra::unbind(kind, &act.s, &others)?;
+            let fd = &factors[f];
+            let mut a = algebra::similarities(kind, &u, &fd.cb)?;
+            if let Some(gi) = &fd.gram_inv {
+                a = vec![a[0].matmul(gi)?];
+            }
+            let a = activate(kind, &rc.activation, a, d, noise_std, &mut rng, &device)?;
+            let x = algebra::project(kind, &a, &fd.cb)?;
+            act.est[f] = normalize(kind, rc.normalization, &x)?;
+        }
+
+        // Stopping: fixed points, then limit cycles.
+        let n = act.ids.len();
+        let mut change = Tensor::zeros(n, DType::F32, &device)?;
+        for (new, prev) in act.est.iter().zip(&old) {
+            for (a, b) in new.iter().zip(prev) {
+                change = (change + (a - b)?.abs()?.sum(1)?)?;
+            }
+        }
+        let change = change.to_vec1::<f32>()?;
+        let tol = rc.tolerance * d as f32;
+        let mut stop = vec![false; n];
+        for (i, c) in change.iter().enumerate() {
+            if *c <= tol {
+                stop[i] = true;
+                out.converged[act.ids[i]] = true;
+            }
+        }
+        if let Some(r) = &sig {
+            let mut parts = Vec::with_capacity(nf);
+            for x in &act.est {
+                parts.push(x[0].matmul(r)?);
+            }
+            let sigs = Tensor::cat(&parts, 1)?.to_vec2::<f32>()?;
+            for (i, row) in sigs.into_iter().enumerate() {
+                if stop[i] {
+                    continue;
+                }
+                let key: Vec<i64> = row.iter().map(|v| *v as i64).collect();
+                let h = &mut history[act.ids[i]];
+                if h.contains_key(&key) {
+                    stop[i] = true;
+                    out.limit_cycle[act.ids[i]] = true;
+                } else {
+                    h.insert(key, it);
+                }
+            }
+        }
+        let last = it == fc.max_iters;
+        if last {
+            stop.iter_mut().for_each(|s| *s = true);
+        }
+        if stop.iter().any(|&s| s) {
+            retire(kind, &mut act, &stop, &factors, it, &mut out, &device)?;
+        }
+        progress(Progress {
+            iteration: it,
+            max_iters: fc.max_iters,
+            active: act.ids.len(),
+        });
+        if act.ids.is_empty() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes and records the trials marked in `stop`, and removes them from the active batch.
+fn retire(
+    kind: VsaKind,
+    act: &mut Active,
+    stop: &[bool],
+    factors: &[FactorData],
+    it: usize,
+    out: &mut Outcome,
+    device: &Device,
+) -> Result<()> {
+    let nf = factors.len();
+    let done: Vec<u32> = (0..stop.len()).filter(|&i| stop[i]).map(|i| i as u32).collect();
+    let keep: Vec<u32> = (0..stop.len()).filter(|&i| !stop[i]).map(|i| i as u32).collect();
+    let done_t = Tensor::from_vec(done.clone(), done.len(), device)?;
+    for (f, fd) in factors.iter().enumerate() {
+        let x = algebra::select_rows(&act.est[f], &done_t)?;
+        let idx = algebra::decode(kind, &x, &fd.cb)?;
+        for (k, &row) in done.iter().enumerate() {
+            out.predictions[act.ids[row as usize] * nf + f] = idx[k];
+        }
+    }
+    for &row in &done {
+        out.iterations[act.ids[row as usize]] = it as u32;
+    }
+    if keep.is_empty() {
+        act.ids.clear();
+        return Ok(());
+    }
+    let keep_t = Tensor::from_vec(keep.clone(), keep.len(), device)?;
+    act.ids = keep.iter().map(|&i| act.ids[i as usize]).collect();
+    act.s = algebra::select_rows(&act.s, &keep_t)?;
+    for e in act.est.iter_mut() {
+        *e = algebra::select_rows(e, &keep_t)?;
+    }
+    Ok(())
+}
+
+/// The activation step on similarities `[T, M]` per plane.
+fn activate(
+    kind: VsaKind,
+    activation: &Activation,
+    a: Planes,
+    d: usize,
+    noise_std: f32,
+    rng: &mut random::SeededRng,
+    device: &Device,
+) -> Result<Planes> {
+    Ok(match activation {
+        Activation::Linear => a,
+        Activation::Stochastic {
+            top_k, threshold, ..
+        } => {
+            let (rows, cols) = a[0].dims2()?;
+            let mut a: Planes = a
+                .iter()
+                .map(|p| p.affine(1.0 / d as f64, 0.0))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            if noise_std > 0.0 {
+                for p in a.iter_mut() {
+                    let z = random::normal(rng, &[rows, cols], device)?;
+                    *p = (&*p + z.affine(noise_std as f64, 0.0)?)?;
+                }
+            }
+            if let Some(k) = top_k {
+                a = algebra::keep_top_k(kind, &a, *k)?;
+            }
+            if let Some(th) = threshold {
+                a = algebra::threshold(kind, &a, *th)?;
+            }
+            a
+        }
+        Activation::Attention { beta } => {
+            let logits = a[0].affine(*beta as f64 / d as f64, 0.0)?;
+            vec![algebra::softmax_rows(&logits)?]
+        }
+    })
+}
+
+fn normalize(kind: VsaKind, n: Normalization, x: &Planes) -> Result<Planes> {
+    match (kind, n) {
+        (VsaKind::Map, Normalization::Sign) => Ok(vec![algebra::sign(&x[0])?]),
+        (VsaKind::Map, Normalization::L2) => algebra::l2_normalize(x),
+        (VsaKind::Fhrr, _) => algebra::phase_normalize(x),
+    }
+}
+
+/// (C Cᵀ)⁻¹ for a real codebook `[M, D]`, computed in f64 on the host.
+fn gram_inverse(c: &Tensor, device: &Device) -> Result<Tensor> {
+    let m = c.dim(0)?;
+    let g = c.matmul(&c.t()?)?.to_dtype(DType::F64)?;
+    let g: Vec<f64> = g.flatten_all()?.to_vec1()?;
+    let inv = linalg::inverse_spd(&g, m, 0.0)?;
+    Ok(Tensor::from_vec(inv, (m, m), device)?.to_dtype(DType::F32)?)
+}
+
+/// Random integer projections `[D, 4]` that fingerprint a bipolar state exactly in f32: with
+/// entries at most 2²⁴/D every partial sum is an exactly representable integer, so equal states
+/// give equal signatures whatever the summation order, and distinct states collide with
+/// probability about (D/2²⁴)⁴.
+fn signature_matrix(d: usize, device: &Device, seed: u64) -> Result<Tensor> {
+    use rand::Rng;
+    let mut rng = random::seeded(seed ^ 0xC3A5_C85C_97CB_3127);
+    let hi = ((1u64 << 24) / d as u64).max(2) as u32;
+    let v: Vec<f32> = (0..d * 4).map(|_| rng.random_range(1..=hi) as f32).collect();
+    Ok(Tensor::from_vec(v, (d, 4), device)?)
+}

@@ -1,0 +1,155 @@
+//! Small dense linear algebra on the host, in f64.
+//!
+//! The resonator's OLS weights need the inverse of an M×M Gram matrix once per codebook, and
+//! alternating least squares solves one small symmetric positive-(semi)definite system per trial
+//! and factor. Both are tiny next to the D-dimensional matmuls, so a careful Cholesky
+//! factorization in f64 is all they need.
+
+use crate::{Error, Result};
+
+/// Cholesky factorization of a symmetric positive-definite `n×n` row-major matrix, in place
+/// (lower triangle). Fails when a pivot is not positive.
+fn cholesky_in_place(a: &mut [f64], n: usize) -> Result<()> {
+    for j in 0..n {
+        let mut diag = a[j * n + j];
+        for k in 0..j {
+            diag -= a[j * n + k] * a[j * n + k];
+        }
+        if diag.is_nan() || diag <= 0.0 {
+            return Err(Error::Numerical(format!(
+                "matrix is not positive definite (pivot {j} is {diag:e})"
+            )));
+        }
+        let l = diag.sqrt();
+        a[j * n + j] = l;
+        for i in j + 1..n {
+            let mut v = a[i * n + j];
+            for k in 0..j {
+                v -= a[i * n + k] * a[j * n + k];
+            }
+            a[i * n + j] = v / l;
+        }
+    }
+    Ok(())
+}
+
+/// Solves L Lᵀ x = b in place, given the Cholesky factor L in the lower triangle of `l`.
+fn cholesky_solve_in_place(l: &[f64], n: usize, b: &mut [f64]) {
+    for i in 0..n {
+        let mut v = b[i];
+        for k in 0..i {
+            v -= l[i * n + k] * b[k];
+        }
+        b[i] = v / l[i * n + i];
+    }
+    for i in (0..n).rev() {
+        let mut v = b[i];
+        for k in i + 1..n {
+            v -= l[k * n + i] * b[k];
+        }
+        b[i] = v / l[i * n + i];
+    }
+}
+
+/// Factorizes `a + ridge·I` (ridge relative to the mean diagonal), raising the ridge tenfold
+/// (from 1e-10) until the factorization succeeds. Returns the factor.
+fn regularized_cholesky(a: &[f64], n: usize, ridge: f64) -> Result<Vec<f64>> {
+    let mean_diag = (0..n).map(|i| a[i * n + i]).sum::<f64>() / n.max(1) as f64;
+    let scale = if mean_diag > 0.0 { mean_diag } else { 1.0 };
+    let mut eps = ridge;
+    for _ in 0..12 {
+        let mut l = a.to_vec();
+        for i in 0..n {
+            l[i * n + i] += eps * scale;
+        }
+        if cholesky_in_place(&mut l, n).is_ok() {
+            return Ok(l);
+        }
+        eps = if eps == 0.0 { 1e-10 } else { eps * 10.0 };
+    }
+    Err(Error::Numerical(
+        "symmetric system stayed singular after regularization".into(),
+    ))
+}
+
+/// Solves the symmetric positive-(semi)definite system `a x = b` (`a` is `n×n`, row-major),
+/// adding the smallest ridge that makes it numerically definite.
+pub fn solve_spd(a: &[f64], n: usize, b: &[f64], ridge: f64) -> Result<Vec<f64>> {
+    let l = regularized_cholesky(a, n, ridge)?;
+    let mut x = b.to_vec();
+    cholesky_solve_in_place(&l, n, &mut x);
+    Ok(x)
+}
+
+/// The inverse of a symmetric positive-(semi)definite `n×n` matrix (row-major), regularized
+/// as in [`solve_spd`].
+pub fn inverse_spd(a: &[f64], n: usize, ridge: f64) -> Result<Vec<f64>> {
+    let l = regularized_cholesky(a, n, ridge)?;
+    let mut inv = vec![0f64; n * n];
+    let mut col = vec![0f64; n];
+    for j in 0..n {
+        col.iter_mut().for_each(|v| *v = 0.0);
+        col[j] = 1.0;
+        cholesky_solve_in_place(&l, n, &mut col);
+        for i in 0..n {
+            inv[i * n + j] = col[i];
+        }
+    }
+    Ok(inv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
+        let mut c = vec![0.0; n * n];
+        for i in 0..n {
+            for k in 0..n {
+                for j in 0..n {
+                    c[i * n + j] += a[i * n + k] * b[k * n + j];
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn inverse_of_spd_matrix_is_exact() {
+        // A = Bᵀ B + I for a fixed B is symmetric positive definite.
+        let n = 6;
+        let b: Vec<f64> = (0..n * n).map(|k| ((k * 7 + 3) % 11) as f64 - 5.0).collect();
+        let mut a = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                a[i * n + j] = (0..n).map(|k| b[k * n + i] * b[k * n + j]).sum::<f64>()
+                    + if i == j { 1.0 } else { 0.0 };
+            }
+        }
+        let inv = inverse_spd(&a, n, 0.0).unwrap();
+        let id = matmul(&a, &inv, n);
+        for i in 0..n {
+            for j in 0..n {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((id[i * n + j] - want).abs() < 1e-9, "{i},{j}: {}", id[i * n + j]);
+            }
+        }
+        let x = solve_spd(&a, n, &[1.0; 6], 0.0).unwrap();
+        for i in 0..n {
+            let ax: f64 = (0..n).map(|k| a[i * n + k] * x[k]).sum();
+            assert!((ax - 1.0).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn singular_matrix_is_regularized() {
+        // Rank one: [[1,1],[1,1]]; the ridge makes it solvable and the answer lies in its range.
+        let x = solve_spd(&[1.0, 1.0, 1.0, 1.0], 2, &[2.0, 2.0], 0.0).unwrap();
+        assert!((x[0] - 1.0).abs() < 1e-3 && (x[1] - 1.0).abs() < 1e-3, "{x:?}");
+    }
+
+    #[test]
+    fn nan_matrix_is_an_error() {
+        assert!(solve_spd(&[f64::NAN], 1, &[1.0], 0.0).is_err());
+    }
+}

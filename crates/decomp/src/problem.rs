@@ -1,0 +1,351 @@
+//! Factorization problems: codebooks, bound vectors and noise.
+//!
+//! A problem draws F codebooks of M random codewords of dimension D, picks one codeword per
+//! factor for every trial and binds them, s = x₁ ⊙ x₂ ⊙ … ⊙ x_F (Frady et al., *Resonator
+//! Networks 1*, Neural Computation 32(12), 2020, eq. 1). The bound vector may then be corrupted
+//! by additive Gaussian noise or by component flips. Everything is drawn from one seed, in a fixed
+//! order (codebooks, then indices, then noise), so the same configuration and seed always give
+//! the same problem.
+//!
+//! Hypervectors are stored as *planes*: one real plane for MAP (bipolar ±1 values) and two for
+//! FHRR (the real and imaginary parts of unit phasors). Codebooks have shape `[F, P, M, D]` and
+//! bound vectors `[P, T, D]`, with P the number of planes and T the number of trials.
+
+use candle_core::{Device, Tensor};
+use rand::Rng;
+use recompose_vsa::random::{self, SeededRng};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The VSA model a problem lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VsaKind {
+    /// Multiply–add–permute: bipolar ±1 vectors, binding by element-wise product.
+    Map,
+    /// Fourier holographic reduced representations: unit phasors, binding by complex product.
+    Fhrr,
+}
+
+impl VsaKind {
+    /// Number of real planes per hypervector (1 for MAP, 2 for FHRR).
+    pub fn planes(self) -> usize {
+        match self {
+            VsaKind::Map => 1,
+            VsaKind::Fhrr => 2,
+        }
+    }
+
+    /// The lower-case name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            VsaKind::Map => "map",
+            VsaKind::Fhrr => "fhrr",
+        }
+    }
+}
+
+impl std::str::FromStr for VsaKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "map" => Ok(VsaKind::Map),
+            "fhrr" => Ok(VsaKind::Fhrr),
+            other => Err(Error::Config(format!(
+                "unknown VSA model '{other}' (expected map or fhrr)"
+            ))),
+        }
+    }
+}
+
+/// Corruption applied to the bound vectors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Noise {
+    /// Standard deviation σ of additive Gaussian noise, s + σ·ε (per real plane).
+    pub gauss: f32,
+    /// Probability p that a component is corrupted: its sign is flipped for MAP, its phase is
+    /// replaced by a uniformly random one for FHRR.
+    pub flip: f32,
+}
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProblemConfig {
+    /// The VSA model.
+    pub vsa: VsaKind,
+    /// Dimension D of every hypervector.
+    pub dim: usize,
+    /// Number of factors F (at least 2).
+    pub factors: usize,
+    /// Number of codewords M per codebook (at least 1).
+    pub codebook_size: usize,
+    /// Number of independent trials T (bound vectors) to factorize.
+    pub trials: usize,
+    /// Corruption of the bound vectors.
+    pub noise: Noise,
+    /// Seed of every random draw.
+    pub seed: u64,
+}
+
+impl ProblemConfig {
+    /// A noise-free MAP problem.
+    pub fn map(dim: usize, factors: usize, codebook_size: usize, trials: usize, seed: u64) -> Self {
+        ProblemConfig {
+            vsa: VsaKind::Map,
+            dim,
+            factors,
+            codebook_size,
+            trials,
+            noise: Noise::default(),
+            seed,
+        }
+    }
+
+    /// Checks every size and probability; the error names the offending value.
+    pub fn validate(&self) -> Result<()> {
+        if self.dim == 0 {
+            return Err(Error::Config("dimension must be at least 1".into()));
+        }
+        if self.factors < 2 {
+            return Err(Error::Config(format!(
+                "number of factors must be at least 2, got {}",
+                self.factors
+            )));
+        }
+        if self.codebook_size == 0 {
+            return Err(Error::Config("codebook size M must be at least 1".into()));
+        }
+        if self.trials == 0 {
+            return Err(Error::Config("number of trials must be at least 1".into()));
+        }
+        if !(0.0..=1.0).contains(&self.noise.flip) {
+            return Err(Error::Config(format!(
+                "flip probability must lie in [0, 1], got {}",
+                self.noise.flip
+            )));
+        }
+        if !self.noise.gauss.is_finite() || self.noise.gauss < 0.0 {
+            return Err(Error::Config(format!(
+                "Gaussian noise std must be finite and non-negative, got {}",
+                self.noise.gauss
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A generated factorization problem.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// The configuration it was generated from.
+    pub config: ProblemConfig,
+    /// Codebooks, `[F, P, M, D]` (P planes, see the module docs).
+    pub codebooks: Tensor,
+    /// Bound, possibly noisy, vectors `[P, T, D]`.
+    pub bound: Tensor,
+    /// The true codeword index of every factor, trial-major: `truth[t * F + f]`.
+    pub truth: Vec<u32>,
+}
+
+impl Problem {
+    /// Draws a problem from `config.seed` on `device`.
+    pub fn generate(config: &ProblemConfig, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let mut rng = random::seeded(config.seed);
+        let (f, m, d, t) = (
+            config.factors,
+            config.codebook_size,
+            config.dim,
+            config.trials,
+        );
+        // Codewords, as plane-major host data: MAP signs, or FHRR phases.
+        let phases: Vec<f32> = match config.vsa {
+            VsaKind::Map => random::bipolar_vec(&mut rng, f * m * d),
+            VsaKind::Fhrr => random::uniform_vec(
+                &mut rng,
+                f * m * d,
+                -std::f32::consts::PI,
+                std::f32::consts::PI,
+            ),
+        };
+        let truth: Vec<u32> = (0..t * f)
+            .map(|_| rng.random_range(0..m as u32))
+            .collect();
+
+        // Bind on the host: the generator is not a hot path and this keeps it exact.
+        let planes = config.vsa.planes();
+        let mut bound = vec![0f32; planes * t * d];
+        for ti in 0..t {
+            for di in 0..d {
+                match config.vsa {
+                    VsaKind::Map => {
+                        let mut p = 1f32;
+                        for fi in 0..f {
+                            let idx = truth[ti * f + fi] as usize;
+                            p *= phases[(fi * m + idx) * d + di];
+                        }
+                        bound[ti * d + di] = p;
+                    }
+                    VsaKind::Fhrr => {
+                        let mut theta = 0f64;
+                        for fi in 0..f {
+                            let idx = truth[ti * f + fi] as usize;
+                            theta += phases[(fi * m + idx) * d + di] as f64;
+                        }
+                        bound[ti * d + di] = theta.cos() as f32;
+                        bound[(t + ti) * d + di] = theta.sin() as f32;
+                    }
+                }
+            }
+        }
+        corrupt(&mut bound, config, &mut rng);
+
+        let codebooks = match config.vsa {
+            VsaKind::Map => Tensor::from_vec(phases, (f, 1, m, d), device)?,
+            VsaKind::Fhrr => {
+                let mut planes = vec![0f32; 2 * f * m * d];
+                for fi in 0..f {
+                    for k in 0..m * d {
+                        let th = phases[fi * m * d + k];
+                        planes[(fi * 2) * m * d + k] = th.cos();
+                        planes[(fi * 2 + 1) * m * d + k] = th.sin();
+                    }
+                }
+                Tensor::from_vec(planes, (f, 2, m, d), device)?
+            }
+        };
+        let bound = Tensor::from_vec(bound, (planes, t, d), device)?;
+        Ok(Problem {
+            config: config.clone(),
+            codebooks,
+            bound,
+            truth,
+        })
+    }
+
+    /// The codebook of factor `f`, one `[M, D]` tensor per plane.
+    pub fn codebook(&self, f: usize) -> Result<Vec<Tensor>> {
+        let cb = self.codebooks.get(f)?;
+        Ok((0..self.config.vsa.planes())
+            .map(|p| cb.get(p))
+            .collect::<candle_core::Result<Vec<_>>>()?)
+    }
+
+    /// The bound vectors, one `[T, D]` tensor per plane.
+    pub fn bound_planes(&self) -> Result<Vec<Tensor>> {
+        Ok((0..self.config.vsa.planes())
+            .map(|p| self.bound.get(p))
+            .collect::<candle_core::Result<Vec<_>>>()?)
+    }
+}
+
+/// Applies the configured noise in place to host data laid out as `[P, T, D]`.
+fn corrupt(bound: &mut [f32], config: &ProblemConfig, rng: &mut SeededRng) {
+    let (t, d) = (config.trials, config.dim);
+    let Noise { gauss, flip } = config.noise;
+    if flip > 0.0 {
+        for k in 0..t * d {
+            if rng.random::<f32>() < flip {
+                match config.vsa {
+                    VsaKind::Map => bound[k] = -bound[k],
+                    VsaKind::Fhrr => {
+                        let th = rng.random_range(-std::f32::consts::PI..std::f32::consts::PI);
+                        bound[k] = th.cos();
+                        bound[t * d + k] = th.sin();
+                    }
+                }
+            }
+        }
+    }
+    if gauss > 0.0 {
+        let eps = random::normal_vec(rng, bound.len());
+        for (b, e) in bound.iter_mut().zip(eps) {
+            *b += gauss * e;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_bound_is_product_of_true_codewords() {
+        let cfg = ProblemConfig::map(64, 3, 5, 4, 11);
+        let p = Problem::generate(&cfg, &Device::Cpu).unwrap();
+        let books: Vec<Vec<Vec<f32>>> = (0..3)
+            .map(|f| p.codebook(f).unwrap()[0].to_vec2::<f32>().unwrap())
+            .collect();
+        let s = p.bound_planes().unwrap()[0].to_vec2::<f32>().unwrap();
+        for t in 0..4 {
+            for d in 0..64 {
+                let prod: f32 = (0..3)
+                    .map(|f| books[f][p.truth[t * 3 + f] as usize][d])
+                    .product();
+                assert_eq!(prod, s[t][d]);
+            }
+        }
+    }
+
+    #[test]
+    fn fhrr_bound_has_unit_modulus_and_binds_phases() {
+        let mut cfg = ProblemConfig::map(32, 2, 3, 2, 5);
+        cfg.vsa = VsaKind::Fhrr;
+        let p = Problem::generate(&cfg, &Device::Cpu).unwrap();
+        let s = p.bound_planes().unwrap();
+        let (re, im) = (s[0].to_vec2::<f32>().unwrap(), s[1].to_vec2::<f32>().unwrap());
+        let c: Vec<Vec<Vec<f32>>> = p.codebook(0).unwrap().iter().map(|x| x.to_vec2().unwrap()).collect();
+        let e: Vec<Vec<Vec<f32>>> = p.codebook(1).unwrap().iter().map(|x| x.to_vec2().unwrap()).collect();
+        for t in 0..2 {
+            let (i, j) = (p.truth[t * 2] as usize, p.truth[t * 2 + 1] as usize);
+            for d in 0..32 {
+                assert!((re[t][d].hypot(im[t][d]) - 1.0).abs() < 1e-5);
+                // (a + ib)(c + id) = (ac − bd) + i(ad + bc)
+                let pr = c[0][i][d] * e[0][j][d] - c[1][i][d] * e[1][j][d];
+                let pi = c[0][i][d] * e[1][j][d] + c[1][i][d] * e[0][j][d];
+                assert!((pr - re[t][d]).abs() < 1e-5 && (pi - im[t][d]).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn same_seed_same_problem() {
+        let mut cfg = ProblemConfig::map(100, 3, 10, 5, 3);
+        cfg.noise = Noise { gauss: 0.1, flip: 0.1 };
+        let a = Problem::generate(&cfg, &Device::Cpu).unwrap();
+        let b = Problem::generate(&cfg, &Device::Cpu).unwrap();
+        assert_eq!(a.truth, b.truth);
+        let diff = (a.bound - b.bound).unwrap().abs().unwrap().sum_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn flip_noise_flips_the_expected_fraction() {
+        let mut cfg = ProblemConfig::map(1000, 2, 4, 50, 9);
+        let clean = Problem::generate(&cfg, &Device::Cpu).unwrap();
+        cfg.noise.flip = 0.2;
+        let noisy = Problem::generate(&cfg, &Device::Cpu).unwrap();
+        let a = clean.bound.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = noisy.bound.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let flipped = a.iter().zip(&b).filter(|(x, y)| x != y).count() as f64 / a.len() as f64;
+        // 50 000 Bernoulli(0.2) draws: standard error 0.0018.
+        assert!((flipped - 0.2).abs() < 0.01, "{flipped}");
+    }
+
+    #[test]
+    fn bad_configurations_are_errors() {
+        let ok = ProblemConfig::map(10, 2, 3, 1, 0);
+        for bad in [
+            ProblemConfig { dim: 0, ..ok.clone() },
+            ProblemConfig { factors: 1, ..ok.clone() },
+            ProblemConfig { codebook_size: 0, ..ok.clone() },
+            ProblemConfig { trials: 0, ..ok.clone() },
+            ProblemConfig { noise: Noise { gauss: 0.0, flip: 1.5 }, ..ok.clone() },
+            ProblemConfig { noise: Noise { gauss: -1.0, flip: 0.0 }, ..ok.clone() },
+            ProblemConfig { noise: Noise { gauss: f32::NAN, flip: 0.0 }, ..ok.clone() },
+        ] {
+            assert!(Problem::generate(&bad, &Device::Cpu).is_err(), "{bad:?}");
+        }
+    }
+}
