@@ -40,7 +40,7 @@ use crate::problem::{Problem, VsaKind};
 use crate::{Error, Result};
 
 pub use als::AlsConfig;
-pub use resonator::{Activation, Normalization, ResonatorConfig, Update, Weights};
+pub use resonator::{Activation, Normalization, ResonatorConfig, StopRule, Update, Weights};
 
 /// A factorization method and its settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

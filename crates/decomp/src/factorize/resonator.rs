@@ -82,6 +82,25 @@ pub struct ResonatorConfig {
     /// Trials whose estimates change by less than this (mean absolute change per component)
     /// over a sweep count as converged; 0 demands an exact fixed point.
     pub tolerance: f32,
+    /// When to stop a trial.
+    pub stop: StopRule,
+}
+
+/// When a trial counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StopRule {
+    /// The estimates are a fixed point of a whole sweep (up to `tolerance`).
+    FixedPoint,
+    /// The codewords that best match the unbound vectors reconstruct the input:
+    /// cos(⊙_g c_g[î_g], s) ≥ `threshold`, with î_g = argmax |C_g u_g|. Stochastic dynamics use
+    /// it so that noise can still carry a trial out of a spurious fixed point; only the input
+    /// and the codebooks are used, never the ground truth. A wrong decoding reconstructs s with
+    /// cosine about 1/√D, so the threshold must sit well above that.
+    Reconstruction {
+        /// Cosine similarity that counts as a reconstruction.
+        threshold: f32,
+    },
 }
 
 impl ResonatorConfig {
@@ -93,19 +112,22 @@ impl ResonatorConfig {
             activation: Activation::Linear,
             normalization: Normalization::Sign,
             tolerance: 0.0,
+            stop: StopRule::FixedPoint,
         }
     }
 
     /// The stochastic, sparse resonator with the settings tuned at D = 1000, F = 3, M = 50
-    /// (`cargo xtask tune stochastic`): top-20 activation and noise annealed from 0.03 to 0.
+    /// (`cargo xtask tune stochastic`): top-20 activation and noise annealed from 0.02 to 0;
+    /// a trial stops once its estimates reconstruct the input (cos ≥ 0.5).
     pub fn stochastic() -> Self {
         ResonatorConfig {
             activation: Activation::Stochastic {
-                noise_start: 0.03,
+                noise_start: 0.02,
                 noise_end: 0.0,
                 top_k: Some(20),
                 threshold: None,
             },
+            stop: StopRule::Reconstruction { threshold: 0.5 },
             ..ResonatorConfig::classic()
         }
     }
@@ -264,6 +286,7 @@ pub(super) fn run(
             }
             _ => 0.0,
         };
+        let mut decoded: Vec<Tensor> = Vec::new();
         for f in 0..nf {
             let source = match rc.update {
                 Update::Sequential => &act.est,
@@ -274,6 +297,9 @@ pub(super) fn run(
             let u = algebra::unbind(kind, &act.s, &others)?;
             let fd = &factors[f];
             let mut a = algebra::similarities(kind, &u, &fd.cb)?;
+            if matches!(rc.stop, StopRule::Reconstruction { .. }) {
+                decoded.push(algebra::magnitude(kind, &a)?.argmax(1)?);
+            }
             if let Some(gi) = &fd.gram_inv {
                 a = vec![a[0].matmul(gi)?];
             }
@@ -282,21 +308,38 @@ pub(super) fn run(
             act.est[f] = normalize(kind, rc.normalization, &x)?;
         }
 
-        // Stopping: fixed points, then limit cycles.
+        // Stopping: fixed points or reconstructions, then limit cycles.
         let n = act.ids.len();
-        let mut change = Tensor::zeros(n, DType::F32, &device)?;
-        for (new, prev) in act.est.iter().zip(&old) {
-            for (a, b) in new.iter().zip(prev) {
-                change = (change + (a - b)?.abs()?.sum(1)?)?;
-            }
-        }
-        let change = change.to_vec1::<f32>()?;
-        let tol = rc.tolerance * d as f32;
         let mut stop = vec![false; n];
-        for (i, c) in change.iter().enumerate() {
-            if *c <= tol {
-                stop[i] = true;
-                out.converged[act.ids[i]] = true;
+        match rc.stop {
+            StopRule::FixedPoint => {
+                let mut change = Tensor::zeros(n, DType::F32, &device)?;
+                for (new, prev) in act.est.iter().zip(&old) {
+                    for (a, b) in new.iter().zip(prev) {
+                        change = (change + (a - b)?.abs()?.sum(1)?)?;
+                    }
+                }
+                let tol = rc.tolerance * d as f32;
+                for (i, c) in change.to_vec1::<f32>()?.iter().enumerate() {
+                    if *c <= tol {
+                        stop[i] = true;
+                        out.converged[act.ids[i]] = true;
+                    }
+                }
+            }
+            StopRule::Reconstruction { threshold } => {
+                let words = decoded
+                    .iter()
+                    .zip(&factors)
+                    .map(|(idx, fd)| algebra::select_rows(&fd.cb.c, idx))
+                    .collect::<Result<Vec<_>>>()?;
+                let cos = reconstruction_cosine(kind, &words, &act.s)?;
+                for (i, c) in cos.iter().enumerate() {
+                    if *c >= threshold {
+                        stop[i] = true;
+                        out.converged[act.ids[i]] = true;
+                    }
+                }
             }
         }
         if let Some(r) = &sig {
@@ -324,7 +367,17 @@ pub(super) fn run(
             stop.iter_mut().for_each(|s| *s = true);
         }
         if stop.iter().any(|&s| s) {
-            retire(kind, &mut act, &stop, &factors, it, &mut out, &device)?;
+            // A reconstruction stop answers with the codewords that reconstructed s.
+            let answer = match rc.stop {
+                StopRule::Reconstruction { .. } => Some(
+                    decoded
+                        .iter()
+                        .map(|t| t.to_vec1::<u32>())
+                        .collect::<candle_core::Result<Vec<_>>>()?,
+                ),
+                StopRule::FixedPoint => None,
+            };
+            retire(kind, &mut act, &stop, answer.as_deref(), &factors, it, &mut out, &device)?;
         }
         progress(Progress {
             iteration: it,
@@ -338,11 +391,31 @@ pub(super) fn run(
     Ok(out)
 }
 
+/// cos(⊙_g x_g, s) per trial (the real part of the normalized inner product for FHRR).
+fn reconstruction_cosine(kind: VsaKind, xs: &[Planes], s: &Planes) -> Result<Vec<f32>> {
+    let prod = algebra::product_except(kind, xs, None)?
+        .ok_or_else(|| Error::Config("at least two factors are needed".into()))?;
+    let mut dot = (&prod[0] * &s[0])?.sum(1)?;
+    let mut pp = prod[0].sqr()?.sum(1)?;
+    let mut ss = s[0].sqr()?.sum(1)?;
+    for (p, q) in prod.iter().zip(s).skip(1) {
+        dot = (dot + (p * q)?.sum(1)?)?;
+        pp = (pp + p.sqr()?.sum(1)?)?;
+        ss = (ss + q.sqr()?.sum(1)?)?;
+    }
+    let cos = dot.div(&(pp * ss)?.sqrt()?.affine(1.0, 1e-30)?)?;
+    Ok(cos.to_vec1::<f32>()?)
+}
+
 /// Decodes and records the trials marked in `stop`, and removes them from the active batch.
+/// Trials that stopped on a reconstruction take their answer from `answer` (per factor, per
+/// active row); the others are decoded from their estimates.
+#[allow(clippy::too_many_arguments)]
 fn retire(
     kind: VsaKind,
     act: &mut Active,
     stop: &[bool],
+    answer: Option<&[Vec<u32>]>,
     factors: &[FactorData],
     it: usize,
     out: &mut Outcome,
@@ -356,7 +429,11 @@ fn retire(
         let x = algebra::select_rows(&act.est[f], &done_t)?;
         let idx = algebra::decode(kind, &x, &fd.cb)?;
         for (k, &row) in done.iter().enumerate() {
-            out.predictions[act.ids[row as usize] * nf + f] = idx[k];
+            let trial = act.ids[row as usize];
+            out.predictions[trial * nf + f] = match answer {
+                Some(ans) if out.converged[trial] => ans[f][row as usize],
+                _ => idx[k],
+            };
         }
     }
     for &row in &done {
