@@ -80,7 +80,16 @@ pub struct CapacityReport {
     pub evaluations: Vec<CapacityPoint>,
 }
 
+/// Grid points evaluated inside the bracket before the curve is fitted.
+const GRID_POINTS: usize = 6;
+
 /// Searches the operational capacity; `progress` sees every evaluation as it finishes.
+///
+/// Exact accuracy measured on a finite number of trials is noisy, so a plain bisection on it
+/// can stop anywhere near the threshold. Instead the search brackets the threshold by doubling
+/// M, evaluates a grid inside the bracket, fits a logistic curve P(exact) = σ(a + b·ln M) to
+/// every trial outcome by maximum likelihood, and reports the largest integer M whose fitted
+/// accuracy reaches the target, followed by a fresh evaluation there.
 pub fn capacity(
     config: &CapacityConfig,
     device: &Device,
@@ -93,10 +102,17 @@ pub fn capacity(
         )));
     }
     if config.m_limit == 0 {
-        return Err(Error::Config("the largest codebook size must be at least 1".into()));
+        return Err(Error::Config(
+            "the largest codebook size must be at least 1".into(),
+        ));
     }
     let mut evaluations: Vec<CapacityPoint> = Vec::new();
-    let mut eval = |m: usize| -> Result<CapacityPoint> {
+    let mut eval = |m: usize, round: u64| -> Result<CapacityPoint> {
+        let seed = config
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(m as u64)
+            .wrapping_add(round << 32);
         let pc = ProblemConfig {
             vsa: config.vsa,
             dim: config.dim,
@@ -104,13 +120,13 @@ pub fn capacity(
             codebook_size: m,
             trials: config.trials,
             noise: Noise::default(),
-            seed: config.seed.wrapping_mul(1_000_003).wrapping_add(m as u64),
+            seed,
         };
         let problem = Problem::generate(&pc, device)?;
         let fc = FactorizeConfig {
             method: config.method.clone(),
             max_iters: config.max_iters.for_problem(m, config.factors),
-            seed: pc.seed,
+            seed,
         };
         let r: FactorizeReport = factorize(&problem, &fc, &mut |_| {})?;
         let point = CapacityPoint {
@@ -125,14 +141,14 @@ pub fn capacity(
     };
     let passes = |p: &CapacityPoint| p.exact_accuracy >= config.target;
 
-    // Bracket: lo passes (or is 0), hi fails (or is past the limit).
-    let mut lo: Option<CapacityPoint> = None;
+    // Bracket by doubling: the largest passing size and the first failing one.
+    let mut lo = 0usize;
     let mut hi = None;
     let mut m = 8.min(config.m_limit);
     loop {
-        let p = eval(m)?;
+        let p = eval(m, 0)?;
         if passes(&p) {
-            lo = Some(p);
+            lo = m;
             if m == config.m_limit {
                 break;
             }
@@ -142,24 +158,155 @@ pub fn capacity(
             break;
         }
     }
-    if let Some(hi) = hi {
-        let mut lo_m = lo.as_ref().map_or(0, |p| p.codebook);
-        let mut hi_m = hi;
-        while hi_m - lo_m > 1 {
-            let mid = lo_m + (hi_m - lo_m) / 2;
-            let p = eval(mid)?;
-            if passes(&p) {
-                lo_m = mid;
-                lo = Some(p);
-            } else {
-                hi_m = mid;
+    let m_max = match hi {
+        None => lo,
+        Some(hi) => {
+            let base = lo.max(1);
+            let steps = GRID_POINTS.min(hi - base);
+            for k in 1..steps {
+                eval(base + (hi - base) * k / steps, 0)?;
             }
+            drop(eval);
+            let fitted = fit_crossing(&evaluations, config.trials, config.target);
+            let m = fitted.map_or(lo, |x| x.floor() as usize).clamp(lo, hi - 1);
+            eval_at(m, &mut evaluations, config, device, progress)?;
+            m
         }
-    }
-    drop(eval);
+    };
+    let at_m_max = evaluations
+        .iter()
+        .rev()
+        .find(|p| p.codebook == m_max && m_max > 0)
+        .cloned();
     Ok(CapacityReport {
-        m_max: lo.as_ref().map_or(0, |p| p.codebook),
-        at_m_max: lo,
+        m_max,
+        at_m_max,
         evaluations,
     })
+}
+
+/// A final, fresh evaluation at the reported capacity (seeded apart from the search).
+fn eval_at(
+    m: usize,
+    evaluations: &mut Vec<CapacityPoint>,
+    config: &CapacityConfig,
+    device: &Device,
+    progress: &mut dyn FnMut(&CapacityPoint),
+) -> Result<()> {
+    if m == 0 {
+        return Ok(());
+    }
+    let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(m as u64) ^ 0xA5A5_0000_0000;
+    let pc = ProblemConfig {
+        vsa: config.vsa,
+        dim: config.dim,
+        factors: config.factors,
+        codebook_size: m,
+        trials: config.trials,
+        noise: Noise::default(),
+        seed,
+    };
+    let problem = Problem::generate(&pc, device)?;
+    let fc = FactorizeConfig {
+        method: config.method.clone(),
+        max_iters: config.max_iters.for_problem(m, config.factors),
+        seed,
+    };
+    let r = factorize(&problem, &fc, &mut |_| {})?;
+    let point = CapacityPoint {
+        codebook: m,
+        max_iters: fc.max_iters,
+        exact_accuracy: r.exact_accuracy,
+        factor_accuracy: r.factor_accuracy,
+    };
+    progress(&point);
+    evaluations.push(point);
+    Ok(())
+}
+
+/// Maximum-likelihood fit of P(exact | M) = σ(a + b·ln M) to the evaluations (each is
+/// `trials` Bernoulli outcomes), by Newton's method with a tiny ridge; returns the M at which
+/// the fitted curve equals `target`, or `None` when the fit shows no decreasing trend.
+pub fn fit_crossing(points: &[CapacityPoint], trials: usize, target: f64) -> Option<f64> {
+    if points.len() < 2 || target >= 1.0 {
+        return None;
+    }
+    let data: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| ((p.codebook as f64).ln(), p.exact_accuracy))
+        .collect();
+    let n = trials as f64;
+    let (mut a, mut b) = (0.0f64, 0.0f64);
+    for _ in 0..100 {
+        // Gradient and Hessian of the log-likelihood (plus ridge 1e-6·‖(a, b)‖²).
+        let (mut ga, mut gb) = (-1e-6 * a, -1e-6 * b);
+        let (mut haa, mut hab, mut hbb) = (1e-6, 0.0, 1e-6);
+        for &(x, y) in &data {
+            let p = 1.0 / (1.0 + (-(a + b * x)).exp());
+            let r = n * (y - p);
+            ga += r;
+            gb += r * x;
+            let w = n * p * (1.0 - p);
+            haa += w;
+            hab += w * x;
+            hbb += w * x * x;
+        }
+        let det = haa * hbb - hab * hab;
+        if det.abs() < 1e-300 {
+            return None;
+        }
+        let da = (hbb * ga - hab * gb) / det;
+        let db = (haa * gb - hab * ga) / det;
+        a += da;
+        b += db;
+        if !(a.is_finite() && b.is_finite()) {
+            return None;
+        }
+        if da.abs() + db.abs() < 1e-10 {
+            break;
+        }
+    }
+    if b >= 0.0 {
+        return None;
+    }
+    let logit = (target / (1.0 - target)).ln();
+    let m = ((logit - a) / b).exp();
+    m.is_finite().then_some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logistic_fit_recovers_a_known_curve() {
+        // Exact accuracies on the curve σ(20 − 4.5 ln M), which crosses 0.99 at
+        // M = exp((20 − logit(0.99)) / 4.5) ≈ 41.9.
+        let points: Vec<CapacityPoint> = [10usize, 20, 30, 40, 50, 60, 80]
+            .iter()
+            .map(|&m| CapacityPoint {
+                codebook: m,
+                max_iters: 100,
+                exact_accuracy: 1.0 / (1.0 + (-(20.0 - 4.5 * (m as f64).ln())).exp()),
+                factor_accuracy: 1.0,
+            })
+            .collect();
+        let m = fit_crossing(&points, 200, 0.99).unwrap();
+        let want = ((20.0 - (0.99f64 / 0.01).ln()) / 4.5).exp();
+        assert!((m - want).abs() < 1e-3 * want, "{m} vs {want}");
+    }
+
+    #[test]
+    fn flat_curve_has_no_crossing() {
+        let points: Vec<CapacityPoint> = [10usize, 20]
+            .iter()
+            .map(|&m| CapacityPoint {
+                codebook: m,
+                max_iters: 100,
+                exact_accuracy: 0.5,
+                factor_accuracy: 0.5,
+            })
+            .collect();
+        assert!(fit_crossing(&points, 100, 0.99).is_none());
+    }
 }

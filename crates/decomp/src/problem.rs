@@ -224,6 +224,33 @@ impl Problem {
         })
     }
 
+    /// The sub-problem made of the given trials (same codebooks), in the given order.
+    pub fn select(&self, trials: &[usize]) -> Result<Problem> {
+        let t = self.config.trials;
+        if let Some(&bad) = trials.iter().find(|&&i| i >= t) {
+            return Err(Error::Config(format!(
+                "trial {bad} out of range (the problem has {t} trials)"
+            )));
+        }
+        if trials.is_empty() {
+            return Err(Error::Config("select at least one trial".into()));
+        }
+        let f = self.config.factors;
+        let idx: Vec<u32> = trials.iter().map(|&i| i as u32).collect();
+        let idx = Tensor::from_vec(idx, trials.len(), self.bound.device())?;
+        let mut config = self.config.clone();
+        config.trials = trials.len();
+        Ok(Problem {
+            config,
+            codebooks: self.codebooks.clone(),
+            bound: self.bound.index_select(&idx, 1)?,
+            truth: trials
+                .iter()
+                .flat_map(|&i| self.truth[i * f..(i + 1) * f].iter().copied())
+                .collect(),
+        })
+    }
+
     /// The codebook of factor `f`, one `[M, D]` tensor per plane.
     pub fn codebook(&self, f: usize) -> Result<Vec<Tensor>> {
         let cb = self.codebooks.get(f)?;
