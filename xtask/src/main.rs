@@ -1,1 +1,139 @@
-fn main() {}
+//! `cargo xtask`: the project's automation.
+//!
+//! ```text
+//! cargo xtask ci                  fmt --check, clippy -D warnings, the test suite, docs, benches compile
+//! cargo xtask bench <suite>       run a criterion suite: vsa, factorization or all
+//! cargo xtask fixtures [--check]  regenerate fixtures/ (or verify the committed ones)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use recompose_decomp::problem::{Noise, Problem, ProblemConfig, VsaKind};
+
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|all> | fixtures [--check]>";
+
+/// The benchmark suites in `benches/benches/`.
+const SUITES: [&str; 2] = ["vsa", "factorization"];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["ci"] => ci(),
+        ["bench", suite] => bench(suite),
+        ["fixtures"] => fixtures(false),
+        ["fixtures", "--check"] => fixtures(true),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// What CI runs (see `.ci/run`).
+fn ci() -> Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // The test command of README.md.
+    cargo(&["test", "--workspace", "--release"])?;
+    cargo(&["bench", "--workspace", "--no-run"])?;
+    fixtures(true)?;
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["doc", "--workspace", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings"))
+}
+
+fn bench(suite: &str) -> Result<()> {
+    let suites: Vec<&str> = match suite {
+        "all" => SUITES.to_vec(),
+        s if SUITES.contains(&s) => vec![s],
+        other => bail!("unknown bench suite '{other}' (expected {} or all)", SUITES.join(", ")),
+    };
+    for s in suites {
+        cargo(&["bench", "-p", "recompose-benches", "--bench", s])?;
+    }
+    Ok(())
+}
+
+/// The fixture problems: small, deterministic factorization problems in safetensors, used by the
+/// tests to check the file format and that generation stays bit-for-bit reproducible.
+fn fixture_problems() -> Vec<(&'static str, ProblemConfig)> {
+    let map = ProblemConfig::map(512, 3, 8, 16, 2024);
+    let fhrr = ProblemConfig {
+        vsa: VsaKind::Fhrr,
+        ..ProblemConfig::map(256, 3, 6, 8, 2025)
+    };
+    let noisy = ProblemConfig {
+        noise: Noise {
+            gauss: 0.5,
+            flip: 0.1,
+        },
+        ..ProblemConfig::map(512, 2, 10, 16, 2026)
+    };
+    vec![
+        ("problem-map-d512-f3-m8.safetensors", map),
+        ("problem-fhrr-d256-f3-m6.safetensors", fhrr),
+        ("problem-map-noisy-d512-f2-m10.safetensors", noisy),
+    ]
+}
+
+fn fixtures(check: bool) -> Result<()> {
+    let dir = root().join("fixtures");
+    std::fs::create_dir_all(&dir)?;
+    let tmp = std::env::temp_dir().join(format!("recompose-fixtures-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let mut stale = Vec::new();
+    for (name, cfg) in fixture_problems() {
+        let problem = Problem::generate(&cfg, &Device::Cpu)?;
+        let fresh = tmp.join(name);
+        problem.save(&fresh)?;
+        let target = dir.join(name);
+        if check {
+            let same = std::fs::read(&target).ok() == Some(std::fs::read(&fresh)?);
+            if !same {
+                stale.push(name);
+            }
+        } else {
+            std::fs::copy(&fresh, &target)?;
+            eprintln!("wrote {}", target.display());
+        }
+    }
+    std::fs::remove_dir_all(&tmp)?;
+    if !stale.is_empty() {
+        bail!(
+            "fixtures differ from what `cargo xtask fixtures` generates: {}",
+            stale.join(", ")
+        );
+    }
+    Ok(())
+}

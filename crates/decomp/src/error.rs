@@ -21,6 +21,22 @@ pub enum Error {
         /// The VSA model.
         vsa: &'static str,
     },
+    /// A file that could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A problem file that is malformed or inconsistent; the message names what is wrong.
+    #[error("{path}: {msg}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// A numerical failure, such as a singular system that no regularization could fix.
     #[error("numerical failure: {0}")]
     Numerical(String),

@@ -267,6 +267,168 @@ impl Problem {
     }
 }
 
+/// Metadata key under which a problem file stores its configuration as JSON.
+const CONFIG_KEY: &str = "recompose.problem";
+
+impl Problem {
+    /// Writes the problem to a safetensors file: tensors `codebooks` (f32 `[F, P, M, D]`),
+    /// `bound` (f32 `[P, T, D]`) and `truth` (u32 `[T, F]`), and the configuration as JSON
+    /// metadata. The file is written to a temporary name and renamed, so a crash never leaves a
+    /// truncated file behind.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let io = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let fmt = |msg: String| Error::Format {
+            path: path.display().to_string(),
+            msg,
+        };
+        let f32_bytes = |t: &Tensor| -> Result<Vec<u8>> {
+            Ok(t.flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect())
+        };
+        let cb = f32_bytes(&self.codebooks)?;
+        let bound = f32_bytes(&self.bound)?;
+        let truth: Vec<u8> = self.truth.iter().flat_map(|v| v.to_le_bytes()).collect();
+        use safetensors::tensor::TensorView;
+        use safetensors::Dtype;
+        let views = vec![
+            (
+                "codebooks",
+                TensorView::new(Dtype::F32, self.codebooks.dims().to_vec(), &cb)
+                    .map_err(|e| fmt(e.to_string()))?,
+            ),
+            (
+                "bound",
+                TensorView::new(Dtype::F32, self.bound.dims().to_vec(), &bound)
+                    .map_err(|e| fmt(e.to_string()))?,
+            ),
+            (
+                "truth",
+                TensorView::new(
+                    Dtype::U32,
+                    vec![self.config.trials, self.config.factors],
+                    &truth,
+                )
+                .map_err(|e| fmt(e.to_string()))?,
+            ),
+        ];
+        let meta = serde_json::to_string(&self.config).map_err(|e| fmt(e.to_string()))?;
+        let bytes = safetensors::serialize(
+            views,
+            Some([(CONFIG_KEY.to_string(), meta)].into_iter().collect()),
+        )
+        .map_err(|e| fmt(e.to_string()))?;
+        let tmp = path.with_extension("safetensors.tmp");
+        std::fs::write(&tmp, bytes).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Reads a problem written by [`Problem::save`], checking every tensor's presence, dtype
+    /// and shape against the stored configuration, that codewords are valid (±1 for MAP, unit
+    /// modulus for FHRR), that values are finite and that true indices are in range. The error
+    /// names the offending tensor.
+    pub fn load(path: &std::path::Path, device: &Device) -> Result<Problem> {
+        let name = path.display().to_string();
+        let fmt = |msg: String| Error::Format {
+            path: name.clone(),
+            msg,
+        };
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: name.clone(),
+            source,
+        })?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| fmt(format!("not a safetensors file ({e})")))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| fmt(format!("not a safetensors file ({e})")))?;
+        let config: ProblemConfig = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(CONFIG_KEY))
+            .ok_or_else(|| fmt(format!("metadata key '{CONFIG_KEY}' is missing")))
+            .and_then(|s| {
+                serde_json::from_str(s).map_err(|e| fmt(format!("bad '{CONFIG_KEY}': {e}")))
+            })?;
+        config
+            .validate()
+            .map_err(|e| fmt(format!("stored configuration is invalid: {e}")))?;
+        let (f, m, d, t, p) = (
+            config.factors,
+            config.codebook_size,
+            config.dim,
+            config.trials,
+            config.vsa.planes(),
+        );
+        let get = |key: &str, dtype: safetensors::Dtype, shape: &[usize]| {
+            let view = st
+                .tensor(key)
+                .map_err(|_| fmt(format!("tensor '{key}' is missing")))?;
+            if view.dtype() != dtype {
+                return Err(fmt(format!(
+                    "tensor '{key}' has dtype {:?}, expected {dtype:?}",
+                    view.dtype()
+                )));
+            }
+            if view.shape() != shape {
+                return Err(fmt(format!(
+                    "tensor '{key}' has shape {:?}, expected {shape:?} from the stored configuration",
+                    view.shape()
+                )));
+            }
+            Ok(view.data().to_vec())
+        };
+        let to_f32 = |b: Vec<u8>| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let cb = to_f32(get("codebooks", safetensors::Dtype::F32, &[f, p, m, d])?);
+        let bound = to_f32(get("bound", safetensors::Dtype::F32, &[p, t, d])?);
+        let truth: Vec<u32> = get("truth", safetensors::Dtype::U32, &[t, f])?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if let Some(bad) = truth.iter().find(|&&i| i as usize >= m) {
+            return Err(fmt(format!(
+                "tensor 'truth' holds index {bad}, but codebooks have {m} codewords"
+            )));
+        }
+        if bound.iter().any(|v| !v.is_finite()) {
+            return Err(fmt("tensor 'bound' holds non-finite values".into()));
+        }
+        let valid = match config.vsa {
+            VsaKind::Map => cb.iter().all(|&v| v == 1.0 || v == -1.0),
+            VsaKind::Fhrr => (0..f).all(|fi| {
+                let (re, im) = (
+                    &cb[(fi * 2) * m * d..(fi * 2 + 1) * m * d],
+                    &cb[(fi * 2 + 1) * m * d..(fi * 2 + 2) * m * d],
+                );
+                re.iter().zip(im).all(|(a, b)| (a.hypot(*b) - 1.0).abs() < 1e-4)
+            }),
+        };
+        if !valid {
+            return Err(fmt(format!(
+                "tensor 'codebooks' holds values that are not {} codewords",
+                match config.vsa {
+                    VsaKind::Map => "bipolar (±1)",
+                    VsaKind::Fhrr => "unit-phasor",
+                }
+            )));
+        }
+        Ok(Problem {
+            codebooks: Tensor::from_vec(cb, (f, p, m, d), device)?,
+            bound: Tensor::from_vec(bound, (p, t, d), device)?,
+            truth,
+            config,
+        })
+    }
+}
+
 /// Applies the configured noise in place to host data laid out as `[P, T, D]`.
 fn corrupt(bound: &mut [f32], config: &ProblemConfig, rng: &mut SeededRng) {
     let (t, d) = (config.trials, config.dim);
@@ -358,6 +520,57 @@ mod tests {
         let flipped = a.iter().zip(&b).filter(|(x, y)| x != y).count() as f64 / a.len() as f64;
         // 50 000 Bernoulli(0.2) draws: standard error 0.0018.
         assert!((flipped - 0.2).abs() < 0.01, "{flipped}");
+    }
+
+    #[test]
+    fn save_and_load_round_trip_and_reject_bad_files() {
+        let dir = std::env::temp_dir().join(format!("recompose-problem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for vsa in [VsaKind::Map, VsaKind::Fhrr] {
+            let mut cfg = ProblemConfig::map(48, 3, 5, 4, 21);
+            cfg.vsa = vsa;
+            cfg.noise.gauss = 0.1;
+            let p = Problem::generate(&cfg, &Device::Cpu).unwrap();
+            let path = dir.join(format!("{}.safetensors", vsa.name()));
+            p.save(&path).unwrap();
+            let q = Problem::load(&path, &Device::Cpu).unwrap();
+            assert_eq!(q.config, p.config);
+            assert_eq!(q.truth, p.truth);
+            let diff = (&q.bound - &p.bound).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+            let diff = (&q.codebooks - &p.codebooks).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        }
+        // Truncated file.
+        let path = dir.join("map.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = dir.join("cut.safetensors");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let e = Problem::load(&cut, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("cut.safetensors"), "{e}");
+        // A tensor whose shape disagrees with the configuration is named in the error.
+        let p = Problem::generate(&ProblemConfig::map(48, 3, 5, 4, 21), &Device::Cpu).unwrap();
+        let mut bad = p.clone();
+        bad.config.codebook_size = 6;
+        bad.save(&dir.join("shape.safetensors")).unwrap();
+        let e = Problem::load(&dir.join("shape.safetensors"), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'codebooks'") && e.contains("shape"), "{e}");
+        // Codewords that are not bipolar.
+        let mut bad = p.clone();
+        bad.codebooks = (bad.codebooks * 0.5).unwrap();
+        bad.save(&dir.join("values.safetensors")).unwrap();
+        let e = Problem::load(&dir.join("values.safetensors"), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bipolar"), "{e}");
+        // A missing file.
+        assert!(matches!(
+            Problem::load(&dir.join("absent.safetensors"), &Device::Cpu),
+            Err(Error::Io { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -252,3 +252,20 @@ fn kent_iteration_limit() {
     assert_eq!(kent_max_iters(100, 3), 1000);
     assert_eq!(kent_max_iters(50, 4), 6250);
 }
+
+#[test]
+fn committed_fixture_problems_load_and_factorize() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    for (name, method, min_exact) in [
+        ("problem-map-d512-f3-m8.safetensors", "resonator", 1.0),
+        ("problem-fhrr-d256-f3-m6.safetensors", "resonator", 1.0),
+        ("problem-map-noisy-d512-f2-m10.safetensors", "stochastic", 0.9),
+    ] {
+        let p = Problem::load(&dir.join(name), &Device::Cpu).unwrap();
+        // The file holds exactly what its stored configuration generates.
+        let again = Problem::generate(&p.config, &Device::Cpu).unwrap();
+        assert_eq!(again.truth, p.truth, "{name}");
+        let r = run(&p, method, 100, 0);
+        assert!(r.exact_accuracy >= min_exact, "{name}: {r:?}");
+    }
+}

@@ -6,8 +6,9 @@
 //! `C` (`[M, D]` per plane) is the complex inner product a_m = Σ_d conj(c_md)·u_d, computed with
 //! real matmuls. Projection back onto the codebook is x = Σ_m a_m c_m.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
+use super::kernels;
 use crate::problem::VsaKind;
 use crate::Result;
 
@@ -41,7 +42,7 @@ impl PreparedCodebook {
 /// Element-wise product a ⊙ b (complex for FHRR).
 pub fn bind(kind: VsaKind, a: &Planes, b: &Planes) -> Result<Planes> {
     Ok(match kind {
-        VsaKind::Map => vec![(&a[0] * &b[0])?],
+        VsaKind::Map => vec![kernels::product(&[&a[0], &b[0]])?],
         VsaKind::Fhrr => vec![
             ((&a[0] * &b[0])? - (&a[1] * &b[1])?)?,
             ((&a[0] * &b[1])? + (&a[1] * &b[0])?)?,
@@ -49,10 +50,22 @@ pub fn bind(kind: VsaKind, a: &Planes, b: &Planes) -> Result<Planes> {
     })
 }
 
+/// s ⊙ conj(∏_{g≠f} x̂_g): the unbinding of every estimate but factor `f` from `s`, in one
+/// fused pass for MAP.
+pub fn unbind_others(kind: VsaKind, s: &Planes, est: &[Planes], f: usize) -> Result<Planes> {
+    if kind == VsaKind::Map {
+        let mut xs: Vec<&Tensor> = vec![&s[0]];
+        xs.extend(est.iter().enumerate().filter(|(g, _)| *g != f).map(|(_, x)| &x[0]));
+        return Ok(vec![kernels::product(&xs)?]);
+    }
+    let others = product_except(kind, est, Some(f))?.unwrap_or_else(|| s.clone());
+    unbind(kind, s, &others)
+}
+
 /// Unbinding a ⊙ conj(b) (for MAP, the same as binding).
 pub fn unbind(kind: VsaKind, a: &Planes, b: &Planes) -> Result<Planes> {
     Ok(match kind {
-        VsaKind::Map => vec![(&a[0] * &b[0])?],
+        VsaKind::Map => vec![kernels::product(&[&a[0], &b[0]])?],
         VsaKind::Fhrr => vec![
             ((&a[0] * &b[0])? + (&a[1] * &b[1])?)?,
             ((&a[1] * &b[0])? - (&a[0] * &b[1])?)?,
@@ -62,6 +75,19 @@ pub fn unbind(kind: VsaKind, a: &Planes, b: &Planes) -> Result<Planes> {
 
 /// The binding of all estimates but `skip` (`None`: all of them).
 pub fn product_except(kind: VsaKind, est: &[Planes], skip: Option<usize>) -> Result<Option<Planes>> {
+    if kind == VsaKind::Map {
+        let xs: Vec<&Tensor> = est
+            .iter()
+            .enumerate()
+            .filter(|(g, _)| Some(*g) != skip)
+            .map(|(_, x)| &x[0])
+            .collect();
+        return Ok(if xs.is_empty() {
+            None
+        } else {
+            Some(vec![kernels::product(&xs)?])
+        });
+    }
     let mut acc: Option<Planes> = None;
     for (g, x) in est.iter().enumerate() {
         if Some(g) == skip {
@@ -114,7 +140,7 @@ pub fn magnitude(kind: VsaKind, a: &Planes) -> Result<Tensor> {
 
 /// Bipolar sign with ties broken towards +1.
 pub fn sign(x: &Tensor) -> Result<Tensor> {
-    Ok(x.ge(0f32)?.to_dtype(DType::F32)?.affine(2.0, -1.0)?)
+    kernels::sign(x)
 }
 
 /// Scales every row of every plane to Euclidean norm √D (joint norm over planes).

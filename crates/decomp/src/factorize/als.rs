@@ -75,6 +75,9 @@ pub(super) fn run(
                 coef.extend(a.into_iter().map(|v| v as f32));
             }
             let coef = Tensor::from_vec(coef, (n, m), &device)?;
+            // Right-hand side, batched Gram and projection products.
+            let (nn, dd, mm) = (n as f64, d as f64, m as f64);
+            out.matmul_flops += 2.0 * nn * dd * mm * (2.0 + mm);
             est[f] = algebra::l2_normalize(&vec![coef.matmul(&cbs[f].c[0])?])?;
         }
         // Stop trials whose estimates no longer move (up to the sign ambiguity of each factor's

@@ -29,6 +29,7 @@
 
 mod algebra;
 mod als;
+mod kernels;
 mod resonator;
 
 use std::time::Instant;
@@ -137,6 +138,9 @@ pub struct FactorizeReport {
     pub wall_seconds: f64,
     /// Trials per second of wall-clock time.
     pub trials_per_second: f64,
+    /// Floating-point operations of the solver's matmuls (similarities, projections, Gram and
+    /// normal-equation products), counted as 2·m·n·k per product.
+    pub matmul_flops: f64,
 }
 
 /// Progress of a running factorization: the iteration just finished and how many trials are
@@ -158,6 +162,7 @@ pub(crate) struct Outcome {
     pub iterations: Vec<u32>,
     pub converged: Vec<bool>,
     pub limit_cycle: Vec<bool>,
+    pub matmul_flops: f64,
 }
 
 impl Outcome {
@@ -167,6 +172,7 @@ impl Outcome {
             iterations: vec![0; trials],
             converged: vec![false; trials],
             limit_cycle: vec![false; trials],
+            matmul_flops: 0.0,
         }
     }
 }
@@ -218,6 +224,7 @@ fn summarize(problem: &Problem, o: Outcome, wall_seconds: f64) -> FactorizeRepor
         limit_cycle_fraction: frac(o.limit_cycle.iter().filter(|&&c| c).count()),
         wall_seconds,
         trials_per_second: t as f64 / wall_seconds.max(1e-12),
+        matmul_flops: o.matmul_flops,
         predictions: o.predictions,
         iterations: o.iterations,
         converged: o.converged,

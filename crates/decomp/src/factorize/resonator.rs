@@ -7,6 +7,7 @@ use recompose_vsa::random;
 use serde::{Deserialize, Serialize};
 
 use super::algebra::{self, Planes, PreparedCodebook};
+use super::kernels;
 use super::{FactorizeConfig, Outcome, Progress};
 use crate::problem::{Problem, VsaKind};
 use crate::{linalg, Error, Result};
@@ -292,9 +293,7 @@ pub(super) fn run(
                 Update::Sequential => &act.est,
                 Update::Synchronous => &old,
             };
-            let others = algebra::product_except(kind, source, Some(f))?
-                .ok_or_else(|| Error::Config("at least two factors are needed".into()))?;
-            let u = algebra::unbind(kind, &act.s, &others)?;
+            let u = algebra::unbind_others(kind, &act.s, source, f)?;
             let fd = &factors[f];
             let mut a = algebra::similarities(kind, &u, &fd.cb)?;
             if matches!(rc.stop, StopRule::Reconstruction { .. }) {
@@ -305,6 +304,16 @@ pub(super) fn run(
             }
             let a = activate(kind, &rc.activation, a, d, noise_std, &mut rng, &device)?;
             let x = algebra::project(kind, &a, &fd.cb)?;
+            // Real matmul count: MAP 1 + 1; FHRR 4 for the similarities, 2 or 4 back.
+            let n = act.ids.len() as f64;
+            let per = 2.0 * n * d as f64 * m as f64;
+            out.matmul_flops += match kind {
+                VsaKind::Map => 2.0 * per,
+                VsaKind::Fhrr => (4 + 2 * a.len()) as f64 * per,
+            };
+            if fd.gram_inv.is_some() {
+                out.matmul_flops += 2.0 * n * (m * m) as f64;
+            }
             act.est[f] = normalize(kind, rc.normalization, &x)?;
         }
 
@@ -313,14 +322,11 @@ pub(super) fn run(
         let mut stop = vec![false; n];
         match rc.stop {
             StopRule::FixedPoint => {
-                let mut change = Tensor::zeros(n, DType::F32, &device)?;
-                for (new, prev) in act.est.iter().zip(&old) {
-                    for (a, b) in new.iter().zip(prev) {
-                        change = (change + (a - b)?.abs()?.sum(1)?)?;
-                    }
-                }
+                let new: Vec<&Tensor> = act.est.iter().flatten().collect();
+                let prev: Vec<&Tensor> = old.iter().flatten().collect();
+                let change = kernels::row_l1_change(&new, &prev)?;
                 let tol = rc.tolerance * d as f32;
-                for (i, c) in change.to_vec1::<f32>()?.iter().enumerate() {
+                for (i, c) in change.iter().enumerate() {
                     if *c <= tol {
                         stop[i] = true;
                         out.converged[act.ids[i]] = true;

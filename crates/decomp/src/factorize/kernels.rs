@@ -1,0 +1,153 @@
+//! Fused element-wise kernels for the resonator's hot loop.
+//!
+//! Each iteration of a resonator does a few cheap element-wise passes around two matmuls.
+//! Composed from single tensor ops, those passes allocate and traverse `[T, D]` buffers several
+//! times each; on the CPU these kernels do each in one pass over contiguous host memory, and on
+//! other devices they fall back to the equivalent tensor ops, so results are identical
+//! everywhere.
+
+use candle_core::{DType, Storage, Tensor};
+
+use crate::Result;
+
+/// Runs `f` on the contiguous f32 host slices of `xs` when they all live on the CPU in that
+/// form; returns `None` otherwise.
+fn with_host_slices<R>(xs: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Option<R> {
+    let guards: Vec<_> = xs.iter().map(|x| x.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(xs.len());
+    for (storage, layout) in &guards {
+        let (start, end) = layout.contiguous_offsets()?;
+        match &**storage {
+            Storage::Cpu(cpu) => slices.push(&cpu.as_slice::<f32>().ok()?[start..end]),
+            _ => return None,
+        }
+    }
+    Some(f(&slices))
+}
+
+/// The element-wise product of same-shaped tensors.
+pub fn product(xs: &[&Tensor]) -> Result<Tensor> {
+    let first = xs[0];
+    for x in &xs[1..] {
+        if x.shape() != first.shape() {
+            return Err(candle_core::Error::ShapeMismatchBinaryOp {
+                lhs: first.shape().clone(),
+                rhs: x.shape().clone(),
+                op: "product",
+            }
+            .into());
+        }
+    }
+    let host = with_host_slices(xs, |s| {
+        let mut out = s[0].to_vec();
+        for other in &s[1..] {
+            for (o, v) in out.iter_mut().zip(other.iter()) {
+                *o *= v;
+            }
+        }
+        out
+    });
+    match host {
+        Some(out) => Ok(Tensor::from_vec(out, first.shape(), first.device())?),
+        None => {
+            let mut acc = first.clone();
+            for x in &xs[1..] {
+                acc = (acc * *x)?;
+            }
+            Ok(acc)
+        }
+    }
+}
+
+/// Bipolar sign with ties broken towards +1.
+pub fn sign(x: &Tensor) -> Result<Tensor> {
+    let host = with_host_slices(&[x], |s| {
+        s[0].iter()
+            .map(|&v| if v >= 0.0 { 1.0f32 } else { -1.0 })
+            .collect::<Vec<_>>()
+    });
+    match host {
+        Some(out) => Ok(Tensor::from_vec(out, x.shape(), x.device())?),
+        None => Ok(x.ge(0f32)?.to_dtype(DType::F32)?.affine(2.0, -1.0)?),
+    }
+}
+
+/// Σ |new − old| per row, summed over all pairs of `[T, D]` tensors.
+pub fn row_l1_change(new: &[&Tensor], old: &[&Tensor]) -> Result<Vec<f32>> {
+    let rows = new[0].dim(0)?;
+    let mut all: Vec<&Tensor> = new.to_vec();
+    all.extend_from_slice(old);
+    let host = with_host_slices(&all, |s| {
+        let k = new.len();
+        let mut out = vec![0f32; rows];
+        for p in 0..k {
+            let (a, b) = (s[p], s[k + p]);
+            let d = a.len() / rows.max(1);
+            for (r, o) in out.iter_mut().enumerate() {
+                let (ra, rb) = (&a[r * d..(r + 1) * d], &b[r * d..(r + 1) * d]);
+                *o += ra.iter().zip(rb).map(|(x, y)| (x - y).abs()).sum::<f32>();
+            }
+        }
+        out
+    });
+    match host {
+        Some(out) => Ok(out),
+        None => {
+            let mut acc = Tensor::zeros(rows, DType::F32, new[0].device())?;
+            for (a, b) in new.iter().zip(old) {
+                acc = (acc + (*a - *b)?.abs()?.sum(1)?)?;
+            }
+            Ok(acc.to_vec1()?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn t(v: &[f32], rows: usize) -> Tensor {
+        Tensor::from_vec(v.to_vec(), (rows, v.len() / rows), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn fast_paths_agree_with_tensor_ops() {
+        let a = t(&[1.0, -2.0, 0.0, 3.0, -0.5, 4.0], 2);
+        let b = t(&[2.0, 1.0, -1.0, -1.0, 2.0, 0.5], 2);
+        let c = t(&[-1.0, 1.0, 1.0, 1.0, -1.0, 2.0], 2);
+        let p = product(&[&a, &b, &c]).unwrap();
+        let want = ((&a * &b).unwrap() * &c).unwrap();
+        assert_eq!(p.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap());
+        assert_eq!(
+            sign(&a).unwrap().to_vec2::<f32>().unwrap(),
+            vec![vec![1.0, -1.0, 1.0], vec![1.0, -1.0, 1.0]]
+        );
+        let ch = row_l1_change(&[&a, &b], &[&b, &c]).unwrap();
+        let want: Vec<f32> = (0..2)
+            .map(|r| {
+                let (av, bv, cv) = (
+                    a.to_vec2::<f32>().unwrap(),
+                    b.to_vec2::<f32>().unwrap(),
+                    c.to_vec2::<f32>().unwrap(),
+                );
+                (0..3)
+                    .map(|k| (av[r][k] - bv[r][k]).abs() + (bv[r][k] - cv[r][k]).abs())
+                    .sum()
+            })
+            .collect();
+        assert_eq!(ch, want);
+        // Non-contiguous input takes the tensor-op path and gives the same answer.
+        let at = a.t().unwrap();
+        let s1 = sign(&at).unwrap().to_vec2::<f32>().unwrap();
+        let s2 = sign(&at.contiguous().unwrap()).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(s1, s2);
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        let a = t(&[1.0, 2.0], 1);
+        let b = t(&[1.0, 2.0, 3.0], 1);
+        assert!(product(&[&a, &b]).is_err());
+    }
+}
