@@ -41,19 +41,27 @@ enum Command {
 #[derive(Debug, Args)]
 struct FactorizeArgs {
     /// Dimension D of the hypervectors.
-    #[arg(long)]
-    dim: i64,
+    #[arg(long, required_unless_present = "problem", allow_negative_numbers = true)]
+    dim: Option<i64>,
     /// Number of factors F (at least 2).
-    #[arg(long)]
-    factors: i64,
+    #[arg(long, required_unless_present = "problem", allow_negative_numbers = true)]
+    factors: Option<i64>,
     /// Codewords per codebook M (at least 1).
+    #[arg(long, required_unless_present = "problem", allow_negative_numbers = true)]
+    codebook: Option<i64>,
+    /// Factorize the problem stored in this safetensors file (codebooks, bound vectors and
+    /// true indices) instead of generating one; --dim, --factors, --codebook, --vsa, --trials,
+    /// the noise flags and the problem part of --seed are then taken from the file.
+    #[arg(long, conflicts_with_all = ["dim", "factors", "codebook"])]
+    problem: Option<std::path::PathBuf>,
+    /// Write the generated problem to this safetensors file.
     #[arg(long)]
-    codebook: i64,
+    save_problem: Option<std::path::PathBuf>,
     /// VSA model: map or fhrr.
     #[arg(long, default_value = "map")]
     vsa: String,
     /// Number of trials, all run as one batch.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, allow_negative_numbers = true)]
     trials: i64,
     /// Iteration limit: a number, or `kent` for max(100, 0.001·M^F).
     #[arg(long, default_value = "100")]
@@ -62,10 +70,10 @@ struct FactorizeArgs {
     #[arg(long, default_value = "resonator")]
     method: String,
     /// Standard deviation of additive Gaussian noise on the bound vectors.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     noise_gauss: f64,
     /// Probability of flipping each component of the bound vectors.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     noise_flip: f64,
     /// Seed of the problem and of the method.
     #[arg(long, default_value_t = 0)]
@@ -81,25 +89,25 @@ struct CapacityArgs {
     #[arg(long)]
     method: String,
     /// Dimension D of the hypervectors.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     dim: i64,
     /// Number of factors F (at least 2).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     factors: i64,
     /// VSA model: map or fhrr.
     #[arg(long, default_value = "map")]
     vsa: String,
     /// Target exact accuracy.
-    #[arg(long, default_value_t = 0.99)]
+    #[arg(long, default_value_t = 0.99, allow_negative_numbers = true)]
     target: f64,
     /// Trials per evaluated codebook size.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, allow_negative_numbers = true)]
     trials: i64,
     /// Iteration limit: a number, or `kent` for max(100, 0.001·M^F).
     #[arg(long, default_value = "kent")]
     max_iters: String,
     /// Largest codebook size to try.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, allow_negative_numbers = true)]
     m_limit: i64,
     /// Seed of the problems and of the method.
     #[arg(long, default_value_t = 0)]
@@ -112,16 +120,16 @@ struct CapacityArgs {
 #[derive(Debug, Args)]
 struct CompareArgs {
     /// Dimension D of the hypervectors.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
     dim: i64,
     /// Number of factors F.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     factors: i64,
     /// Codewords per codebook M.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
     codebook: i64,
     /// Number of trials.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, allow_negative_numbers = true)]
     trials: i64,
     /// Iteration limit: a number, or `kent`.
     #[arg(long, default_value = "100")]
@@ -178,7 +186,30 @@ fn parse_vsa(s: &str) -> Result<VsaKind> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line, as for every other bad argument.
+            let text = e.to_string();
+            let line: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("{}", line.join(" "));
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -302,11 +333,30 @@ fn device() -> candle_core::Device {
 fn run_factorize(a: FactorizeArgs) -> Result<()> {
     let method = parse_method(&a.method)?;
     let limit = parse_limit(&a.max_iters)?;
-    let pc = problem_config(
-        &a.vsa, a.dim, a.factors, a.codebook, a.trials, a.noise_gauss, a.noise_flip, a.seed,
-    )?;
+    let problem = match &a.problem {
+        Some(path) => Problem::load(path, &device())?,
+        None => {
+            let (Some(dim), Some(factors), Some(codebook)) = (a.dim, a.factors, a.codebook) else {
+                return Err(usage("--dim, --factors and --codebook are required"));
+            };
+            let pc = problem_config(
+                &a.vsa,
+                dim,
+                factors,
+                codebook,
+                a.trials,
+                a.noise_gauss,
+                a.noise_flip,
+                a.seed,
+            )?;
+            Problem::generate(&pc, &device())?
+        }
+    };
+    if let Some(path) = &a.save_problem {
+        problem.save(path)?;
+    }
+    let pc = problem.config.clone();
     let max_iters = limit.for_problem(pc.codebook_size, pc.factors);
-    let problem = Problem::generate(&pc, &device())?;
     let fc = FactorizeConfig {
         method,
         max_iters,
