@@ -72,6 +72,63 @@ pub fn sign(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Bipolar sign of `x` (ties → +1) together with, per row, the L1 distance of the result to
+/// the bipolar `prev` (twice the number of flipped components).
+pub fn sign_with_change(x: &Tensor, prev: &Tensor) -> Result<(Tensor, Vec<f32>)> {
+    let rows = x.dim(0)?;
+    if x.shape() != prev.shape() {
+        return Err(candle_core::Error::ShapeMismatchBinaryOp {
+            lhs: x.shape().clone(),
+            rhs: prev.shape().clone(),
+            op: "sign_with_change",
+        }
+        .into());
+    }
+    let host = with_host_slices(&[x, prev], |s| {
+        let (xs, ps) = (s[0], s[1]);
+        let d = xs.len() / rows.max(1);
+        let mut out = vec![0f32; xs.len()];
+        let mut change = vec![0f32; rows];
+        for (r, ch) in change.iter_mut().enumerate() {
+            let span = r * d..(r + 1) * d;
+            let (xr, pr, or) = (&xs[span.clone()], &ps[span.clone()], &mut out[span]);
+            // Branch-free, in lanes of eight, so that the loop vectorizes.
+            let mut lanes = [0u32; 8];
+            let mut xc = xr.chunks_exact(8);
+            let mut pc = pr.chunks_exact(8);
+            let mut oc = or.chunks_exact_mut(8);
+            for ((xv, pv), ov) in (&mut xc).zip(&mut pc).zip(&mut oc) {
+                for k in 0..8 {
+                    let sgn = if xv[k] >= 0.0 { 1.0f32 } else { -1.0 };
+                    ov[k] = sgn;
+                    lanes[k] += u32::from(sgn != pv[k]);
+                }
+            }
+            let mut flips: u32 = lanes.iter().sum();
+            for ((xv, pv), ov) in xc
+                .remainder()
+                .iter()
+                .zip(pc.remainder())
+                .zip(oc.into_remainder())
+            {
+                let sgn = if *xv >= 0.0 { 1.0f32 } else { -1.0 };
+                *ov = sgn;
+                flips += u32::from(sgn != *pv);
+            }
+            *ch = 2.0 * flips as f32;
+        }
+        (out, change)
+    });
+    match host {
+        Some((out, change)) => Ok((Tensor::from_vec(out, x.shape(), x.device())?, change)),
+        None => {
+            let s = sign(x)?;
+            let change = row_l1_change(&[&s], &[prev])?;
+            Ok((s, change))
+        }
+    }
+}
+
 /// Σ |new − old| per row, summed over all pairs of `[T, D]` tensors.
 pub fn row_l1_change(new: &[&Tensor], old: &[&Tensor]) -> Result<Vec<f32>> {
     let rows = new[0].dim(0)?;
@@ -85,7 +142,17 @@ pub fn row_l1_change(new: &[&Tensor], old: &[&Tensor]) -> Result<Vec<f32>> {
             let d = a.len() / rows.max(1);
             for (r, o) in out.iter_mut().enumerate() {
                 let (ra, rb) = (&a[r * d..(r + 1) * d], &b[r * d..(r + 1) * d]);
-                *o += ra.iter().zip(rb).map(|(x, y)| (x - y).abs()).sum::<f32>();
+                // Eight independent partial sums let the compiler vectorize the reduction.
+                let mut lanes = [0f32; 8];
+                let (ca, cb) = (ra.chunks_exact(8), rb.chunks_exact(8));
+                let (ta, tb) = (ca.remainder(), cb.remainder());
+                for (x, y) in ca.zip(cb) {
+                    for k in 0..8 {
+                        lanes[k] += (x[k] - y[k]).abs();
+                    }
+                }
+                let tail: f32 = ta.iter().zip(tb).map(|(x, y)| (x - y).abs()).sum();
+                *o += lanes.iter().sum::<f32>() + tail;
             }
         }
         out
@@ -137,6 +204,11 @@ mod tests {
             })
             .collect();
         assert_eq!(ch, want);
+        let prev = t(&[1.0, 1.0, -1.0, 1.0, 1.0, 1.0], 2);
+        let (sg, changes) = sign_with_change(&a, &prev).unwrap();
+        assert_eq!(sg.to_vec2::<f32>().unwrap(), sign(&a).unwrap().to_vec2::<f32>().unwrap());
+        // Row 0: signs (1, −1, 1) vs (1, 1, −1): two flips; row 1: (1, −1, 1) vs (1, 1, 1): one.
+        assert_eq!(changes, vec![4.0, 2.0]);
         // Non-contiguous input takes the tensor-op path and gives the same answer.
         let at = a.t().unwrap();
         let s1 = sign(&at).unwrap().to_vec2::<f32>().unwrap();

@@ -288,6 +288,9 @@ pub(super) fn run(
             _ => 0.0,
         };
         let mut decoded: Vec<Tensor> = Vec::new();
+        // Per-row L1 change of the sweep, accumulated by the fused sign kernel when it applies.
+        let mut sweep_change = vec![0f32; act.ids.len()];
+        let mut fused_change = true;
         for f in 0..nf {
             let source = match rc.update {
                 Update::Sequential => &act.est,
@@ -314,7 +317,16 @@ pub(super) fn run(
             if fd.gram_inv.is_some() {
                 out.matmul_flops += 2.0 * n * (m * m) as f64;
             }
-            act.est[f] = normalize(kind, rc.normalization, &x)?;
+            if kind == VsaKind::Map && rc.normalization == Normalization::Sign {
+                let (est, change) = kernels::sign_with_change(&x[0], &old[f][0])?;
+                act.est[f] = vec![est];
+                for (acc, c) in sweep_change.iter_mut().zip(change) {
+                    *acc += c;
+                }
+            } else {
+                act.est[f] = normalize(kind, rc.normalization, &x)?;
+                fused_change = false;
+            }
         }
 
         // Stopping: fixed points or reconstructions, then limit cycles.
@@ -322,9 +334,13 @@ pub(super) fn run(
         let mut stop = vec![false; n];
         match rc.stop {
             StopRule::FixedPoint => {
-                let new: Vec<&Tensor> = act.est.iter().flatten().collect();
-                let prev: Vec<&Tensor> = old.iter().flatten().collect();
-                let change = kernels::row_l1_change(&new, &prev)?;
+                let change = if fused_change {
+                    sweep_change
+                } else {
+                    let new: Vec<&Tensor> = act.est.iter().flatten().collect();
+                    let prev: Vec<&Tensor> = old.iter().flatten().collect();
+                    kernels::row_l1_change(&new, &prev)?
+                };
                 let tol = rc.tolerance * d as f32;
                 for (i, c) in change.iter().enumerate() {
                     if *c <= tol {
