@@ -31,6 +31,9 @@ impl Default for AlsConfig {
     }
 }
 
+/// Largest M²·D for which the pair-product matrix is built (256 MiB of f32).
+const PAIR_LIMIT: usize = 1 << 26;
+
 pub(super) fn run(
     problem: &Problem,
     cfg: &AlsConfig,
@@ -42,6 +45,19 @@ pub(super) fn run(
     let device = super::device_of(problem);
     let cbs: Vec<PreparedCodebook> = (0..nf)
         .map(|f| PreparedCodebook::new(problem.codebook(f)?))
+        .collect::<Result<_>>()?;
+    // For moderate M, every Gram matrix C diag(w) Cᵀ is one row of W · Pᵀ, with P the
+    // `[M², D]` matrix of codeword products c_m ⊙ c_n: a single large matmul for all trials.
+    let pairs: Vec<Option<Tensor>> = cbs
+        .iter()
+        .map(|cb| -> Result<Option<Tensor>> {
+            if m * m * d > PAIR_LIMIT {
+                return Ok(None);
+            }
+            let c = &cb.c[0];
+            let p = c.unsqueeze(1)?.broadcast_mul(&c.unsqueeze(0)?)?; // [M, M, D]
+            Ok(Some(p.reshape((m * m, d))?.t()?.contiguous()?))
+        })
         .collect::<Result<_>>()?;
     let mut ids: Vec<usize> = (0..t).collect();
     let mut s = problem.bound_planes()?;
@@ -59,9 +75,14 @@ pub(super) fn run(
                 .expect("at least two factors")[0]
                 .clone();
             let rhs = (&p * &s[0])?.matmul(&cbs[f].ct[0])?; // [n, M]
-            let w = p.sqr()?.unsqueeze(1)?; // [n, 1, D]
-            let cw = cbs[f].c[0].unsqueeze(0)?.broadcast_mul(&w)?; // [n, M, D]
-            let gram = cw.broadcast_matmul(&cbs[f].ct[0])?; // [n, M, M]
+            let gram = match &pairs[f] {
+                Some(pt) => p.sqr()?.matmul(pt)?, // [n, M²]
+                None => {
+                    let w = p.sqr()?.unsqueeze(1)?; // [n, 1, D]
+                    let cw = cbs[f].c[0].unsqueeze(0)?.broadcast_mul(&w)?; // [n, M, D]
+                    cw.broadcast_matmul(&cbs[f].ct[0])? // [n, M, M]
+                }
+            };
             let gram: Vec<f64> = gram.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
             let rhs: Vec<f64> = rhs.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
             let mut coef = Vec::with_capacity(n * m);
