@@ -7,8 +7,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use criterion::{criterion_group, Criterion, Throughput};
-use recompose_decomp::factorize::{factorize, FactorizeConfig, Method};
+use criterion::{Criterion, Throughput, criterion_group};
+use recompose_decomp::factorize::{FactorizeConfig, Method, factorize};
 use recompose_decomp::problem::{Problem, ProblemConfig};
 
 const D: usize = 1000;
@@ -86,7 +86,13 @@ fn summary() {
         "{:<16} {:>9} {:>11} {:>9} {:>12}",
         "method", "wall_s", "trials/s", "GFLOP/s", "of matmul"
     );
-    for method in ["resonator", "resonator-ols", "resonator-sync", "stochastic", "attention"] {
+    for method in [
+        "resonator",
+        "resonator-ols",
+        "resonator-sync",
+        "stochastic",
+        "attention",
+    ] {
         let cfg = config(method);
         let mut flops = 0.0;
         let secs = median_secs(5, || {

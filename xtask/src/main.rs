@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use recompose_decomp::problem::{Noise, Problem, ProblemConfig, VsaKind};
 
@@ -68,16 +68,21 @@ fn ci() -> Result<()> {
     cargo(&["test", "--workspace", "--release"])?;
     cargo(&["bench", "--workspace", "--no-run"])?;
     fixtures(true)?;
-    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["doc", "--workspace", "--no-deps"])
-        .env("RUSTDOCFLAGS", "-D warnings"))
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )
 }
 
 fn bench(suite: &str) -> Result<()> {
     let suites: Vec<&str> = match suite {
         "all" => SUITES.to_vec(),
         s if SUITES.contains(&s) => vec![s],
-        other => bail!("unknown bench suite '{other}' (expected {} or all)", SUITES.join(", ")),
+        other => bail!(
+            "unknown bench suite '{other}' (expected {} or all)",
+            SUITES.join(", ")
+        ),
     };
     for s in suites {
         cargo(&["bench", "-p", "recompose-benches", "--bench", s])?;

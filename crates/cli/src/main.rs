@@ -13,9 +13,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use recompose_decomp::capacity::{capacity, CapacityConfig, IterLimit};
+use recompose_decomp::capacity::{CapacityConfig, IterLimit, capacity};
 use recompose_decomp::factorize::{
-    factorize, FactorizeConfig, FactorizeReport, Method, Progress, METHOD_NAMES,
+    FactorizeConfig, FactorizeReport, METHOD_NAMES, Method, Progress, factorize,
 };
 use recompose_decomp::problem::{Noise, Problem, ProblemConfig, VsaKind};
 use serde_json::json;
@@ -41,13 +41,25 @@ enum Command {
 #[derive(Debug, Args)]
 struct FactorizeArgs {
     /// Dimension D of the hypervectors.
-    #[arg(long, required_unless_present = "problem", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        required_unless_present = "problem",
+        allow_negative_numbers = true
+    )]
     dim: Option<i64>,
     /// Number of factors F (at least 2).
-    #[arg(long, required_unless_present = "problem", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        required_unless_present = "problem",
+        allow_negative_numbers = true
+    )]
     factors: Option<i64>,
     /// Codewords per codebook M (at least 1).
-    #[arg(long, required_unless_present = "problem", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        required_unless_present = "problem",
+        allow_negative_numbers = true
+    )]
     codebook: Option<i64>,
     /// Factorize the problem stored in this safetensors file (codebooks, bound vectors and
     /// true indices) instead of generating one; --dim, --factors, --codebook, --vsa, --trials,
@@ -267,16 +279,27 @@ fn solve(problem: &Problem, fc: &FactorizeConfig, label: &str) -> Result<Factori
     Ok(report)
 }
 
-fn problem_config(
-    vsa: &str,
+/// Sizes of a problem as given on the command line, before validation.
+struct Sizes {
     dim: i64,
     factors: i64,
     codebook: i64,
     trials: i64,
+}
+
+fn problem_config(
+    vsa: &str,
+    sizes: Sizes,
     gauss: f64,
     flip: f64,
     seed: u64,
 ) -> Result<ProblemConfig> {
+    let Sizes {
+        dim,
+        factors,
+        codebook,
+        trials,
+    } = sizes;
     let cfg = ProblemConfig {
         vsa: parse_vsa(vsa)?,
         dim: positive("dim", dim, 1)?,
@@ -290,7 +313,9 @@ fn problem_config(
         seed,
     };
     if !(0.0..=1.0).contains(&flip) {
-        return Err(usage(format!("--noise-flip must lie in [0, 1], got {flip}")));
+        return Err(usage(format!(
+            "--noise-flip must lie in [0, 1], got {flip}"
+        )));
     }
     if !(gauss.is_finite() && gauss >= 0.0) {
         return Err(usage(format!(
@@ -301,7 +326,12 @@ fn problem_config(
     Ok(cfg)
 }
 
-fn report_json(method: &str, pc: &ProblemConfig, max_iters: usize, r: &FactorizeReport) -> serde_json::Value {
+fn report_json(
+    method: &str,
+    pc: &ProblemConfig,
+    max_iters: usize,
+    r: &FactorizeReport,
+) -> serde_json::Value {
     json!({
         "method": method,
         "vsa": pc.vsa.name(),
@@ -351,16 +381,13 @@ fn run_factorize(a: FactorizeArgs) -> Result<()> {
             let (Some(dim), Some(factors), Some(codebook)) = (a.dim, a.factors, a.codebook) else {
                 return Err(usage("--dim, --factors and --codebook are required"));
             };
-            let pc = problem_config(
-                &a.vsa,
+            let sizes = Sizes {
                 dim,
                 factors,
                 codebook,
-                a.trials,
-                a.noise_gauss,
-                a.noise_flip,
-                a.seed,
-            )?;
+                trials: a.trials,
+            };
+            let pc = problem_config(&a.vsa, sizes, a.noise_gauss, a.noise_flip, a.seed)?;
             Problem::generate(&pc, &device())?
         }
     };
@@ -376,7 +403,9 @@ fn run_factorize(a: FactorizeArgs) -> Result<()> {
     };
     let r = match solve(&problem, &fc, &a.method) {
         Err(e) => match e.downcast_ref::<recompose_decomp::Error>() {
-            Some(recompose_decomp::Error::Unsupported { .. } | recompose_decomp::Error::Config(_)) => {
+            Some(
+                recompose_decomp::Error::Unsupported { .. } | recompose_decomp::Error::Config(_),
+            ) => {
                 return Err(usage(e.to_string()));
             }
             _ => return Err(e),
@@ -408,7 +437,10 @@ fn run_capacity(a: CapacityArgs) -> Result<()> {
     let method = parse_method(&a.method)?;
     let limit = parse_limit(&a.max_iters)?;
     if !(a.target > 0.0 && a.target <= 1.0) {
-        return Err(usage(format!("--target must lie in (0, 1], got {}", a.target)));
+        return Err(usage(format!(
+            "--target must lie in (0, 1], got {}",
+            a.target
+        )));
     }
     let cfg = CapacityConfig {
         method,
@@ -427,7 +459,9 @@ fn run_capacity(a: CapacityArgs) -> Result<()> {
         return Err(usage("method als is only available for the map model"));
     }
     let pb = progress_bar(0, false);
-    pb.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")?);
+    pb.set_style(ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {msg}",
+    )?);
     let report = capacity(&cfg, &device(), &mut |p| {
         pb.set_message(format!(
             "M={} exact={:.3} (max_iters {})",
@@ -468,7 +502,10 @@ fn run_capacity(a: CapacityArgs) -> Result<()> {
             cfg.factors,
             cfg.target
         );
-        println!("{:>8}  {:>9}  {:>10}  {:>10}", "M", "max_iters", "exact_acc", "factor_acc");
+        println!(
+            "{:>8}  {:>9}  {:>10}  {:>10}",
+            "M", "max_iters", "exact_acc", "factor_acc"
+        );
         for p in &report.evaluations {
             println!(
                 "{:>8}  {:>9}  {:>10.4}  {:>10.4}",
@@ -482,7 +519,13 @@ fn run_capacity(a: CapacityArgs) -> Result<()> {
 
 fn run_compare(a: CompareArgs) -> Result<()> {
     let limit = parse_limit(&a.max_iters)?;
-    let pc = problem_config("map", a.dim, a.factors, a.codebook, a.trials, 0.0, 0.0, a.seed)?;
+    let sizes = Sizes {
+        dim: a.dim,
+        factors: a.factors,
+        codebook: a.codebook,
+        trials: a.trials,
+    };
+    let pc = problem_config("map", sizes, 0.0, 0.0, a.seed)?;
     let max_iters = limit.for_problem(pc.codebook_size, pc.factors);
     let problem = Problem::generate(&pc, &device())?;
     if !a.json {

@@ -11,15 +11,29 @@ fn recompose(args: &[&str]) -> Output {
 }
 
 fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
 }
 
 #[test]
 fn factorize_json_has_the_contract_keys() {
     let out = recompose(&[
-        "factorize", "--dim", "500", "--factors", "3", "--codebook", "8", "--trials", "20",
-        "--seed", "3", "--json",
+        "factorize",
+        "--dim",
+        "500",
+        "--factors",
+        "3",
+        "--codebook",
+        "8",
+        "--trials",
+        "20",
+        "--seed",
+        "3",
+        "--json",
     ]);
     let v = json(&out);
     for key in [
@@ -49,18 +63,47 @@ fn factorize_json_has_the_contract_keys() {
 
 #[test]
 fn every_method_and_both_models_run() {
-    for method in ["resonator", "resonator-ols", "resonator-sync", "stochastic", "attention", "als"] {
+    for method in [
+        "resonator",
+        "resonator-ols",
+        "resonator-sync",
+        "stochastic",
+        "attention",
+        "als",
+    ] {
         let v = json(&recompose(&[
-            "factorize", "--dim", "400", "--factors", "2", "--codebook", "6", "--trials", "10",
-            "--method", method, "--json",
+            "factorize",
+            "--dim",
+            "400",
+            "--factors",
+            "2",
+            "--codebook",
+            "6",
+            "--trials",
+            "10",
+            "--method",
+            method,
+            "--json",
         ]));
         assert_eq!(v["method"], method);
         let acc = v["factor_accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc));
     }
     let v = json(&recompose(&[
-        "factorize", "--vsa", "fhrr", "--dim", "400", "--factors", "3", "--codebook", "6",
-        "--trials", "10", "--noise-gauss", "0.2", "--json",
+        "factorize",
+        "--vsa",
+        "fhrr",
+        "--dim",
+        "400",
+        "--factors",
+        "3",
+        "--codebook",
+        "6",
+        "--trials",
+        "10",
+        "--noise-gauss",
+        "0.2",
+        "--json",
     ]));
     assert_eq!(v["vsa"], "fhrr");
     assert_eq!(v["exact_accuracy"], 1.0);
@@ -69,26 +112,66 @@ fn every_method_and_both_models_run() {
 #[test]
 fn kent_iteration_limit_and_table_output() {
     let out = recompose(&[
-        "factorize", "--dim", "300", "--factors", "3", "--codebook", "120", "--trials", "4",
-        "--max-iters", "kent", "--method", "resonator-sync", "--json",
+        "factorize",
+        "--dim",
+        "300",
+        "--factors",
+        "3",
+        "--codebook",
+        "120",
+        "--trials",
+        "4",
+        "--max-iters",
+        "kent",
+        "--method",
+        "resonator-sync",
+        "--json",
     ]);
     // 0.001 · 120³ = 1728 iterations.
     assert_eq!(json(&out)["max_iters"], 1728);
     let out = recompose(&[
-        "factorize", "--dim", "300", "--factors", "2", "--codebook", "5", "--trials", "4",
+        "factorize",
+        "--dim",
+        "300",
+        "--factors",
+        "2",
+        "--codebook",
+        "5",
+        "--trials",
+        "4",
     ]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("factor_acc") && text.contains("resonator"), "{text}");
+    assert!(
+        text.contains("factor_acc") && text.contains("resonator"),
+        "{text}"
+    );
 }
 
 #[test]
 fn capacity_json_has_the_contract_keys() {
     let v = json(&recompose(&[
-        "capacity", "--method", "resonator", "--dim", "200", "--factors", "2", "--trials", "20",
-        "--max-iters", "50", "--json",
+        "capacity",
+        "--method",
+        "resonator",
+        "--dim",
+        "200",
+        "--factors",
+        "2",
+        "--trials",
+        "20",
+        "--max-iters",
+        "50",
+        "--json",
     ]));
-    for key in ["method", "dim", "factors", "target", "m_max", "exact_accuracy_at_m_max"] {
+    for key in [
+        "method",
+        "dim",
+        "factors",
+        "target",
+        "m_max",
+        "exact_accuracy_at_m_max",
+    ] {
         assert!(v.get(key).is_some(), "missing {key} in {v}");
     }
     assert!(v["m_max"].as_u64().unwrap() >= 8);
@@ -101,8 +184,20 @@ fn problem_files_round_trip_through_the_cli() {
     let file = dir.join("p.safetensors");
     let f = file.to_str().unwrap();
     let a = json(&recompose(&[
-        "factorize", "--dim", "256", "--factors", "3", "--codebook", "7", "--trials", "12",
-        "--seed", "5", "--save-problem", f, "--json",
+        "factorize",
+        "--dim",
+        "256",
+        "--factors",
+        "3",
+        "--codebook",
+        "7",
+        "--trials",
+        "12",
+        "--seed",
+        "5",
+        "--save-problem",
+        f,
+        "--json",
     ]));
     let b = json(&recompose(&["factorize", "--problem", f, "--json"]));
     assert_eq!(a["exact_accuracy"], b["exact_accuracy"]);
@@ -111,18 +206,61 @@ fn problem_files_round_trip_through_the_cli() {
     let out = recompose(&["factorize", "--problem", f]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("p.safetensors") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("p.safetensors") && err.lines().count() == 1,
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn bad_arguments_exit_2_with_one_line() {
-    let base = ["factorize", "--dim", "100", "--factors", "3", "--codebook", "5"];
+    let base = [
+        "factorize",
+        "--dim",
+        "100",
+        "--factors",
+        "3",
+        "--codebook",
+        "5",
+    ];
     let cases: Vec<Vec<&str>> = vec![
-        vec!["factorize", "--dim", "0", "--factors", "3", "--codebook", "5"],
-        vec!["factorize", "--dim", "-5", "--factors", "3", "--codebook", "5"],
-        vec!["factorize", "--dim", "100", "--factors", "1", "--codebook", "5"],
-        vec!["factorize", "--dim", "100", "--factors", "3", "--codebook", "0"],
+        vec![
+            "factorize",
+            "--dim",
+            "0",
+            "--factors",
+            "3",
+            "--codebook",
+            "5",
+        ],
+        vec![
+            "factorize",
+            "--dim",
+            "-5",
+            "--factors",
+            "3",
+            "--codebook",
+            "5",
+        ],
+        vec![
+            "factorize",
+            "--dim",
+            "100",
+            "--factors",
+            "1",
+            "--codebook",
+            "5",
+        ],
+        vec![
+            "factorize",
+            "--dim",
+            "100",
+            "--factors",
+            "3",
+            "--codebook",
+            "0",
+        ],
         [&base[..], &["--noise-flip", "1.5"]].concat(),
         [&base[..], &["--noise-flip", "-0.1"]].concat(),
         [&base[..], &["--noise-gauss", "-1"]].concat(),
@@ -133,8 +271,26 @@ fn bad_arguments_exit_2_with_one_line() {
         [&base[..], &["--vsa", "bsc"]].concat(),
         [&base[..], &["--vsa", "fhrr", "--method", "resonator-ols"]].concat(),
         [&base[..], &["--vsa", "fhrr", "--method", "als"]].concat(),
-        vec!["capacity", "--method", "resonator", "--dim", "100", "--factors", "3", "--target", "1.5"],
-        vec!["capacity", "--method", "nope", "--dim", "100", "--factors", "3"],
+        vec![
+            "capacity",
+            "--method",
+            "resonator",
+            "--dim",
+            "100",
+            "--factors",
+            "3",
+            "--target",
+            "1.5",
+        ],
+        vec![
+            "capacity",
+            "--method",
+            "nope",
+            "--dim",
+            "100",
+            "--factors",
+            "3",
+        ],
         vec!["factorize", "--dim", "100"],
     ];
     for args in cases {

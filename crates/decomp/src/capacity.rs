@@ -10,7 +10,7 @@
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::factorize::{factorize, kent_max_iters, FactorizeConfig, FactorizeReport, Method};
+use crate::factorize::{FactorizeConfig, FactorizeReport, Method, factorize, kent_max_iters};
 use crate::problem::{Noise, Problem, ProblemConfig, VsaKind};
 use crate::{Error, Result};
 
@@ -166,7 +166,6 @@ pub fn capacity(
             for k in 1..steps {
                 eval(base + (hi - base) * k / steps, 0)?;
             }
-            drop(eval);
             let fitted = fit_crossing(&evaluations, config.trials, config.target);
             let m = fitted.map_or(lo, |x| x.floor() as usize).clamp(lo, hi - 1);
             eval_at(m, &mut evaluations, config, device, progress)?;

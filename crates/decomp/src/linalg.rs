@@ -118,7 +118,9 @@ mod tests {
     fn inverse_of_spd_matrix_is_exact() {
         // A = Bᵀ B + I for a fixed B is symmetric positive definite.
         let n = 6;
-        let b: Vec<f64> = (0..n * n).map(|k| ((k * 7 + 3) % 11) as f64 - 5.0).collect();
+        let b: Vec<f64> = (0..n * n)
+            .map(|k| ((k * 7 + 3) % 11) as f64 - 5.0)
+            .collect();
         let mut a = vec![0.0; n * n];
         for i in 0..n {
             for j in 0..n {
@@ -131,7 +133,11 @@ mod tests {
         for i in 0..n {
             for j in 0..n {
                 let want = if i == j { 1.0 } else { 0.0 };
-                assert!((id[i * n + j] - want).abs() < 1e-9, "{i},{j}: {}", id[i * n + j]);
+                assert!(
+                    (id[i * n + j] - want).abs() < 1e-9,
+                    "{i},{j}: {}",
+                    id[i * n + j]
+                );
             }
         }
         let x = solve_spd(&a, n, &[1.0; 6], 0.0).unwrap();
@@ -145,7 +151,10 @@ mod tests {
     fn singular_matrix_is_regularized() {
         // Rank one: [[1,1],[1,1]]; the ridge makes it solvable and the answer lies in its range.
         let x = solve_spd(&[1.0, 1.0, 1.0, 1.0], 2, &[2.0, 2.0], 0.0).unwrap();
-        assert!((x[0] - 1.0).abs() < 1e-3 && (x[1] - 1.0).abs() < 1e-3, "{x:?}");
+        assert!(
+            (x[0] - 1.0).abs() < 1e-3 && (x[1] - 1.0).abs() < 1e-3,
+            "{x:?}"
+        );
     }
 
     #[test]

@@ -169,9 +169,7 @@ impl Problem {
                 std::f32::consts::PI,
             ),
         };
-        let truth: Vec<u32> = (0..t * f)
-            .map(|_| rng.random_range(0..m as u32))
-            .collect();
+        let truth: Vec<u32> = (0..t * f).map(|_| rng.random_range(0..m as u32)).collect();
 
         // Bind on the host: the generator is not a hot path and this keeps it exact.
         let planes = config.vsa.planes();
@@ -294,8 +292,8 @@ impl Problem {
         let cb = f32_bytes(&self.codebooks)?;
         let bound = f32_bytes(&self.bound)?;
         let truth: Vec<u8> = self.truth.iter().flat_map(|v| v.to_le_bytes()).collect();
-        use safetensors::tensor::TensorView;
         use safetensors::Dtype;
+        use safetensors::tensor::TensorView;
         let views = vec![
             (
                 "codebooks",
@@ -408,7 +406,9 @@ impl Problem {
                     &cb[(fi * 2) * m * d..(fi * 2 + 1) * m * d],
                     &cb[(fi * 2 + 1) * m * d..(fi * 2 + 2) * m * d],
                 );
-                re.iter().zip(im).all(|(a, b)| (a.hypot(*b) - 1.0).abs() < 1e-4)
+                re.iter()
+                    .zip(im)
+                    .all(|(a, b)| (a.hypot(*b) - 1.0).abs() < 1e-4)
             }),
         };
         if !valid {
@@ -483,9 +483,22 @@ mod tests {
         cfg.vsa = VsaKind::Fhrr;
         let p = Problem::generate(&cfg, &Device::Cpu).unwrap();
         let s = p.bound_planes().unwrap();
-        let (re, im) = (s[0].to_vec2::<f32>().unwrap(), s[1].to_vec2::<f32>().unwrap());
-        let c: Vec<Vec<Vec<f32>>> = p.codebook(0).unwrap().iter().map(|x| x.to_vec2().unwrap()).collect();
-        let e: Vec<Vec<Vec<f32>>> = p.codebook(1).unwrap().iter().map(|x| x.to_vec2().unwrap()).collect();
+        let (re, im) = (
+            s[0].to_vec2::<f32>().unwrap(),
+            s[1].to_vec2::<f32>().unwrap(),
+        );
+        let c: Vec<Vec<Vec<f32>>> = p
+            .codebook(0)
+            .unwrap()
+            .iter()
+            .map(|x| x.to_vec2().unwrap())
+            .collect();
+        let e: Vec<Vec<Vec<f32>>> = p
+            .codebook(1)
+            .unwrap()
+            .iter()
+            .map(|x| x.to_vec2().unwrap())
+            .collect();
         for t in 0..2 {
             let (i, j) = (p.truth[t * 2] as usize, p.truth[t * 2 + 1] as usize);
             for d in 0..32 {
@@ -501,11 +514,19 @@ mod tests {
     #[test]
     fn same_seed_same_problem() {
         let mut cfg = ProblemConfig::map(100, 3, 10, 5, 3);
-        cfg.noise = Noise { gauss: 0.1, flip: 0.1 };
+        cfg.noise = Noise {
+            gauss: 0.1,
+            flip: 0.1,
+        };
         let a = Problem::generate(&cfg, &Device::Cpu).unwrap();
         let b = Problem::generate(&cfg, &Device::Cpu).unwrap();
         assert_eq!(a.truth, b.truth);
-        let diff = (a.bound - b.bound).unwrap().abs().unwrap().sum_all().unwrap();
+        let diff = (a.bound - b.bound)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
     }
 
@@ -536,9 +557,19 @@ mod tests {
             let q = Problem::load(&path, &Device::Cpu).unwrap();
             assert_eq!(q.config, p.config);
             assert_eq!(q.truth, p.truth);
-            let diff = (&q.bound - &p.bound).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = (&q.bound - &p.bound)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
             assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
-            let diff = (&q.codebooks - &p.codebooks).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = (&q.codebooks - &p.codebooks)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
             assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
         }
         // Truncated file.
@@ -577,13 +608,43 @@ mod tests {
     fn bad_configurations_are_errors() {
         let ok = ProblemConfig::map(10, 2, 3, 1, 0);
         for bad in [
-            ProblemConfig { dim: 0, ..ok.clone() },
-            ProblemConfig { factors: 1, ..ok.clone() },
-            ProblemConfig { codebook_size: 0, ..ok.clone() },
-            ProblemConfig { trials: 0, ..ok.clone() },
-            ProblemConfig { noise: Noise { gauss: 0.0, flip: 1.5 }, ..ok.clone() },
-            ProblemConfig { noise: Noise { gauss: -1.0, flip: 0.0 }, ..ok.clone() },
-            ProblemConfig { noise: Noise { gauss: f32::NAN, flip: 0.0 }, ..ok.clone() },
+            ProblemConfig {
+                dim: 0,
+                ..ok.clone()
+            },
+            ProblemConfig {
+                factors: 1,
+                ..ok.clone()
+            },
+            ProblemConfig {
+                codebook_size: 0,
+                ..ok.clone()
+            },
+            ProblemConfig {
+                trials: 0,
+                ..ok.clone()
+            },
+            ProblemConfig {
+                noise: Noise {
+                    gauss: 0.0,
+                    flip: 1.5,
+                },
+                ..ok.clone()
+            },
+            ProblemConfig {
+                noise: Noise {
+                    gauss: -1.0,
+                    flip: 0.0,
+                },
+                ..ok.clone()
+            },
+            ProblemConfig {
+                noise: Noise {
+                    gauss: f32::NAN,
+                    flip: 0.0,
+                },
+                ..ok.clone()
+            },
         ] {
             assert!(Problem::generate(&bad, &Device::Cpu).is_err(), "{bad:?}");
         }

@@ -5,13 +5,13 @@
 //! mode.
 
 use candle_core::Device;
-use recompose_decomp::capacity::{capacity, CapacityConfig, IterLimit};
+use recompose_decomp::Error;
+use recompose_decomp::capacity::{CapacityConfig, IterLimit, capacity};
 use recompose_decomp::factorize::{
-    factorize, kent_max_iters, Activation, FactorizeConfig, FactorizeReport, Method,
-    Normalization, ResonatorConfig,
+    Activation, FactorizeConfig, FactorizeReport, Method, Normalization, ResonatorConfig,
+    factorize, kent_max_iters,
 };
 use recompose_decomp::problem::{Noise, Problem, ProblemConfig, VsaKind};
-use recompose_decomp::Error;
 
 fn run(problem: &Problem, method: &str, max_iters: usize, seed: u64) -> FactorizeReport {
     let cfg = FactorizeConfig {
@@ -30,7 +30,13 @@ fn map_problem(d: usize, f: usize, m: usize, t: usize, seed: u64) -> Problem {
 fn every_method_solves_an_easy_problem() {
     // D = 1000, F = 3, M = 8: 512 combinations, far below every method's capacity.
     let p = map_problem(1000, 3, 8, 40, 1);
-    for method in ["resonator", "resonator-ols", "resonator-sync", "stochastic", "als"] {
+    for method in [
+        "resonator",
+        "resonator-ols",
+        "resonator-sync",
+        "stochastic",
+        "als",
+    ] {
         let r = run(&p, method, 100, 1);
         assert!(r.exact_accuracy >= 0.95, "{method}: {r:?}");
         assert!(r.converged_fraction >= 0.95, "{method}: {r:?}");
@@ -95,7 +101,10 @@ fn als_capacity_is_far_below_the_resonator() {
     let p = map_problem(1500, 3, 60, 50, 7);
     let als = run(&p, "als", 100, 7);
     let op = run(&p, "resonator", kent_max_iters(60, 3), 7);
-    assert!(als.exact_accuracy < 0.5 && op.exact_accuracy > 0.95, "{als:?} {op:?}");
+    assert!(
+        als.exact_accuracy < 0.5 && op.exact_accuracy > 0.95,
+        "{als:?} {op:?}"
+    );
 }
 
 #[test]
@@ -216,7 +225,10 @@ fn invalid_settings_are_errors() {
         max_iters: 0,
         seed: 0,
     };
-    assert!(matches!(factorize(&p, &zero, &mut |_| {}), Err(Error::Config(_))));
+    assert!(matches!(
+        factorize(&p, &zero, &mut |_| {}),
+        Err(Error::Config(_))
+    ));
     assert!(Method::from_name("newton").is_err());
     let bad_beta = FactorizeConfig {
         method: Method::Resonator(ResonatorConfig {
@@ -259,7 +271,11 @@ fn committed_fixture_problems_load_and_factorize() {
     for (name, method, min_exact) in [
         ("problem-map-d512-f3-m8.safetensors", "resonator", 1.0),
         ("problem-fhrr-d256-f3-m6.safetensors", "resonator", 1.0),
-        ("problem-map-noisy-d512-f2-m10.safetensors", "stochastic", 0.9),
+        (
+            "problem-map-noisy-d512-f2-m10.safetensors",
+            "stochastic",
+            0.9,
+        ),
     ] {
         let p = Problem::load(&dir.join(name), &Device::Cpu).unwrap();
         // The file holds exactly what its stored configuration generates.

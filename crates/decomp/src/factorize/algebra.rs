@@ -9,8 +9,8 @@
 use candle_core::Tensor;
 
 use super::kernels;
-use crate::problem::VsaKind;
 use crate::Result;
+use crate::problem::VsaKind;
 
 /// One batch of hypervectors (or similarity vectors): one tensor per plane.
 pub type Planes = Vec<Tensor>;
@@ -55,7 +55,12 @@ pub fn bind(kind: VsaKind, a: &Planes, b: &Planes) -> Result<Planes> {
 pub fn unbind_others(kind: VsaKind, s: &Planes, est: &[Planes], f: usize) -> Result<Planes> {
     if kind == VsaKind::Map {
         let mut xs: Vec<&Tensor> = vec![&s[0]];
-        xs.extend(est.iter().enumerate().filter(|(g, _)| *g != f).map(|(_, x)| &x[0]));
+        xs.extend(
+            est.iter()
+                .enumerate()
+                .filter(|(g, _)| *g != f)
+                .map(|(_, x)| &x[0]),
+        );
         return Ok(vec![kernels::product(&xs)?]);
     }
     let others = product_except(kind, est, Some(f))?.unwrap_or_else(|| s.clone());
@@ -74,7 +79,11 @@ pub fn unbind(kind: VsaKind, a: &Planes, b: &Planes) -> Result<Planes> {
 }
 
 /// The binding of all estimates but `skip` (`None`: all of them).
-pub fn product_except(kind: VsaKind, est: &[Planes], skip: Option<usize>) -> Result<Option<Planes>> {
+pub fn product_except(
+    kind: VsaKind,
+    est: &[Planes],
+    skip: Option<usize>,
+) -> Result<Option<Planes>> {
     if kind == VsaKind::Map {
         let xs: Vec<&Tensor> = est
             .iter()

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::algebra::{self, Planes, PreparedCodebook};
 use super::{FactorizeConfig, Outcome, Progress};
 use crate::problem::{Problem, VsaKind};
-use crate::{linalg, Result};
+use crate::{Result, linalg};
 
 /// Settings of alternating least squares.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -206,13 +206,19 @@ mod tests {
         assert_eq!(ch, want);
         let prev = t(&[1.0, 1.0, -1.0, 1.0, 1.0, 1.0], 2);
         let (sg, changes) = sign_with_change(&a, &prev).unwrap();
-        assert_eq!(sg.to_vec2::<f32>().unwrap(), sign(&a).unwrap().to_vec2::<f32>().unwrap());
+        assert_eq!(
+            sg.to_vec2::<f32>().unwrap(),
+            sign(&a).unwrap().to_vec2::<f32>().unwrap()
+        );
         // Row 0: signs (1, −1, 1) vs (1, 1, −1): two flips; row 1: (1, −1, 1) vs (1, 1, 1): one.
         assert_eq!(changes, vec![4.0, 2.0]);
         // Non-contiguous input takes the tensor-op path and gives the same answer.
         let at = a.t().unwrap();
         let s1 = sign(&at).unwrap().to_vec2::<f32>().unwrap();
-        let s2 = sign(&at.contiguous().unwrap()).unwrap().to_vec2::<f32>().unwrap();
+        let s2 = sign(&at.contiguous().unwrap())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(s1, s2);
     }
 

@@ -10,7 +10,7 @@ use super::algebra::{self, Planes, PreparedCodebook};
 use super::kernels;
 use super::{FactorizeConfig, Outcome, Progress};
 use crate::problem::{Problem, VsaKind};
-use crate::{linalg, Error, Result};
+use crate::{Error, Result, linalg};
 
 /// Which weight matrix maps the unbound vector back to a factor estimate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,7 +268,8 @@ pub(super) fn run(
     } else {
         None
     };
-    let mut history: Vec<HashMap<Vec<i64>, usize>> = vec![HashMap::new(); if cycles { t } else { 0 }];
+    let mut history: Vec<HashMap<Vec<i64>, usize>> =
+        vec![HashMap::new(); if cycles { t } else { 0 }];
 
     for it in 1..=fc.max_iters {
         let old = act.est.clone();
@@ -376,11 +377,14 @@ pub(super) fn run(
                 }
                 let key: Vec<i64> = row.iter().map(|v| *v as i64).collect();
                 let h = &mut history[act.ids[i]];
-                if h.contains_key(&key) {
-                    stop[i] = true;
-                    out.limit_cycle[act.ids[i]] = true;
-                } else {
-                    h.insert(key, it);
+                match h.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        stop[i] = true;
+                        out.limit_cycle[act.ids[i]] = true;
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(it);
+                    }
                 }
             }
         }
@@ -399,7 +403,16 @@ pub(super) fn run(
                 ),
                 StopRule::FixedPoint => None,
             };
-            retire(kind, &mut act, &stop, answer.as_deref(), &factors, it, &mut out, &device)?;
+            retire(
+                kind,
+                &mut act,
+                &stop,
+                answer.as_deref(),
+                &factors,
+                it,
+                &mut out,
+                &device,
+            )?;
         }
         progress(Progress {
             iteration: it,
@@ -444,8 +457,14 @@ fn retire(
     device: &Device,
 ) -> Result<()> {
     let nf = factors.len();
-    let done: Vec<u32> = (0..stop.len()).filter(|&i| stop[i]).map(|i| i as u32).collect();
-    let keep: Vec<u32> = (0..stop.len()).filter(|&i| !stop[i]).map(|i| i as u32).collect();
+    let done: Vec<u32> = (0..stop.len())
+        .filter(|&i| stop[i])
+        .map(|i| i as u32)
+        .collect();
+    let keep: Vec<u32> = (0..stop.len())
+        .filter(|&i| !stop[i])
+        .map(|i| i as u32)
+        .collect();
     let done_t = Tensor::from_vec(done.clone(), done.len(), device)?;
     for (f, fd) in factors.iter().enumerate() {
         let x = algebra::select_rows(&act.est[f], &done_t)?;
@@ -540,6 +559,8 @@ fn signature_matrix(d: usize, device: &Device, seed: u64) -> Result<Tensor> {
     use rand::Rng;
     let mut rng = random::seeded(seed ^ 0xC3A5_C85C_97CB_3127);
     let hi = ((1u64 << 24) / d as u64).max(2) as u32;
-    let v: Vec<f32> = (0..d * 4).map(|_| rng.random_range(1..=hi) as f32).collect();
+    let v: Vec<f32> = (0..d * 4)
+        .map(|_| rng.random_range(1..=hi) as f32)
+        .collect();
     Ok(Tensor::from_vec(v, (d, 4), device)?)
 }
