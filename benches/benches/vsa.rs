@@ -23,7 +23,7 @@ fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
     group
         .sample_size(20)
         .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_millis(1500));
+        .measurement_time(Duration::from_millis(1200));
 }
 
 /// Operands for one model and dimension: two random batches `[BATCH]` (the second doubles as a

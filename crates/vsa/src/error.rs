@@ -28,6 +28,22 @@ pub enum Error {
     /// An invalid configuration value (a zero dimension, an empty codebook, a bad parameter).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A tensor with a dtype the operation cannot accept (hypervectors are `f32`).
+    #[error("invalid dtype in {op}: expected {expected:?}, got {got:?}")]
+    DType {
+        /// The operation that was attempted.
+        op: &'static str,
+        /// The dtype it required.
+        expected: candle_core::DType,
+        /// The dtype it was given.
+        got: candle_core::DType,
+    },
+    /// A name that a codebook does not contain.
+    #[error("unknown codeword name {0:?}")]
+    UnknownName(String),
+    /// A vector that has no exact inverse (for example an HRR vector with a zero Fourier coefficient).
+    #[error("not invertible: {0}")]
+    NotInvertible(String),
 }
 
 /// The result type of `recompose-vsa`.

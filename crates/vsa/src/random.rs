@@ -66,7 +66,11 @@ pub fn uniform<R: Rng + ?Sized>(
     device: &Device,
 ) -> Result<Tensor> {
     let n = shape.iter().product();
-    Ok(Tensor::from_vec(uniform_vec(rng, n, lo, hi), shape, device)?)
+    Ok(Tensor::from_vec(
+        uniform_vec(rng, n, lo, hi),
+        shape,
+        device,
+    )?)
 }
 
 #[cfg(test)]
@@ -96,6 +100,9 @@ mod tests {
         let v = normal_vec(&mut seeded(2), 100_000);
         let mean: f32 = v.iter().sum::<f32>() / v.len() as f32;
         let var: f32 = v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32;
-        assert!(mean.abs() < 0.016 && (var - 1.0).abs() < 0.03, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.016 && (var - 1.0).abs() < 0.03,
+            "{mean} {var}"
+        );
     }
 }
