@@ -27,6 +27,7 @@ fn config(method: &str) -> FactorizeConfig {
         method: Method::from_name(method).expect("known method"),
         max_iters: ITERS,
         seed: 0,
+        threads: 0,
     }
 }
 

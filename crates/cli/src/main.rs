@@ -400,6 +400,7 @@ fn run_factorize(a: FactorizeArgs) -> Result<()> {
         method,
         max_iters,
         seed: a.seed,
+        threads: 0,
     };
     let r = match solve(&problem, &fc, &a.method) {
         Err(e) => match e.downcast_ref::<recompose_decomp::Error>() {
@@ -540,6 +541,7 @@ fn run_compare(a: CompareArgs) -> Result<()> {
             method: Method::from_name(name)?,
             max_iters,
             seed: a.seed,
+            threads: 0,
         };
         let r = solve(&problem, &fc, name)?;
         if a.json {

@@ -127,6 +127,7 @@ pub fn capacity(
             method: config.method.clone(),
             max_iters: config.max_iters.for_problem(m, config.factors),
             seed,
+            threads: 0,
         };
         let r: FactorizeReport = factorize(&problem, &fc, &mut |_| {})?;
         let point = CapacityPoint {
@@ -210,6 +211,7 @@ fn eval_at(
         method: config.method.clone(),
         max_iters: config.max_iters.for_problem(m, config.factors),
         seed,
+        threads: 0,
     };
     let r = factorize(&problem, &fc, &mut |_| {})?;
     let point = CapacityPoint {

@@ -18,6 +18,7 @@ fn run(problem: &Problem, method: &str, max_iters: usize, seed: u64) -> Factoriz
         method: Method::from_name(method).unwrap(),
         max_iters,
         seed,
+        threads: 0,
     };
     factorize(problem, &cfg, &mut |_| {}).unwrap()
 }
@@ -122,6 +123,7 @@ fn fhrr_resonator_with_phase_normalization() {
             method: Method::from_name(method).unwrap(),
             max_iters: 10,
             seed: 0,
+            threads: 0,
         };
         assert!(matches!(
             factorize(&p, &cfg, &mut |_| {}),
@@ -144,6 +146,7 @@ fn attention_resonator_solves_small_problems_with_both_normalizations() {
             method: Method::Resonator(rc),
             max_iters: 100,
             seed: 9,
+            threads: 0,
         };
         let r = factorize(&p, &cfg, &mut |_| {}).unwrap();
         assert!(r.exact_accuracy >= 0.9, "{normalization:?}: {r:?}");
@@ -161,6 +164,39 @@ fn batching_and_freezing_do_not_change_any_trial() {
         assert_eq!(one.predictions, all.predictions[t * 3..t * 3 + 3]);
         assert_eq!(one.iterations[0], all.iterations[t]);
         assert_eq!(one.converged[0], all.converged[t]);
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    // Each trial has its own random stream, so sharding the batch over threads changes nothing,
+    // even for the stochastic resonator.
+    let p = map_problem(600, 3, 25, 70, 15);
+    for method in ["resonator", "stochastic", "attention"] {
+        let mut cfg = FactorizeConfig {
+            method: Method::from_name(method).unwrap(),
+            max_iters: 80,
+            seed: 15,
+            threads: 1,
+        };
+        let one = factorize(&p, &cfg, &mut |_| {}).unwrap();
+        cfg.threads = 4;
+        let four = factorize(&p, &cfg, &mut |_| {}).unwrap();
+        assert_eq!(one.predictions, four.predictions, "{method}");
+        assert_eq!(one.iterations, four.iterations, "{method}");
+        assert_eq!(one.converged, four.converged, "{method}");
+        // A deterministic method takes the same path for a trial run alone (a sub-problem
+        // numbers its trials afresh, so stochastic streams differ there).
+        if method == "stochastic" {
+            continue;
+        }
+        let alone = factorize(&p.select(&[33]).unwrap(), &cfg, &mut |_| {}).unwrap();
+        assert_eq!(
+            alone.predictions,
+            one.predictions[33 * 3..34 * 3],
+            "{method}"
+        );
+        assert_eq!(alone.iterations[0], one.iterations[33], "{method}");
     }
 }
 
@@ -224,6 +260,7 @@ fn invalid_settings_are_errors() {
         method: Method::from_name("resonator").unwrap(),
         max_iters: 0,
         seed: 0,
+        threads: 0,
     };
     assert!(matches!(
         factorize(&p, &zero, &mut |_| {}),
@@ -237,6 +274,7 @@ fn invalid_settings_are_errors() {
         }),
         max_iters: 5,
         seed: 0,
+        threads: 0,
     };
     assert!(factorize(&p, &bad_beta, &mut |_| {}).is_err());
     let bad_k = FactorizeConfig {
@@ -251,6 +289,7 @@ fn invalid_settings_are_errors() {
         }),
         max_iters: 5,
         seed: 0,
+        threads: 0,
     };
     assert!(factorize(&p, &bad_k, &mut |_| {}).is_err());
     assert!(p.select(&[3]).is_err());

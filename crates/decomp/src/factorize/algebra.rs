@@ -113,10 +113,10 @@ pub fn product_except(
 /// Similarities `[T, M]` per plane between a batch `[T, D]` and a codebook.
 pub fn similarities(kind: VsaKind, u: &Planes, cb: &PreparedCodebook) -> Result<Planes> {
     Ok(match kind {
-        VsaKind::Map => vec![u[0].matmul(&cb.ct[0])?],
+        VsaKind::Map => vec![kernels::matmul(&u[0], &cb.ct[0])?],
         VsaKind::Fhrr => vec![
-            (u[0].matmul(&cb.ct[0])? + u[1].matmul(&cb.ct[1])?)?,
-            (u[1].matmul(&cb.ct[0])? - u[0].matmul(&cb.ct[1])?)?,
+            (kernels::matmul(&u[0], &cb.ct[0])? + kernels::matmul(&u[1], &cb.ct[1])?)?,
+            (kernels::matmul(&u[1], &cb.ct[0])? - kernels::matmul(&u[0], &cb.ct[1])?)?,
         ],
     })
 }
@@ -124,15 +124,15 @@ pub fn similarities(kind: VsaKind, u: &Planes, cb: &PreparedCodebook) -> Result<
 /// Projection x = Σ_m a_m c_m of coefficients `[T, M]` per plane onto a codebook.
 pub fn project(kind: VsaKind, a: &Planes, cb: &PreparedCodebook) -> Result<Planes> {
     Ok(match kind {
-        VsaKind::Map => vec![a[0].matmul(&cb.c[0])?],
+        VsaKind::Map => vec![kernels::matmul(&a[0], &cb.c[0])?],
         VsaKind::Fhrr => {
-            let re = a[0].matmul(&cb.c[0])?;
+            let re = kernels::matmul(&a[0], &cb.c[0])?;
             match a.get(1) {
                 // Real coefficients (e.g. attention weights) need only two products.
-                None => vec![re, a[0].matmul(&cb.c[1])?],
+                None => vec![re, kernels::matmul(&a[0], &cb.c[1])?],
                 Some(ai) => vec![
-                    (re - ai.matmul(&cb.c[1])?)?,
-                    (a[0].matmul(&cb.c[1])? + ai.matmul(&cb.c[0])?)?,
+                    (re - kernels::matmul(ai, &cb.c[1])?)?,
+                    (kernels::matmul(&a[0], &cb.c[1])? + kernels::matmul(ai, &cb.c[0])?)?,
                 ],
             }
         }

@@ -25,6 +25,61 @@ fn with_host_slices<R>(xs: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Option
     Some(f(&slices))
 }
 
+/// The matrix product `a [n, k] × b [k, m] → [n, m]`.
+///
+/// On the CPU it calls the gemm kernels directly and single-threaded: the factorizers already
+/// run one shard of trials per core, and waking a thread pool for every small product costs
+/// more than it gains. Elsewhere it is candle's matmul.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (n, k) = a.dims2()?;
+    let (k2, m) = b.dims2()?;
+    if k != k2 {
+        return Err(candle_core::Error::ShapeMismatchBinaryOp {
+            lhs: a.shape().clone(),
+            rhs: b.shape().clone(),
+            op: "matmul",
+        }
+        .into());
+    }
+    let host = with_host_slices(&[a, b], |s| {
+        let (x, y) = (s[0], s[1]);
+        let mut out = vec![0f32; n * m];
+        if n > 0 && m > 0 && k > 0 {
+            // SAFETY: `x` holds n·k, `y` k·m and `out` n·m contiguous row-major f32 values, as
+            // checked above; the strides below address exactly those elements, and `out` does
+            // not alias the inputs.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    m,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    m as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    y.as_ptr(),
+                    1,
+                    m as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+        out
+    });
+    match host {
+        Some(out) => Ok(Tensor::from_vec(out, (n, m), a.device())?),
+        None => Ok(a.matmul(b)?),
+    }
+}
+
 /// The element-wise product of same-shaped tensors.
 pub fn product(xs: &[&Tensor]) -> Result<Tensor> {
     let first = xs[0];
@@ -220,6 +275,21 @@ mod tests {
             .to_vec2::<f32>()
             .unwrap();
         assert_eq!(s1, s2);
+    }
+
+    #[test]
+    fn host_matmul_matches_candle() {
+        let a: Vec<f32> = (0..6 * 5).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        let b: Vec<f32> = (0..5 * 4).map(|i| ((i * 3) % 7) as f32 - 3.0).collect();
+        let a = Tensor::from_vec(a, (6, 5), &Device::Cpu).unwrap();
+        let b = Tensor::from_vec(b, (5, 4), &Device::Cpu).unwrap();
+        let got = matmul(&a, &b).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(got, a.matmul(&b).unwrap().to_vec2::<f32>().unwrap());
+        // A transposed (non-contiguous) operand falls back to candle.
+        let bt = b.t().unwrap().contiguous().unwrap().t().unwrap();
+        let got = matmul(&a, &bt).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(got, a.matmul(&b).unwrap().to_vec2::<f32>().unwrap());
+        assert!(matmul(&a, &a).is_err());
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub struct FactorizeConfig {
     pub max_iters: usize,
     /// Seed of the method's own random draws (the stochastic resonator's noise).
     pub seed: u64,
+    /// Worker threads for the resonators on the CPU, each running a shard of the trials
+    /// (0: one per available core). Results do not depend on it.
+    pub threads: usize,
 }
 
 /// The iteration limit of the published capacity protocol (Kent et al. 2020):
@@ -188,7 +191,7 @@ pub fn factorize(
     }
     let start = Instant::now();
     let outcome = match &config.method {
-        Method::Resonator(rc) => resonator::run(problem, rc, config, progress)?,
+        Method::Resonator(rc) => run_sharded(problem, rc, config, progress)?,
         Method::Als(ac) => {
             if problem.config.vsa != VsaKind::Map {
                 return Err(Error::Unsupported {
@@ -201,6 +204,67 @@ pub fn factorize(
     };
     let wall = start.elapsed().as_secs_f64();
     Ok(summarize(problem, outcome, wall))
+}
+
+/// Smallest shard worth a thread of its own.
+const MIN_SHARD: usize = 16;
+
+/// Runs the resonator on contiguous shards of the trials, one thread per shard (CPU only).
+/// Every trial evolves independently (its own random stream, frozen on its own), so the result
+/// is the same for any number of shards; only the wall time changes.
+fn run_sharded(
+    problem: &Problem,
+    rc: &ResonatorConfig,
+    config: &FactorizeConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Outcome> {
+    let t = problem.config.trials;
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let shards = if problem.bound.device().is_cpu() {
+        threads.min(t / MIN_SHARD).max(1)
+    } else {
+        1
+    };
+    if shards == 1 {
+        return resonator::run(problem, rc, config, 0, progress);
+    }
+    let bounds: Vec<(usize, usize)> = (0..shards)
+        .map(|k| (k * t / shards, (k + 1) * t / shards))
+        .collect();
+    let subs = bounds
+        .iter()
+        .map(|&(a, b)| problem.select(&(a..b).collect::<Vec<_>>()))
+        .collect::<Result<Vec<_>>>()?;
+    let results: Vec<Result<Outcome>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = subs[1..]
+            .iter()
+            .zip(&bounds[1..])
+            .map(|(sub, &(a, _))| {
+                scope.spawn(move || resonator::run(sub, rc, config, a, &mut |_| {}))
+            })
+            .collect();
+        // The first shard runs here and reports progress for all.
+        let mut all = vec![resonator::run(&subs[0], rc, config, 0, progress)];
+        all.extend(handles.into_iter().map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::Numerical("a factorization thread panicked".into())))
+        }));
+        all
+    });
+    let f = problem.config.factors;
+    let mut out = Outcome::new(t, f);
+    for (r, &(a, b)) in results.into_iter().zip(&bounds) {
+        let o = r?;
+        out.predictions[a * f..b * f].copy_from_slice(&o.predictions);
+        out.iterations[a..b].copy_from_slice(&o.iterations);
+        out.converged[a..b].copy_from_slice(&o.converged);
+        out.limit_cycle[a..b].copy_from_slice(&o.limit_cycle);
+        out.matmul_flops += o.matmul_flops;
+    }
+    Ok(out)
 }
 
 fn summarize(problem: &Problem, o: Outcome, wall_seconds: f64) -> FactorizeReport {

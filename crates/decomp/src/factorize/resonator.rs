@@ -216,10 +216,13 @@ struct Active {
     est: Vec<Planes>,
 }
 
+/// Runs the resonator on every trial of `problem`, whose first trial is trial `trial_offset`
+/// of the caller's whole problem (this keys the per-trial random streams).
 pub(super) fn run(
     problem: &Problem,
     rc: &ResonatorConfig,
     fc: &FactorizeConfig,
+    trial_offset: usize,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Outcome> {
     let pc = &problem.config;
@@ -227,7 +230,15 @@ pub(super) fn run(
     let (nf, m, d, t) = (pc.factors, pc.codebook_size, pc.dim, pc.trials);
     rc.validate(kind, m)?;
     let device = super::device_of(problem);
-    let mut rng = random::seeded(fc.seed ^ 0x9E37_79B9_7F4A_7C15);
+    // One random stream per trial, keyed by its index in the whole problem, so that a trial's
+    // noise does not depend on which other trials share its batch or shard.
+    let mut rngs: Vec<random::SeededRng> = (0..t)
+        .map(|i| {
+            let mut r = random::seeded(fc.seed ^ 0x9E37_79B9_7F4A_7C15);
+            r.set_stream((trial_offset + i) as u64);
+            r
+        })
+        .collect();
 
     let mut factors = Vec::with_capacity(nf);
     for f in 0..nf {
@@ -304,9 +315,18 @@ pub(super) fn run(
                 decoded.push(algebra::magnitude(kind, &a)?.argmax(1)?);
             }
             if let Some(gi) = &fd.gram_inv {
-                a = vec![a[0].matmul(gi)?];
+                a = vec![kernels::matmul(&a[0], gi)?];
             }
-            let a = activate(kind, &rc.activation, a, d, noise_std, &mut rng, &device)?;
+            let a = activate(
+                kind,
+                &rc.activation,
+                a,
+                d,
+                noise_std,
+                &act.ids,
+                &mut rngs,
+                &device,
+            )?;
             let x = algebra::project(kind, &a, &fd.cb)?;
             // Real matmul count: MAP 1 + 1; FHRR 4 for the similarities, 2 or 4 back.
             let n = act.ids.len() as f64;
@@ -368,7 +388,7 @@ pub(super) fn run(
         if let Some(r) = &sig {
             let mut parts = Vec::with_capacity(nf);
             for x in &act.est {
-                parts.push(x[0].matmul(r)?);
+                parts.push(kernels::matmul(&x[0], r)?);
             }
             let sigs = Tensor::cat(&parts, 1)?.to_vec2::<f32>()?;
             for (i, row) in sigs.into_iter().enumerate() {
@@ -494,13 +514,15 @@ fn retire(
 }
 
 /// The activation step on similarities `[T, M]` per plane.
+#[allow(clippy::too_many_arguments)]
 fn activate(
     kind: VsaKind,
     activation: &Activation,
     a: Planes,
     d: usize,
     noise_std: f32,
-    rng: &mut random::SeededRng,
+    ids: &[usize],
+    rngs: &mut [random::SeededRng],
     device: &Device,
 ) -> Result<Planes> {
     Ok(match activation {
@@ -514,9 +536,18 @@ fn activate(
                 .map(|p| p.affine(1.0 / d as f64, 0.0))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             if noise_std > 0.0 {
-                for p in a.iter_mut() {
-                    let z = random::normal(rng, &[rows, cols], device)?;
-                    *p = (&*p + z.affine(noise_std as f64, 0.0)?)?;
+                // Row i draws its noise, for every plane, from its trial's own stream.
+                let planes = a.len();
+                let mut z = vec![vec![0f32; rows * cols]; planes];
+                for (i, &id) in ids.iter().enumerate() {
+                    for zp in z.iter_mut() {
+                        let draw = random::normal_vec(&mut rngs[id], cols);
+                        zp[i * cols..(i + 1) * cols].copy_from_slice(&draw);
+                    }
+                }
+                for (p, zp) in a.iter_mut().zip(z) {
+                    let zt = Tensor::from_vec(zp, (rows, cols), device)?;
+                    *p = (&*p + zt.affine(noise_std as f64, 0.0)?)?;
                 }
             }
             if let Some(k) = top_k {
