@@ -16,7 +16,12 @@
 //! use recompose_decomp::problem::{Problem, ProblemConfig};
 //!
 //! let problem = Problem::generate(&ProblemConfig::map(1000, 3, 10, 20, 7), &Device::Cpu)?;
-//! let config = FactorizeConfig { method: Method::from_name("resonator")?, max_iters: 100, seed: 7 };
+//! let config = FactorizeConfig {
+//!     method: Method::from_name("resonator")?,
+//!     max_iters: 100,
+//!     seed: 7,
+//!     threads: 0,
+//! };
 //! let report = factorize(&problem, &config, &mut |_| {})?;
 //! assert!(report.exact_accuracy > 0.9);
 //! # Ok::<(), recompose_decomp::Error>(())
@@ -30,3 +35,8 @@ mod linalg;
 pub mod problem;
 
 pub use error::{Error, Result};
+
+/// The README's code examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeExamples;
