@@ -371,12 +371,26 @@ pub(super) fn run(
                 }
             }
             StopRule::Reconstruction { threshold } => {
-                let words = decoded
+                let idx = decoded
                     .iter()
-                    .zip(&factors)
-                    .map(|(idx, fd)| algebra::select_rows(&fd.cb.c, idx))
-                    .collect::<Result<Vec<_>>>()?;
-                let cos = reconstruction_cosine(kind, &words, &act.s)?;
+                    .map(|t| t.to_vec1::<u32>())
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let books: Vec<&Tensor> = factors.iter().map(|fd| &fd.cb.c[0]).collect();
+                let fast = match kind {
+                    VsaKind::Map => kernels::reconstruction_cosine_real(&books, &idx, &act.s[0])?,
+                    VsaKind::Fhrr => None,
+                };
+                let cos = match fast {
+                    Some(cos) => cos,
+                    None => {
+                        let words = decoded
+                            .iter()
+                            .zip(&factors)
+                            .map(|(idx, fd)| algebra::select_rows(&fd.cb.c, idx))
+                            .collect::<Result<Vec<_>>>()?;
+                        reconstruction_cosine(kind, &words, &act.s)?
+                    }
+                };
                 for (i, c) in cos.iter().enumerate() {
                     if *c >= threshold {
                         stop[i] = true;
@@ -530,6 +544,19 @@ fn activate(
         Activation::Stochastic {
             top_k, threshold, ..
         } => {
+            if a.len() == 1
+                && let Some(out) = kernels::sparse_noisy_activation(
+                    &a[0],
+                    1.0 / d as f32,
+                    noise_std,
+                    ids,
+                    rngs,
+                    *top_k,
+                    *threshold,
+                )?
+            {
+                return Ok(vec![out]);
+            }
             let (rows, cols) = a[0].dims2()?;
             let mut a: Planes = a
                 .iter()
