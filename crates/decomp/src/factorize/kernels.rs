@@ -390,7 +390,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             out.to_vec2::<f32>().unwrap(),
-            vec![vec![0.0, -4.0, 0.0, 3.0], vec![0.0, -0.5, 1.5, -1.0]]
+            vec![vec![0.0, -4.0, 0.0, 3.0], vec![0.0, 0.0, 1.5, -1.0]]
         );
         let out = sparse_noisy_activation(&a, 1.0, 0.0, &[0, 1], &mut rngs, None, Some(2.5))
             .unwrap()
