@@ -107,35 +107,8 @@ pub fn capacity(
         ));
     }
     let mut evaluations: Vec<CapacityPoint> = Vec::new();
-    let mut eval = |m: usize, round: u64| -> Result<CapacityPoint> {
-        let seed = config
-            .seed
-            .wrapping_mul(1_000_003)
-            .wrapping_add(m as u64)
-            .wrapping_add(round << 32);
-        let pc = ProblemConfig {
-            vsa: config.vsa,
-            dim: config.dim,
-            factors: config.factors,
-            codebook_size: m,
-            trials: config.trials,
-            noise: Noise::default(),
-            seed,
-        };
-        let problem = Problem::generate(&pc, device)?;
-        let fc = FactorizeConfig {
-            method: config.method.clone(),
-            max_iters: config.max_iters.for_problem(m, config.factors),
-            seed,
-            threads: 0,
-        };
-        let r: FactorizeReport = factorize(&problem, &fc, &mut |_| {})?;
-        let point = CapacityPoint {
-            codebook: m,
-            max_iters: fc.max_iters,
-            exact_accuracy: r.exact_accuracy,
-            factor_accuracy: r.factor_accuracy,
-        };
+    let mut eval = |m: usize| -> Result<CapacityPoint> {
+        let point = evaluate(config, m, problem_seed(config.seed, m), device)?;
         progress(&point);
         evaluations.push(point.clone());
         Ok(point)
@@ -147,7 +120,7 @@ pub fn capacity(
     let mut hi = None;
     let mut m = 8.min(config.m_limit);
     loop {
-        let p = eval(m, 0)?;
+        let p = eval(m)?;
         if passes(&p) {
             lo = m;
             if m == config.m_limit {
@@ -165,11 +138,17 @@ pub fn capacity(
             let base = lo.max(1);
             let steps = GRID_POINTS.min(hi - base);
             for k in 1..steps {
-                eval(base + (hi - base) * k / steps, 0)?;
+                eval(base + (hi - base) * k / steps)?;
             }
             let fitted = fit_crossing(&evaluations, config.trials, config.target);
             let m = fitted.map_or(lo, |x| x.floor() as usize).clamp(lo, hi - 1);
-            eval_at(m, &mut evaluations, config, device, progress)?;
+            if m > 0 {
+                // A final, fresh evaluation at the estimate, seeded apart from the search.
+                let seed = problem_seed(config.seed, m) ^ 0xA5A5_0000_0000;
+                let point = evaluate(config, m, seed, device)?;
+                progress(&point);
+                evaluations.push(point);
+            }
             m
         }
     };
@@ -185,18 +164,18 @@ pub fn capacity(
     })
 }
 
-/// A final, fresh evaluation at the reported capacity (seeded apart from the search).
-fn eval_at(
-    m: usize,
-    evaluations: &mut Vec<CapacityPoint>,
+/// The seed of the problem evaluated at codebook size `m`.
+fn problem_seed(seed: u64, m: usize) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(m as u64)
+}
+
+/// Factorizes a fresh problem of codebook size `m` drawn from `seed`.
+fn evaluate(
     config: &CapacityConfig,
+    m: usize,
+    seed: u64,
     device: &Device,
-    progress: &mut dyn FnMut(&CapacityPoint),
-) -> Result<()> {
-    if m == 0 {
-        return Ok(());
-    }
-    let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(m as u64) ^ 0xA5A5_0000_0000;
+) -> Result<CapacityPoint> {
     let pc = ProblemConfig {
         vsa: config.vsa,
         dim: config.dim,
@@ -213,16 +192,13 @@ fn eval_at(
         seed,
         threads: 0,
     };
-    let r = factorize(&problem, &fc, &mut |_| {})?;
-    let point = CapacityPoint {
+    let r: FactorizeReport = factorize(&problem, &fc, &mut |_| {})?;
+    Ok(CapacityPoint {
         codebook: m,
         max_iters: fc.max_iters,
         exact_accuracy: r.exact_accuracy,
         factor_accuracy: r.factor_accuracy,
-    };
-    progress(&point);
-    evaluations.push(point);
-    Ok(())
+    })
 }
 
 /// Maximum-likelihood fit of P(exact | M) = σ(a + b·ln M) to the evaluations (each is
