@@ -133,7 +133,7 @@ pub fn sparse_noisy_activation(
     })
 }
 
-/// Host fast path of cos(⊙_f c_f[idx_f], s) per row for real (MAP) codebooks `[M, D]` and
+/// Host fast path of cos(⊙_f c_f\[idx_f\], s) per row for real (MAP) codebooks `[M, D]` and
 /// bound vectors `[rows, D]`. `None` when the tensors are not on the host.
 pub fn reconstruction_cosine_real(
     codebooks: &[&Tensor],

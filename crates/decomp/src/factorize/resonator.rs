@@ -94,7 +94,7 @@ pub enum StopRule {
     /// The estimates are a fixed point of a whole sweep (up to `tolerance`).
     FixedPoint,
     /// The codewords that best match the unbound vectors reconstruct the input:
-    /// cos(⊙_g c_g[î_g], s) ≥ `threshold`, with î_g = argmax |C_g u_g|. Stochastic dynamics use
+    /// cos(⊙_g c_g\[î_g\], s) ≥ `threshold`, with î_g = argmax |C_g u_g|. Stochastic dynamics use
     /// it so that noise can still carry a trial out of a spurious fixed point; only the input
     /// and the codebooks are used, never the ground truth. A wrong decoding reconstructs s with
     /// cosine about 1/√D, so the threshold must sit well above that.
