@@ -154,6 +154,15 @@ struct CompareArgs {
     json: bool,
 }
 
+/// `println!` that returns an error instead of panicking when stdout is closed (as in
+/// `recompose … | head`); `main` treats a broken pipe as a normal end.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+
 /// A bad argument: reported on one line, exit status 2.
 #[derive(Debug)]
 struct Usage(String);
@@ -237,6 +246,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
             if e.downcast_ref::<Usage>().is_some() {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
@@ -414,9 +428,9 @@ fn run_factorize(a: FactorizeArgs) -> Result<()> {
         Ok(r) => r,
     };
     if a.json {
-        println!("{}", report_json(&a.method, &pc, max_iters, &r));
+        outln!("{}", report_json(&a.method, &pc, max_iters, &r));
     } else {
-        println!(
+        outln!(
             "vsa={} D={} F={} M={} trials={} max_iters={} noise_gauss={} noise_flip={} seed={}",
             pc.vsa.name(),
             pc.dim,
@@ -428,8 +442,8 @@ fn run_factorize(a: FactorizeArgs) -> Result<()> {
             pc.noise.flip,
             pc.seed
         );
-        println!("{TABLE_HEADER}");
-        println!("{}", table_row(&a.method, &r));
+        outln!("{TABLE_HEADER}");
+        outln!("{}", table_row(&a.method, &r));
     }
     Ok(())
 }
@@ -493,9 +507,9 @@ fn run_capacity(a: CapacityArgs) -> Result<()> {
             "factor_accuracy_at_m_max": at.map(|p| p.factor_accuracy),
             "evaluations": report.evaluations,
         });
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!(
+        outln!(
             "capacity of {} (vsa={}, D={}, F={}, target exact accuracy {})",
             a.method,
             cfg.vsa.name(),
@@ -503,17 +517,23 @@ fn run_capacity(a: CapacityArgs) -> Result<()> {
             cfg.factors,
             cfg.target
         );
-        println!(
+        outln!(
             "{:>8}  {:>9}  {:>10}  {:>10}",
-            "M", "max_iters", "exact_acc", "factor_acc"
+            "M",
+            "max_iters",
+            "exact_acc",
+            "factor_acc"
         );
         for p in &report.evaluations {
-            println!(
+            outln!(
                 "{:>8}  {:>9}  {:>10.4}  {:>10.4}",
-                p.codebook, p.max_iters, p.exact_accuracy, p.factor_accuracy
+                p.codebook,
+                p.max_iters,
+                p.exact_accuracy,
+                p.factor_accuracy
             );
         }
-        println!("m_max = {}", report.m_max);
+        outln!("m_max = {}", report.m_max);
     }
     Ok(())
 }
@@ -530,11 +550,16 @@ fn run_compare(a: CompareArgs) -> Result<()> {
     let max_iters = limit.for_problem(pc.codebook_size, pc.factors);
     let problem = Problem::generate(&pc, &device())?;
     if !a.json {
-        println!(
+        outln!(
             "factorization comparison: vsa=map D={} F={} M={} trials={} max_iters={} seed={}",
-            pc.dim, pc.factors, pc.codebook_size, pc.trials, max_iters, pc.seed
+            pc.dim,
+            pc.factors,
+            pc.codebook_size,
+            pc.trials,
+            max_iters,
+            pc.seed
         );
-        println!("{TABLE_HEADER}");
+        outln!("{TABLE_HEADER}");
     }
     for name in METHOD_NAMES {
         let fc = FactorizeConfig {
@@ -545,9 +570,9 @@ fn run_compare(a: CompareArgs) -> Result<()> {
         };
         let r = solve(&problem, &fc, name)?;
         if a.json {
-            println!("{}", report_json(name, &pc, max_iters, &r));
+            outln!("{}", report_json(name, &pc, max_iters, &r));
         } else {
-            println!("{}", table_row(name, &r));
+            outln!("{}", table_row(name, &r));
         }
     }
     Ok(())

@@ -301,3 +301,27 @@ fn bad_arguments_exit_2_with_one_line() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    // As in `recompose compare | head -1`: the reader goes away before the output is written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recompose"))
+        .args([
+            "compare",
+            "--dim",
+            "200",
+            "--codebook",
+            "5",
+            "--trials",
+            "8",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn recompose");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for recompose");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

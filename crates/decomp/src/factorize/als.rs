@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::algebra::{self, Planes, PreparedCodebook};
-use super::{FactorizeConfig, Outcome, Progress};
+use super::{ActiveTrials, FactorizeConfig, Outcome, Progress};
 use crate::problem::{Problem, VsaKind};
 use crate::{Result, linalg};
 
@@ -119,29 +119,10 @@ pub(super) fn run(
             }
         }
         if stop.iter().any(|&x| x) {
-            let done: Vec<u32> = (0..n).filter(|&i| stop[i]).map(|i| i as u32).collect();
-            let keep: Vec<u32> = (0..n).filter(|&i| !stop[i]).map(|i| i as u32).collect();
-            let done_t = Tensor::from_vec(done.clone(), done.len(), &device)?;
-            for f in 0..nf {
-                let x = algebra::select_rows(&est[f], &done_t)?;
-                let idx = algebra::decode(VsaKind::Map, &x, &cbs[f])?;
-                for (k, &row) in done.iter().enumerate() {
-                    out.predictions[ids[row as usize] * nf + f] = idx[k];
-                }
-            }
-            for &row in &done {
-                out.iterations[ids[row as usize]] = it as u32;
-            }
-            if keep.is_empty() {
-                ids.clear();
-            } else {
-                let keep_t = Tensor::from_vec(keep.clone(), keep.len(), &device)?;
-                ids = keep.iter().map(|&i| ids[i as usize]).collect();
-                s = algebra::select_rows(&s, &keep_t)?;
-                for e in est.iter_mut() {
-                    *e = algebra::select_rows(e, &keep_t)?;
-                }
-            }
+            let mut act = ActiveTrials { ids, s, est };
+            let books: Vec<&PreparedCodebook> = cbs.iter().collect();
+            act.retire(VsaKind::Map, &stop, None, &books, it, &mut out)?;
+            (ids, s, est) = (act.ids, act.s, act.est);
         }
         progress(Progress {
             iteration: it,

@@ -180,6 +180,69 @@ impl Outcome {
     }
 }
 
+/// The state of the trials still running: their original indices, bound vectors and current
+/// estimates (one [`algebra::Planes`] per factor), all restricted to the active rows.
+pub(crate) struct ActiveTrials {
+    /// Original trial index of every active row.
+    pub ids: Vec<usize>,
+    /// Bound vectors of the active trials.
+    pub s: algebra::Planes,
+    /// Current estimate of every factor.
+    pub est: Vec<algebra::Planes>,
+}
+
+impl ActiveTrials {
+    /// Records the rows marked in `stop` (their answer, and the iteration `it`) and removes
+    /// them from the batch. A trial whose `out.converged` flag is set takes its answer from
+    /// `answer` (per factor, per active row) when given; the others are decoded from their
+    /// estimates by largest absolute similarity.
+    pub(crate) fn retire(
+        &mut self,
+        kind: VsaKind,
+        stop: &[bool],
+        answer: Option<&[Vec<u32>]>,
+        codebooks: &[&algebra::PreparedCodebook],
+        it: usize,
+        out: &mut Outcome,
+    ) -> Result<()> {
+        let nf = codebooks.len();
+        let device = self.s[0].device().clone();
+        let rows = |want: bool| -> Vec<u32> {
+            (0..stop.len())
+                .filter(|&i| stop[i] == want)
+                .map(|i| i as u32)
+                .collect()
+        };
+        let (done, keep) = (rows(true), rows(false));
+        let done_t = candle_core::Tensor::from_vec(done.clone(), done.len(), &device)?;
+        for (f, cb) in codebooks.iter().enumerate() {
+            let x = algebra::select_rows(&self.est[f], &done_t)?;
+            let idx = algebra::decode(kind, &x, cb)?;
+            for (k, &row) in done.iter().enumerate() {
+                let trial = self.ids[row as usize];
+                out.predictions[trial * nf + f] = match answer {
+                    Some(ans) if out.converged[trial] => ans[f][row as usize],
+                    _ => idx[k],
+                };
+            }
+        }
+        for &row in &done {
+            out.iterations[self.ids[row as usize]] = it as u32;
+        }
+        if keep.is_empty() {
+            self.ids.clear();
+            return Ok(());
+        }
+        let keep_t = candle_core::Tensor::from_vec(keep.clone(), keep.len(), &device)?;
+        self.ids = keep.iter().map(|&i| self.ids[i as usize]).collect();
+        self.s = algebra::select_rows(&self.s, &keep_t)?;
+        for e in self.est.iter_mut() {
+            *e = algebra::select_rows(e, &keep_t)?;
+        }
+        Ok(())
+    }
+}
+
 /// Factorizes every trial of `problem` with `config`, calling `progress` after each iteration.
 pub fn factorize(
     problem: &Problem,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::algebra::{self, Planes, PreparedCodebook};
 use super::kernels;
-use super::{FactorizeConfig, Outcome, Progress};
+use super::{ActiveTrials, FactorizeConfig, Outcome, Progress};
 use crate::problem::{Problem, VsaKind};
 use crate::{Error, Result, linalg};
 
@@ -210,16 +210,6 @@ struct FactorData {
     gram_inv: Option<Tensor>,
 }
 
-/// The state of the active (not yet stopped) trials.
-struct Active {
-    /// Original trial index of every active row.
-    ids: Vec<usize>,
-    /// Bound vectors of the active trials.
-    s: Planes,
-    /// Current estimate of every factor.
-    est: Vec<Planes>,
-}
-
 /// Runs the resonator on every trial of `problem`, whose first trial is trial `trial_offset`
 /// of the caller's whole problem (this keys the per-trial random streams).
 pub(super) fn run(
@@ -270,7 +260,7 @@ pub(super) fn run(
                 .collect::<candle_core::Result<Vec<_>>>()?,
         );
     }
-    let mut act = Active {
+    let mut act = ActiveTrials {
         ids: (0..t).collect(),
         s: problem.bound_planes()?,
         est,
@@ -441,16 +431,8 @@ pub(super) fn run(
                 ),
                 StopRule::FixedPoint => None,
             };
-            retire(
-                kind,
-                &mut act,
-                &stop,
-                answer.as_deref(),
-                &factors,
-                it,
-                &mut out,
-                &device,
-            )?;
+            let books: Vec<&PreparedCodebook> = factors.iter().map(|fd| &fd.cb).collect();
+            act.retire(kind, &stop, answer.as_deref(), &books, it, &mut out)?;
         }
         progress(Progress {
             iteration: it,
@@ -478,57 +460,6 @@ fn reconstruction_cosine(kind: VsaKind, xs: &[Planes], s: &Planes) -> Result<Vec
     }
     let cos = dot.div(&(pp * ss)?.sqrt()?.affine(1.0, 1e-30)?)?;
     Ok(cos.to_vec1::<f32>()?)
-}
-
-/// Decodes and records the trials marked in `stop`, and removes them from the active batch.
-/// Trials that stopped on a reconstruction take their answer from `answer` (per factor, per
-/// active row); the others are decoded from their estimates.
-#[allow(clippy::too_many_arguments)]
-fn retire(
-    kind: VsaKind,
-    act: &mut Active,
-    stop: &[bool],
-    answer: Option<&[Vec<u32>]>,
-    factors: &[FactorData],
-    it: usize,
-    out: &mut Outcome,
-    device: &Device,
-) -> Result<()> {
-    let nf = factors.len();
-    let done: Vec<u32> = (0..stop.len())
-        .filter(|&i| stop[i])
-        .map(|i| i as u32)
-        .collect();
-    let keep: Vec<u32> = (0..stop.len())
-        .filter(|&i| !stop[i])
-        .map(|i| i as u32)
-        .collect();
-    let done_t = Tensor::from_vec(done.clone(), done.len(), device)?;
-    for (f, fd) in factors.iter().enumerate() {
-        let x = algebra::select_rows(&act.est[f], &done_t)?;
-        let idx = algebra::decode(kind, &x, &fd.cb)?;
-        for (k, &row) in done.iter().enumerate() {
-            let trial = act.ids[row as usize];
-            out.predictions[trial * nf + f] = match answer {
-                Some(ans) if out.converged[trial] => ans[f][row as usize],
-                _ => idx[k],
-            };
-        }
-    }
-    for &row in &done {
-        out.iterations[act.ids[row as usize]] = it as u32;
-    }
-    if keep.is_empty() {
-        act.ids.clear();
-        return Ok(());
-    }
-    let keep_t = Tensor::from_vec(keep.clone(), keep.len(), device)?;
-    act.ids = keep.iter().map(|&i| act.ids[i as usize]).collect();
-    act.s = algebra::select_rows(&act.s, &keep_t)?;
-    for e in act.est.iter_mut() {
-        *e = algebra::select_rows(e, &keep_t)?;
-    }
-    Ok(())
 }
 
 /// The activation step on similarities `[T, M]` per plane.
