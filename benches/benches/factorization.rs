@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use criterion::{Criterion, Throughput, criterion_group};
-use recompose_decomp::factorize::{FactorizeConfig, Method, factorize};
+use recompose_decomp::factorize::{FactorizeConfig, METHOD_NAMES, Method, factorize};
 use recompose_decomp::problem::{Problem, ProblemConfig};
 
 const D: usize = 1000;
