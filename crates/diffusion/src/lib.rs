@@ -1,14 +1,45 @@
 //! # recompose-diffusion
 //!
-//! The diffusion-model foundation of recompose. This crate will hold:
+//! The diffusion-model foundation of recompose.
 //!
-//! - noise schedules as values (discrete linear, scaled-linear and cosine schedules, user-supplied
-//!   betas, zero-terminal-SNR rescaling, timestep spacing and respacing) and the continuous VP-SDE
-//!   view (α(t), σ(t), log-SNR, drift and diffusion);
+//! ## Present now
+//!
+//! - [`schedule`]: the continuous variance-preserving SDE [`VpSde`] (Song et al. 2021, "Score-Based
+//!   Generative Modeling through Stochastic Differential Equations"): `dx = −½ β(t) x dt +
+//!   √β(t) dw` with a linear β(t), its closed-form marginal α(t), σ(t) ([`Marginal`]), the
+//!   log-SNR and its exact inverse, drift and diffusion coefficients, and linear and
+//!   log-SNR-uniform time grids for samplers. All of it is plain `f64` math.
+//! - [`Error`] and [`Result`], the crate's error type.
+//!
+//! ## Still to come
+//!
+//! - discrete noise schedules as values (linear, scaled-linear and cosine schedules,
+//!   user-supplied betas, zero-terminal-SNR rescaling, timestep spacing and respacing);
 //! - the ε, x₀ and v parameterizations with exact conversions between them and to the score;
 //! - one denoiser interface that every model implements, so that samplers, composition operators
 //!   and decomposition work on any model;
 //! - seeded samplers (DDPM, DDIM, reverse-SDE Euler–Maruyama, probability-flow ODE);
 //! - the residual-MLP and U-Net denoisers and a training loop with exact resume.
 //!
-//! It is empty for now: its contents arrive with the diffusion-model foundation work.
+//! ## Example
+//!
+//! ```
+//! use recompose_diffusion::VpSde;
+//!
+//! let sde = VpSde::linear();
+//! // α(1) = exp(−¼ (β_max − β_min) − ½ β_min) = exp(−5.025) for β_min = 0.1, β_max = 20.
+//! assert!((sde.alpha(1.0) - (-5.025f64).exp()).abs() < 1e-15);
+//! // Ten sampler steps, equally spaced in log-SNR, from t = 1 down to t = 10⁻³.
+//! let times = sde.time_grid_log_snr(10)?;
+//! assert_eq!(times.len(), 11);
+//! assert!(times.windows(2).all(|w| w[0] > w[1]));
+//! # Ok::<(), recompose_diffusion::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod schedule;
+
+pub use error::{Error, Result};
+pub use schedule::{Marginal, VpSde};
