@@ -10,6 +10,9 @@ pub enum Error {
     /// An error raised by the VSA library.
     #[error(transparent)]
     Vsa(#[from] recompose_vsa::Error),
+    /// An error raised by the diffusion library (an invalid schedule).
+    #[error(transparent)]
+    Diffusion(#[from] recompose_diffusion::Error),
     /// An invalid configuration value (a zero size, a probability outside [0, 1], …).
     #[error("invalid configuration: {0}")]
     Config(String),

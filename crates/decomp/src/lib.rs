@@ -7,6 +7,8 @@
 //! - [`factorize`]: resonator networks (classic with OP and OLS weights, sequential and
 //!   synchronous; the stochastic, sparse resonator; the attention resonator) and alternating
 //!   least squares, batched over trials.
+//! - [`coupled`]: coupled inference in diffusion models (Yeung et al. 2026) — one closed-form
+//!   diffusion per factor, coupled by guidance from a reconstruction energy, with restarts.
 //! - [`capacity`]: the operational capacity of a method (Kent et al. 2020): the largest codebook
 //!   size still factorized with a target exact accuracy.
 //!
@@ -29,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod capacity;
+pub mod coupled;
 pub mod error;
 pub mod factorize;
 mod linalg;

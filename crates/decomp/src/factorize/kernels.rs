@@ -41,43 +41,50 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         }
         .into());
     }
-    let host = with_host_slices(&[a, b], |s| {
-        let (x, y) = (s[0], s[1]);
-        let mut out = vec![0f32; n * m];
-        if n > 0 && m > 0 && k > 0 {
-            // SAFETY: `x` holds n·k, `y` k·m and `out` n·m contiguous row-major f32 values, as
-            // checked above; the strides below address exactly those elements, and `out` does
-            // not alias the inputs.
-            unsafe {
-                gemm::gemm(
-                    n,
-                    m,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    m as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    y.as_ptr(),
-                    1,
-                    m as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        }
-        out
-    });
+    let host = with_host_slices(&[a, b], |s| gemm_host(s[0], s[1], n, k, m));
     match host {
         Some(out) => Ok(Tensor::from_vec(out, (n, m), a.device())?),
         None => Ok(a.matmul(b)?),
     }
+}
+
+/// The row-major product `x [n, k] × y [k, m] → [n, m]` on host slices, single-threaded.
+///
+/// # Panics
+/// If `x` does not hold n·k values or `y` does not hold k·m values (callers size them).
+pub fn gemm_host(x: &[f32], y: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> {
+    assert_eq!(x.len(), n * k, "gemm_host: left operand size");
+    assert_eq!(y.len(), k * m, "gemm_host: right operand size");
+    let mut out = vec![0f32; n * m];
+    if n > 0 && m > 0 && k > 0 {
+        // SAFETY: `x` holds n·k, `y` k·m and `out` n·m contiguous row-major f32 values (asserted
+        // above); the strides below address exactly those elements, and `out` does not alias
+        // the inputs.
+        unsafe {
+            gemm::gemm(
+                n,
+                m,
+                k,
+                out.as_mut_ptr(),
+                1,
+                m as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                y.as_ptr(),
+                1,
+                m as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+    out
 }
 
 /// Host fast path of the stochastic, sparse activation on one real plane of similarities

@@ -29,7 +29,7 @@
 
 mod algebra;
 mod als;
-mod kernels;
+pub(crate) mod kernels;
 mod resonator;
 
 use std::time::Instant;
@@ -37,6 +37,7 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::coupled::CoupledConfig;
 use crate::problem::{Problem, VsaKind};
 use crate::{Error, Result};
 
@@ -51,22 +52,26 @@ pub enum Method {
     Resonator(ResonatorConfig),
     /// Alternating least squares.
     Als(AlsConfig),
+    /// Coupled inference in diffusion models ([`crate::coupled`]).
+    Coupled(CoupledConfig),
 }
 
 /// The names accepted by [`Method::from_name`], in the order reports list them.
-pub const METHOD_NAMES: [&str; 6] = [
+pub const METHOD_NAMES: [&str; 7] = [
     "resonator",
     "resonator-ols",
     "resonator-sync",
     "stochastic",
     "attention",
     "als",
+    "coupled",
 ];
 
 impl Method {
     /// The method called `name` on the command line, with its default (tuned) settings:
     /// `resonator` (sequential, OP weights), `resonator-ols`, `resonator-sync` (synchronous, OP),
-    /// `stochastic` (the sparse, noisy resonator), `attention`, `als`.
+    /// `stochastic` (the sparse, noisy resonator), `attention`, `als`, `coupled` (coupled
+    /// diffusion with its `best` preset).
     pub fn from_name(name: &str) -> Result<Self> {
         Ok(match name {
             "resonator" => Method::Resonator(ResonatorConfig::classic()),
@@ -81,6 +86,7 @@ impl Method {
             "stochastic" => Method::Resonator(ResonatorConfig::stochastic()),
             "attention" => Method::Resonator(ResonatorConfig::attention()),
             "als" => Method::Als(AlsConfig::default()),
+            "coupled" => Method::Coupled(CoupledConfig::preset("best")?),
             other => {
                 return Err(Error::Config(format!(
                     "unknown method '{other}' (expected one of {})",
@@ -254,7 +260,18 @@ pub fn factorize(
     }
     let start = Instant::now();
     let outcome = match &config.method {
-        Method::Resonator(rc) => run_sharded(problem, rc, config, progress)?,
+        Method::Resonator(rc) => run_sharded(
+            problem,
+            config,
+            &|sub, offset, p| resonator::run(sub, rc, config, offset, p),
+            progress,
+        )?,
+        Method::Coupled(cc) => run_sharded(
+            problem,
+            config,
+            &|sub, offset, p| crate::coupled::run(sub, cc, config, offset, p),
+            progress,
+        )?,
         Method::Als(ac) => {
             if problem.config.vsa != VsaKind::Map {
                 return Err(Error::Unsupported {
@@ -272,13 +289,17 @@ pub fn factorize(
 /// Smallest shard worth a thread of its own.
 const MIN_SHARD: usize = 16;
 
-/// Runs the resonator on contiguous shards of the trials, one thread per shard (CPU only).
-/// Every trial evolves independently (its own random stream, frozen on its own), so the result
-/// is the same for any number of shards; only the wall time changes.
+/// A solver run on a sub-problem whose first trial has the given index in the whole problem.
+type ShardRunner<'a> =
+    dyn Fn(&Problem, usize, &mut dyn FnMut(Progress)) -> Result<Outcome> + Sync + 'a;
+
+/// Runs a solver on contiguous shards of the trials, one thread per shard (CPU only). Every
+/// trial evolves independently (its own random stream, frozen on its own), so the result is the
+/// same for any number of shards; only the wall time changes.
 fn run_sharded(
     problem: &Problem,
-    rc: &ResonatorConfig,
     config: &FactorizeConfig,
+    runner: &ShardRunner<'_>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Outcome> {
     let t = problem.config.trials;
@@ -292,7 +313,7 @@ fn run_sharded(
         1
     };
     if shards == 1 {
-        return resonator::run(problem, rc, config, 0, progress);
+        return runner(problem, 0, progress);
     }
     let bounds: Vec<(usize, usize)> = (0..shards)
         .map(|k| (k * t / shards, (k + 1) * t / shards))
@@ -306,11 +327,11 @@ fn run_sharded(
             .iter()
             .zip(&bounds[1..])
             .map(|(sub, &(a, _))| {
-                scope.spawn(move || resonator::run(sub, rc, config, a, &mut |_| {}))
+                scope.spawn(move || runner(sub, a, &mut |_| {}))
             })
             .collect();
         // The first shard runs here and reports progress for all.
-        let mut all = vec![resonator::run(&subs[0], rc, config, 0, progress)];
+        let mut all = vec![runner(&subs[0], 0, progress)];
         all.extend(handles.into_iter().map(|h| {
             h.join()
                 .unwrap_or_else(|_| Err(Error::Numerical("a factorization thread panicked".into())))

@@ -1,0 +1,370 @@
+//! Coupled inference in diffusion models for semantic decomposition.
+//!
+//! Yeung, Zakeri, Zou, Imani, *Coupled Inference in Diffusion Models for Semantic
+//! Decomposition* (arXiv 2602.09983, 2026): every factor of s = x₁ ⊙ … ⊙ x_F runs its own
+//! reverse diffusion under a closed-form codebook prior ([`prior`]), and the chains are coupled
+//! by guidance from an energy on their denoised estimates ([`energy`]). The pieces, in the order
+//! of the spec (§3):
+//!
+//! - **schedule**: the VP-SDE with linear β(t) from 0.1 to 20 ([`recompose_diffusion::VpSde`]),
+//!   sampled on a linear or log-SNR-uniform time grid from `t_max` down to `t_min`;
+//! - **prior**: the uniform mixture over the codewords (or over ±codewords, [`PriorKind`]), with a
+//!   codeword width τ (σ_t² → σ_t² + α_t²τ²) and an optional top-k truncated posterior;
+//! - **state space**: [`Space::Latent`] chains in ℝ^D, or [`Space::Codebook`] chains over M
+//!   coefficients with centres ±k·e_m (no matmul for the prior; the factor estimate is Cᵀv);
+//! - **coupling**: the Gaussian or similarity [`Energy`] of the factors' read-outs
+//!   x̂_f = sign(Cᵀv_f) (or the L2-normalized Cᵀv_f), with
+//!   - [`Guidance::Jacobian`]: diffusion posterior sampling, score_f += −ζ J_fᵀ ∂E/∂x̂_f through
+//!     the closed-form denoiser Jacobian, with an optional norm clip;
+//!   - [`Guidance::Posterior`]: exact guidance for a mixture prior — the energy of each
+//!     component, −ζ E(x̂_f = ±c_m), is added to the component's log-weight, and the guided score
+//!     is the mixture score under those weights. To first order in ζ this is the Jacobian
+//!     guidance; it needs no linearization because the prior is a finite mixture;
+//! - **samplers**: the probability-flow ODE and the reverse SDE, integrated either with the
+//!   exponential (DDIM-type) integrator — exact for a frozen denoiser and stable at the low-noise
+//!   end — or with plain Euler(–Maruyama); η ∈ \[0, 1\] interpolates between them (η = 0 ODE,
+//!   η = 1 reverse SDE);
+//! - **iterative sampling (restarts)**: after a pass, or as soon as a trial's estimates stall,
+//!   the trial re-noises its current decoded estimate to level ρ (or starts again from fresh
+//!   noise) and runs another pass, within the same iteration budget;
+//! - **verification**: a trial stops as soon as the product of its decoded codewords
+//!   reconstructs s (|cos| ≥ `verify`), which uses only s and the codebooks.
+//!
+//! One iteration is one step of all F chains (each factor in turn, using the others' latest
+//! read-outs, as the sequential resonator does), so budgets compare with the resonators'.
+//!
+//! **Special case.** With the codewords prior, codebook space, state scale k = 0, the similarity
+//! energy, posterior guidance and no noise, every step sets v_f = softmax(ζλ C u_f / D) and
+//! x̂_f = sign(Cᵀ v_f): the attention resonator with β = ζλ ([`attention_equivalent`]); the
+//! diffusion adds the annealed prior memory, the noise, sparsity and restarts.
+
+pub mod energy;
+pub mod prior;
+
+mod chain;
+
+use serde::{Deserialize, Serialize};
+
+pub use energy::Energy;
+pub use prior::{CodebookPrior, Posterior, PriorKind};
+
+use crate::factorize::{Activation, Normalization, ResonatorConfig, StopRule, Update, Weights};
+use crate::{Error, Result};
+
+pub(crate) use chain::run;
+
+/// Where each factor's chain lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Space {
+    /// ℝ^D: the chain is a hypervector.
+    Latent,
+    /// ℝ^M: the chain holds coefficients over the codewords.
+    Codebook,
+}
+
+/// How the coupling energy steers the chains.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Guidance {
+    /// Exact guidance of the mixture posterior: the component log-weights get −ζ E(±c_m).
+    Posterior,
+    /// First-order guidance through the denoiser Jacobian, score += −ζ J_fᵀ ∂E/∂x̂_f, with the
+    /// guidance vector's L2 norm clipped at `clip` (per trial) when given.
+    Jacobian {
+        /// Norm clip of the guidance vector.
+        clip: Option<f64>,
+    },
+}
+
+/// Which reverse process the chains integrate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampler {
+    /// The probability-flow ODE (deterministic).
+    Ode,
+    /// The reverse SDE, with noise fraction `eta` of [`CoupledConfig`].
+    Sde,
+}
+
+/// How each step is integrated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Integrator {
+    /// Exponential integrator (DDIM with η): y' = α' ŷ_0 + √(σ'² − c²) ε̂ + c ξ,
+    /// c = η (σ'/σ) √(1 − α²/α'²).
+    Exponential,
+    /// Euler(–Maruyama): y' = y + (½β y + (1+η²)/2 · β ∇log p) Δt + η √(β Δt) ξ.
+    Euler,
+}
+
+/// The time grid of a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeGrid {
+    /// Equally spaced in t.
+    Linear,
+    /// Equally spaced in log-SNR.
+    LogSnr,
+}
+
+/// How a restart re-noises a trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartMode {
+    /// y = α_ρ ŷ + σ_ρ ε from the current decoded estimate ŷ, then a pass from t = ρ.
+    Renoise,
+    /// Fresh noise at t_max, then a full pass.
+    Fresh,
+}
+
+/// How a factor's estimate is read out of its posterior for the coupling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Readout {
+    /// sign(Cᵀv): the nearest bipolar vector to the posterior-mean codeword.
+    Sign,
+    /// Cᵀv scaled to norm √D (the soft Tweedie estimate).
+    Soft,
+}
+
+/// Settings of coupled-diffusion factorization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoupledConfig {
+    /// State space of the chains.
+    pub space: Space,
+    /// The factor prior.
+    pub prior: PriorKind,
+    /// Codeword width τ (the `temperature`): σ_t² → σ_t² + α_t²τ².
+    pub temperature: f64,
+    /// Scale k of the codebook-space centres ±k·e_m (ignored in latent space).
+    pub scale: f64,
+    /// Keep only the top-k components of the posterior (None: all).
+    pub top_k: Option<usize>,
+    /// The coupling energy.
+    pub energy: Energy,
+    /// How the energy guides the chains.
+    pub guidance: Guidance,
+    /// Guidance scale ζ.
+    pub guidance_scale: f64,
+    /// The reverse process.
+    pub sampler: Sampler,
+    /// Noise fraction of the SDE sampler, in \[0, 1\] (1: the reverse SDE).
+    pub eta: f64,
+    /// Step integrator.
+    pub integrator: Integrator,
+    /// Steps T of a pass.
+    pub steps: usize,
+    /// Time grid of a pass.
+    pub grid: TimeGrid,
+    /// Start of the first pass, in (t_min, 1\].
+    pub t_max: f64,
+    /// End of every pass, > 0.
+    pub t_min: f64,
+    /// Restarts R after the first pass (None: as many as the iteration budget allows).
+    pub restarts: Option<usize>,
+    /// Re-noise level ρ of [`RestartMode::Renoise`], a time in (t_min, 1\].
+    pub renoise: f64,
+    /// How restarts re-noise.
+    pub restart_mode: RestartMode,
+    /// Restart a trial early when its estimates have not changed for this many iterations.
+    pub patience: Option<usize>,
+    /// Stop a trial when its decoded factors reconstruct s with |cos| at least this.
+    pub verify: Option<f64>,
+    /// Read-out used in the coupling.
+    pub readout: Readout,
+    /// Sequential (Gauss–Seidel) or synchronous coupling.
+    pub update: Update,
+}
+
+/// The names of the built-in presets, best first (see [`CoupledConfig::preset`]).
+pub const PRESET_NAMES: [&str; 9] = [
+    "best",
+    "similarity-codebook-sde",
+    "similarity-codebook-ode",
+    "similarity-latent-sde",
+    "similarity-latent-ode",
+    "gaussian-codebook-sde",
+    "gaussian-codebook-ode",
+    "gaussian-latent-sde",
+    "gaussian-latent-ode",
+];
+
+impl CoupledConfig {
+    /// The untuned baseline of the spec: latent space, codewords prior, similarity energy
+    /// through the Jacobian, reverse SDE over one pass, soft read-out. It scores far below the
+    /// resonator; it is here to show why the tuned presets are built the way they are.
+    pub fn naive() -> Self {
+        CoupledConfig {
+            space: Space::Latent,
+            prior: PriorKind::Codewords,
+            temperature: 0.0,
+            scale: 1.0,
+            top_k: None,
+            energy: Energy::Similarity { lambda: 1.0 },
+            guidance: Guidance::Jacobian { clip: None },
+            guidance_scale: 1.0,
+            sampler: Sampler::Sde,
+            eta: 1.0,
+            integrator: Integrator::Euler,
+            steps: 100,
+            grid: TimeGrid::Linear,
+            t_max: 1.0,
+            t_min: 1e-3,
+            restarts: Some(0),
+            renoise: 0.5,
+            restart_mode: RestartMode::Renoise,
+            patience: None,
+            verify: None,
+            readout: Readout::Soft,
+            update: Update::Sequential,
+        }
+    }
+
+    /// A named preset (one of [`PRESET_NAMES`]); `best` is the default of `--method coupled`.
+    ///
+    /// The settings come from `cargo xtask tune coupled` (random search on the validation
+    /// point D = 1000, F = 3, M = 50 and M = 70, tuning seeds separate from the evaluation
+    /// seeds); see `presets.rs` for the command and seed of each.
+    pub fn preset(name: &str) -> Result<Self> {
+        presets::preset(name).ok_or_else(|| {
+            Error::Config(format!(
+                "unknown coupled preset '{name}' (expected one of {})",
+                PRESET_NAMES.join(", ")
+            ))
+        })
+    }
+
+    /// The variant name `energy-space-sampler` of these settings.
+    pub fn variant(&self) -> String {
+        let space = match self.space {
+            Space::Latent => "latent",
+            Space::Codebook => "codebook",
+        };
+        let sampler = match self.sampler {
+            Sampler::Ode => "ode",
+            Sampler::Sde => "sde",
+        };
+        format!("{}-{space}-{sampler}", self.energy.name())
+    }
+
+    /// The same settings without restarts: one pass, no stall restarts.
+    pub fn without_restarts(&self) -> Self {
+        CoupledConfig {
+            restarts: Some(0),
+            patience: None,
+            ..self.clone()
+        }
+    }
+
+    /// Checks every parameter against the codebook size `m`.
+    pub fn validate(&self, m: usize) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        let finite_pos = |name: &str, x: f64| -> Result<()> {
+            if x.is_finite() && x > 0.0 {
+                Ok(())
+            } else {
+                bad(format!("{name} must be finite and positive, got {x}"))
+            }
+        };
+        self.energy.validate().map_err(Error::Config)?;
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(format!(
+                "temperature must be finite and non-negative, got {}",
+                self.temperature
+            ));
+        }
+        if !(self.scale.is_finite() && self.scale >= 0.0) {
+            return bad(format!(
+                "scale must be finite and non-negative, got {}",
+                self.scale
+            ));
+        }
+        if !(self.guidance_scale.is_finite() && self.guidance_scale >= 0.0) {
+            return bad(format!(
+                "guidance scale must be finite and non-negative, got {}",
+                self.guidance_scale
+            ));
+        }
+        if let Guidance::Jacobian { clip: Some(c) } = self.guidance {
+            finite_pos("guidance clip", c)?;
+        }
+        if !(0.0..=1.0).contains(&self.eta) {
+            return bad(format!("eta must lie in [0, 1], got {}", self.eta));
+        }
+        if self.steps == 0 {
+            return bad("steps must be at least 1".into());
+        }
+        finite_pos("t_min", self.t_min)?;
+        if !(self.t_max > self.t_min && self.t_max <= 1.0) {
+            return bad(format!(
+                "t_max must lie in (t_min, 1] = ({}, 1], got {}",
+                self.t_min, self.t_max
+            ));
+        }
+        if !(self.renoise > self.t_min && self.renoise <= 1.0) {
+            return bad(format!(
+                "renoise level must lie in (t_min, 1] = ({}, 1], got {}",
+                self.t_min, self.renoise
+            ));
+        }
+        if let Some(k) = self.top_k
+            && (k == 0 || k > m)
+        {
+            return bad(format!("top-k must lie in 1..={m}, got {k}"));
+        }
+        if self.patience == Some(0) {
+            return bad("patience must be at least 1".into());
+        }
+        if let Some(v) = self.verify
+            && !(v > 0.0 && v <= 1.0)
+        {
+            return bad(format!("verify threshold must lie in (0, 1], got {v}"));
+        }
+        if self.space == Space::Latent && self.scale != 1.0 {
+            return bad("the scale k applies to the codebook space only".into());
+        }
+        Ok(())
+    }
+}
+
+/// The attention resonator that the coupled update reduces to in the special case of the module
+/// docs: codewords prior, codebook space, k = 0, similarity energy, posterior guidance with
+/// ζλ = β, no noise, no restarts, sign read-out, sequential updates.
+pub fn attention_equivalent(beta: f64) -> (CoupledConfig, ResonatorConfig) {
+    let coupled = CoupledConfig {
+        space: Space::Codebook,
+        prior: PriorKind::Codewords,
+        temperature: 0.0,
+        scale: 0.0,
+        top_k: None,
+        energy: Energy::Similarity { lambda: 1.0 },
+        guidance: Guidance::Posterior,
+        guidance_scale: beta,
+        sampler: Sampler::Ode,
+        eta: 0.0,
+        integrator: Integrator::Exponential,
+        steps: 1_000_000,
+        grid: TimeGrid::Linear,
+        t_max: 1.0,
+        t_min: 1e-3,
+        restarts: Some(0),
+        renoise: 0.5,
+        restart_mode: RestartMode::Renoise,
+        patience: None,
+        verify: None,
+        readout: Readout::Sign,
+        update: Update::Sequential,
+    };
+    let resonator = ResonatorConfig {
+        weights: Weights::OuterProduct,
+        update: Update::Sequential,
+        activation: Activation::Attention { beta: beta as f32 },
+        normalization: Normalization::Sign,
+        tolerance: 0.0,
+        stop: StopRule::FixedPoint,
+    };
+    (coupled, resonator)
+}
+
+mod presets;
