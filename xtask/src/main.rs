@@ -4,7 +4,11 @@
 //! cargo xtask ci                  fmt --check, clippy -D warnings, the test suite, docs, benches compile
 //! cargo xtask bench <suite>       run a criterion suite: vsa, factorization or all
 //! cargo xtask fixtures [--check]  regenerate fixtures/ (or verify the committed ones)
+//! cargo xtask tune coupled [--variant V] [--samples N] [--refine N] [--seed S]
+//!                                 hyperparameter search for a coupled-diffusion preset
 //! ```
+
+mod tune;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use recompose_decomp::problem::{Noise, Problem, ProblemConfig, VsaKind};
 
-const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|all> | fixtures [--check]>";
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|all> | fixtures [--check] | tune coupled [--variant V] [--samples N] [--refine N] [--seed S]>";
 
 /// The benchmark suites in `benches/benches/`.
 const SUITES: [&str; 2] = ["vsa", "factorization"];
@@ -26,6 +30,7 @@ fn main() -> Result<()> {
         ["bench", suite] => bench(suite),
         ["fixtures"] => fixtures(false),
         ["fixtures", "--check"] => fixtures(true),
+        ["tune", "coupled", rest @ ..] => tune::tune(&tune::TuneArgs::parse(rest)?),
         _ => bail!("{USAGE}"),
     }
 }

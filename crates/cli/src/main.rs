@@ -14,6 +14,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use recompose_decomp::capacity::{CapacityConfig, IterLimit, capacity};
+use recompose_decomp::coupled::{CoupledConfig, Energy, RestartMode, Sampler, Space};
 use recompose_decomp::factorize::{
     FactorizeConfig, FactorizeReport, METHOD_NAMES, Method, Progress, factorize,
 };
@@ -78,9 +79,11 @@ struct FactorizeArgs {
     /// Iteration limit: a number, or `kent` for max(100, 0.001·M^F).
     #[arg(long, default_value = "100")]
     max_iters: String,
-    /// Method: resonator, resonator-ols, resonator-sync, stochastic, attention or als.
+    /// Method: resonator, resonator-ols, resonator-sync, stochastic, attention, als or coupled.
     #[arg(long, default_value = "resonator")]
     method: String,
+    #[command(flatten)]
+    coupled: CoupledArgs,
     /// Standard deviation of additive Gaussian noise on the bound vectors.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     noise_gauss: f64,
@@ -97,9 +100,11 @@ struct FactorizeArgs {
 
 #[derive(Debug, Args)]
 struct CapacityArgs {
-    /// Method: resonator, resonator-ols, resonator-sync, stochastic, attention or als.
+    /// Method: resonator, resonator-ols, resonator-sync, stochastic, attention, als or coupled.
     #[arg(long)]
     method: String,
+    #[command(flatten)]
+    coupled: CoupledArgs,
     /// Dimension D of the hypervectors.
     #[arg(long, allow_negative_numbers = true)]
     dim: i64,
@@ -127,6 +132,150 @@ struct CapacityArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// Settings of `--method coupled`; each one given overrides the preset.
+#[derive(Debug, Args)]
+struct CoupledArgs {
+    /// Coupled diffusion: named preset (default `best`, or the tuned preset of the variant
+    /// chosen with --energy/--space/--sampler).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Coupled diffusion: coupling energy, similarity or gaussian.
+    #[arg(long)]
+    energy: Option<String>,
+    /// Coupled diffusion: state space of the chains, latent or codebook.
+    #[arg(long)]
+    space: Option<String>,
+    /// Coupled diffusion: sampler, ode or sde.
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Coupled diffusion: steps T of a pass.
+    #[arg(long, allow_negative_numbers = true)]
+    steps: Option<i64>,
+    /// Coupled diffusion: restarts R after the first pass (0: none).
+    #[arg(long, allow_negative_numbers = true)]
+    restarts: Option<i64>,
+    /// Coupled diffusion: re-noise level ρ of the restarts, a time in (0, 1]; restarts then
+    /// re-noise the current estimates instead of starting from fresh noise.
+    #[arg(long, allow_negative_numbers = true)]
+    renoise: Option<f64>,
+    /// Coupled diffusion: guidance scale ζ.
+    #[arg(long, allow_negative_numbers = true)]
+    guidance: Option<f64>,
+    /// Coupled diffusion: codeword width (temperature) τ.
+    #[arg(long, allow_negative_numbers = true)]
+    temperature: Option<f64>,
+}
+
+impl CoupledArgs {
+    fn any(&self) -> bool {
+        self.preset.is_some()
+            || self.energy.is_some()
+            || self.space.is_some()
+            || self.sampler.is_some()
+            || self.steps.is_some()
+            || self.restarts.is_some()
+            || self.renoise.is_some()
+            || self.guidance.is_some()
+            || self.temperature.is_some()
+    }
+}
+
+/// The coupled-diffusion settings the flags ask for, and the name of the preset they start
+/// from.
+fn coupled_config(a: &CoupledArgs) -> Result<(CoupledConfig, String)> {
+    let cfg_err = |e: recompose_decomp::Error| usage(e.to_string());
+    let best = CoupledConfig::preset("best").map_err(cfg_err)?;
+    let energy = match a.energy.as_deref() {
+        None => None,
+        Some("similarity") => Some(Energy::Similarity { lambda: 1.0 }),
+        Some("gaussian") => Some(Energy::Gaussian { sigma_y: 1.0 }),
+        Some(o) => {
+            return Err(usage(format!(
+                "--energy must be similarity or gaussian, got '{o}'"
+            )));
+        }
+    };
+    let space = match a.space.as_deref() {
+        None => None,
+        Some("latent") => Some(Space::Latent),
+        Some("codebook") => Some(Space::Codebook),
+        Some(o) => {
+            return Err(usage(format!(
+                "--space must be latent or codebook, got '{o}'"
+            )));
+        }
+    };
+    let sampler = match a.sampler.as_deref() {
+        None => None,
+        Some("ode") => Some(Sampler::Ode),
+        Some("sde") => Some(Sampler::Sde),
+        Some(o) => return Err(usage(format!("--sampler must be ode or sde, got '{o}'"))),
+    };
+    let name = match &a.preset {
+        Some(p) => p.clone(),
+        None if energy.is_none() && space.is_none() && sampler.is_none() => "best".into(),
+        None => CoupledConfig {
+            energy: energy.unwrap_or(best.energy),
+            space: space.unwrap_or(best.space),
+            sampler: sampler.unwrap_or(best.sampler),
+            ..best.clone()
+        }
+        .variant(),
+    };
+    let mut c = CoupledConfig::preset(&name).map_err(cfg_err)?;
+    if let Some(e) = energy {
+        c.energy = e;
+    }
+    if let Some(s) = space
+        && s != c.space
+    {
+        c.space = s;
+        c.scale = match s {
+            Space::Latent => 1.0,
+            Space::Codebook => best.scale,
+        };
+    }
+    if let Some(m) = sampler {
+        c.sampler = m;
+    }
+    if let Some(t) = a.steps {
+        c.steps = positive("steps", t, 1)?;
+    }
+    if let Some(r) = a.restarts {
+        c.restarts = Some(positive("restarts", r, 0)?);
+        if r == 0 {
+            c.patience = None;
+        }
+    }
+    if let Some(rho) = a.renoise {
+        c.renoise = rho;
+        c.restart_mode = RestartMode::Renoise;
+    }
+    if let Some(g) = a.guidance {
+        c.guidance_scale = g;
+    }
+    if let Some(t) = a.temperature {
+        c.temperature = t;
+    }
+    Ok((c, name))
+}
+
+/// The method of `--method NAME` with the coupled-diffusion flags applied; the preset name when
+/// the method is coupled diffusion.
+fn method_with_flags(name: &str, c: &CoupledArgs) -> Result<(Method, Option<String>)> {
+    if name == "coupled" {
+        let (cfg, preset) = coupled_config(c)?;
+        return Ok((Method::Coupled(cfg), Some(preset)));
+    }
+    if c.any() {
+        return Err(usage(format!(
+            "--preset, --energy, --space, --sampler, --steps, --restarts, --renoise, --guidance \
+             and --temperature apply to --method coupled only (got --method {name})"
+        )));
+    }
+    Ok((parse_method(name)?, None))
 }
 
 #[derive(Debug, Args)]
@@ -387,7 +536,7 @@ fn device() -> candle_core::Device {
 }
 
 fn run_factorize(a: FactorizeArgs) -> Result<()> {
-    let method = parse_method(&a.method)?;
+    let (method, preset) = method_with_flags(&a.method, &a.coupled)?;
     let limit = parse_limit(&a.max_iters)?;
     let problem = match &a.problem {
         Some(path) => Problem::load(path, &device())?,
@@ -428,7 +577,9 @@ fn run_factorize(a: FactorizeArgs) -> Result<()> {
         Ok(r) => r,
     };
     if a.json {
-        outln!("{}", report_json(&a.method, &pc, max_iters, &r));
+        let mut v = report_json(&a.method, &pc, max_iters, &r);
+        add_method_settings(&mut v, &fc.method, preset.as_deref());
+        outln!("{v}");
     } else {
         outln!(
             "vsa={} D={} F={} M={} trials={} max_iters={} noise_gauss={} noise_flip={} seed={}",
@@ -442,14 +593,25 @@ fn run_factorize(a: FactorizeArgs) -> Result<()> {
             pc.noise.flip,
             pc.seed
         );
+        if let (Method::Coupled(c), Some(p)) = (&fc.method, &preset) {
+            outln!("coupled preset={p} {}", serde_json::to_string(c)?);
+        }
         outln!("{TABLE_HEADER}");
         outln!("{}", table_row(&a.method, &r));
     }
     Ok(())
 }
 
+/// Adds `preset` and the coupled-diffusion hyperparameters to a JSON report.
+fn add_method_settings(v: &mut serde_json::Value, method: &Method, preset: Option<&str>) {
+    if let (Method::Coupled(c), Some(obj)) = (method, v.as_object_mut()) {
+        obj.insert("preset".into(), json!(preset));
+        obj.insert("coupled".into(), json!(c));
+    }
+}
+
 fn run_capacity(a: CapacityArgs) -> Result<()> {
-    let method = parse_method(&a.method)?;
+    let (method, preset) = method_with_flags(&a.method, &a.coupled)?;
     let limit = parse_limit(&a.max_iters)?;
     if !(a.target > 0.0 && a.target <= 1.0) {
         return Err(usage(format!(
@@ -468,10 +630,11 @@ fn run_capacity(a: CapacityArgs) -> Result<()> {
         seed: a.seed,
         m_limit: positive("m-limit", a.m_limit, 1)?,
     };
-    if let Method::Als(_) = cfg.method
-        && cfg.vsa != VsaKind::Map
-    {
-        return Err(usage("method als is only available for the map model"));
+    if matches!(cfg.method, Method::Als(_) | Method::Coupled(_)) && cfg.vsa != VsaKind::Map {
+        return Err(usage(format!(
+            "method {} is only available for the map model",
+            a.method
+        )));
     }
     let pb = progress_bar(0, false);
     pb.set_style(ProgressStyle::with_template(
@@ -507,6 +670,8 @@ fn run_capacity(a: CapacityArgs) -> Result<()> {
             "factor_accuracy_at_m_max": at.map(|p| p.factor_accuracy),
             "evaluations": report.evaluations,
         });
+        let mut v = v;
+        add_method_settings(&mut v, &cfg.method, preset.as_deref());
         outln!("{v}");
     } else {
         outln!(

@@ -13,6 +13,9 @@ use recompose_decomp::factorize::{
 };
 use recompose_decomp::problem::{Noise, Problem, ProblemConfig, VsaKind};
 
+#[path = "factorization/coupled.rs"]
+mod coupled;
+
 fn run(problem: &Problem, method: &str, max_iters: usize, seed: u64) -> FactorizeReport {
     let cfg = FactorizeConfig {
         method: Method::from_name(method).unwrap(),

@@ -149,7 +149,7 @@ pub(crate) fn run(
         });
     }
     let (nf, m, d, t) = (pc.factors, pc.codebook_size, pc.dim, pc.trials);
-    cc.validate(m)?;
+    cc.validate()?;
     let sdim = match cc.space {
         Space::Latent => d,
         Space::Codebook => m,
@@ -186,7 +186,12 @@ pub(crate) fn run(
     let s = problem.bound_planes()?[0].flatten_all()?.to_vec1::<f32>()?;
     let s_norm = s
         .chunks(d)
-        .map(|r| r.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt())
+        .map(|r| {
+            r.iter()
+                .map(|x| f64::from(*x) * f64::from(*x))
+                .sum::<f64>()
+                .sqrt()
+        })
         .collect();
     let rngs = (0..t)
         .map(|i| {
@@ -458,7 +463,11 @@ fn jacobian_guidance(
     if let Some(c) = clip {
         let sdim = prior.state_dim();
         for row in g.chunks_mut(sdim) {
-            let n: f64 = row.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+            let n: f64 = row
+                .iter()
+                .map(|x| f64::from(*x) * f64::from(*x))
+                .sum::<f64>()
+                .sqrt();
             if n > c {
                 let k = (c / n) as f32;
                 row.iter_mut().for_each(|x| *x *= k);
@@ -498,7 +507,9 @@ fn step_states(
             Integrator::Exponential => {
                 let c = eta
                     * (k2.sigma / k.sigma)
-                    * (1.0 - (k.alpha * k.alpha) / (k2.alpha * k2.alpha)).max(0.0).sqrt();
+                    * (1.0 - (k.alpha * k.alpha) / (k2.alpha * k2.alpha))
+                        .max(0.0)
+                        .sqrt();
                 let keep = (k2.sigma * k2.sigma - c * c).max(0.0).sqrt();
                 for i in 0..sdim {
                     let yi = f64::from(yr[i]);

@@ -139,7 +139,7 @@ pub struct CoupledConfig {
     pub temperature: f64,
     /// Scale k of the codebook-space centres ±k·e_m (ignored in latent space).
     pub scale: f64,
-    /// Keep only the top-k components of the posterior (None: all).
+    /// Keep only the top-k components of the posterior (None, or k ≥ M: all).
     pub top_k: Option<usize>,
     /// The coupling energy.
     pub energy: Energy,
@@ -257,8 +257,8 @@ impl CoupledConfig {
         }
     }
 
-    /// Checks every parameter against the codebook size `m`.
-    pub fn validate(&self, m: usize) -> Result<()> {
+    /// Checks every parameter.
+    pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(msg));
         let finite_pos = |name: &str, x: f64| -> Result<()> {
             if x.is_finite() && x > 0.0 {
@@ -308,10 +308,8 @@ impl CoupledConfig {
                 self.t_min, self.renoise
             ));
         }
-        if let Some(k) = self.top_k
-            && (k == 0 || k > m)
-        {
-            return bad(format!("top-k must lie in 1..={m}, got {k}"));
+        if self.top_k == Some(0) {
+            return bad("top-k must be at least 1".into());
         }
         if self.patience == Some(0) {
             return bad("patience must be at least 1".into());

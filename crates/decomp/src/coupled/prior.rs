@@ -122,7 +122,12 @@ pub struct CodebookPrior {
 #[derive(Debug, Clone)]
 enum Basis {
     /// Latent space: B = C, stored as `[M, D]` and transposed `[D, M]`.
-    Codewords { c: Vec<f32>, ct: Vec<f32>, m: usize, d: usize },
+    Codewords {
+        c: Vec<f32>,
+        ct: Vec<f32>,
+        m: usize,
+        d: usize,
+    },
     /// Codebook space: B = k·I over M coefficients.
     Scaled { k: f32, m: usize },
 }

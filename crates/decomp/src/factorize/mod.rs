@@ -326,9 +326,7 @@ fn run_sharded(
         let handles: Vec<_> = subs[1..]
             .iter()
             .zip(&bounds[1..])
-            .map(|(sub, &(a, _))| {
-                scope.spawn(move || runner(sub, a, &mut |_| {}))
-            })
+            .map(|(sub, &(a, _))| scope.spawn(move || runner(sub, a, &mut |_| {})))
             .collect();
         // The first shard runs here and reports progress for all.
         let mut all = vec![runner(&subs[0], 0, progress)];
