@@ -38,7 +38,7 @@ fn resonator_sweeps(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .throughput(Throughput::Elements(TRIALS as u64));
-    for method in ["resonator", "resonator-ols", "stochastic"] {
+    for method in ["resonator", "resonator-ols", "stochastic", "coupled"] {
         let cfg = config(method);
         g.bench_function(method, |b| {
             b.iter(|| black_box(factorize(&p, &cfg, &mut |_| {}).expect("factorize")))

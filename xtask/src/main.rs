@@ -6,8 +6,14 @@
 //! cargo xtask fixtures [--check]  regenerate fixtures/ (or verify the committed ones)
 //! cargo xtask tune coupled [--variant V] [--samples N] [--refine N] [--seed S]
 //!                                 hyperparameter search for a coupled-diffusion preset
+//! cargo xtask reproduce factorization [--quick] [--skip-capacity]
+//!                                 regenerate docs/results/factorization.md and its charts
 //! ```
 
+// The chart writer offers log axes too; not every report uses them.
+#[allow(dead_code)]
+mod plot;
+mod reproduce;
 mod tune;
 
 use std::path::{Path, PathBuf};
@@ -17,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use recompose_decomp::problem::{Noise, Problem, ProblemConfig, VsaKind};
 
-const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|all> | fixtures [--check] | tune coupled [--variant V] [--samples N] [--refine N] [--seed S]>";
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|all> | fixtures [--check] | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity]>";
 
 /// The benchmark suites in `benches/benches/`.
 const SUITES: [&str; 2] = ["vsa", "factorization"];
@@ -31,6 +37,9 @@ fn main() -> Result<()> {
         ["fixtures"] => fixtures(false),
         ["fixtures", "--check"] => fixtures(true),
         ["tune", "coupled", rest @ ..] => tune::tune(&tune::TuneArgs::parse(rest)?),
+        ["reproduce", "factorization", rest @ ..] => {
+            reproduce::factorization(&root(), &reproduce::ReproduceArgs::parse(rest)?)
+        }
         _ => bail!("{USAGE}"),
     }
 }

@@ -161,7 +161,7 @@ fn redraw(c: &mut CoupledConfig, which: usize, rng: &mut ChaCha8Rng) {
         13 => c.patience = pick(rng, &PATIENCE),
         14 => {
             c.verify = if rng.random_bool(0.9) {
-                Some(rng.random_range(0.25..0.7))
+                Some(rng.random_range(0.1..0.7))
             } else {
                 None
             }

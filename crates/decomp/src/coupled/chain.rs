@@ -64,6 +64,9 @@ struct Batch {
     step: Vec<usize>,
     stall: Vec<usize>,
     passes: Vec<usize>,
+    /// Best reconstruction |cos| seen and its decoded indices (one per factor).
+    best_cos: Vec<f64>,
+    best: Vec<Vec<u32>>,
     rngs: Vec<SeededRng>,
 }
 
@@ -93,6 +96,8 @@ impl Batch {
         self.step = pick(&self.step, keep);
         self.stall = pick(&self.stall, keep);
         self.passes = pick(&self.passes, keep);
+        self.best_cos = pick(&self.best_cos, keep);
+        self.best = pick(&self.best, keep);
         self.rngs = pick(&self.rngs, keep);
     }
 }
@@ -134,6 +139,8 @@ fn read_out(readout: Readout, r: &[f32], d: usize, out: &mut [f32]) {
 
 /// Runs coupled diffusion on every trial of `problem`, whose first trial is trial
 /// `trial_offset` of the caller's whole problem.
+// Factor and row indices address several parallel arrays at once.
+#[allow(clippy::needless_range_loop)]
 pub(crate) fn run(
     problem: &Problem,
     cc: &CoupledConfig,
@@ -211,6 +218,8 @@ pub(crate) fn run(
         step: vec![0; t],
         stall: vec![0; t],
         passes: vec![0; t],
+        best_cos: vec![-1.0; t],
+        best: vec![vec![0; nf]; t],
         rngs,
     };
     for r in 0..t {
@@ -308,16 +317,18 @@ pub(crate) fn run(
         let mut restart = Vec::new();
         for r in 0..n {
             let trial = b.ids[r];
-            if let Some(thr) = cc.verify {
-                let cos = reconstruction_cos(&b, &factors, r, d);
-                if cos >= thr {
-                    out.converged[trial] = true;
-                    for f in 0..nf {
-                        out.predictions[trial * nf + f] = b.dec[f][r].0;
-                    }
-                    done[r] = true;
-                    continue;
+            let cos = reconstruction_cos(&b, &factors, r, d);
+            if cos > b.best_cos[r] {
+                b.best_cos[r] = cos;
+                b.best[r] = (0..nf).map(|f| b.dec[f][r].0).collect();
+            }
+            if cc.verify.is_some_and(|thr| cos >= thr) {
+                out.converged[trial] = true;
+                for f in 0..nf {
+                    out.predictions[trial * nf + f] = b.dec[f][r].0;
                 }
+                done[r] = true;
+                continue;
             }
             let end = b.step[r] + 1 >= grids[b.grid[r]].len();
             let stalled = cc.patience.is_some_and(|p| b.stall[r] >= p);
@@ -345,7 +356,7 @@ pub(crate) fn run(
         }
         let finished: Vec<usize> = (0..n).filter(|&r| done[r]).collect();
         if !finished.is_empty() {
-            retire(&b, &factors, &finished, it, nf, m, d, &mut out);
+            retire(&b, &factors, &finished, it, cc.keep_best, m, d, &mut out);
             let keep: Vec<usize> = (0..n).filter(|&r| !done[r]).collect();
             b.keep(&keep, d, sdim);
         }
@@ -567,24 +578,39 @@ fn reconstruction_cos(b: &Batch, factors: &[Factor], r: usize, d: usize) -> f64 
     if n > 0.0 { acc.abs() / n } else { 0.0 }
 }
 
-/// Records the answers of the finished rows: verified trials keep their decoded indices, the
-/// others are decoded from their estimates by largest absolute similarity.
+/// Records the answers of the finished rows: verified trials keep their decoded indices; the
+/// others answer with their best reconstruction (`keep_best`, when it is above chance) or are
+/// decoded from their final estimates by largest absolute similarity.
 #[allow(clippy::too_many_arguments)]
 fn retire(
     b: &Batch,
     factors: &[Factor],
     rows: &[usize],
     it: usize,
-    nf: usize,
+    keep_best: bool,
     m: usize,
     d: usize,
     out: &mut Outcome,
 ) {
+    let nf = factors.len();
+    for &r in rows {
+        out.iterations[b.ids[r]] = it as u32;
+    }
     let open: Vec<usize> = rows
         .iter()
         .copied()
         .filter(|&r| !out.converged[b.ids[r]])
         .collect();
+    // A wrong decoding reconstructs s with |cos| of order 1/√D; only a visited reconstruction
+    // well above that (4/√D) is worth more than the final estimates.
+    let chance = 4.0 / (d as f64).sqrt();
+    let (best, open): (Vec<usize>, Vec<usize>) = open
+        .into_iter()
+        .partition(|&r| keep_best && b.best_cos[r] > chance);
+    for &r in &best {
+        let trial = b.ids[r];
+        out.predictions[trial * nf..(trial + 1) * nf].copy_from_slice(&b.best[r]);
+    }
     for (f, fd) in factors.iter().enumerate() {
         if open.is_empty() {
             break;
@@ -599,8 +625,5 @@ fn retire(
             let (j, _) = signed_argmax(&sims[k * m..(k + 1) * m]);
             out.predictions[b.ids[r] * nf + f] = j;
         }
-    }
-    for &r in rows {
-        out.iterations[b.ids[r]] = it as u32;
     }
 }

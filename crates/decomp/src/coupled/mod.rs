@@ -28,7 +28,9 @@
 //!   the trial re-noises its current decoded estimate to level ρ (or starts again from fresh
 //!   noise) and runs another pass, within the same iteration budget;
 //! - **verification**: a trial stops as soon as the product of its decoded codewords
-//!   reconstructs s (|cos| ≥ `verify`), which uses only s and the codebooks.
+//!   reconstructs s (|cos| ≥ `verify`), which uses only s and the codebooks; a trial that never
+//!   verifies answers with the best reconstruction it visited (`keep_best`), the lowest energy
+//!   seen, so that strong noise, which caps the attainable cosine, degrades it gracefully.
 //!
 //! One iteration is one step of all F chains (each factor in turn, using the others' latest
 //! read-outs, as the sequential resonator does), so budgets compare with the resonators'.
@@ -171,6 +173,10 @@ pub struct CoupledConfig {
     pub patience: Option<usize>,
     /// Stop a trial when its decoded factors reconstruct s with |cos| at least this.
     pub verify: Option<f64>,
+    /// Answer an unverified trial with the best reconstruction it visited (largest |cos| of
+    /// ⊙_f c_f\[ĵ_f\] with s) instead of its final estimates, when that cosine is above chance
+    /// (4/√D).
+    pub keep_best: bool,
     /// Read-out used in the coupling.
     pub readout: Readout,
     /// Sequential (Gauss–Seidel) or synchronous coupling.
@@ -216,6 +222,7 @@ impl CoupledConfig {
             restart_mode: RestartMode::Renoise,
             patience: None,
             verify: None,
+            keep_best: false,
             readout: Readout::Soft,
             update: Update::Sequential,
         }
@@ -351,6 +358,7 @@ pub fn attention_equivalent(beta: f64) -> (CoupledConfig, ResonatorConfig) {
         restart_mode: RestartMode::Renoise,
         patience: None,
         verify: None,
+        keep_best: false,
         readout: Readout::Sign,
         update: Update::Sequential,
     };

@@ -35,6 +35,7 @@ fn tuned(space: Space, energy: Energy, sampler: Sampler) -> CoupledConfig {
         restart_mode: RestartMode::Fresh,
         patience: Some(6),
         verify: Some(0.31),
+        keep_best: true,
         readout: Readout::Sign,
         update: Update::Sequential,
     }
