@@ -9,12 +9,16 @@
 //!   √β(t) dw` with a linear β(t), its closed-form marginal α(t), σ(t) ([`Marginal`]), the
 //!   log-SNR and its exact inverse, drift and diffusion coefficients, and linear and
 //!   log-SNR-uniform time grids for samplers. All of it is plain `f64` math.
+//! - [`schedule::discrete`]: discrete noise schedules as values, [`DiscreteSchedule`] (DDPM, Ho
+//!   et al. 2020): linear, scaled-linear and cosine (Nichol & Dhariwal 2021) betas, user-supplied
+//!   betas or ᾱ, the DDPM posterior coefficients ([`Posterior`]), zero-terminal-SNR rescaling and
+//!   timestep [`Spacing`] (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps
+//!   are Flawed"), and respacing to a subset of the steps for DDIM (Song et al. 2021). Also plain
+//!   `f64` math.
 //! - [`Error`] and [`Result`], the crate's error type.
 //!
 //! ## Still to come
 //!
-//! - discrete noise schedules as values (linear, scaled-linear and cosine schedules,
-//!   user-supplied betas, zero-terminal-SNR rescaling, timestep spacing and respacing);
 //! - the ε, x₀ and v parameterizations with exact conversions between them and to the score;
 //! - one denoiser interface that every model implements, so that samplers, composition operators
 //!   and decomposition work on any model;
@@ -42,4 +46,4 @@ pub mod error;
 pub mod schedule;
 
 pub use error::{Error, Result};
-pub use schedule::{Marginal, VpSde};
+pub use schedule::{DiscreteSchedule, Marginal, Posterior, Spacing, VpSde};

@@ -10,9 +10,14 @@
 //!   with its closed-form marginal ([`Marginal`]), log-SNR and exact inverses, drift and
 //!   diffusion coefficients, and time grids for samplers.
 //!
-//! Discrete schedules (linear, scaled-linear and cosine betas, user-supplied betas,
-//! zero-terminal-SNR rescaling, timestep spacing and respacing) are still to come.
+//! - [`DiscreteSchedule`]: T discrete steps given by their betas (DDPM, Ho et al. 2020): the
+//!   linear, scaled-linear and cosine (Nichol & Dhariwal 2021) families, user-supplied betas or
+//!   ᾱ values, the DDPM posterior coefficients ([`Posterior`]), zero-terminal-SNR rescaling and
+//!   sampler timestep [`Spacing`] (Lin et al. 2024), and DDIM-style respacing (Song et al. 2021).
+//!   See the [`discrete`] module for the formulas and invariants.
 
+pub mod discrete;
 mod vp;
 
+pub use discrete::{DiscreteSchedule, Posterior, Spacing};
 pub use vp::{Marginal, VpSde};
