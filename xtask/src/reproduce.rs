@@ -17,7 +17,9 @@ use recompose_decomp::capacity::{CapacityConfig, IterLimit, capacity};
 use recompose_decomp::coupled::{
     CoupledConfig, Guidance, PRESET_NAMES, PriorKind, Readout, RestartMode, Sampler,
 };
-use recompose_decomp::factorize::{FactorizeConfig, FactorizeReport, Method, Update, factorize};
+use recompose_decomp::factorize::{
+    FactorizeConfig, FactorizeReport, METHOD_NAMES, Method, Update, factorize,
+};
 use recompose_decomp::problem::{Noise, Problem, ProblemConfig};
 use serde_json::json;
 
@@ -30,23 +32,18 @@ struct Entry {
     method: Method,
 }
 
+/// Every method but coupled diffusion, under its command-line name.
 fn baselines() -> Result<Vec<Entry>> {
-    [
-        "resonator",
-        "resonator-ols",
-        "resonator-sync",
-        "stochastic",
-        "attention",
-        "als",
-    ]
-    .iter()
-    .map(|&n| {
-        Ok(Entry {
-            name: n.to_string(),
-            method: Method::from_name(n)?,
+    METHOD_NAMES
+        .iter()
+        .filter(|&&n| n != "coupled")
+        .map(|&n| {
+            Ok(Entry {
+                name: n.to_string(),
+                method: Method::from_name(n)?,
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 /// Every coupled variant (energy × space × sampler), with and without restarts.

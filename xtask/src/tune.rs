@@ -27,16 +27,19 @@ pub struct TuneArgs {
     pub refine: usize,
     /// Seed of the search.
     pub seed: u64,
+    /// Restrict the guidance to `posterior` or `jacobian` (None: search both).
+    pub guidance: Option<String>,
 }
 
 impl TuneArgs {
-    /// Parses `--variant V --samples N --refine N --seed S`.
+    /// Parses `--variant V --samples N --refine N --seed S [--guidance posterior|jacobian]`.
     pub fn parse(args: &[&str]) -> Result<Self> {
         let mut t = TuneArgs {
             variant: "similarity-codebook-sde".into(),
             samples: 150,
             refine: 60,
             seed: 1,
+            guidance: None,
         };
         let mut it = args.iter();
         while let Some(&flag) = it.next() {
@@ -48,6 +51,10 @@ impl TuneArgs {
                 "--samples" => t.samples = val.parse()?,
                 "--refine" => t.refine = val.parse()?,
                 "--seed" => t.seed = val.parse()?,
+                "--guidance" => match val {
+                    "posterior" | "jacobian" => t.guidance = Some(val.to_string()),
+                    _ => bail!("--guidance must be posterior or jacobian, got {val}"),
+                },
                 _ => bail!("unknown flag {flag}"),
             }
         }
@@ -110,10 +117,16 @@ fn redraw(c: &mut CoupledConfig, which: usize, rng: &mut ChaCha8Rng) {
             }
         }
         1 => {
+            // Latent chains see codeword overlaps of order D rather than k², so their useful
+            // widths are larger by about √D.
+            let hi = match c.space {
+                Space::Latent => 3000.0,
+                Space::Codebook => 100.0,
+            };
             c.temperature = if rng.random_bool(0.1) {
                 0.0
             } else {
-                log_uniform(rng, 0.1, 100.0)
+                log_uniform(rng, 0.1, hi)
             }
         }
         2 => {
@@ -264,12 +277,33 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let scorer = Scorer::new(&TUNE_SET)?;
     let mut pool: Vec<Candidate> = Vec::new();
+    // Under a restriction every candidate is moved to the requested kind of guidance (a
+    // Jacobian candidate keeps its drawn clip and scale).
+    let restrict = |c: &mut CoupledConfig, rng: &mut ChaCha8Rng| match args.guidance.as_deref() {
+        Some("posterior") if c.guidance != Guidance::Posterior => {
+            c.guidance = Guidance::Posterior;
+            redraw(c, 5, rng);
+        }
+        Some("jacobian") if c.guidance == Guidance::Posterior => {
+            c.guidance = Guidance::Jacobian {
+                clip: if rng.random_bool(0.5) {
+                    None
+                } else {
+                    Some(log_uniform(rng, 0.1, 100.0))
+                },
+            };
+            redraw(c, 5, rng);
+        }
+        _ => {}
+    };
+    restrict(&mut base, &mut rng);
     consider(&scorer, &mut pool, base.clone(), "start")?;
     for _ in 0..args.samples {
         let mut c = random_config(&base, &mut rng);
         if sampler == Sampler::Ode {
             c.eta = 0.0;
         }
+        restrict(&mut c, &mut rng);
         consider(&scorer, &mut pool, c, "random")?;
     }
     for _ in 0..args.refine {
@@ -286,6 +320,7 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
             }
             redraw(&mut c, which, &mut rng);
         }
+        restrict(&mut c, &mut rng);
         consider(&scorer, &mut pool, c, "refine")?;
     }
     pool.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.total_cmp(&b.1)));
@@ -305,6 +340,7 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
             "seed": args.seed,
             "samples": args.samples,
             "refine": args.refine,
+            "guidance": args.guidance,
             "score": acc,
             "wall_seconds": wall,
             "config": best,

@@ -110,6 +110,71 @@ fn every_method_and_both_models_run() {
 }
 
 #[test]
+fn coupled_flags_reach_the_json_report() {
+    let base = [
+        "factorize",
+        "--dim",
+        "500",
+        "--factors",
+        "3",
+        "--codebook",
+        "10",
+        "--trials",
+        "16",
+        "--method",
+        "coupled",
+        "--json",
+    ];
+    let v = json(&recompose(&base));
+    assert_eq!(v["method"], "coupled");
+    assert_eq!(v["preset"], "best");
+    assert!(v["coupled"]["guidance_scale"].as_f64().is_some(), "{v}");
+    assert!(v["factor_accuracy"].as_f64().unwrap() >= 0.9, "{v}");
+    let v = json(&recompose(
+        &[
+            &base[..],
+            &[
+                "--energy",
+                "gaussian",
+                "--space",
+                "latent",
+                "--sampler",
+                "ode",
+                "--steps",
+                "7",
+                "--restarts",
+                "3",
+                "--renoise",
+                "0.4",
+                "--guidance",
+                "2.5",
+                "--temperature",
+                "0.75",
+            ],
+        ]
+        .concat(),
+    ));
+    assert_eq!(v["preset"], "gaussian-latent-ode");
+    let c = &v["coupled"];
+    assert_eq!(c["energy"]["kind"], "gaussian");
+    assert_eq!(c["space"], "latent");
+    assert_eq!(c["sampler"], "ode");
+    assert_eq!(c["steps"], 7);
+    assert_eq!(c["restarts"], 3);
+    assert_eq!(c["renoise"], 0.4);
+    assert_eq!(c["restart_mode"], "renoise");
+    assert_eq!(c["guidance_scale"], 2.5);
+    assert_eq!(c["temperature"], 0.75);
+    // At most (R + 1)·T = 28 iterations are used.
+    assert!(v["mean_iterations"].as_f64().unwrap() <= 28.0, "{v}");
+    let v = json(&recompose(
+        &[&base[..], &["--preset", "similarity-codebook-ode"]].concat(),
+    ));
+    assert_eq!(v["preset"], "similarity-codebook-ode");
+    assert_eq!(v["coupled"]["sampler"], "ode");
+}
+
+#[test]
 fn kent_iteration_limit_and_table_output() {
     let out = recompose(&[
         "factorize",
@@ -271,6 +336,19 @@ fn bad_arguments_exit_2_with_one_line() {
         [&base[..], &["--vsa", "bsc"]].concat(),
         [&base[..], &["--vsa", "fhrr", "--method", "resonator-ols"]].concat(),
         [&base[..], &["--vsa", "fhrr", "--method", "als"]].concat(),
+        [&base[..], &["--vsa", "fhrr", "--method", "coupled"]].concat(),
+        [&base[..], &["--steps", "5"]].concat(),
+        [&base[..], &["--method", "stochastic", "--preset", "best"]].concat(),
+        [&base[..], &["--method", "coupled", "--preset", "fastest"]].concat(),
+        [&base[..], &["--method", "coupled", "--energy", "quadratic"]].concat(),
+        [&base[..], &["--method", "coupled", "--space", "pixel"]].concat(),
+        [&base[..], &["--method", "coupled", "--sampler", "heun"]].concat(),
+        [&base[..], &["--method", "coupled", "--steps", "0"]].concat(),
+        [&base[..], &["--method", "coupled", "--restarts", "-1"]].concat(),
+        [&base[..], &["--method", "coupled", "--renoise", "1.5"]].concat(),
+        [&base[..], &["--method", "coupled", "--renoise", "0"]].concat(),
+        [&base[..], &["--method", "coupled", "--guidance", "-2"]].concat(),
+        [&base[..], &["--method", "coupled", "--temperature", "nan"]].concat(),
         vec![
             "capacity",
             "--method",

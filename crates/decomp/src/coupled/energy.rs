@@ -8,10 +8,11 @@
 //! - similarity: E = −λ ⟨s, ⊙_g x̂_g⟩ / D, so −∂E/∂x̂_f = λ u_f / D, the resonator's unbinding
 //!   signal.
 //!
-//! Evaluated at a codeword, x̂_f = ±c_m with the other estimates fixed, both are affine in
-//! ⟨c_m, u_f⟩ when every ∏_{g≠f} x̂_g is bipolar, so under exact posterior guidance they differ
-//! only by their gain (λ versus 1/σ_y²); through the denoiser Jacobian (the first-order guidance
-//! of diffusion posterior sampling) the Gaussian energy also carries the self-term
+//! Evaluated at a codeword, x̂_f = ±c_m, with the other estimates fixed, both are affine in
+//! ⟨c_m, u_f⟩ — the codewords are bipolar, so ‖c_m ⊙ ∏_{g≠f} x̂_g‖ is the same for every m —
+//! and under exact posterior guidance they differ only by their gain (λ versus 1/σ_y²);
+//! through the denoiser Jacobian (the first-order guidance of diffusion posterior sampling) the
+//! Gaussian energy also carries the self-term
 //! −x̂_f ⊙ (∏_{g≠f} x̂_g)², which pushes against the factor's own current estimate.
 
 use serde::{Deserialize, Serialize};

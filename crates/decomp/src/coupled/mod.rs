@@ -339,28 +339,15 @@ impl CoupledConfig {
 pub fn attention_equivalent(beta: f64) -> (CoupledConfig, ResonatorConfig) {
     let coupled = CoupledConfig {
         space: Space::Codebook,
-        prior: PriorKind::Codewords,
-        temperature: 0.0,
         scale: 0.0,
-        top_k: None,
-        energy: Energy::Similarity { lambda: 1.0 },
         guidance: Guidance::Posterior,
         guidance_scale: beta,
         sampler: Sampler::Ode,
         eta: 0.0,
         integrator: Integrator::Exponential,
-        steps: 1_000_000,
-        grid: TimeGrid::Linear,
-        t_max: 1.0,
-        t_min: 1e-3,
-        restarts: Some(0),
-        renoise: 0.5,
-        restart_mode: RestartMode::Renoise,
-        patience: None,
-        verify: None,
-        keep_best: false,
+        steps: 1000,
         readout: Readout::Sign,
-        update: Update::Sequential,
+        ..CoupledConfig::naive()
     };
     let resonator = ResonatorConfig {
         weights: Weights::OuterProduct,

@@ -269,8 +269,8 @@ fn coupled_update_reduces_to_the_attention_resonator() {
 
 #[test]
 fn posterior_guidance_makes_the_two_energies_coincide_at_matching_gain() {
-    // Evaluated at codewords with bipolar read-outs, −E is affine in ⟨c_m, u_f⟩ for both energies;
-    // λ = 1/σ_y² makes the guided posteriors, hence the runs, identical.
+    // Evaluated at (bipolar) codewords, −E is affine in ⟨c_m, u_f⟩ for both energies, whatever
+    // the read-out; λ = 1/σ_y² makes the guided posteriors, hence the runs, identical.
     let p = map_problem(1000, 3, 40, 64, 4);
     let sim = CoupledConfig {
         energy: Energy::Similarity { lambda: 4.0 },
