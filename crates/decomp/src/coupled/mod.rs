@@ -183,8 +183,10 @@ pub struct CoupledConfig {
     pub update: Update,
 }
 
-/// The names of the built-in presets, best first (see [`CoupledConfig::preset`]).
-pub const PRESET_NAMES: [&str; 9] = [
+/// The names of the built-in presets (see [`CoupledConfig::preset`]): `best`; one tuned preset
+/// per variant `energy-space-sampler`; and `dps-*` presets restricted to first-order (Jacobian)
+/// guidance, the form of diffusion posterior sampling in which the two energies differ.
+pub const PRESET_NAMES: [&str; 14] = [
     "best",
     "similarity-codebook-sde",
     "similarity-codebook-ode",
@@ -194,6 +196,11 @@ pub const PRESET_NAMES: [&str; 9] = [
     "gaussian-codebook-ode",
     "gaussian-latent-sde",
     "gaussian-latent-ode",
+    "dps-similarity-codebook-sde",
+    "dps-gaussian-codebook-sde",
+    "dps-gaussian-codebook-ode",
+    "dps-gaussian-latent-sde",
+    "dps-gaussian-latent-ode",
 ];
 
 impl CoupledConfig {

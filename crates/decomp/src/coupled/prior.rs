@@ -69,11 +69,11 @@ pub fn posterior(logits: &[f32], m: usize, kind: PriorKind, top_k: Option<usize>
         };
         keep.iter_mut().for_each(|k| *k = true);
         if let Some(k) = top_k.filter(|&k| k > 0 && k < m) {
-            order.sort_unstable_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+            // Largest keys first, ties by index, so the kept set is well defined.
+            order.select_nth_unstable_by(k - 1, |&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
             for &i in &order[k..] {
                 keep[i] = false;
             }
-            order.sort_unstable();
         }
         let top = (0..m)
             .filter(|&i| keep[i])
