@@ -1,8 +1,8 @@
 //! The tuned presets of coupled-diffusion factorization.
 //!
 //! Every tuned preset below is the output of `cargo xtask tune coupled --variant <name>
-//! --samples N --refine N --seed S` (the exact arguments are in each doc comment): random search, then local
-//! refinement, scored by the mean factor accuracy on the tuning problems D = 1000, F = 3,
+//! --samples N --refine N --seed S` (the exact arguments are in each doc comment): random
+//! search, then local refinement, scored by the mean factor accuracy on the tuning problems D = 1000, F = 3,
 //! M ∈ {50, 70}, 200 trials, 100 iterations, problem seeds 1000 and 1001; the five best were
 //! re-scored on seeds 1002 and 1003 and the best mean kept. The evaluation in
 //! `docs/results/factorization.md` uses seeds 0–4 only. The numbers are the search's own
@@ -14,9 +14,9 @@ use super::{
 };
 use crate::factorize::Update;
 
-/// `similarity-codebook-sde`: `cargo xtask tune coupled --variant similarity-codebook-sde --samples 300 --refine 120
-/// --seed 2` (tuning score 0.9933: mean factor accuracy over M = 50 and 70 on the
-/// tuning and check seeds).
+/// `similarity-codebook-sde`: tuned by
+/// `cargo xtask tune coupled --variant similarity-codebook-sde --samples 300 --refine 120 --seed 2`
+/// (score 0.9933: mean factor accuracy over M = 50 and 70, tuning and check seeds).
 fn similarity_codebook_sde() -> CoupledConfig {
     CoupledConfig {
         space: Space::Codebook,
@@ -45,9 +45,9 @@ fn similarity_codebook_sde() -> CoupledConfig {
     }
 }
 
-/// `similarity-codebook-ode`: `cargo xtask tune coupled --variant similarity-codebook-ode --samples 150 --refine 60
-/// --seed 1` (tuning score 0.9629: mean factor accuracy over M = 50 and 70 on the
-/// tuning and check seeds).
+/// `similarity-codebook-ode`: tuned by
+/// `cargo xtask tune coupled --variant similarity-codebook-ode --samples 150 --refine 60 --seed 1`
+/// (score 0.9629: mean factor accuracy over M = 50 and 70, tuning and check seeds).
 fn similarity_codebook_ode() -> CoupledConfig {
     CoupledConfig {
         space: Space::Codebook,
@@ -76,9 +76,9 @@ fn similarity_codebook_ode() -> CoupledConfig {
     }
 }
 
-/// `similarity-latent-sde`: `cargo xtask tune coupled --variant similarity-latent-sde --samples 50 --refine 25
-/// --seed 1` (tuning score 0.9525: mean factor accuracy over M = 50 and 70 on the
-/// tuning and check seeds).
+/// `similarity-latent-sde`: tuned by
+/// `cargo xtask tune coupled --variant similarity-latent-sde --samples 50 --refine 25 --seed 1`
+/// (score 0.9525: mean factor accuracy over M = 50 and 70, tuning and check seeds).
 fn similarity_latent_sde() -> CoupledConfig {
     CoupledConfig {
         space: Space::Latent,
@@ -107,9 +107,9 @@ fn similarity_latent_sde() -> CoupledConfig {
     }
 }
 
-/// `similarity-latent-ode`: `cargo xtask tune coupled --variant similarity-latent-ode --samples 50 --refine 25
-/// --seed 1` (tuning score 0.9517: mean factor accuracy over M = 50 and 70 on the
-/// tuning and check seeds).
+/// `similarity-latent-ode`: tuned by
+/// `cargo xtask tune coupled --variant similarity-latent-ode --samples 50 --refine 25 --seed 1`
+/// (score 0.9517: mean factor accuracy over M = 50 and 70, tuning and check seeds).
 fn similarity_latent_ode() -> CoupledConfig {
     CoupledConfig {
         space: Space::Latent,
@@ -138,141 +138,61 @@ fn similarity_latent_ode() -> CoupledConfig {
     }
 }
 
-/// `gaussian-codebook-sde`: the settings of `similarity-codebook-sde` with the Gaussian energy,
-/// σ_y = 1 (the same gain as λ = 1). Under posterior guidance the two energies give identical
-/// guided posteriors (see [`super::energy`]); the search `--variant gaussian-codebook-sde` over both kinds of
-/// guidance returns the similarity search's settings, so they are shared. The first-order
-/// (Jacobian) form, where the energies differ, has its own `dps-*` presets.
+/// `gaussian-codebook-sde`: the settings of `similarity-codebook-sde` with the
+/// Gaussian energy, σ_y = 1 (the gain of λ = 1). Under posterior guidance the two energies give
+/// identical guided posteriors (see [`super::energy`]), so a posterior-guided search explores
+/// the same settings for both; they are shared so that the two rows of the report show that
+/// equivalence. The first-order (Jacobian) form, where the energies differ, has its own `dps-*`
+/// presets.
 fn gaussian_codebook_sde() -> CoupledConfig {
     CoupledConfig {
-        space: Space::Codebook,
-        prior: PriorKind::Signed,
-        temperature: 54.179990486009395,
-        scale: 0.46765852577217026,
-        top_k: Some(25),
         energy: Energy::Gaussian { sigma_y: 1.0 },
-        guidance: Guidance::Posterior,
-        guidance_scale: 0.31628289107131485,
-        sampler: Sampler::Sde,
-        eta: 0.33744628714782543,
-        integrator: Integrator::Exponential,
-        steps: 5,
-        grid: TimeGrid::LogSnr,
-        t_max: 0.5146364108474988,
-        t_min: 0.001,
-        restarts: None,
-        renoise: 0.18324252544594877,
-        restart_mode: RestartMode::Fresh,
-        patience: Some(2),
-        verify: Some(0.3821809388029864),
-        keep_best: true,
-        readout: Readout::Soft,
-        update: Update::Sequential,
+        ..similarity_codebook_sde()
     }
 }
 
-/// `gaussian-codebook-ode`: the settings of `similarity-codebook-ode` with the Gaussian energy,
-/// σ_y = 1 (the same gain as λ = 1). Under posterior guidance the two energies give identical
-/// guided posteriors (see [`super::energy`]); the search `--variant gaussian-codebook-ode` over both kinds of
-/// guidance returns the similarity search's settings, so they are shared. The first-order
-/// (Jacobian) form, where the energies differ, has its own `dps-*` presets.
+/// `gaussian-codebook-ode`: the settings of `similarity-codebook-ode` with the
+/// Gaussian energy, σ_y = 1 (the gain of λ = 1). Under posterior guidance the two energies give
+/// identical guided posteriors (see [`super::energy`]), so a posterior-guided search explores
+/// the same settings for both; they are shared so that the two rows of the report show that
+/// equivalence. The first-order (Jacobian) form, where the energies differ, has its own `dps-*`
+/// presets.
 fn gaussian_codebook_ode() -> CoupledConfig {
     CoupledConfig {
-        space: Space::Codebook,
-        prior: PriorKind::Signed,
-        temperature: 89.19910255397411,
-        scale: 1.3491654011310967,
-        top_k: Some(20),
         energy: Energy::Gaussian { sigma_y: 1.0 },
-        guidance: Guidance::Posterior,
-        guidance_scale: 0.6886554620851952,
-        sampler: Sampler::Ode,
-        eta: 0.0,
-        integrator: Integrator::Exponential,
-        steps: 10,
-        grid: TimeGrid::LogSnr,
-        t_max: 0.4515358391035419,
-        t_min: 0.001,
-        restarts: None,
-        renoise: 0.38749350124786947,
-        restart_mode: RestartMode::Fresh,
-        patience: Some(3),
-        verify: Some(0.5880152931413082),
-        keep_best: true,
-        readout: Readout::Sign,
-        update: Update::Sequential,
+        ..similarity_codebook_ode()
     }
 }
 
-/// `gaussian-latent-sde`: the settings of `similarity-latent-sde` with the Gaussian energy,
-/// σ_y = 1 (the same gain as λ = 1). Under posterior guidance the two energies give identical
-/// guided posteriors (see [`super::energy`]); the search `--variant gaussian-latent-sde` over both kinds of
-/// guidance returns the similarity search's settings, so they are shared. The first-order
-/// (Jacobian) form, where the energies differ, has its own `dps-*` presets.
+/// `gaussian-latent-sde`: the settings of `similarity-latent-sde` with the
+/// Gaussian energy, σ_y = 1 (the gain of λ = 1). Under posterior guidance the two energies give
+/// identical guided posteriors (see [`super::energy`]), so a posterior-guided search explores
+/// the same settings for both; they are shared so that the two rows of the report show that
+/// equivalence. The first-order (Jacobian) form, where the energies differ, has its own `dps-*`
+/// presets.
 fn gaussian_latent_sde() -> CoupledConfig {
     CoupledConfig {
-        space: Space::Latent,
-        prior: PriorKind::Signed,
-        temperature: 387.8274968661016,
-        scale: 1.0,
-        top_k: Some(15),
         energy: Energy::Gaussian { sigma_y: 1.0 },
-        guidance: Guidance::Posterior,
-        guidance_scale: 1.6202900903895856,
-        sampler: Sampler::Sde,
-        eta: 0.7631138989589688,
-        integrator: Integrator::Exponential,
-        steps: 15,
-        grid: TimeGrid::LogSnr,
-        t_max: 0.6755171420925471,
-        t_min: 0.001,
-        restarts: None,
-        renoise: 0.3941226835974996,
-        restart_mode: RestartMode::Fresh,
-        patience: Some(4),
-        verify: Some(0.4327145571392068),
-        keep_best: true,
-        readout: Readout::Sign,
-        update: Update::Sequential,
+        ..similarity_latent_sde()
     }
 }
 
-/// `gaussian-latent-ode`: the settings of `similarity-latent-ode` with the Gaussian energy,
-/// σ_y = 1 (the same gain as λ = 1). Under posterior guidance the two energies give identical
-/// guided posteriors (see [`super::energy`]); the search `--variant gaussian-latent-ode` over both kinds of
-/// guidance returns the similarity search's settings, so they are shared. The first-order
-/// (Jacobian) form, where the energies differ, has its own `dps-*` presets.
+/// `gaussian-latent-ode`: the settings of `similarity-latent-ode` with the
+/// Gaussian energy, σ_y = 1 (the gain of λ = 1). Under posterior guidance the two energies give
+/// identical guided posteriors (see [`super::energy`]), so a posterior-guided search explores
+/// the same settings for both; they are shared so that the two rows of the report show that
+/// equivalence. The first-order (Jacobian) form, where the energies differ, has its own `dps-*`
+/// presets.
 fn gaussian_latent_ode() -> CoupledConfig {
     CoupledConfig {
-        space: Space::Latent,
-        prior: PriorKind::Signed,
-        temperature: 387.8274968661016,
-        scale: 1.0,
-        top_k: Some(15),
         energy: Energy::Gaussian { sigma_y: 1.0 },
-        guidance: Guidance::Posterior,
-        guidance_scale: 1.6202900903895856,
-        sampler: Sampler::Ode,
-        eta: 0.0,
-        integrator: Integrator::Exponential,
-        steps: 8,
-        grid: TimeGrid::LogSnr,
-        t_max: 0.6755171420925471,
-        t_min: 0.001,
-        restarts: None,
-        renoise: 0.6755171420925471,
-        restart_mode: RestartMode::Renoise,
-        patience: Some(2),
-        verify: Some(0.4327145571392068),
-        keep_best: true,
-        readout: Readout::Sign,
-        update: Update::Sequential,
+        ..similarity_latent_ode()
     }
 }
 
-/// `dps-similarity-codebook-sde`: Jacobian (diffusion-posterior-sampling) guidance only:
-/// `cargo xtask tune coupled --variant similarity-codebook-sde --samples 100 --refine 40 --seed 1
-/// --guidance jacobian` (tuning score 0.2583).
+/// `dps-similarity-codebook-sde`: Jacobian (diffusion-posterior-sampling) guidance
+/// only, tuned by `cargo xtask tune coupled --variant similarity-codebook-sde --samples 100
+/// --refine 40 --seed 1 --guidance jacobian` (score 0.2583).
 fn dps_similarity_codebook_sde() -> CoupledConfig {
     CoupledConfig {
         space: Space::Codebook,
@@ -303,9 +223,9 @@ fn dps_similarity_codebook_sde() -> CoupledConfig {
     }
 }
 
-/// `dps-gaussian-codebook-sde`: Jacobian (diffusion-posterior-sampling) guidance only:
-/// `cargo xtask tune coupled --variant gaussian-codebook-sde --samples 150 --refine 60 --seed 1
-/// --guidance jacobian` (tuning score 0.02083).
+/// `dps-gaussian-codebook-sde`: Jacobian (diffusion-posterior-sampling) guidance
+/// only, tuned by `cargo xtask tune coupled --variant gaussian-codebook-sde --samples 150
+/// --refine 60 --seed 1 --guidance jacobian` (score 0.02083).
 fn dps_gaussian_codebook_sde() -> CoupledConfig {
     CoupledConfig {
         space: Space::Codebook,
@@ -336,9 +256,9 @@ fn dps_gaussian_codebook_sde() -> CoupledConfig {
     }
 }
 
-/// `dps-gaussian-codebook-ode`: Jacobian (diffusion-posterior-sampling) guidance only:
-/// `cargo xtask tune coupled --variant gaussian-codebook-ode --samples 150 --refine 60 --seed 1
-/// --guidance jacobian` (tuning score 0.02708).
+/// `dps-gaussian-codebook-ode`: Jacobian (diffusion-posterior-sampling) guidance
+/// only, tuned by `cargo xtask tune coupled --variant gaussian-codebook-ode --samples 150
+/// --refine 60 --seed 1 --guidance jacobian` (score 0.02708).
 fn dps_gaussian_codebook_ode() -> CoupledConfig {
     CoupledConfig {
         space: Space::Codebook,
@@ -367,9 +287,9 @@ fn dps_gaussian_codebook_ode() -> CoupledConfig {
     }
 }
 
-/// `dps-gaussian-latent-sde`: Jacobian (diffusion-posterior-sampling) guidance only:
-/// `cargo xtask tune coupled --variant gaussian-latent-sde --samples 50 --refine 25 --seed 1
-/// --guidance jacobian` (tuning score 0.02083).
+/// `dps-gaussian-latent-sde`: Jacobian (diffusion-posterior-sampling) guidance
+/// only, tuned by `cargo xtask tune coupled --variant gaussian-latent-sde --samples 50
+/// --refine 25 --seed 1 --guidance jacobian` (score 0.02083).
 fn dps_gaussian_latent_sde() -> CoupledConfig {
     CoupledConfig {
         space: Space::Latent,
@@ -398,9 +318,9 @@ fn dps_gaussian_latent_sde() -> CoupledConfig {
     }
 }
 
-/// `dps-gaussian-latent-ode`: Jacobian (diffusion-posterior-sampling) guidance only:
-/// `cargo xtask tune coupled --variant gaussian-latent-ode --samples 50 --refine 25 --seed 1
-/// --guidance jacobian` (tuning score 0.02833).
+/// `dps-gaussian-latent-ode`: Jacobian (diffusion-posterior-sampling) guidance
+/// only, tuned by `cargo xtask tune coupled --variant gaussian-latent-ode --samples 50
+/// --refine 25 --seed 1 --guidance jacobian` (score 0.02833).
 fn dps_gaussian_latent_ode() -> CoupledConfig {
     CoupledConfig {
         space: Space::Latent,
