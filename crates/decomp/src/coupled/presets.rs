@@ -138,58 +138,6 @@ fn similarity_latent_ode() -> CoupledConfig {
     }
 }
 
-/// `gaussian-codebook-sde`: the settings of `similarity-codebook-sde` with the
-/// Gaussian energy, σ_y = 1 (the gain of λ = 1). Under posterior guidance the two energies give
-/// identical guided posteriors (see [`super::energy`]), so a posterior-guided search explores
-/// the same settings for both; they are shared so that the two rows of the report show that
-/// equivalence. The first-order (Jacobian) form, where the energies differ, has its own `dps-*`
-/// presets.
-fn gaussian_codebook_sde() -> CoupledConfig {
-    CoupledConfig {
-        energy: Energy::Gaussian { sigma_y: 1.0 },
-        ..similarity_codebook_sde()
-    }
-}
-
-/// `gaussian-codebook-ode`: the settings of `similarity-codebook-ode` with the
-/// Gaussian energy, σ_y = 1 (the gain of λ = 1). Under posterior guidance the two energies give
-/// identical guided posteriors (see [`super::energy`]), so a posterior-guided search explores
-/// the same settings for both; they are shared so that the two rows of the report show that
-/// equivalence. The first-order (Jacobian) form, where the energies differ, has its own `dps-*`
-/// presets.
-fn gaussian_codebook_ode() -> CoupledConfig {
-    CoupledConfig {
-        energy: Energy::Gaussian { sigma_y: 1.0 },
-        ..similarity_codebook_ode()
-    }
-}
-
-/// `gaussian-latent-sde`: the settings of `similarity-latent-sde` with the
-/// Gaussian energy, σ_y = 1 (the gain of λ = 1). Under posterior guidance the two energies give
-/// identical guided posteriors (see [`super::energy`]), so a posterior-guided search explores
-/// the same settings for both; they are shared so that the two rows of the report show that
-/// equivalence. The first-order (Jacobian) form, where the energies differ, has its own `dps-*`
-/// presets.
-fn gaussian_latent_sde() -> CoupledConfig {
-    CoupledConfig {
-        energy: Energy::Gaussian { sigma_y: 1.0 },
-        ..similarity_latent_sde()
-    }
-}
-
-/// `gaussian-latent-ode`: the settings of `similarity-latent-ode` with the
-/// Gaussian energy, σ_y = 1 (the gain of λ = 1). Under posterior guidance the two energies give
-/// identical guided posteriors (see [`super::energy`]), so a posterior-guided search explores
-/// the same settings for both; they are shared so that the two rows of the report show that
-/// equivalence. The first-order (Jacobian) form, where the energies differ, has its own `dps-*`
-/// presets.
-fn gaussian_latent_ode() -> CoupledConfig {
-    CoupledConfig {
-        energy: Energy::Gaussian { sigma_y: 1.0 },
-        ..similarity_latent_ode()
-    }
-}
-
 /// `dps-similarity-codebook-sde`: Jacobian (diffusion-posterior-sampling) guidance
 /// only, tuned by `cargo xtask tune coupled --variant similarity-codebook-sde --samples 100
 /// --refine 40 --seed 1 --guidance jacobian` (score 0.2583).
@@ -349,6 +297,18 @@ fn dps_gaussian_latent_ode() -> CoupledConfig {
     }
 }
 
+/// The settings of a `similarity-*` preset with the Gaussian energy, σ_y = 1 (the gain of
+/// λ = 1): the `gaussian-*` presets. Under posterior guidance the two energies give identical
+/// guided posteriors (see [`super::energy`]), so a posterior-guided search explores the same
+/// settings for both; they are shared so that the two rows of the report show that equivalence.
+/// The first-order (Jacobian) form, where the energies differ, has its own `dps-*` presets.
+fn with_gaussian_energy(c: CoupledConfig) -> CoupledConfig {
+    CoupledConfig {
+        energy: Energy::Gaussian { sigma_y: 1.0 },
+        ..c
+    }
+}
+
 pub(super) fn preset(name: &str) -> Option<CoupledConfig> {
     Some(match name {
         "best" => similarity_codebook_sde(),
@@ -356,10 +316,10 @@ pub(super) fn preset(name: &str) -> Option<CoupledConfig> {
         "similarity-codebook-ode" => similarity_codebook_ode(),
         "similarity-latent-sde" => similarity_latent_sde(),
         "similarity-latent-ode" => similarity_latent_ode(),
-        "gaussian-codebook-sde" => gaussian_codebook_sde(),
-        "gaussian-codebook-ode" => gaussian_codebook_ode(),
-        "gaussian-latent-sde" => gaussian_latent_sde(),
-        "gaussian-latent-ode" => gaussian_latent_ode(),
+        "gaussian-codebook-sde" => with_gaussian_energy(similarity_codebook_sde()),
+        "gaussian-codebook-ode" => with_gaussian_energy(similarity_codebook_ode()),
+        "gaussian-latent-sde" => with_gaussian_energy(similarity_latent_sde()),
+        "gaussian-latent-ode" => with_gaussian_energy(similarity_latent_ode()),
         "dps-similarity-codebook-sde" => dps_similarity_codebook_sde(),
         "dps-gaussian-codebook-sde" => dps_gaussian_codebook_sde(),
         "dps-gaussian-codebook-ode" => dps_gaussian_codebook_ode(),
