@@ -124,13 +124,22 @@ fn ablation() -> Result<Vec<Entry>> {
                 ..b()
             },
         ),
-        row(
-            "soft read-out (L2-normalized Tweedie estimate)",
-            CoupledConfig {
-                readout: Readout::Soft,
-                ..b()
-            },
-        ),
+        match best.readout {
+            Readout::Soft => row(
+                "sign read-out instead of the soft (L2-normalized) Tweedie estimate",
+                CoupledConfig {
+                    readout: Readout::Sign,
+                    ..b()
+                },
+            ),
+            Readout::Sign => row(
+                "soft (L2-normalized) read-out instead of the sign",
+                CoupledConfig {
+                    readout: Readout::Soft,
+                    ..b()
+                },
+            ),
+        },
         row(
             "no verification stop",
             CoupledConfig {
@@ -705,7 +714,7 @@ pub fn factorization(root: &Path, args: &ReproduceArgs) -> Result<()> {
             };
             let _ = writeln!(
                 md,
-                "| {label} | {d} | {name} | {mmax} | {publ} | {secs:.0} |"
+                "| {label} | {d} | {name} | {mmax} | {publ} | {secs:.1} |"
             );
         }
         md.push('\n');

@@ -110,8 +110,8 @@ impl Energy {
         out
     }
 
-    /// The factor that turns [`Energy::signal`] into −∂E/∂x̂_f in dimension D: λ/D or
-    /// 1/(σ_y² D).
+    /// The factor that turns the unscaled direction of −∂E/∂x̂_f into the gradient in dimension
+    /// D: λ/D or 1/(σ_y² D).
     pub fn grad_scale(&self, d: usize) -> f64 {
         self.gain() / d as f64
     }
