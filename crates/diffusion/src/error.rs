@@ -5,9 +5,21 @@
 #[non_exhaustive]
 pub enum Error {
     /// An invalid configuration or argument: a schedule parameter out of range, a time or log-SNR
-    /// with no corresponding point on the schedule, a zero step count.
+    /// with no corresponding point on the schedule, a zero step count, a timestep outside the
+    /// schedule, a sampler setting out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Tensors whose shapes do not fit together: a per-sample coefficient whose length is not the
+    /// batch size, a model output whose shape differs from its input, a sample whose size does
+    /// not match the data dimension.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// A denoiser implemented outside this crate failed with its own error.
+    #[error("denoiser failed: {0}")]
+    Denoiser(Box<dyn std::error::Error + Send + Sync>),
+    /// An error from candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
 }
 
 /// The result type of `recompose-diffusion`.

@@ -15,14 +15,28 @@
 //!   timestep [`Spacing`] (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps
 //!   are Flawed"), and respacing to a subset of the steps for DDIM (Song et al. 2021). Also plain
 //!   `f64` math.
+//! - [`param`]: the ε, x₀ and v ([`Parameterization`]; v from Salimans & Ho 2022) predictions
+//!   with exact conversions between them and to the score, and the training helpers
+//!   [`add_noise`] and [`v_target`].
+//! - [`denoiser`]: the one [`Denoiser`] interface every model implements (x_t, per-sample time,
+//!   optional conditioning → a prediction in its parameterization), so that samplers, composition
+//!   operators and decomposition work on any model; [`NoiseLevels`], the map from a schedule's
+//!   time values to (α, σ); and the exact [`GaussianMixtureDenoiser`] for data distributed as an
+//!   isotropic [`GaussianMixture`], the ground truth of the sampler tests.
+//! - [`sampler`]: seeded samplers over a [`DiscreteSchedule`], all with per-sample timesteps and
+//!   returning both the next sample and x̂₀ ([`StepOutput`]): DDPM ancestral with fixed-small
+//!   and fixed-large variance (Ho et al. 2020), DDIM with η (Song, Meng, Ermon 2021), the
+//!   reverse-SDE Euler–Maruyama and probability-flow ODE (Euler and Heun) samplers (Song et al.
+//!   2021) with the schedule read as a VP-SDE in ρ = −ln ᾱ, optional x̂₀ clipping, and the
+//!   one-call [`sample`].
+//! - [`random`]: the seeded RNG ([`SeededRng`], ChaCha8) every random draw comes from, since
+//!   candle's CPU generator cannot be seeded.
 //! - [`Error`] and [`Result`], the crate's error type.
 //!
 //! ## Still to come
 //!
-//! - the ε, x₀ and v parameterizations with exact conversions between them and to the score;
-//! - one denoiser interface that every model implements, so that samplers, composition operators
-//!   and decomposition work on any model;
-//! - seeded samplers (DDPM, DDIM, reverse-SDE Euler–Maruyama, probability-flow ODE);
+//! - continuous-time samplers on [`VpSde`] time grids (the denoiser interface and
+//!   [`GaussianMixtureDenoiser`] already accept continuous times);
 //! - the residual-MLP and U-Net denoisers and a training loop with exact resume.
 //!
 //! ## Example
@@ -42,8 +56,16 @@
 
 #![warn(missing_docs)]
 
+pub mod denoiser;
 pub mod error;
+pub mod param;
+pub mod random;
+pub mod sampler;
 pub mod schedule;
 
+pub use denoiser::{Denoiser, GaussianMixture, GaussianMixtureDenoiser, NoiseLevels};
 pub use error::{Error, Result};
+pub use param::{Parameterization, add_noise, v_target};
+pub use random::{SeededRng, seeded};
+pub use sampler::{DdpmVariance, Sampler, SamplerConfig, SamplerKind, StepOutput, sample};
 pub use schedule::{DiscreteSchedule, Marginal, Posterior, Spacing, VpSde};
