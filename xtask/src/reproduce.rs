@@ -274,20 +274,23 @@ struct Sweep {
 }
 
 impl Sweep {
-    fn markdown(&self, what: &str) -> String {
+    /// The swept variable's symbol: the last word of its axis label.
+    fn symbol(&self) -> &str {
+        self.x_label.rsplit(' ').next().unwrap_or(&self.x_label)
+    }
+
+    fn markdown(&self) -> String {
         let names: Vec<&str> = self.rows[0].iter().map(|r| r.name.as_str()).collect();
-        let mut s = format!("| method | {} |\n|---|", self.x_label);
-        s.push_str(&"---:|".repeat(self.xs.len()));
-        s.push('\n');
-        let _ = writeln!(
-            s,
-            "| *{what}* | {} |",
+        let mut s = format!(
+            "| method | {} |\n|---|",
             self.xs
                 .iter()
-                .map(|x| format!("**{}**", fmt_x(*x)))
+                .map(|x| format!("{} = {}", self.symbol(), fmt_x(*x)))
                 .collect::<Vec<_>>()
                 .join(" | ")
         );
+        s.push_str(&"---:|".repeat(self.xs.len()));
+        s.push('\n');
         for (k, name) in names.iter().enumerate() {
             let cells: Vec<String> = self
                 .rows
@@ -305,7 +308,7 @@ impl Sweep {
             "| method | {} |\n|---|",
             self.xs
                 .iter()
-                .map(|x| format!("{} = {}", self.x_label, fmt_x(*x)))
+                .map(|x| format!("{} = {}", self.symbol(), fmt_x(*x)))
                 .collect::<Vec<_>>()
                 .join(" | ")
         );
@@ -499,7 +502,7 @@ pub fn factorization(root: &Path, args: &ReproduceArgs) -> Result<()> {
     let flips = pick(&[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]);
     let by_flip = sweep(
         "Factor accuracy vs bit-flip noise (D = 1000, F = 3, M = 50)",
-        "flip probability",
+        "flip probability p",
         &flips,
         &all,
         trials,
@@ -518,7 +521,7 @@ pub fn factorization(root: &Path, args: &ReproduceArgs) -> Result<()> {
     let gausses = pick(&[0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]);
     let by_gauss = sweep(
         "Factor accuracy vs additive Gaussian noise (D = 1000, F = 3, M = 50)",
-        "noise std",
+        "noise standard deviation σ",
         &gausses,
         &all,
         trials,
@@ -649,12 +652,12 @@ pub fn factorization(root: &Path, args: &ReproduceArgs) -> Result<()> {
         md_table(&abl70)
     );
     let charts = [
-        ("acc-vs-m", &by_m, "codebook size M"),
-        ("acc-vs-f", &by_f, "number of factors F"),
-        ("acc-vs-flip", &by_flip, "flip probability"),
-        ("acc-vs-gauss", &by_gauss, "noise standard deviation"),
+        ("acc-vs-m", &by_m),
+        ("acc-vs-f", &by_f),
+        ("acc-vs-flip", &by_flip),
+        ("acc-vs-gauss", &by_gauss),
     ];
-    for (file, sw, what) in charts {
+    for (file, sw) in charts {
         std::fs::write(out_dir.join(format!("{file}.svg")), sw.chart().to_svg()?)?;
         let _ = writeln!(
             md,
@@ -663,7 +666,7 @@ pub fn factorization(root: &Path, args: &ReproduceArgs) -> Result<()> {
              trials/s per point</summary>\n\n{}\n</details>\n",
             sw.title,
             sw.title,
-            sw.markdown(what),
+            sw.markdown(),
             sw.timing()
         );
         data.insert(file.to_string(), sw.json());
