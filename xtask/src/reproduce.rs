@@ -279,8 +279,8 @@ impl Sweep {
         self.x_label.rsplit(' ').next().unwrap_or(&self.x_label)
     }
 
-    fn markdown(&self) -> String {
-        let names: Vec<&str> = self.rows[0].iter().map(|r| r.name.as_str()).collect();
+    /// One row per method, one column per swept value, each cell written by `cell`.
+    fn table(&self, cell: impl Fn(&Row) -> String) -> String {
         let mut s = format!(
             "| method | {} |\n|---|",
             self.xs
@@ -291,38 +291,19 @@ impl Sweep {
         );
         s.push_str(&"---:|".repeat(self.xs.len()));
         s.push('\n');
-        for (k, name) in names.iter().enumerate() {
-            let cells: Vec<String> = self
-                .rows
-                .iter()
-                .map(|col| format!("{:.3}", col[k].factor))
-                .collect();
-            let _ = writeln!(s, "| {name} | {} |", cells.join(" | "));
+        for (k, first) in self.rows[0].iter().enumerate() {
+            let cells: Vec<String> = self.rows.iter().map(|col| cell(&col[k])).collect();
+            let _ = writeln!(s, "| {} | {} |", first.name, cells.join(" | "));
         }
         s
     }
 
+    fn markdown(&self) -> String {
+        self.table(|r| format!("{:.3}", r.factor))
+    }
+
     fn timing(&self) -> String {
-        let names: Vec<&str> = self.rows[0].iter().map(|r| r.name.as_str()).collect();
-        let mut s = format!(
-            "| method | {} |\n|---|",
-            self.xs
-                .iter()
-                .map(|x| format!("{} = {}", self.symbol(), fmt_x(*x)))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-        s.push_str(&"---:|".repeat(self.xs.len()));
-        s.push('\n');
-        for (k, name) in names.iter().enumerate() {
-            let cells: Vec<String> = self
-                .rows
-                .iter()
-                .map(|col| format!("{:.3} s / {:.0}", col[k].wall, col[k].tps))
-                .collect();
-            let _ = writeln!(s, "| {name} | {} |", cells.join(" | "));
-        }
-        s
+        self.table(|r| format!("{:.3} s / {:.0}", r.wall, r.tps))
     }
 
     fn chart(&self) -> Chart {

@@ -8,7 +8,7 @@
 use recompose_diffusion::VpSde;
 use recompose_vsa::random::{self, SeededRng};
 
-use super::prior::{CodebookPrior, Posterior};
+use super::prior::{CodebookPrior, Posterior, transpose};
 use super::{CoupledConfig, Guidance, Integrator, Readout, RestartMode, Sampler, Space, TimeGrid};
 use crate::factorize::kernels::gemm_host;
 use crate::factorize::{FactorizeConfig, Outcome, Progress, Update};
@@ -174,12 +174,7 @@ pub(crate) fn run(
     let mut factors = Vec::with_capacity(nf);
     for f in 0..nf {
         let c = problem.codebook(f)?[0].flatten_all()?.to_vec1::<f32>()?;
-        let mut ct = vec![0f32; m * d];
-        for i in 0..m {
-            for j in 0..d {
-                ct[j * m + i] = c[i * d + j];
-            }
-        }
+        let ct = transpose(&c, m, d);
         let width = cc.temperature as f32;
         let prior = match cc.space {
             Space::Latent => CodebookPrior::latent(c.clone(), m, d, cc.prior, width, cc.top_k),

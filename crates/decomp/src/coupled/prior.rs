@@ -108,6 +108,17 @@ pub fn posterior(logits: &[f32], m: usize, kind: PriorKind, top_k: Option<usize>
     Posterior { v, q }
 }
 
+/// The transpose `[cols, rows]` of a row-major `[rows, cols]` matrix.
+pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; rows * cols];
+    for i in 0..rows {
+        for j in 0..cols {
+            t[j * rows + i] = x[i * cols + j];
+        }
+    }
+    t
+}
+
 /// The closed-form prior of one factor in one state space: its component basis, the kind of
 /// mixture, the codeword width τ and the optional top-k truncation.
 #[derive(Debug, Clone)]
@@ -142,12 +153,7 @@ impl CodebookPrior {
         width: f32,
         top_k: Option<usize>,
     ) -> Self {
-        let mut ct = vec![0f32; m * d];
-        for i in 0..m {
-            for j in 0..d {
-                ct[j * m + i] = c[i * d + j];
-            }
-        }
+        let ct = transpose(&c, m, d);
         CodebookPrior {
             basis: Basis::Codewords { c, ct, m, d },
             kind,
