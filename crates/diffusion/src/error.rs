@@ -17,6 +17,29 @@ pub enum Error {
     /// A denoiser implemented outside this crate failed with its own error.
     #[error("denoiser failed: {0}")]
     Denoiser(Box<dyn std::error::Error + Send + Sync>),
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory concerned.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An image file could not be decoded or encoded.
+    #[error("{}: {message}", path.display())]
+    Image {
+        /// The image file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A checkpoint or weight file that cannot be used: corrupt, truncated, or not matching the
+    /// model (the message names the offending tensor or field).
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// A training run that cannot go on (for example a non-finite loss).
+    #[error("training: {0}")]
+    Training(String),
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -60,12 +60,18 @@ use candle_core::Tensor;
 use crate::{Error, Result};
 
 /// What a denoiser's output means (see the [module documentation](self) for the formulas).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+///
+/// In configuration files it is written `"epsilon"`, `"x0"` or `"v"`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Parameterization {
     /// The noise ε that was added (DDPM, Ho et al. 2020).
     #[default]
     Epsilon,
     /// The clean data x₀.
+    #[serde(rename = "x0")]
     X0,
     /// The velocity `v = α ε − σ x₀` (Salimans & Ho 2022).
     V,
