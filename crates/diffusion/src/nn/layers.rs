@@ -1,0 +1,383 @@
+//! Layers with PyTorch's initialization and names, and the few ops candle lacks a gradient for.
+//!
+//! - [`linear`], [`conv1d_pointwise`] and [`conv2d`] draw weights and biases uniformly in
+//!   ±1/√fan_in, PyTorch's default (`kaiming_uniform_(a = √5)` for the weight); the `*_zeroed`
+//!   variants start at zero (the "zero module" of improved-diffusion, Nichol & Dhariwal 2021).
+//!   Parameters are called `weight` and `bias`, as in a PyTorch state dict.
+//! - [`LayerNorm`] is written with differentiable tensor ops: candle's own layer norm has no
+//!   backward pass, so parameters behind it would silently get no gradient.
+//! - [`group_norm`] uses candle's differentiable `GroupNorm` (weight one, bias zero).
+//! - [`timestep_embedding`] is the sinusoidal embedding of improved-diffusion / GLIDE, `[cos | sin]`.
+//! - [`dropout`] draws its mask from a caller-supplied [`SeededRng`] (candle's is unseedable).
+//! - [`upsample_nearest2x`] is nearest-neighbour ×2 upsampling written as broadcast + reshape,
+//!   differentiable (unlike candle's `upsample_nearest2d` backward for some sizes).
+
+use candle_core::{D, Module, Tensor};
+use candle_nn::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, GroupNorm, Init, Linear, VarBuilder};
+use rand_distr::{Bernoulli, Distribution};
+
+use crate::random::SeededRng;
+use crate::{Error, Result};
+
+fn uniform_fan_in(fan_in: usize) -> Init {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+/// A fully connected layer `x Wᵀ + b` with PyTorch's default initialization
+/// (parameters `weight` `[out, in]` and `bias` `[out]`).
+///
+/// # Errors
+///
+/// [`Error::Candle`] if a parameter exists with another shape.
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let init = uniform_fan_in(in_dim);
+    let w = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
+    let b = vb.get_with_hints(out_dim, "bias", init)?;
+    Ok(Linear::new(w, Some(b)))
+}
+
+/// A fully connected layer whose weight and bias start at zero.
+///
+/// # Errors
+///
+/// [`Error::Candle`] if a parameter exists with another shape.
+pub fn linear_zeroed(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let w = vb.get_with_hints((out_dim, in_dim), "weight", Init::Const(0.0))?;
+    let b = vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
+    Ok(Linear::new(w, Some(b)))
+}
+
+/// Geometry of a 2-D convolution: square kernel, stride and zero padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvSpec {
+    /// Kernel size (square).
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+}
+
+impl ConvSpec {
+    /// A 3×3 convolution with stride 1 and padding 1 (keeps the spatial size).
+    pub const SAME3: Self = Self {
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    /// A 1×1 convolution.
+    pub const POINTWISE: Self = Self {
+        kernel: 1,
+        stride: 1,
+        padding: 0,
+    };
+    /// A 3×3 convolution with stride 2 and padding 1 (halves the spatial size).
+    pub const DOWN3: Self = Self {
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+    };
+
+    fn config(self) -> Conv2dConfig {
+        Conv2dConfig {
+            padding: self.padding,
+            stride: self.stride,
+            ..Default::default()
+        }
+    }
+}
+
+/// A 2-D convolution (parameters `weight` `[out, in, k, k]`, `bias` `[out]`) with PyTorch's
+/// default initialization.
+///
+/// # Errors
+///
+/// [`Error::Candle`] if a parameter exists with another shape.
+pub fn conv2d(in_ch: usize, out_ch: usize, spec: ConvSpec, vb: VarBuilder) -> Result<Conv2d> {
+    let init = uniform_fan_in(in_ch * spec.kernel * spec.kernel);
+    conv2d_with(in_ch, out_ch, spec, init, vb)
+}
+
+/// A 2-D convolution whose weight and bias start at zero.
+///
+/// # Errors
+///
+/// [`Error::Candle`] if a parameter exists with another shape.
+pub fn conv2d_zeroed(
+    in_ch: usize,
+    out_ch: usize,
+    spec: ConvSpec,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    conv2d_with(in_ch, out_ch, spec, Init::Const(0.0), vb)
+}
+
+fn conv2d_with(
+    in_ch: usize,
+    out_ch: usize,
+    spec: ConvSpec,
+    init: Init,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let w = vb.get_with_hints((out_ch, in_ch, spec.kernel, spec.kernel), "weight", init)?;
+    let b = vb.get_with_hints(out_ch, "bias", init)?;
+    Ok(Conv2d::new(w, Some(b), spec.config()))
+}
+
+/// A 1-D convolution with kernel size one (parameters `weight` `[out, in, 1]`, `bias` `[out]`),
+/// the form in which improved-diffusion stores attention projections. `zeroed` starts it at zero.
+///
+/// # Errors
+///
+/// [`Error::Candle`] if a parameter exists with another shape.
+pub fn conv1d_pointwise(
+    in_ch: usize,
+    out_ch: usize,
+    zeroed: bool,
+    vb: VarBuilder,
+) -> Result<Conv1d> {
+    let init = if zeroed {
+        Init::Const(0.0)
+    } else {
+        uniform_fan_in(in_ch)
+    };
+    let w = vb.get_with_hints((out_ch, in_ch, 1), "weight", init)?;
+    let b = vb.get_with_hints(out_ch, "bias", init)?;
+    Ok(Conv1d::new(w, Some(b), Conv1dConfig::default()))
+}
+
+/// Group normalization over the channels (dimension 1) of `[B, C, …]` inputs, parameters
+/// `weight` (ones) and `bias` (zeros).
+///
+/// # Errors
+///
+/// [`Error::Config`] if `groups` does not divide `channels`; [`Error::Candle`] if a parameter
+/// exists with another shape.
+pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    if groups == 0 || !channels.is_multiple_of(groups) {
+        return Err(Error::Config(format!(
+            "GroupNorm: {groups} groups do not divide {channels} channels"
+        )));
+    }
+    Ok(candle_nn::group_norm(groups, channels, eps, vb)?)
+}
+
+/// Layer normalization over the last dimension, `(x − mean) / √(var + eps) · weight + bias`,
+/// built from differentiable tensor ops (parameters `weight`, ones, and `bias`, zeros).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// A layer norm over `dim` features with PyTorch's default `eps = 1e-5`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Candle`] if a parameter exists with another shape.
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_eps(dim, 1e-5, vb)
+    }
+
+    /// A layer norm over `dim` features with the given `eps`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Candle`] if a parameter exists with another shape.
+    pub fn with_eps(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias, eps })
+    }
+
+    /// The scale parameter.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The normalized input before the affine map, and 1/√(var + eps), each with the input's
+    /// shape (the second broadcastable): what a hand-written backward pass needs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Candle`] on a rank-0 input.
+    pub fn normalize(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv_std = (var + self.eps)?.sqrt()?.recip()?;
+        Ok((centered.broadcast_mul(&inv_std)?, inv_std))
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+/// The sinusoidal timestep embedding of improved-diffusion / GLIDE: for `t` of shape `[B]` and
+/// `half = dim / 2`, frequencies `f_j = max_period^(−j/half)` and the embedding
+/// `[cos(t f_0) … cos(t f_{half−1}) | sin(t f_0) … sin(t f_{half−1})]`, zero-padded to `dim` when
+/// `dim` is odd. Output `[B, dim]` in `t`'s dtype (`f32` inputs are computed in `f32`).
+///
+/// # Errors
+///
+/// [`Error::Shape`] if `t` is not 1-D.
+pub fn timestep_embedding(t: &Tensor, dim: usize, max_period: f64) -> Result<Tensor> {
+    if t.rank() != 1 {
+        return Err(Error::Shape(format!(
+            "timestep embedding expects a 1-D tensor of times, got shape {:?}",
+            t.dims()
+        )));
+    }
+    let half = dim / 2;
+    let dtype = t.dtype();
+    let freqs: Vec<f32> = (0..half)
+        .map(|j| (-(max_period.ln()) * j as f64 / half as f64).exp() as f32)
+        .collect();
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?.to_dtype(dtype)?;
+    let args = t.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    let mut emb = Tensor::cat(&[args.cos()?, args.sin()?], 1)?;
+    if dim % 2 == 1 {
+        let pad = Tensor::zeros((t.dim(0)?, 1), dtype, t.device())?;
+        emb = Tensor::cat(&[emb, pad], 1)?;
+    }
+    Ok(emb)
+}
+
+/// Inverted dropout: each element is zeroed with probability `p` and the survivors scaled by
+/// 1/(1 − p), with the mask drawn from `rng` in row-major order. With `rng = None` (evaluation)
+/// or `p = 0` the input is returned unchanged.
+///
+/// # Errors
+///
+/// [`Error::Config`] if `p` is not in \[0, 1).
+pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut SeededRng>) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(Error::Config(format!(
+            "dropout probability {p} is not in [0, 1)"
+        )));
+    }
+    let Some(rng) = rng else {
+        return Ok(x.clone());
+    };
+    if p == 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = Bernoulli::new(1.0 - p).map_err(|e| Error::Config(e.to_string()))?;
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if keep.sample(rng) { scale } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    Ok(x.mul(&mask)?)
+}
+
+/// Nearest-neighbour ×2 upsampling of `[B, C, H, W]` to `[B, C, 2H, 2W]`, written as broadcast
+/// and reshape so that it is differentiable.
+///
+/// # Errors
+///
+/// [`Error::Shape`] if the input is not 4-D.
+pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4().map_err(|_| {
+        Error::Shape(format!(
+            "upsampling expects [B, C, H, W], got {:?}",
+            x.dims()
+        ))
+    })?;
+    Ok(x.reshape((b, c, h, 1, w, 1))?
+        .broadcast_as((b, c, h, 2, w, 2))?
+        .reshape((b, c, 2 * h, 2 * w))?)
+}
+
+/// The SiLU / swish activation `x · sigmoid(x)` (differentiable in candle).
+///
+/// # Errors
+///
+/// [`Error::Candle`] from candle.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    Ok(x.silu()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::ParamStore;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn layer_norm_matches_definition_and_has_gradients() -> Result<()> {
+        let store = ParamStore::new(1);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let ln = LayerNorm::new(4, vb)?;
+        let x = Tensor::new(&[[1.0f32, 2.0, 3.0, 6.0]], &Device::Cpu)?;
+        let y = ln.forward(&x)?.to_vec2::<f32>()?;
+        let mean = 3.0f32;
+        let var = (4.0 + 1.0 + 0.0 + 9.0) / 4.0;
+        for (i, v) in [1.0f32, 2.0, 3.0, 6.0].iter().enumerate() {
+            let want = (v - mean) / (var + 1e-5f32).sqrt();
+            assert!((y[0][i] - want).abs() < 1e-5);
+        }
+        let loss = ln.forward(&x)?.sqr()?.sum_all()?;
+        let grads = loss.backward()?;
+        for (name, var) in store.vars() {
+            assert!(
+                grads.get(var.as_tensor()).is_some(),
+                "{name} has no gradient"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn timestep_embedding_is_cos_then_sin() -> Result<()> {
+        let t = Tensor::new(&[0.0f32, 10.0], &Device::Cpu)?;
+        let e = timestep_embedding(&t, 6, 10_000.0)?.to_vec2::<f32>()?;
+        assert_eq!(e[0], vec![1.0, 1.0, 1.0, 0.0, 0.0, 0.0]);
+        let f1 = (-(10_000f64.ln()) / 3.0).exp();
+        assert!((e[1][1] as f64 - (10.0 * f1).cos()).abs() < 1e-5);
+        assert!((e[1][4] as f64 - (10.0 * f1).sin()).abs() < 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn upsample_repeats_pixels() -> Result<()> {
+        let x = Tensor::new(&[1.0f32, 2.0, 3.0, 4.0], &Device::Cpu)?.reshape((1, 1, 2, 2))?;
+        let y = upsample_nearest2x(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(
+            y,
+            vec![
+                1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_keeps_the_mean_and_is_seeded() -> Result<()> {
+        let x = Tensor::ones(20_000, DType::F32, &Device::Cpu)?;
+        let mut r1 = crate::random::seeded(3);
+        let mut r2 = crate::random::seeded(3);
+        let a = dropout(&x, 0.25, Some(&mut r1))?;
+        let b = dropout(&x, 0.25, Some(&mut r2))?;
+        assert_eq!(a.to_vec1::<f32>()?, b.to_vec1::<f32>()?);
+        let mean = a.mean_all()?.to_scalar::<f32>()?;
+        assert!((mean - 1.0).abs() < 0.03, "{mean}");
+        assert!(dropout(&x, 1.0, None).is_err());
+        Ok(())
+    }
+}
