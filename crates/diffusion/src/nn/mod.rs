@@ -1,0 +1,18 @@
+//! Neural-network building blocks and the denoiser models.
+//!
+//! - [`ParamStore`]: trainable variables with seeded, name-keyed initialization, usable as a
+//!   [`candle_nn::VarBuilder`] backend.
+//! - [`layers`]: PyTorch-initialized layers under PyTorch parameter names, a differentiable
+//!   [`LayerNorm`](layers::LayerNorm), the sinusoidal timestep embedding, seeded dropout.
+//! - [`mlp`]: the residual MLP denoiser of the 2-D experiments of Du et al. (2023).
+//! - [`unet`]: the improved-diffusion / GLIDE U-Net ([`UNet`]) of Decomp Diffusion (Su et al.
+//!   2024), with the PyTorch state-dict names of the released code.
+
+pub mod layers;
+pub mod mlp;
+pub mod store;
+pub mod unet;
+
+pub use mlp::{MlpConfig, ResidualMlp};
+pub use store::ParamStore;
+pub use unet::{UNet, UNetConfig};
