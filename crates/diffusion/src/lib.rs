@@ -29,6 +29,8 @@
 //!   reverse-SDE Euler–Maruyama and probability-flow ODE (Euler and Heun) samplers (Song et al.
 //!   2021) with the schedule read as a VP-SDE in ρ = −ln ᾱ, optional x̂₀ clipping, and the
 //!   one-call [`sample`].
+//! - [`data`]: the [`data::Dataset`] interface, the 2-D toy distributions of Du et al. 2023
+//!   ([`data::Toy2d`]), PNG image folders ([`data::ImageFolder`]) and PNG grid and scatter plots.
 //! - [`random`]: the seeded RNG ([`SeededRng`], ChaCha8) every random draw comes from, since
 //!   candle's CPU generator cannot be seeded.
 //! - [`Error`] and [`Result`], the crate's error type.
@@ -56,12 +58,17 @@
 
 #![warn(missing_docs)]
 
+pub mod data;
 pub mod denoiser;
 pub mod error;
+pub mod metrics;
+pub mod nn;
 pub mod param;
 pub mod random;
+pub mod run;
 pub mod sampler;
 pub mod schedule;
+pub mod train;
 
 pub use denoiser::{Denoiser, GaussianMixture, GaussianMixtureDenoiser, NoiseLevels};
 pub use error::{Error, Result};

@@ -5,3 +5,7 @@
 mod sampling;
 #[path = "diffusion/schedule.rs"]
 mod schedule;
+#[path = "diffusion/train.rs"]
+mod train;
+#[path = "diffusion/unet.rs"]
+mod unet;
