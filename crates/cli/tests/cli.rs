@@ -403,3 +403,215 @@ fn a_closed_stdout_ends_quietly() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("recompose-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `train --config` with a small MLP, `--resume` to more steps, then `sample` with every
+/// sampler to CSV and PNG.
+#[test]
+fn train_resume_and_sample() {
+    let dir = scratch("train");
+    let cfg = dir.join("small.toml");
+    std::fs::write(
+        &cfg,
+        "[model]\nkind = \"mlp\"\nhidden = 16\nblock_hidden = 32\nnum_blocks = 1\n\
+         time_embed_dim = 8\nnum_timesteps = 20\n\n[data]\nkind = \"toy2d\"\nname = \"bar\"\n\n\
+         [diffusion]\nnum_timesteps = 20\n\n[train]\nbatch_size = 32\ncheckpoint_every = 5\n\
+         log_format = \"csv\"\n",
+    )
+    .expect("config");
+    let out_dir = dir.join("run");
+    let out = out_dir.to_str().expect("utf-8 path");
+    let text = ok(&recompose(&[
+        "train",
+        "--config",
+        cfg.to_str().expect("utf-8"),
+        "--out",
+        out,
+        "--steps",
+        "8",
+        "--seed",
+        "4",
+        "--quiet",
+    ]));
+    assert!(text.contains("0..8"), "{text}");
+    for f in ["model.safetensors", "model.json", "config.toml", "loss.csv"] {
+        assert!(out_dir.join(f).is_file(), "{f} missing");
+    }
+    // Resume from the saved configuration, extending the run.
+    let text = ok(&recompose(&[
+        "train", "--out", out, "--resume", "--steps", "12", "--seed", "4", "--quiet",
+    ]));
+    assert!(text.contains("8..12"), "{text}");
+    let log = std::fs::read_to_string(out_dir.join("loss.csv")).expect("log");
+    assert_eq!(log.lines().next(), Some("step,loss,lr,grad_norm"));
+    assert_eq!(log.lines().count(), 13);
+
+    for sampler in ["ddpm", "ddim", "sde", "ode"] {
+        let csv = dir.join(format!("{sampler}.csv"));
+        ok(&recompose(&[
+            "sample",
+            "--checkpoint",
+            out,
+            "--num",
+            "7",
+            "--out",
+            csv.to_str().expect("utf-8"),
+            "--sampler",
+            sampler,
+            "--steps",
+            "10",
+            "--seed",
+            "1",
+        ]));
+        let text = std::fs::read_to_string(&csv).expect("csv");
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("x,y"));
+        let rows: Vec<Vec<f64>> = lines
+            .map(|l| l.split(',').map(|v| v.parse().expect("number")).collect())
+            .collect();
+        assert_eq!(rows.len(), 7);
+        assert!(
+            rows.iter()
+                .all(|r| r.len() == 2 && r.iter().all(|v| v.is_finite()))
+        );
+    }
+    // Same seed, same samples.
+    let again = dir.join("again.csv");
+    ok(&recompose(&[
+        "sample",
+        "--checkpoint",
+        out,
+        "--num",
+        "7",
+        "--out",
+        again.to_str().expect("utf-8"),
+        "--sampler",
+        "ddpm",
+        "--steps",
+        "10",
+        "--seed",
+        "1",
+    ]));
+    assert_eq!(
+        std::fs::read(&again).expect("csv"),
+        std::fs::read(dir.join("ddpm.csv")).expect("csv")
+    );
+    let png = dir.join("scatter.png");
+    ok(&recompose(&[
+        "sample",
+        "--checkpoint",
+        out,
+        "--num",
+        "50",
+        "--out",
+        png.to_str().expect("utf-8"),
+    ]));
+    let bytes = std::fs::read(&png).expect("png");
+    assert_eq!(&bytes[1..4], b"PNG");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_train_and_sample_arguments_exit_2() {
+    let dir = scratch("badtrain");
+    let out = dir.join("x");
+    let out = out.to_str().expect("utf-8");
+    let bad_cfg = dir.join("bad.toml");
+    std::fs::write(
+        &bad_cfg,
+        "[model]\nkind = \"mlp\"\nwidth = 3\n[data]\nkind = \"toy2d\"\nname = \"ring\"\n",
+    )
+    .expect("write");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["train", "--out", out],
+        vec!["train", "--preset", "toy2d-moon", "--out", out],
+        vec![
+            "train",
+            "--preset",
+            "toy2d-ring",
+            "--out",
+            out,
+            "--steps",
+            "0",
+        ],
+        vec![
+            "train",
+            "--preset",
+            "toy2d-ring",
+            "--out",
+            out,
+            "--steps",
+            "-3",
+        ],
+        vec![
+            "train",
+            "--config",
+            bad_cfg.to_str().expect("utf-8"),
+            "--out",
+            out,
+        ],
+        vec![
+            "sample",
+            "--checkpoint",
+            out,
+            "--num",
+            "0",
+            "--out",
+            "a.csv",
+        ],
+        vec![
+            "sample",
+            "--checkpoint",
+            out,
+            "--num",
+            "3",
+            "--out",
+            "a.txt",
+        ],
+        vec![
+            "sample",
+            "--checkpoint",
+            out,
+            "--num",
+            "3",
+            "--out",
+            "a.csv",
+            "--sampler",
+            "euler",
+        ],
+    ];
+    for args in cases {
+        let o = recompose(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    // A missing checkpoint is a runtime error (status 1) naming the file.
+    let o = recompose(&[
+        "sample",
+        "--checkpoint",
+        out,
+        "--num",
+        "3",
+        "--out",
+        "a.csv",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("config.toml"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,236 @@
+//! `recompose train` and `recompose sample`: training diffusion models from a TOML configuration
+//! or a named preset, and sampling from what they wrote.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use recompose_diffusion::data::plot::{ScatterConfig, save_png_grid, save_png_scatter};
+use recompose_diffusion::run::{PRESET_NAMES, RunConfig, Trained, train_run};
+use recompose_diffusion::train::TrainOptions;
+use recompose_diffusion::{DdpmVariance, Sampler, SamplerConfig, SamplerKind, seeded};
+
+use crate::{positive, usage};
+
+/// Arguments of `recompose train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A built-in configuration: toy2d-ring, toy2d-bar, toy2d-left-bar, toy2d-right-bar,
+    /// toy2d-box-large, toy2d-box-small.
+    #[arg(long, conflicts_with = "config")]
+    preset: Option<String>,
+    /// A TOML configuration file ([model], [data], [diffusion], [train]).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Output directory: model.safetensors (EMA weights), config.toml, checkpoint/, loss log.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of optimizer steps (overrides the configuration).
+    #[arg(long, allow_negative_numbers = true)]
+    steps: Option<i64>,
+    /// Seed of the initialization and of every random draw (overrides the configuration).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Continue the run in --out from its last checkpoint (exactly as if never interrupted).
+    /// Without --preset/--config, the configuration saved in --out is used.
+    #[arg(long)]
+    resume: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Arguments of `recompose sample`.
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// A directory written by `recompose train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Number of samples.
+    #[arg(long, allow_negative_numbers = true)]
+    num: i64,
+    /// Output file: .csv (2-D data, `x,y` header) or .png (scatter plot for 2-D data, image grid
+    /// for image models).
+    #[arg(long)]
+    out: PathBuf,
+    /// ddpm (ancestral), ddim (η = 0), sde (reverse SDE) or ode (probability flow, Heun).
+    #[arg(long, default_value = "ddpm")]
+    sampler: String,
+    /// Number of sampler steps (default: every training step for ddpm and sde, 50 for ddim and
+    /// ode, at most the training steps).
+    #[arg(long, allow_negative_numbers = true)]
+    steps: Option<i64>,
+    /// Seed of the initial noise and of the sampler's draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn run_train(a: TrainArgs) -> Result<()> {
+    let mut cfg = match (&a.preset, &a.config) {
+        (Some(p), None) => RunConfig::preset(p).map_err(|e| usage(e.to_string()))?,
+        (None, Some(path)) => RunConfig::from_file(path).map_err(|e| usage(e.to_string()))?,
+        (None, None) if a.resume => {
+            let saved = a.out.join("config.toml");
+            RunConfig::from_file(&saved).with_context(|| {
+                format!(
+                    "--resume without --preset/--config reads {}",
+                    saved.display()
+                )
+            })?
+        }
+        (None, None) => {
+            return Err(usage(format!(
+                "give --preset NAME ({}) or --config FILE.toml",
+                PRESET_NAMES.join(", ")
+            )));
+        }
+        (Some(_), Some(_)) => return Err(usage("--preset and --config exclude each other")),
+    };
+    if let Some(s) = a.steps {
+        cfg.train.steps = positive("steps", s, 1)?;
+    }
+    if let Some(seed) = a.seed {
+        cfg.train.seed = seed;
+    }
+    cfg.validate().map_err(|e| usage(e.to_string()))?;
+    let opts = TrainOptions {
+        out_dir: a.out.clone(),
+        resume: a.resume,
+        progress: !a.quiet && std::io::stderr().is_terminal(),
+        ..Default::default()
+    };
+    let report = train_run(&cfg, &opts, &crate::device())?;
+    outln!(
+        "trained steps {}..{} in {:.1} s ({:.1} steps/s); loss {:.5} (mean of the last 100: {:.5}); wrote {}",
+        report.start_step,
+        report.end_step,
+        report.seconds,
+        report.steps_per_second(),
+        report.last_loss,
+        report.recent_loss,
+        a.out.join("model.safetensors").display()
+    );
+    Ok(())
+}
+
+enum OutKind {
+    Csv,
+    Png,
+}
+
+fn out_kind(path: &Path) -> Result<OutKind> {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("csv") => Ok(OutKind::Csv),
+        Some("png") => Ok(OutKind::Png),
+        _ => Err(usage(format!(
+            "--out must end in .csv or .png, got '{}'",
+            path.display()
+        ))),
+    }
+}
+
+pub fn run_sample(a: SampleArgs) -> Result<()> {
+    let num = positive("num", a.num, 1)?;
+    let kind = out_kind(&a.out)?;
+    let sampler_kind = match a.sampler.as_str() {
+        "ddpm" => SamplerKind::Ddpm(DdpmVariance::FixedSmall),
+        "ddim" => SamplerKind::Ddim { eta: 0.0 },
+        "sde" => SamplerKind::ReverseSde,
+        "ode" => SamplerKind::OdeHeun,
+        o => {
+            return Err(usage(format!(
+                "--sampler must be ddpm, ddim, sde or ode, got '{o}'"
+            )));
+        }
+    };
+    let device = crate::device();
+    let trained = Trained::load(&a.checkpoint, &device)?;
+    let t_max = trained.schedule.len();
+    let steps = match a.steps {
+        Some(s) => positive("steps", s, 1)?,
+        None if matches!(
+            sampler_kind,
+            SamplerKind::Ddim { .. } | SamplerKind::OdeHeun
+        ) =>
+        {
+            t_max.min(50)
+        }
+        None => t_max,
+    };
+    if steps > t_max {
+        return Err(usage(format!(
+            "--steps {steps} exceeds the model's {t_max} training steps"
+        )));
+    }
+    let item = trained.config.model_item_shape();
+    let image = item.len() == 3;
+    if image && matches!(kind, OutKind::Csv) {
+        return Err(usage("an image model writes a .png grid, not .csv"));
+    }
+    let range = trained.config.value_range();
+    let mut config = SamplerConfig::new(sampler_kind);
+    if image {
+        let (lo, hi) = range.bounds();
+        config = config.with_clip_x0(f64::from(hi.abs().max(lo.abs())));
+    }
+    let sampler = Sampler::new(trained.schedule.clone(), config)?;
+    let mut rng = seeded(a.seed);
+    let chunk = if image { 64 } else { 4096 };
+    let mut parts = Vec::new();
+    let mut done = 0;
+    while done < num {
+        let n = chunk.min(num - done);
+        let mut shape = vec![n];
+        shape.extend(&item);
+        parts.push(sampler.sample(&trained.model, &shape, steps, None, &device, &mut rng)?);
+        done += n;
+    }
+    let x = candle_core::Tensor::cat(&parts, 0)?;
+    match (image, kind) {
+        (true, _) => {
+            let ncol = (num as f64).sqrt().ceil() as usize;
+            save_png_grid(&x, range, ncol, &a.out)?;
+        }
+        (false, OutKind::Csv) => write_csv(&x, &a.out)?,
+        (false, OutKind::Png) => {
+            let pts = points(&x)?;
+            save_png_scatter(&pts, &ScatterConfig::default(), &a.out)?;
+        }
+    }
+    outln!(
+        "wrote {num} samples ({}, {steps} steps, seed {}) to {}",
+        a.sampler,
+        a.seed,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn points(x: &candle_core::Tensor) -> Result<Vec<[f64; 2]>> {
+    let rows = x.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
+    rows.into_iter()
+        .map(|r| match r.as_slice() {
+            [a, b] => Ok([*a, *b]),
+            _ => anyhow::bail!(
+                "a scatter plot needs 2-D samples, got {} coordinates",
+                r.len()
+            ),
+        })
+        .collect()
+}
+
+fn write_csv(x: &candle_core::Tensor, path: &Path) -> Result<()> {
+    let pts = points(x)?;
+    let mut text = String::from("x,y\n");
+    for p in pts {
+        text.push_str(&format!("{},{}\n", p[0], p[1]));
+    }
+    recompose_diffusion::train::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
