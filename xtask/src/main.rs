@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! cargo xtask ci                  fmt --check, clippy -D warnings, the test suite, docs, benches compile
-//! cargo xtask bench <suite>       run a criterion suite: vsa, factorization or all
+//! cargo xtask bench <suite>       run a criterion suite: vsa, factorization, diffusion or all;
+//!                                 diffusion also times the same models in PyTorch (local venv)
 //! cargo xtask fixtures [--check]  regenerate fixtures/ (or verify the committed ones)
+//! cargo xtask fixtures reference <DIR>
+//!                                 cut fixtures/unet-reference/ from the Decomp Diffusion reference data
 //! cargo xtask tune coupled [--variant V] [--samples N] [--refine N] [--seed S]
 //!                                 hyperparameter search for a coupled-diffusion preset
 //! cargo xtask reproduce factorization [--quick] [--skip-capacity]
@@ -13,7 +16,9 @@
 // The chart writer offers log axes too; not every report uses them.
 #[allow(dead_code)]
 mod plot;
+mod reference;
 mod reproduce;
+mod torch;
 mod tune;
 
 use std::path::{Path, PathBuf};
@@ -23,10 +28,10 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use recompose_decomp::problem::{Noise, Problem, ProblemConfig, VsaKind};
 
-const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|all> | fixtures [--check] | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity]>";
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|all> | fixtures [--check] | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity]>";
 
 /// The benchmark suites in `benches/benches/`.
-const SUITES: [&str; 2] = ["vsa", "factorization"];
+const SUITES: [&str; 3] = ["vsa", "factorization", "diffusion"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,6 +41,7 @@ fn main() -> Result<()> {
         ["bench", suite] => bench(suite),
         ["fixtures"] => fixtures(false),
         ["fixtures", "--check"] => fixtures(true),
+        ["fixtures", "reference", dir] => reference::fixtures(&root(), Path::new(dir)),
         ["tune", "coupled", rest @ ..] => tune::tune(&tune::TuneArgs::parse(rest)?),
         ["reproduce", "factorization", rest @ ..] => {
             reproduce::factorization(&root(), &reproduce::ReproduceArgs::parse(rest)?)
@@ -100,6 +106,9 @@ fn bench(suite: &str) -> Result<()> {
     };
     for s in suites {
         cargo(&["bench", "-p", "recompose-benches", "--bench", s])?;
+        if s == "diffusion" {
+            torch::torch_comparison(&root())?;
+        }
     }
     Ok(())
 }

@@ -1,0 +1,521 @@
+//! The PyTorch half of `cargo xtask bench diffusion`.
+//!
+//! After criterion has timed `benches/benches/diffusion.rs`, [`torch_comparison`] times the same
+//! workloads in PyTorch on the same machine with the same number of threads, and puts both
+//! sides in one table (stdout and `docs/results/diffusion-bench.md`):
+//!
+//! * `mlp/train-step/batch=1000`: one Adam step of the 2-D residual MLP (Du et al. 2023);
+//! * `unet/forward/<cfg>/batch=48`: the Decomp Diffusion U-Net's forward pass, no grad, eval mode;
+//! * `unet/train-step/<cfg>/batch=16`: one Adam step of that U-Net (x0-prediction MSE).
+//!
+//! `<cfg>` runs over the four small configurations of the reference benchmark (32 or 16 px, 32 or
+//! 16 base channels). The PyTorch models live in `torchbench.py` (embedded here, written to
+//! `target/torchbench.py`), which checks their parameter counts against the reference denoiser
+//! (710,051 / 188,659 / 722,915 / 710,051) and prints one JSON object on its last stdout line.
+//!
+//! Timing: Rust = criterion's median time per iteration (`target/criterion/…/new/estimates.json`);
+//! PyTorch = median of 10 calls after 3 warm-up calls. Both sides run float32 on the CPU with
+//! N threads: `RAYON_NUM_THREADS` if set (the bench sets it to the available parallelism
+//! otherwise), passed to `torch.set_num_threads`. With every core in use, a busy neighbour slows
+//! either side down many times over: the script measures the load of other processes (from
+//! `/proc/stat`) while it times, retimes a workload taken on a busy machine, and the report
+//! flags PyTorch timings that stayed busy. Criterion's numbers carry no such check: run the
+//! suite on a quiet machine.
+//!
+//! PyTorch comes from a virtualenv at `target/torch-venv` (created with `python3 -m venv`, then
+//! `pip install torch==2.15.0 numpy` from PyPI unless `import torch` already works there).
+//! Set `RECOMPOSE_TORCH_PYTHON` to an interpreter that has torch to skip the virtualenv.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// The benchmark script, written to `target/torchbench.py` before each run.
+const SCRIPT: &str = include_str!("torchbench.py");
+
+/// The PyTorch release the comparison is pinned to.
+const TORCH_VERSION: &str = "2.15.0";
+
+/// The U-Net configurations, as named in the criterion ids.
+const UNET_CONFIGS: [&str; 4] = [
+    "a-32px-32ch",
+    "b-32px-16ch",
+    "c-16px-32ch",
+    "d-16px-32ch-attn8",
+];
+
+/// The criterion function name of the Rust side (and the suffix of the script's keys).
+const FUNCTION: &str = "recompose";
+
+/// Timings of PyTorch workloads during which other processes kept more cores busy than this
+/// are flagged in the report (the script's `QUIET_CORES`: it retimes such workloads twice).
+const BUSY_CORES: f64 = 0.25;
+
+/// One row of the comparison.
+struct Workload {
+    /// Criterion group id.
+    group: String,
+    /// Items per call, for the throughput columns.
+    items: u64,
+    /// Unit of the throughput columns.
+    unit: &'static str,
+}
+
+fn workloads() -> Vec<Workload> {
+    let mut w = vec![Workload {
+        group: "mlp/train-step/batch=1000".into(),
+        items: 1,
+        unit: "steps/s",
+    }];
+    for cfg in UNET_CONFIGS {
+        w.push(Workload {
+            group: format!("unet/forward/{cfg}/batch=48"),
+            items: 48,
+            unit: "img/s",
+        });
+    }
+    for cfg in UNET_CONFIGS {
+        w.push(Workload {
+            group: format!("unet/train-step/{cfg}/batch=16"),
+            items: 16,
+            unit: "img/s",
+        });
+    }
+    w
+}
+
+/// What `torchbench.py` reports.
+struct TorchReport {
+    version: String,
+    threads: u64,
+    /// Seconds per call, by `<group>/recompose`.
+    results: BTreeMap<String, f64>,
+    /// Mean cores used by other processes while each workload was timed.
+    background: BTreeMap<String, f64>,
+}
+
+/// Runs the PyTorch side of the diffusion benchmarks and writes the comparison with the
+/// criterion results already in the target directory to `docs/results/diffusion-bench.md`.
+///
+/// # Errors
+///
+/// When the virtualenv cannot be set up, the script fails or prints no JSON report, or the
+/// report cannot be written. Missing criterion results are reported as "n/a", not errors.
+pub fn torch_comparison(root: &Path) -> Result<()> {
+    let threads = threads();
+    let python = python(root)?;
+    let script = root.join("target/torchbench.py");
+    fs::create_dir_all(root.join("target")).context("creating target/")?;
+    fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+    println!("torch: running {} with {threads} threads", script.display());
+    let torch = run_script(root, &python, &script, threads)?;
+
+    let criterion = criterion_dir(root);
+    let rust = criterion_medians(&criterion)?;
+    let rows = table_rows(&rust, &torch);
+    let header = [
+        "workload",
+        "Rust ms",
+        "PyTorch ms",
+        "PyTorch / Rust",
+        "Rust",
+        "PyTorch",
+    ];
+    println!();
+    print!("{}", aligned(&header, &rows));
+
+    let busy: Vec<(&String, f64)> = torch
+        .background
+        .iter()
+        .filter(|(_, c)| **c > BUSY_CORES)
+        .map(|(k, c)| (k, *c))
+        .collect();
+    for (key, cores) in &busy {
+        eprintln!(
+            "warning: other processes used {cores:.2} cores while PyTorch timed {key}; \
+             its timing is not comparable"
+        );
+    }
+
+    let md = markdown(&header, &rows, &torch, threads, &busy);
+    let out = root.join("docs/results/diffusion-bench.md");
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
+    println!("\nwrote {}", out.display());
+    Ok(())
+}
+
+/// The thread count of both sides: `RAYON_NUM_THREADS` (candle's pool) or the available cores.
+fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// A Python interpreter with torch: `RECOMPOSE_TORCH_PYTHON`, or the project's virtualenv,
+/// created and filled on first use.
+fn python(root: &Path) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("RECOMPOSE_TORCH_PYTHON") {
+        let p = PathBuf::from(p);
+        println!("torch: using RECOMPOSE_TORCH_PYTHON={}", p.display());
+        return Ok(p);
+    }
+    let venv = root.join("target/torch-venv");
+    let python = venv.join("bin/python");
+    if python.exists() {
+        println!("torch: reusing the virtualenv {}", venv.display());
+    } else {
+        println!("torch: creating a virtualenv at {}", venv.display());
+        let mut cmd = Command::new("python3");
+        cmd.arg("-m").arg("venv").arg(&venv);
+        run(&mut cmd, root)?;
+    }
+    let check = Command::new(&python)
+        .args(["-c", "import torch, numpy; print(torch.__version__)"])
+        .stderr(Stdio::null())
+        .output()
+        .with_context(|| format!("could not start {}", python.display()))?;
+    if check.status.success() {
+        let version = String::from_utf8_lossy(&check.stdout);
+        println!("torch: torch {} already installed", version.trim());
+        if !version.trim().starts_with(TORCH_VERSION) {
+            eprintln!("warning: the comparison is pinned to torch {TORCH_VERSION}");
+        }
+    } else {
+        println!(
+            "torch: installing torch=={TORCH_VERSION} and numpy from PyPI into {} \
+             (a large download)",
+            venv.display()
+        );
+        let mut cmd = Command::new(&python);
+        cmd.args(["-m", "pip", "install", "--disable-pip-version-check"])
+            .arg(format!("torch=={TORCH_VERSION}"))
+            .arg("numpy");
+        run(&mut cmd, root)?;
+    }
+    Ok(python)
+}
+
+fn run(cmd: &mut Command, root: &Path) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Runs the script (progress on stderr) and parses the JSON object on its last stdout line.
+fn run_script(root: &Path, python: &Path, script: &Path, threads: usize) -> Result<TorchReport> {
+    let mut cmd = Command::new(python);
+    cmd.arg(script)
+        .arg("--threads")
+        .arg(threads.to_string())
+        .current_dir(root)
+        .stderr(Stdio::inherit());
+    eprintln!("$ {cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed with {}", out.status);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .context("torchbench.py printed nothing")?;
+    let json: Value = serde_json::from_str(line)
+        .with_context(|| format!("torchbench.py's last line is not JSON: {line}"))?;
+    let seconds = |field: &str| -> Result<BTreeMap<String, f64>> {
+        let Some(map) = json.get(field).and_then(Value::as_object) else {
+            return Ok(BTreeMap::new());
+        };
+        map.iter()
+            .map(|(k, v)| {
+                let s = v
+                    .as_f64()
+                    .with_context(|| format!("torchbench.py: {field}.{k} is not a number"))?;
+                Ok((k.clone(), s))
+            })
+            .collect()
+    };
+    Ok(TorchReport {
+        version: json
+            .get("torch")
+            .and_then(Value::as_str)
+            .context("torchbench.py: no torch version")?
+            .to_owned(),
+        threads: json
+            .get("threads")
+            .and_then(Value::as_u64)
+            .context("torchbench.py: no thread count")?,
+        results: seconds("results")?,
+        background: seconds("background_cores")?,
+    })
+}
+
+/// Where criterion writes: `$CRITERION_HOME`, `$CARGO_TARGET_DIR/criterion` or
+/// `<root>/target/criterion` (the order criterion itself uses).
+fn criterion_dir(root: &Path) -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return root.join(home);
+    }
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir).join("criterion"),
+        None => root.join("target/criterion"),
+    }
+}
+
+/// Median nanoseconds per iteration of every benchmark of the latest run, by
+/// `<group id>/<function id>`.
+///
+/// Criterion flattens ids into `<group dir>/<function dir>` (with `/` turned into `_`, names
+/// truncated), so the ids are taken from each `new/benchmark.json` rather than rebuilt.
+fn criterion_medians(dir: &Path) -> Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    let Ok(groups) = fs::read_dir(dir) else {
+        eprintln!("warning: no criterion results in {}", dir.display());
+        return Ok(out);
+    };
+    for group in groups {
+        let group = group?.path();
+        let Ok(functions) = fs::read_dir(&group) else {
+            continue;
+        };
+        for function in functions {
+            let new = function?.path().join("new");
+            let (Ok(meta), Ok(est)) = (
+                fs::read_to_string(new.join("benchmark.json")),
+                fs::read_to_string(new.join("estimates.json")),
+            ) else {
+                continue;
+            };
+            let meta: Value = serde_json::from_str(&meta)
+                .with_context(|| format!("parsing {}", new.join("benchmark.json").display()))?;
+            let est: Value = serde_json::from_str(&est)
+                .with_context(|| format!("parsing {}", new.join("estimates.json").display()))?;
+            let (Some(g), Some(f), Some(ns)) = (
+                meta.get("group_id").and_then(Value::as_str),
+                meta.get("function_id").and_then(Value::as_str),
+                est.pointer("/median/point_estimate")
+                    .and_then(Value::as_f64),
+            ) else {
+                continue;
+            };
+            out.insert(format!("{g}/{f}"), ns);
+        }
+    }
+    Ok(out)
+}
+
+fn table_rows(rust: &BTreeMap<String, f64>, torch: &TorchReport) -> Vec<[String; 6]> {
+    workloads()
+        .into_iter()
+        .map(|w| {
+            let key = format!("{}/{FUNCTION}", w.group);
+            let r = rust.get(&key).map(|ns| ns * 1e-9);
+            let p = torch.results.get(&key).copied();
+            if r.is_none() {
+                eprintln!("warning: no criterion result for {key}");
+            }
+            if p.is_none() {
+                eprintln!("warning: no PyTorch result for {key}");
+            }
+            let ms = |s: Option<f64>| s.map_or("n/a".into(), |s| format!("{:.1}", s * 1e3));
+            let rate = |s: Option<f64>| {
+                s.map_or("n/a".into(), |s| {
+                    format!("{} {}", significant(w.items as f64 / s), w.unit)
+                })
+            };
+            let ratio = match (r, p) {
+                (Some(r), Some(p)) => format!("{:.2}", p / r),
+                _ => "n/a".into(),
+            };
+            [w.group, ms(r), ms(p), ratio, rate(r), rate(p)]
+        })
+        .collect()
+}
+
+/// Three significant digits, without an exponent.
+fn significant(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// A plain-text table with right-aligned numbers.
+fn aligned(header: &[&str; 6], rows: &[[String; 6]]) -> String {
+    let mut width = header.map(str::len);
+    for row in rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut s = String::new();
+    let line = |s: &mut String, cells: [&str; 6]| {
+        for (i, (cell, w)) in cells.iter().zip(width).enumerate() {
+            let sep = if i == 0 { "" } else { "  " };
+            if i == 0 {
+                let _ = write!(s, "{sep}{cell:<w$}");
+            } else {
+                let _ = write!(s, "{sep}{cell:>w$}");
+            }
+        }
+        s.push('\n');
+    };
+    line(&mut s, *header);
+    for row in rows {
+        line(&mut s, [0, 1, 2, 3, 4, 5].map(|i| row[i].as_str()));
+    }
+    s
+}
+
+fn markdown(
+    header: &[&str; 6],
+    rows: &[[String; 6]],
+    torch: &TorchReport,
+    threads: usize,
+    busy: &[(&String, f64)],
+) -> String {
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut s = String::new();
+    let _ = writeln!(s, "# Diffusion benchmarks: recompose (candle) vs PyTorch\n");
+    let _ = writeln!(
+        s,
+        "Generated by `cargo xtask bench diffusion` on {} (UTC).\n",
+        today()
+    );
+    let _ = writeln!(s, "- Machine: {nproc} CPUs available, {}.", cpu_model());
+    let _ = writeln!(
+        s,
+        "- Threads: {threads} on both sides (candle's rayon pool; `torch.set_num_threads({})`).",
+        torch.threads
+    );
+    let _ = writeln!(s, "- PyTorch {} (CPU, float32).", torch.version);
+    let _ = writeln!(
+        s,
+        "- Rust: criterion's median time per iteration (`benches/benches/diffusion.rs`). \
+         PyTorch: median of 10 calls after 3 warm-up calls (`xtask/src/torchbench.py`), \
+         the same models, shapes and optimizer (Adam, lr 1e-3)."
+    );
+    let _ = writeln!(
+        s,
+        "- PyTorch / Rust > 1 means the Rust side is faster. Throughput: optimizer steps per \
+         second for the MLP, denoised images per second for the U-Net (48 per forward call, \
+         16 per training step).\n"
+    );
+    let _ = writeln!(s, "| {} |", header.join(" | "));
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let _ = writeln!(s, "| {} |", row.join(" | "));
+    }
+    let _ = writeln!(
+        s,
+        "\nWorkloads: `mlp/train-step/batch=1000` = one training step (forward, MSE, backward, \
+         Adam) of the 2-D residual MLP of Du et al. 2023 (4 blocks, width 128, learned time \
+         embedding); `unet/forward/<cfg>/batch=48` = the Decomp Diffusion U-Net's forward pass \
+         without gradients; `unet/train-step/<cfg>/batch=16` = one x0-prediction training step \
+         of that U-Net. Configurations: a = 32 px, 32 channels; b = 32 px, 16 channels; \
+         c = 16 px, 32 channels, attention at 16×16 and 8×8; d = 16 px, 32 channels, attention \
+         at 8×8 (channel multipliers 1, 2; one residual block per level; 16-group GroupNorm)."
+    );
+    if !busy.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n**Caution:** other processes were busy while PyTorch timed some workloads \
+             (mean cores in use: {}); those timings are not comparable.",
+            busy.iter()
+                .map(|(k, c)| format!("`{}` {c:.2}", k.trim_end_matches("/recompose")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    s
+}
+
+/// The first `model name` of /proc/cpuinfo.
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Today's date (UTC) as YYYY-MM-DD.
+fn today() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_date((secs / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01.
+fn civil_date(days: i64) -> (i64, u32, u32) {
+    // Shift the epoch to 0000-03-01 so that leap days fall at the end of a 400-year era.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(11_016), (2000, 2, 29));
+        assert_eq!(civil_date(20_415), (2025, 11, 23));
+        assert_eq!(civil_date(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn the_script_times_every_workload() {
+        for pattern in [
+            "mlp/train-step/batch={batch}/recompose",
+            "unet/forward/{name}/batch={batch}/recompose",
+            "unet/train-step/{name}/batch={batch}/recompose",
+        ] {
+            assert!(SCRIPT.contains(pattern), "{pattern} not in torchbench.py");
+        }
+        for cfg in UNET_CONFIGS {
+            assert!(
+                SCRIPT.contains(&format!("(\"{cfg}\"")),
+                "{cfg} not in torchbench.py"
+            );
+        }
+        assert_eq!(workloads().len(), 1 + 2 * UNET_CONFIGS.len());
+    }
+}
