@@ -2,7 +2,7 @@
 //!
 //! The diffusion-model foundation of recompose.
 //!
-//! ## Present now
+//! ## Contents
 //!
 //! - [`schedule`]: the continuous variance-preserving SDE [`VpSde`] (Song et al. 2021, "Score-Based
 //!   Generative Modeling through Stochastic Differential Equations"): `dx = −½ β(t) x dt +
@@ -31,15 +31,21 @@
 //!   one-call [`sample`].
 //! - [`data`]: the [`data::Dataset`] interface, the 2-D toy distributions of Du et al. 2023
 //!   ([`data::Toy2d`]), PNG image folders ([`data::ImageFolder`]) and PNG grid and scatter plots.
+//! - [`nn`]: the models — [`nn::ResidualMlp`], the residual MLP of the 2-D experiments of Du et
+//!   al. 2023, and [`nn::UNet`], a configurable improved-diffusion / GLIDE U-Net (Nichol &
+//!   Dhariwal 2021) whose parameter names follow the PyTorch state dicts (it loads converted
+//!   Decomp Diffusion weights unchanged) — on seeded, name-keyed parameters ([`nn::ParamStore`]).
+//! - [`train`]: the denoising objective and a training loop with AdamW, warm-up and decay,
+//!   gradient clipping, EMA, loss logs and atomic checkpoints that resume bit for bit.
+//! - [`run`]: training runs as TOML configurations with named presets (the `toy2d-*` setups),
+//!   and loading a trained model back ([`run::Trained`]).
+//! - [`metrics`]: exact optimal assignment and the exact Wasserstein-2 distance between samples.
 //! - [`random`]: the seeded RNG ([`SeededRng`], ChaCha8) every random draw comes from, since
 //!   candle's CPU generator cannot be seeded.
 //! - [`Error`] and [`Result`], the crate's error type.
 //!
-//! ## Still to come
-//!
-//! - continuous-time samplers on [`VpSde`] time grids (the denoiser interface and
-//!   [`GaussianMixtureDenoiser`] already accept continuous times);
-//! - the residual-MLP and U-Net denoisers and a training loop with exact resume.
+//! Continuous-time samplers on [`VpSde`] time grids are not provided yet (the denoiser interface
+//! and [`GaussianMixtureDenoiser`] already accept continuous times).
 //!
 //! ## Example
 //!

@@ -324,3 +324,59 @@ fn mlp_learns_the_ring() -> Result<()> {
     let _ = fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// The TOML example in README.md is a valid configuration, and a configuration survives a round
+/// trip through TOML.
+#[test]
+fn readme_config_parses_and_round_trips() -> Result<()> {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))?;
+    let start = readme.find("```toml\n").expect("a TOML block in README.md") + 8;
+    let len = readme[start..].find("```").expect("closed block");
+    let cfg = RunConfig::from_toml(&readme[start..start + len])?;
+    assert!(matches!(cfg.model, ModelConfig::Unet(_)));
+    assert_eq!(cfg.model_item_shape(), vec![3, 32, 32]);
+    for name in recompose_diffusion::run::PRESET_NAMES {
+        let p = RunConfig::preset(name)?;
+        assert_eq!(RunConfig::from_toml(&p.to_toml()?)?, p);
+    }
+    assert!(RunConfig::preset("toy2d-moon").is_err());
+    Ok(())
+}
+
+/// A tiny U-Net trains on a folder of PNG images through the same loop and samples back.
+#[test]
+fn unet_trains_on_an_image_folder() -> Result<()> {
+    let dir = scratch("images");
+    let images = dir.join("images");
+    fs::create_dir_all(&images)?;
+    for (i, colour) in [[255u8, 0, 0], [0, 0, 255]].iter().enumerate() {
+        let img = image::RgbImage::from_pixel(8, 8, image::Rgb(*colour));
+        img.save(images.join(format!("{i}.png")))?;
+    }
+    let toml = format!(
+        "[model]\nkind = \"unet\"\nimage_size = 8\nmodel_channels = 16\nchannel_mult = [1, 2]\n\
+         num_res_blocks = 1\nattention_resolutions = [4]\nnum_head_channels = 16\ncond_dim = 0\n\
+         time_embed_dim = 32\n\n[data]\nkind = \"image_folder\"\ndir = \"{}\"\nsize = 8\n\n\
+         [diffusion]\nnum_timesteps = 50\nprediction = \"v\"\n\n[train]\nsteps = 3\nbatch_size = 4\n",
+        images.display()
+    );
+    let cfg = RunConfig::from_toml(&toml)?;
+    let out = dir.join("run");
+    let report = train_run(&cfg, &TrainOptions { out_dir: out.clone(), ..Default::default() }, &Device::Cpu)?;
+    assert_eq!(report.end_step, 3);
+    assert!(report.last_loss.is_finite());
+    let trained = Trained::load(&out, &Device::Cpu)?;
+    assert_eq!(trained.model.parameterization(), Parameterization::V);
+    let x = sample(
+        &trained.model as &dyn Denoiser,
+        &trained.schedule,
+        SamplerKind::Ddim { eta: 0.0 },
+        5,
+        &[2, 3, 8, 8],
+        &Device::Cpu,
+        &mut seeded(0),
+    )?;
+    assert_eq!(x.dims(), &[2, 3, 8, 8]);
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
