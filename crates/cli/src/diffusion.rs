@@ -20,7 +20,7 @@ pub struct TrainArgs {
     /// toy2d-box-large, toy2d-box-small.
     #[arg(long, conflicts_with = "config")]
     preset: Option<String>,
-    /// A TOML configuration file ([model], [data], [diffusion], [train]).
+    /// A TOML configuration file (tables model, data, diffusion and train).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Output directory: model.safetensors (EMA weights), config.toml, checkpoint/, loss log.
