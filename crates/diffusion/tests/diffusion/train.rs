@@ -362,7 +362,14 @@ fn unet_trains_on_an_image_folder() -> Result<()> {
     );
     let cfg = RunConfig::from_toml(&toml)?;
     let out = dir.join("run");
-    let report = train_run(&cfg, &TrainOptions { out_dir: out.clone(), ..Default::default() }, &Device::Cpu)?;
+    let report = train_run(
+        &cfg,
+        &TrainOptions {
+            out_dir: out.clone(),
+            ..Default::default()
+        },
+        &Device::Cpu,
+    )?;
     assert_eq!(report.end_step, 3);
     assert!(report.last_loss.is_finite());
     let trained = Trained::load(&out, &Device::Cpu)?;
