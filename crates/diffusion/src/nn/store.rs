@@ -20,6 +20,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
 use crate::random::SeededRng;
+use crate::train::checkpoint::fnv1a;
 use crate::{Error, Result};
 
 /// A named set of trainable variables, created on first use from a seeded stream per name.
@@ -129,17 +130,6 @@ impl ParamStore {
     }
 }
 
-/// A stable 64-bit hash of a variable name (FNV-1a), so initial values do not depend on the
-/// order in which variables are created.
-fn name_hash(name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// The initial values of a variable of `shape` under `init`, drawn from `rng` in row-major
 /// order, following candle's definitions of the [`Init`] variants.
 fn draw(init: Init, shape: &Shape, rng: &mut SeededRng) -> Vec<f32> {
@@ -202,7 +192,7 @@ impl SimpleBackend for ParamStore {
             }
             return Ok(var.as_tensor().clone());
         }
-        let mut rng = SeededRng::seed_from_u64(self.seed ^ name_hash(name));
+        let mut rng = SeededRng::seed_from_u64(self.seed ^ fnv1a(name.as_bytes()));
         let values = draw(h, &s, &mut rng);
         let tensor = Tensor::from_vec(values, s, dev)?.to_dtype(dtype)?;
         let var = Var::from_tensor(&tensor)?;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -88,7 +88,9 @@ pub struct Manifest {
     pub tensors: BTreeMap<String, TensorRecord>,
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// FNV-1a 64-bit hash of `bytes` (tensor checksums, and the per-name seeds of
+/// [`crate::nn::ParamStore`]).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);

@@ -43,6 +43,7 @@ use crate::random::{SeededRng, normal_tensor};
 use crate::schedule::DiscreteSchedule;
 use crate::{Error, Result};
 
+use checkpoint::io_err;
 pub use checkpoint::{Manifest, read_safetensors, write_atomic, write_safetensors};
 pub use optim::{AdamW, AdamWConfig, Ema, LrDecay, LrSchedule, clip_scale};
 
@@ -412,13 +413,6 @@ fn existing_checkpoint(out_dir: &Path) -> Option<PathBuf> {
         .iter()
         .map(|d| out_dir.join(d))
         .find(|d| d.join("state.json").is_file())
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Reads the EMA weights written by [`train`] (`DIR/model.safetensors`, verified against
