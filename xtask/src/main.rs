@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask ci                  fmt --check, clippy -D warnings, the test suite, docs, benches compile
-//! cargo xtask bench <suite>       run a criterion suite: vsa, factorization, diffusion or all;
+//! cargo xtask bench <suite>       run a criterion suite: vsa, factorization, diffusion, compose or all;
 //!                                 diffusion also times the same models in PyTorch (local venv)
 //! cargo xtask fixtures [--check]  regenerate fixtures/ (or verify the committed ones)
 //! cargo xtask fixtures reference <DIR>
@@ -11,9 +11,12 @@
 //!                                 hyperparameter search for a coupled-diffusion preset
 //! cargo xtask reproduce factorization [--quick] [--skip-capacity]
 //!                                 regenerate docs/results/factorization.md and its charts
+//! cargo xtask reproduce composition [--quick] [--reuse-models]
+//!                                 train the 2-D models, compose them, write docs/results/composition.md
 //! ```
 
 // The chart writer offers log axes too; not every report uses them.
+mod composition;
 #[allow(dead_code)]
 mod plot;
 mod reference;
@@ -24,14 +27,19 @@ mod tune;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// candle allocates a buffer per tensor op; mimalloc keeps them instead of mapping fresh pages
+/// (training the 2-D models of `reproduce composition` runs ~1.5× faster).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use recompose_decomp::problem::{Noise, Problem, ProblemConfig, VsaKind};
 
-const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|all> | fixtures [--check] | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity]>";
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|all> | fixtures [--check] | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick] [--reuse-models]>";
 
 /// The benchmark suites in `benches/benches/`.
-const SUITES: [&str; 3] = ["vsa", "factorization", "diffusion"];
+const SUITES: [&str; 4] = ["vsa", "factorization", "diffusion", "compose"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,6 +53,9 @@ fn main() -> Result<()> {
         ["tune", "coupled", rest @ ..] => tune::tune(&tune::TuneArgs::parse(rest)?),
         ["reproduce", "factorization", rest @ ..] => {
             reproduce::factorization(&root(), &reproduce::ReproduceArgs::parse(rest)?)
+        }
+        ["reproduce", "composition", rest @ ..] => {
+            composition::composition(&root(), &composition::CompositionArgs::parse(rest)?)
         }
         _ => bail!("{USAGE}"),
     }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use recompose_diffusion::data::ValueRange;
 use recompose_diffusion::data::plot::{ScatterConfig, save_png_grid, save_png_scatter};
 use recompose_diffusion::run::{PRESET_NAMES, RunConfig, Trained, train_run};
 use recompose_diffusion::train::TrainOptions;
@@ -17,7 +18,8 @@ use crate::{positive, usage};
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// A built-in configuration: toy2d-ring, toy2d-bar, toy2d-left-bar, toy2d-right-bar,
-    /// toy2d-box-large, toy2d-box-small.
+    /// toy2d-box-large, toy2d-box-small, or any of them with the suffix -energy (an energy
+    /// model).
     #[arg(long, conflicts_with = "config")]
     preset: Option<String>,
     /// A TOML configuration file (tables model, data, diffusion and train).
@@ -36,6 +38,10 @@ pub struct TrainArgs {
     /// Without --preset/--config, the configuration saved in --out is used.
     #[arg(long)]
     resume: bool,
+    /// Train an energy-parameterized model (ε̂ = ∇ₓE): squared_residual (E = ‖g − x‖², the
+    /// default) or half_norm (E = ½‖g‖²). Needed for OR and for MALA / HMC in `compose`.
+    #[arg(long, value_name = "FORM", num_args = 0..=1, default_missing_value = "squared_residual")]
+    energy: Option<String>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -93,6 +99,12 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     if let Some(seed) = a.seed {
         cfg.train.seed = seed;
     }
+    if let Some(form) = &a.energy {
+        cfg.diffusion.energy = Some(
+            form.parse()
+                .map_err(|e: recompose_diffusion::Error| usage(format!("--energy: {e}")))?,
+        );
+    }
     cfg.validate().map_err(|e| usage(e.to_string()))?;
     let opts = TrainOptions {
         out_dir: a.out.clone(),
@@ -114,12 +126,12 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-enum OutKind {
+pub(crate) enum OutKind {
     Csv,
     Png,
 }
 
-fn out_kind(path: &Path) -> Result<OutKind> {
+pub(crate) fn out_kind(path: &Path) -> Result<OutKind> {
     match path
         .extension()
         .and_then(|e| e.to_str())
@@ -192,23 +204,36 @@ pub fn run_sample(a: SampleArgs) -> Result<()> {
         done += n;
     }
     let x = candle_core::Tensor::cat(&parts, 0)?;
-    match (image, kind) {
-        (true, _) => {
-            let ncol = (num as f64).sqrt().ceil() as usize;
-            save_png_grid(&x, range, ncol, &a.out)?;
-        }
-        (false, OutKind::Csv) => write_csv(&x, &a.out)?,
-        (false, OutKind::Png) => {
-            let pts = points(&x)?;
-            save_png_scatter(&pts, &ScatterConfig::default(), &a.out)?;
-        }
-    }
+    write_samples(&x, range, kind, &a.out)?;
     outln!(
         "wrote {num} samples ({}, {steps} steps, seed {}) to {}",
         a.sampler,
         a.seed,
         a.out.display()
     );
+    Ok(())
+}
+
+/// Writes samples `[n, …]`: 2-D points as CSV or a scatter plot, images as a PNG grid.
+pub(crate) fn write_samples(
+    x: &candle_core::Tensor,
+    range: ValueRange,
+    kind: OutKind,
+    out: &Path,
+) -> Result<()> {
+    let image = x.rank() == 4;
+    match (image, kind) {
+        (true, OutKind::Csv) => return Err(usage("an image model writes a .png grid, not .csv")),
+        (true, OutKind::Png) => {
+            let ncol = (x.dim(0)? as f64).sqrt().ceil() as usize;
+            save_png_grid(x, range, ncol, out)?;
+        }
+        (false, OutKind::Csv) => write_csv(x, out)?,
+        (false, OutKind::Png) => {
+            let pts = points(x)?;
+            save_png_scatter(&pts, &ScatterConfig::default(), out)?;
+        }
+    }
     Ok(())
 }
 

@@ -5,7 +5,9 @@
 //! - `capacity`: search the operational capacity (largest codebook size at a target accuracy);
 //! - `compare`: run every factorization method on one problem and print a comparison table;
 //! - `train`: train a diffusion model from a TOML configuration or a named preset (exact resume);
-//! - `sample`: draw samples from a trained model (CSV or PNG).
+//! - `sample`: draw samples from a trained model (CSV or PNG);
+//! - `compose`: sample a composition of trained models (`ring AND bar`, `left OR right`,
+//!   `box_large NOT box_small`) with reverse diffusion or annealed MCMC.
 //!
 //! Invalid arguments print one line on stderr and exit with status 2.
 
@@ -49,6 +51,8 @@ enum Command {
     Train(diffusion::TrainArgs),
     /// Sample from a model trained by `recompose train`.
     Sample(diffusion::SampleArgs),
+    /// Sample a composition of trained models, e.g. --expr "ring AND bar".
+    Compose(compose::ComposeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -324,6 +328,7 @@ macro_rules! outln {
     }};
 }
 
+mod compose;
 mod diffusion;
 
 /// A bad argument: reported on one line, exit status 2.
@@ -432,6 +437,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compare(a) => run_compare(a),
         Command::Train(a) => diffusion::run_train(a),
         Command::Sample(a) => diffusion::run_sample(a),
+        Command::Compose(a) => compose::run_compose(a),
     }
 }
 

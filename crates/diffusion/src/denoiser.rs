@@ -354,6 +354,39 @@ impl GaussianMixture {
         Ok(eps.into_iter().map(|e| -e / sigma).collect())
     }
 
+    /// The exact log-density `log p_t(x)` of the noised marginal `x_t = α x₀ + σ ε` at the point
+    /// `x` (length d): `log Σ_k π_k N(x; α μ_k, (α² s_k² + σ²) I)`, normalized.
+    ///
+    /// # Errors
+    ///
+    /// As [`GaussianMixture::posterior_means`].
+    pub fn log_density(&self, x: &[f64], alpha: f64, sigma: f64) -> Result<f64> {
+        if x.len() != self.dim {
+            return Err(Error::Shape(format!(
+                "a point of the mixture must have dimension {}, got {}",
+                self.dim,
+                x.len()
+            )));
+        }
+        check_levels(alpha, sigma)?;
+        let d = self.dim as f64;
+        let terms: Vec<f64> = (0..self.num_components())
+            .map(|k| {
+                let v = alpha * alpha * self.variances[k] + sigma * sigma;
+                let dist2: f64 = x
+                    .iter()
+                    .zip(&self.means[k])
+                    .map(|(xi, mi)| (xi - alpha * mi).powi(2))
+                    .sum();
+                self.weights[k].ln()
+                    - 0.5 * d * (2.0 * std::f64::consts::PI * v).ln()
+                    - 0.5 * dist2 / v
+            })
+            .collect();
+        let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Ok(max + terms.iter().map(|l| (l - max).exp()).sum::<f64>().ln())
+    }
+
     /// [`GaussianMixture::posterior_means`] without checks or allocation; `scratch` holds one
     /// value per component.
     fn posterior_means_into(

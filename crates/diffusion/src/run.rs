@@ -23,7 +23,9 @@
 //!
 //! Omitted fields take their defaults; unknown fields are errors. The presets `toy2d-*` are the
 //! 2-D setup of Du et al. (2023, §4): the residual MLP, a 100-step cosine schedule, Adam at
-//! 10⁻³, batch 1000, 15 000 steps, EMA 0.999.
+//! 10⁻³, batch 1000, 15 000 steps, EMA 0.999. The presets `toy2d-*-energy` are the same with the
+//! energy parameterization `E = ‖g − x‖²` ([`crate::nn::energy`]), written in a file as
+//! `energy = "squared_residual"` (or `"half_norm"`) in the `[diffusion]` table.
 
 use std::collections::HashMap;
 use std::fs;
@@ -34,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, ImageFolder, ImageFolderConfig, Toy2d, ValueRange};
 use crate::denoiser::Denoiser;
-use crate::nn::{MlpConfig, ParamStore, ResidualMlp, UNet, UNetConfig};
+use crate::nn::{EnergyForm, EnergyMlp, MlpConfig, ParamStore, ResidualMlp, UNet, UNetConfig};
 use crate::param::Parameterization;
 use crate::random::SeededRng;
 use crate::schedule::DiscreteSchedule;
@@ -114,6 +116,10 @@ pub struct DiffusionConfig {
     pub max_beta: f64,
     /// Rescale to zero terminal SNR (Lin et al. 2024).
     pub zero_terminal_snr: bool,
+    /// Train an energy-parameterized model with this energy (ε̂ = ∇ₓE; MLP models and the ε
+    /// prediction only). Absent: an ordinary score model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy: Option<EnergyForm>,
 }
 
 impl Default for DiffusionConfig {
@@ -127,6 +133,7 @@ impl Default for DiffusionConfig {
             cosine_s: 0.008,
             max_beta: 0.999,
             zero_terminal_snr: false,
+            energy: None,
         }
     }
 }
@@ -173,13 +180,19 @@ pub struct RunConfig {
 }
 
 /// The names of the built-in presets ([`RunConfig::preset`]).
-pub const PRESET_NAMES: [&str; 6] = [
+pub const PRESET_NAMES: [&str; 12] = [
     "toy2d-ring",
     "toy2d-bar",
     "toy2d-left-bar",
     "toy2d-right-bar",
     "toy2d-box-large",
     "toy2d-box-small",
+    "toy2d-ring-energy",
+    "toy2d-bar-energy",
+    "toy2d-left-bar-energy",
+    "toy2d-right-bar-energy",
+    "toy2d-box-large-energy",
+    "toy2d-box-small-energy",
 ];
 
 impl RunConfig {
@@ -198,8 +211,18 @@ impl RunConfig {
                     PRESET_NAMES.join(", ")
                 ))
             })?;
-        let dist: Toy2d = toy.parse()?;
-        Ok(Self::toy2d(dist))
+        Ok(match toy.strip_suffix("-energy") {
+            Some(dist) => Self::toy2d_energy(dist.parse()?),
+            None => Self::toy2d(toy.parse()?),
+        })
+    }
+
+    /// [`RunConfig::toy2d`] with the energy parameterization `E = ‖g − x‖²` of the paper's 2-D
+    /// energy models.
+    pub fn toy2d_energy(dist: Toy2d) -> Self {
+        let mut cfg = Self::toy2d(dist);
+        cfg.diffusion.energy = Some(EnergyForm::SquaredResidual);
+        cfg
     }
 
     /// The 2-D setup of Du et al. (2023) for one toy distribution.
@@ -293,7 +316,24 @@ impl RunConfig {
                     )));
                 }
             }
-            ModelConfig::Unet(u) => u.validate()?,
+            ModelConfig::Unet(u) => {
+                u.validate()?;
+                if self.diffusion.energy.is_some() {
+                    return Err(Error::Config(
+                        "diffusion.energy needs model kind \"mlp\": training an energy model takes \
+                         gradients of input gradients, written out for the MLP only"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        if self.diffusion.energy.is_some() && self.diffusion.prediction != Parameterization::Epsilon
+        {
+            return Err(Error::Config(format!(
+                "diffusion.energy predicts ε as the energy's gradient, so diffusion.prediction \
+                 must be \"epsilon\", not {}",
+                format!("{:?}", self.diffusion.prediction).to_lowercase()
+            )));
         }
         let want = self.data_item_shape()?;
         let have = self.model_item_shape();
@@ -362,7 +402,10 @@ impl RunConfig {
     /// As the model's constructor.
     pub fn build_model(&self, vb: candle_nn::VarBuilder) -> Result<Model> {
         Ok(match &self.model {
-            ModelConfig::Mlp(c) => Model::Mlp(ResidualMlp::new(c, self.diffusion.prediction, vb)?),
+            ModelConfig::Mlp(c) => match self.diffusion.energy {
+                Some(form) => Model::Energy(EnergyMlp::new(c, form, vb)?),
+                None => Model::Mlp(ResidualMlp::new(c, self.diffusion.prediction, vb)?),
+            },
             ModelConfig::Unet(c) => {
                 Model::Unet(Box::new(UNet::new(c, self.diffusion.prediction, vb)?))
             }
@@ -375,6 +418,8 @@ impl RunConfig {
 pub enum Model {
     /// The residual MLP.
     Mlp(ResidualMlp),
+    /// The residual MLP read as an energy model.
+    Energy(EnergyMlp),
     /// The U-Net.
     Unet(Box<UNet>),
 }
@@ -383,6 +428,7 @@ impl Denoiser for Model {
     fn parameterization(&self) -> Parameterization {
         match self {
             Self::Mlp(m) => m.parameterization(),
+            Self::Energy(m) => m.parameterization(),
             Self::Unet(m) => m.parameterization(),
         }
     }
@@ -390,6 +436,7 @@ impl Denoiser for Model {
     fn forward(&self, x_t: &Tensor, t: &Tensor, cond: Option<&Tensor>) -> Result<Tensor> {
         match self {
             Self::Mlp(m) => m.forward(x_t, t, cond),
+            Self::Energy(m) => m.forward(x_t, t, cond),
             Self::Unet(m) => m.forward(x_t, t, cond),
         }
     }
@@ -405,6 +452,7 @@ impl TrainableDenoiser for Model {
     ) -> Result<Tensor> {
         match self {
             Self::Mlp(m) => m.forward_train(x_t, t, cond, rng),
+            Self::Energy(m) => m.forward_train(x_t, t, cond, rng),
             Self::Unet(m) => m.forward_train(x_t, t, cond, rng),
         }
     }

@@ -201,6 +201,16 @@ impl LayerNorm {
         &self.weight
     }
 
+    /// The shift parameter.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// The variance offset eps.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
     /// The normalized input before the affine map, and 1/√(var + eps), each with the input's
     /// shape (the second broadcastable): what a hand-written backward pass needs.
     ///

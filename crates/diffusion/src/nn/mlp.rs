@@ -116,6 +116,30 @@ impl ResidualMlp {
     /// [`Error::Config`] for an invalid configuration; [`Error::Candle`] if a parameter exists
     /// with another shape.
     pub fn new(config: &MlpConfig, prediction: Parameterization, vb: VarBuilder) -> Result<Self> {
+        Self::build(config, prediction, true, vb)
+    }
+
+    /// Like [`ResidualMlp::new`] but with the output layer initialized like the others
+    /// (PyTorch's default) instead of at zero: what an energy `E = ½‖g‖²` needs, whose gradient
+    /// would otherwise vanish at initialization.
+    ///
+    /// # Errors
+    ///
+    /// As [`ResidualMlp::new`].
+    pub fn with_random_output(
+        config: &MlpConfig,
+        prediction: Parameterization,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Self::build(config, prediction, false, vb)
+    }
+
+    fn build(
+        config: &MlpConfig,
+        prediction: Parameterization,
+        zero_output: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         config.validate()?;
         let c = config;
         let input = linear(c.data_dim, c.hidden, vb.pp("input"))?;
@@ -140,7 +164,11 @@ impl ResidualMlp {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let output = linear_zeroed(c.hidden, c.data_dim, vb.pp("output"))?;
+        let output = if zero_output {
+            linear_zeroed(c.hidden, c.data_dim, vb.pp("output"))?
+        } else {
+            linear(c.hidden, c.data_dim, vb.pp("output"))?
+        };
         Ok(Self {
             config: config.clone(),
             prediction,
@@ -210,7 +238,7 @@ impl ResidualMlp {
         Ok(self.time_embed.index_select(&idx, 0)?)
     }
 
-    fn check_input(&self, x: &Tensor, t: &Tensor) -> Result<()> {
+    pub(crate) fn check_input(&self, x: &Tensor, t: &Tensor) -> Result<()> {
         let d = self.config.data_dim;
         match x.dims() {
             [b, dd] if *dd == d => {

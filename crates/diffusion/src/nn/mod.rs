@@ -5,14 +5,20 @@
 //! - [`layers`]: PyTorch-initialized layers under PyTorch parameter names, a differentiable
 //!   [`LayerNorm`](layers::LayerNorm), the sinusoidal timestep embedding, seeded dropout.
 //! - [`mlp`]: the residual MLP denoiser of the 2-D experiments of Du et al. (2023).
+//! - [`energy`]: the energy parameterization of the residual MLP (ε̂ = ∇ₓE), with a
+//!   hand-written, differentiable input gradient for training.
 //! - [`unet`]: the improved-diffusion / GLIDE U-Net ([`UNet`]) of Decomp Diffusion (Su et al.
 //!   2024), with the PyTorch state-dict names of the released code.
 
+pub mod energy;
+pub mod frozen;
 pub mod layers;
 pub mod mlp;
 pub mod store;
 pub mod unet;
 
+pub use energy::{EnergyForm, EnergyMlp};
+pub use frozen::FrozenMlp;
 pub use mlp::{MlpConfig, ResidualMlp};
 pub use store::ParamStore;
 pub use unet::{UNet, UNetConfig};

@@ -1081,7 +1081,7 @@ impl Denoiser for UNet {
 /// of that image, in place. The backward pass is exact: the input gradient is the same
 /// convolution of the output gradient with the flipped, transposed kernel, the kernel gradient
 /// the sum over images of the output gradient times the transposed column matrix.
-mod fastconv {
+pub(crate) mod fastconv {
     use std::cell::RefCell;
     use std::sync::Mutex;
 
@@ -1204,7 +1204,7 @@ mod fastconv {
     /// Every element addressed through the sizes and strides must lie in its buffer, and `dst`
     /// must not overlap `lhs` or `rhs`.
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn gemm(
+    pub(crate) unsafe fn gemm(
         (m, n, k): (usize, usize, usize),
         dst: *mut f32,
         (dst_rs, dst_cs): (usize, usize),

@@ -1,0 +1,161 @@
+//! `recompose compose`: sampling a composition of trained models written as an expression.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use clap::Args;
+use recompose_compose::component::load;
+use recompose_compose::{AnnealConfig, Component, Kernel, StepSize, anneal, build, parse};
+use recompose_diffusion::run::RunConfig;
+use recompose_diffusion::seeded;
+
+use crate::diffusion::{out_kind, write_samples};
+use crate::{positive, usage};
+
+/// Arguments of `recompose compose`.
+#[derive(Debug, Args)]
+pub struct ComposeArgs {
+    /// The composition, e.g. "ring AND bar", "left OR right", "1.3*box_large NOT 0.3*box_small"
+    /// (AND/NOT bind tighter than OR; parentheses group).
+    #[arg(long)]
+    expr: String,
+    /// A model of the expression as NAME=DIR (a directory written by `recompose train`);
+    /// repeat for each name.
+    #[arg(long = "model", value_name = "NAME=DIR")]
+    models: Vec<String>,
+    /// Number of samples (independent chains).
+    #[arg(long, allow_negative_numbers = true)]
+    num: i64,
+    /// Output file: .csv (2-D data, `x,y` header) or .png (scatter plot or image grid).
+    #[arg(long)]
+    out: PathBuf,
+    /// reverse (reverse diffusion with the composed model), ula, uhmc, mala or hmc (the last two
+    /// need energy models).
+    #[arg(long, default_value = "reverse")]
+    sampler: String,
+    /// MCMC steps per noise level (default 10).
+    #[arg(long, allow_negative_numbers = true)]
+    mcmc_steps: Option<i64>,
+    /// Step size of the MCMC kernel (default: 0.001 for ula/mala, 0.03 for uhmc/hmc).
+    #[arg(long, allow_negative_numbers = true)]
+    step_size: Option<f64>,
+    /// Adapt the step size towards this acceptance rate (mala and hmc only).
+    #[arg(long, allow_negative_numbers = true)]
+    target_accept: Option<f64>,
+    /// Pure annealed MCMC: no reverse-diffusion step between noise levels.
+    #[arg(long)]
+    mcmc_only: bool,
+    /// Seed of the initial noise and of every draw of the chains.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn config(a: &ComposeArgs) -> Result<AnnealConfig> {
+    let mut cfg = match a.sampler.as_str() {
+        "reverse" => {
+            for (flag, given) in [
+                ("--mcmc-steps", a.mcmc_steps.is_some()),
+                ("--step-size", a.step_size.is_some()),
+                ("--target-accept", a.target_accept.is_some()),
+                ("--mcmc-only", a.mcmc_only),
+            ] {
+                if given {
+                    return Err(usage(format!(
+                        "{flag} needs an MCMC sampler (ula, uhmc, mala or hmc), not reverse"
+                    )));
+                }
+            }
+            AnnealConfig::reverse()
+        }
+        name => {
+            let kernel: Kernel = name.parse().map_err(|_| {
+                usage(format!(
+                    "--sampler must be reverse, ula, uhmc, mala or hmc, got '{name}'"
+                ))
+            })?;
+            AnnealConfig::paper_2d(kernel)
+        }
+    };
+    if let Some(k) = a.mcmc_steps {
+        cfg.mcmc_steps = positive("mcmc-steps", k, 1)?;
+    }
+    if let Some(s) = a.step_size {
+        if !(s.is_finite() && s > 0.0) {
+            return Err(usage(format!("--step-size must be positive, got {s}")));
+        }
+        cfg.step_size = StepSize::Constant(s);
+    }
+    if let Some(target) = a.target_accept {
+        let StepSize::Constant(initial) = cfg.step_size else {
+            unreachable!("the CLI presets have constant step sizes")
+        };
+        cfg.step_size = StepSize::Adaptive { initial, target };
+    }
+    cfg.reverse_steps = !a.mcmc_only;
+    Ok(cfg)
+}
+
+pub fn run_compose(a: ComposeArgs) -> Result<()> {
+    let num = positive("num", a.num, 1)?;
+    let kind = out_kind(&a.out)?;
+    let cfg = config(&a)?;
+    let expr = parse(&a.expr).map_err(|e| usage(format!("--expr: {e}")))?;
+    let mut dirs = BTreeMap::new();
+    for m in &a.models {
+        let (name, dir) = m
+            .split_once('=')
+            .filter(|(n, d)| !n.is_empty() && !d.is_empty())
+            .ok_or_else(|| usage(format!("--model must be NAME=DIR, got '{m}'")))?;
+        if dirs.insert(name.to_string(), PathBuf::from(dir)).is_some() {
+            return Err(usage(format!("--model {name} is given twice")));
+        }
+    }
+    let names = expr.model_names();
+    for name in &names {
+        if !dirs.contains_key(name) {
+            return Err(usage(format!(
+                "the expression uses `{name}` but no --model {name}=DIR is given"
+            )));
+        }
+    }
+    if let Some(extra) = dirs.keys().find(|k| !names.contains(k)) {
+        return Err(usage(format!(
+            "--model {extra} is not used in the expression '{}'",
+            a.expr
+        )));
+    }
+    let device = crate::device();
+    let mut resolve = |name: &str| -> recompose_compose::Result<Box<dyn Component>> {
+        load(name, &dirs[name], &device)
+    };
+    let model = build(&expr, &mut resolve).map_err(|e| match e {
+        recompose_compose::Error::NeedsDensity(_) => usage(e.to_string()),
+        other => other.into(),
+    })?;
+    cfg.validate(model.has_density())
+        .map_err(|e| usage(e.to_string()))?;
+    let start = Instant::now();
+    let out = anneal(model.as_ref(), &cfg, num, &mut seeded(a.seed))?;
+    let seconds = start.elapsed().as_secs_f64();
+    // Item shape and value range of the models, from the first model's configuration.
+    let first = RunConfig::from_file(&dirs[&names[0]].join("config.toml"))?;
+    let acc = out
+        .mean_acceptance()
+        .map(|r| format!(", acceptance {r:.3}"))
+        .unwrap_or_default();
+    let x = Tensor::from_vec(out.samples, (num, out.dim), &Device::Cpu)?;
+    let mut shape = vec![num];
+    shape.extend(first.model_item_shape());
+    write_samples(&x.reshape(shape)?, first.value_range(), kind, &a.out)?;
+    outln!(
+        "wrote {num} samples of {} ({}, seed {}{acc}) to {} in {seconds:.1} s",
+        model.describe(),
+        a.sampler,
+        a.seed,
+        a.out.display()
+    );
+    Ok(())
+}

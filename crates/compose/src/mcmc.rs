@@ -1,0 +1,713 @@
+//! Annealed MCMC over the noise levels of a (composed) diffusion model.
+//!
+//! Du et al., *Reduce, Reuse, Recycle* (ICML 2023), §4 and Algorithms 1–2. The levels of the
+//! schedule define a path of unnormalized targets π_t ∝ exp f_t with scores s_t = ∇f_t, from a
+//! near-Gaussian at the noisiest level to the composed distribution at t = 0. [`anneal`] starts
+//! n chains at x ~ N(0, I) and walks the levels from T − 1 down to 0; at each level t it runs K
+//! MCMC steps targeting π_t (if the level is among the MCMC levels), then moves to level t − 1:
+//! with one reverse-diffusion (DDPM ancestral) step using the composed ε̂ = −σ_t s_t, or — in
+//! pure annealed MCMC — by keeping x. After level 0 every chain takes the same final denoising
+//! step, x̂₀ = (x + σ_0² s_0)/α_0 (Tweedie's formula). With no kernel this is plain reverse
+//! diffusion with the composed model.
+//!
+//! # Kernels (all per chain; η the step size, ξ ~ N(0, I))
+//!
+//! ```text
+//! ULA    x ← x + η s(x) + √(2η) ξ
+//! MALA   x' = x + η s(x) + √(2η) ξ,  accept with
+//!        log α = f(x') − f(x) + log q(x | x') − log q(x' | x),
+//!        log q(a | b) = −‖a − b − η s(b)‖² / (4η)
+//! U-HMC  v ← γ v + √(1 − γ²) m ξ, then L leapfrog steps
+//!        v += ε/2 s(x);  x += ε v / m²;  v += ε/2 s(x)
+//! HMC    U-HMC and a Metropolis test on H = −f(x) + ‖v‖²/(2m²),
+//!        log α = H(x, v) − H(x', v')
+//! ```
+//!
+//! Each chain is accepted or rejected on its own (never the whole batch). MALA reuses f and s of
+//! the accepted state. In HMC a rejected chain keeps its position and **negates** its momentum
+//! (Horowitz 1991): with partial momentum refresh (γ > 0) that is what keeps π_t × N(0, m² I)
+//! invariant. The start and end states of a trajectory are kept separately, so the kinetic
+//! energies of the test are those of two different momenta. The momentum is drawn afresh from
+//! N(0, m² I) at the start of every level.
+//!
+//! # Step sizes
+//!
+//! [`StepSize`]: constant, proportional to β_t (the image-model settings of the paper), or
+//! adapted towards a target acceptance rate (Metropolis kernels only): after each MCMC step,
+//! `log η += â − target` with â the fraction of chains that accepted; the adapted value carries
+//! over to the next level. Adaptation uses the acceptance of all chains, so it couples them
+//! (weakly) and makes the chain inhomogeneous; the acceptance tests stay per chain.
+//!
+//! Acceptance rates are recorded per level ([`LevelStats`]); unadjusted kernels have none.
+//! Non-finite values end the run with [`Error::Diverged`] naming the level (usually a step
+//! size too large for the sharpest level).
+
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+use recompose_diffusion::SeededRng;
+
+use crate::component::{Component, Eval};
+use crate::{Error, Result};
+
+/// The MCMC kernel run at each level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Unadjusted Langevin.
+    Ula,
+    /// Metropolis-adjusted Langevin (needs log-densities).
+    Mala,
+    /// Underdamped (kinetic) Langevin / HMC without correction.
+    UHmc,
+    /// Hamiltonian Monte Carlo with partial momentum refresh and a Metropolis test (needs
+    /// log-densities).
+    Hmc,
+}
+
+impl Kernel {
+    /// All kernels, in the order of the paper's tables.
+    pub const ALL: [Kernel; 4] = [Kernel::Ula, Kernel::UHmc, Kernel::Mala, Kernel::Hmc];
+
+    /// The command-line name: `ula`, `mala`, `uhmc` or `hmc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ula => "ula",
+            Self::Mala => "mala",
+            Self::UHmc => "uhmc",
+            Self::Hmc => "hmc",
+        }
+    }
+
+    /// Whether the kernel has a Metropolis test (and so needs log-densities).
+    pub fn is_metropolis(self) -> bool {
+        matches!(self, Self::Mala | Self::Hmc)
+    }
+
+    /// Whether the kernel carries a momentum (U-HMC, HMC).
+    pub fn is_hamiltonian(self) -> bool {
+        matches!(self, Self::UHmc | Self::Hmc)
+    }
+}
+
+impl std::str::FromStr for Kernel {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ula" => Ok(Self::Ula),
+            "mala" => Ok(Self::Mala),
+            "uhmc" => Ok(Self::UHmc),
+            "hmc" => Ok(Self::Hmc),
+            other => Err(Error::Config(format!(
+                "unknown MCMC kernel `{other}`; expected ula, mala, uhmc or hmc"
+            ))),
+        }
+    }
+}
+
+/// The step size η (Langevin) or ε (leapfrog) at each level.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepSize {
+    /// The same value at every level.
+    Constant(f64),
+    /// `c · β_t` at level t.
+    BetaScaled(f64),
+    /// Start at `initial` and adapt towards the acceptance rate `target` (Metropolis kernels).
+    Adaptive {
+        /// The first level's step size.
+        initial: f64,
+        /// The acceptance rate aimed at, in (0, 1).
+        target: f64,
+    },
+}
+
+/// The momentum scale m of the Hamiltonian kernels at each level.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mass {
+    /// The same value at every level.
+    Constant(f64),
+    /// `c · β_t` at level t.
+    BetaScaled(f64),
+}
+
+/// How [`anneal`] runs (see the [module documentation](self)).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AnnealConfig {
+    /// The MCMC kernel; `None` for reverse diffusion alone.
+    pub kernel: Option<Kernel>,
+    /// Move between levels with a reverse-diffusion step (true) or keep x (pure annealed MCMC).
+    pub reverse_steps: bool,
+    /// MCMC steps K per level.
+    pub mcmc_steps: usize,
+    /// Step size of the kernel.
+    pub step_size: StepSize,
+    /// Leapfrog steps L per Hamiltonian step.
+    pub leapfrog_steps: usize,
+    /// Momentum scale m.
+    pub mass: Mass,
+    /// Momentum persistence γ ∈ \[0, 1): v ← γ v + √(1 − γ²) m ξ.
+    pub refresh: f64,
+    /// Run MCMC on this fraction of the levels, the noisiest ones (1 = every level).
+    pub mcmc_fraction: f64,
+}
+
+impl AnnealConfig {
+    /// Reverse diffusion with the composed model, no MCMC.
+    pub fn reverse() -> Self {
+        Self {
+            kernel: None,
+            reverse_steps: true,
+            mcmc_steps: 0,
+            step_size: StepSize::Constant(0.001),
+            leapfrog_steps: 3,
+            mass: Mass::Constant(1.0),
+            refresh: 0.5,
+            mcmc_fraction: 1.0,
+        }
+    }
+
+    /// The paper's 2-D settings: reverse steps interleaved with K = 10 MCMC steps at every level;
+    /// η = 0.001 for ULA and MALA; ε = 0.03, m = 1, γ = 0.5, L = 3 for U-HMC and HMC.
+    pub fn paper_2d(kernel: Kernel) -> Self {
+        let step = if kernel.is_hamiltonian() { 0.03 } else { 0.001 };
+        Self {
+            kernel: Some(kernel),
+            mcmc_steps: 10,
+            step_size: StepSize::Constant(step),
+            ..Self::reverse()
+        }
+    }
+
+    /// The paper's image-model settings: MCMC on the noisier half of the levels; MALA and ULA
+    /// η = 0.035 β_t; U-HMC and HMC ε = 0.1 β_t, m = β_t, γ = 0.7, L = 3; K = 10.
+    pub fn paper_image(kernel: Kernel) -> Self {
+        let (step, mass) = if kernel.is_hamiltonian() {
+            (StepSize::BetaScaled(0.1), Mass::BetaScaled(1.0))
+        } else {
+            (StepSize::BetaScaled(0.035), Mass::Constant(1.0))
+        };
+        Self {
+            kernel: Some(kernel),
+            mcmc_steps: 10,
+            step_size: step,
+            mass,
+            refresh: 0.7,
+            mcmc_fraction: 0.5,
+            ..Self::reverse()
+        }
+    }
+
+    /// Checks the settings against a model (`has_density`: whether it provides log-densities).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NeedsDensity`] for a Metropolis kernel on a score-only model; [`Error::Config`]
+    /// for K = 0 with a kernel, L = 0, a non-positive or non-finite step size or mass, γ outside
+    /// \[0, 1), a target acceptance outside (0, 1), adaptation on an unadjusted kernel, an MCMC
+    /// fraction outside (0, 1], or neither reverse steps nor a kernel.
+    pub fn validate(&self, has_density: bool) -> Result<()> {
+        let Some(kernel) = self.kernel else {
+            if !self.reverse_steps {
+                return Err(Error::Config(
+                    "with no MCMC kernel the sampler needs reverse steps".into(),
+                ));
+            }
+            return Ok(());
+        };
+        if kernel.is_metropolis() && !has_density {
+            return Err(Error::NeedsDensity(format!(
+                "{} needs log-densities for its Metropolis test, but the composition contains \
+                 score models; use energy models, or ula / uhmc",
+                kernel.name()
+            )));
+        }
+        if self.mcmc_steps == 0 {
+            return Err(Error::Config(
+                "the MCMC kernel needs at least one step per level".into(),
+            ));
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        match self.step_size {
+            StepSize::Constant(v) | StepSize::BetaScaled(v) if !positive(v) => {
+                return Err(Error::Config(format!(
+                    "the step size must be positive and finite, got {v}"
+                )));
+            }
+            StepSize::Adaptive { initial, target } => {
+                if !positive(initial) {
+                    return Err(Error::Config(format!(
+                        "the initial step size must be positive and finite, got {initial}"
+                    )));
+                }
+                if !(target > 0.0 && target < 1.0) {
+                    return Err(Error::Config(format!(
+                        "the target acceptance rate must lie in (0, 1), got {target}"
+                    )));
+                }
+                if !kernel.is_metropolis() {
+                    return Err(Error::Config(format!(
+                        "an adaptive step size needs acceptance rates; {} has none (use mala \
+                         or hmc)",
+                        kernel.name()
+                    )));
+                }
+            }
+            _ => {}
+        }
+        if kernel.is_hamiltonian() {
+            if self.leapfrog_steps == 0 {
+                return Err(Error::Config("HMC needs at least one leapfrog step".into()));
+            }
+            let (Mass::Constant(m) | Mass::BetaScaled(m)) = self.mass;
+            if !positive(m) {
+                return Err(Error::Config(format!(
+                    "the mass must be positive and finite, got {m}"
+                )));
+            }
+            if !(0.0..1.0).contains(&self.refresh) {
+                return Err(Error::Config(format!(
+                    "the momentum persistence must lie in [0, 1), got {}",
+                    self.refresh
+                )));
+            }
+        }
+        if !(self.mcmc_fraction > 0.0 && self.mcmc_fraction <= 1.0) {
+            return Err(Error::Config(format!(
+                "the fraction of MCMC levels must lie in (0, 1], got {}",
+                self.mcmc_fraction
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What happened at one noise level.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LevelStats {
+    /// The level (training-timestep index).
+    pub level: usize,
+    /// The mean step size used at this level (None without MCMC here).
+    pub step_size: Option<f64>,
+    /// The fraction of accepted proposals over all chains and steps (Metropolis kernels).
+    pub acceptance: Option<f64>,
+}
+
+/// The result of [`anneal`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnnealOutput {
+    /// The final samples, row-major `[n, d]`.
+    pub samples: Vec<f32>,
+    /// The data dimension d.
+    pub dim: usize,
+    /// Per level, from the noisiest (T − 1) to 0.
+    pub levels: Vec<LevelStats>,
+    /// Batched evaluations of the composed model.
+    pub evaluations: usize,
+    /// Chain-steps: MCMC steps (or reverse steps without MCMC) times chains.
+    pub chain_steps: usize,
+}
+
+impl AnnealOutput {
+    /// The acceptance rate over all levels with a Metropolis test.
+    pub fn mean_acceptance(&self) -> Option<f64> {
+        let rates: Vec<f64> = self.levels.iter().filter_map(|l| l.acceptance).collect();
+        (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
+    }
+}
+
+/// The chains' state at the current level.
+struct Chains<'a> {
+    model: &'a dyn Component,
+    d: usize,
+    x: Vec<f32>,
+    /// The model's evaluation at `x`, if still valid.
+    cache: Option<Eval>,
+    evaluations: usize,
+}
+
+impl Chains<'_> {
+    fn eval(&mut self, x: &[f32], level: usize, density: bool) -> Result<Eval> {
+        self.evaluations += 1;
+        self.model.evaluate(x, level, density)
+    }
+
+    /// The evaluation at the current x (with log-density if `density`), computed if needed.
+    fn current(&mut self, level: usize, density: bool) -> Result<Eval> {
+        match &self.cache {
+            Some(e) if !density || e.log_density.is_some() => Ok(e.clone()),
+            _ => {
+                let x = std::mem::take(&mut self.x);
+                let e = self.eval(&x, level, density);
+                self.x = x;
+                let e = e?;
+                self.cache = Some(e.clone());
+                Ok(e)
+            }
+        }
+    }
+}
+
+fn normals(rng: &mut SeededRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| StandardNormal.sample(rng)).collect()
+}
+
+/// Runs n = `num` chains on `model` (see the [module documentation](self)).
+///
+/// # Errors
+///
+/// As [`AnnealConfig::validate`]; [`Error::Config`] for `num` = 0; [`Error::Diverged`] if a
+/// chain leaves the finite numbers; whatever the model reports.
+pub fn anneal(
+    model: &dyn Component,
+    config: &AnnealConfig,
+    num: usize,
+    rng: &mut SeededRng,
+) -> Result<AnnealOutput> {
+    config.validate(model.has_density())?;
+    if num == 0 {
+        return Err(Error::Config(
+            "the number of chains must be positive".into(),
+        ));
+    }
+    let d = model.dim();
+    let schedule = model.schedule().clone();
+    let levels = schedule.len();
+    let first_without = levels - ((config.mcmc_fraction * levels as f64).round() as usize);
+    let mut chains = Chains {
+        model,
+        d,
+        x: normals(rng, num * d),
+        cache: None,
+        evaluations: 0,
+    };
+    let mut adapted = match config.step_size {
+        StepSize::Adaptive { initial, .. } => initial,
+        _ => 0.0,
+    };
+    let mut stats = Vec::with_capacity(levels);
+    let mut chain_steps = 0;
+    for level in (0..levels).rev() {
+        let beta = schedule.beta(level);
+        let mut stat = LevelStats {
+            level,
+            step_size: None,
+            acceptance: None,
+        };
+        if let Some(kernel) = config.kernel.filter(|_| level >= first_without) {
+            let step = match config.step_size {
+                StepSize::Constant(v) => v,
+                StepSize::BetaScaled(c) => c * beta,
+                StepSize::Adaptive { .. } => adapted,
+            };
+            let run = run_level(
+                &mut chains,
+                kernel,
+                config,
+                level,
+                step,
+                config.mcmc_steps,
+                rng,
+            )?;
+            chain_steps += num * config.mcmc_steps;
+            adapted = run.last_step;
+            stat.step_size = Some(run.mean_step);
+            stat.acceptance = run.acceptance;
+        } else if config.kernel.is_none() {
+            chain_steps += num;
+        }
+        if level == 0 || config.reverse_steps {
+            let e = chains.current(level, false)?;
+            let (a, s) = (schedule.sqrt_alpha_bar(level), schedule.sigma(level));
+            let mut x = std::mem::take(&mut chains.x);
+            if level == 0 {
+                for (xv, sv) in x.iter_mut().zip(&e.score) {
+                    *xv = ((f64::from(*xv) + s * s * f64::from(*sv)) / a) as f32;
+                }
+            } else {
+                let post = schedule.posterior(level);
+                let z = normals(rng, x.len());
+                let sd = post.variance.sqrt();
+                for ((xv, sv), zv) in x.iter_mut().zip(&e.score).zip(&z) {
+                    let xt = f64::from(*xv);
+                    let x0 = (xt + s * s * f64::from(*sv)) / a;
+                    *xv = (post.coef_x0 * x0 + post.coef_xt * xt + sd * f64::from(*zv)) as f32;
+                }
+            }
+            chains.x = x;
+            chains.cache = None;
+        }
+        if chains.x.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Diverged(format!(
+                "non-finite samples at noise level {level} (σ = {:.4}){}",
+                schedule.sigma(level),
+                stat.step_size
+                    .map(|s| format!(" with step size {s:.3e}"))
+                    .unwrap_or_default()
+            )));
+        }
+        stats.push(stat);
+    }
+    Ok(AnnealOutput {
+        samples: chains.x,
+        dim: d,
+        levels: stats,
+        evaluations: chains.evaluations,
+        chain_steps,
+    })
+}
+
+/// The outcome of the MCMC steps at one level.
+struct LevelRun {
+    /// The step size after the last step (adapted, if adapting).
+    last_step: f64,
+    /// The mean step size used.
+    mean_step: f64,
+    /// The fraction of accepted proposals (Metropolis kernels).
+    acceptance: Option<f64>,
+}
+
+/// `steps` steps of `kernel` at `level` starting with step size `step`.
+fn run_level(
+    chains: &mut Chains,
+    kernel: Kernel,
+    config: &AnnealConfig,
+    level: usize,
+    mut step: f64,
+    steps: usize,
+    rng: &mut SeededRng,
+) -> Result<LevelRun> {
+    let num = chains.x.len() / chains.d;
+    let beta = chains.model.schedule().beta(level);
+    let mass = match config.mass {
+        Mass::Constant(m) => m,
+        Mass::BetaScaled(c) => c * beta,
+    };
+    let mut momentum: Vec<f32> = if kernel.is_hamiltonian() {
+        normals(rng, chains.x.len())
+            .into_iter()
+            .map(|z| z * mass as f32)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let (mut accepted, mut step_sum) = (0usize, 0.0);
+    for _ in 0..steps {
+        let acc = match kernel {
+            Kernel::Ula => ula_step(chains, level, step, rng)?,
+            Kernel::Mala => mala_step(chains, level, step, rng)?,
+            Kernel::UHmc | Kernel::Hmc => {
+                let h = Hamiltonian {
+                    step,
+                    mass,
+                    leapfrog: config.leapfrog_steps,
+                    refresh: config.refresh,
+                    metropolis: kernel == Kernel::Hmc,
+                };
+                hmc_step(chains, &mut momentum, level, &h, rng)?
+            }
+        };
+        step_sum += step;
+        accepted += acc;
+        if let StepSize::Adaptive { target, .. } = config.step_size {
+            step *= ((acc as f64 / num as f64) - target).exp();
+        }
+    }
+    Ok(LevelRun {
+        last_step: step,
+        mean_step: step_sum / steps.max(1) as f64,
+        acceptance: kernel
+            .is_metropolis()
+            .then(|| accepted as f64 / (num * steps).max(1) as f64),
+    })
+}
+
+/// Runs `steps` steps of `config`'s kernel at the fixed noise `level`, starting from the points
+/// `x` (`[n, d]`): sampling one level's target π_level, for example to check a kernel's
+/// stationarity. The step size is `config`'s at that level (the initial one if adaptive).
+/// Returns the final points and the acceptance rate (Metropolis kernels).
+///
+/// # Errors
+///
+/// As [`anneal`], and [`Error::Config`] if `config` has no kernel, `x` is empty or the level is
+/// outside the schedule.
+pub fn mcmc_at_level(
+    model: &dyn Component,
+    config: &AnnealConfig,
+    level: usize,
+    x: Vec<f32>,
+    steps: usize,
+    rng: &mut SeededRng,
+) -> Result<(Vec<f32>, Option<f64>)> {
+    config.validate(model.has_density())?;
+    let kernel = config
+        .kernel
+        .ok_or_else(|| Error::Config("mcmc_at_level needs an MCMC kernel".into()))?;
+    let d = model.dim();
+    crate::component::check_batch(&x, d, level, model.schedule())?;
+    if x.is_empty() {
+        return Err(Error::Config("no chains to run".into()));
+    }
+    let step = match config.step_size {
+        StepSize::Constant(v) => v,
+        StepSize::BetaScaled(c) => c * model.schedule().beta(level),
+        StepSize::Adaptive { initial, .. } => initial,
+    };
+    let mut chains = Chains {
+        model,
+        d,
+        x,
+        cache: None,
+        evaluations: 0,
+    };
+    let run = run_level(&mut chains, kernel, config, level, step, steps, rng)?;
+    if chains.x.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Diverged(format!(
+            "non-finite samples at noise level {level} with step size {step:.3e}"
+        )));
+    }
+    Ok((chains.x, run.acceptance))
+}
+
+fn ula_step(chains: &mut Chains, level: usize, eta: f64, rng: &mut SeededRng) -> Result<usize> {
+    let e = chains.current(level, false)?;
+    let noise = normals(rng, chains.x.len());
+    let (eta32, sd) = (eta as f32, (2.0 * eta).sqrt() as f32);
+    for ((x, s), z) in chains.x.iter_mut().zip(&e.score).zip(&noise) {
+        *x += eta32 * s + sd * z;
+    }
+    chains.cache = None;
+    Ok(0)
+}
+
+/// `−‖to − from − η s_from‖² / (4η)` for one chain.
+fn log_q(to: &[f32], from: &[f32], s_from: &[f32], eta: f64) -> f64 {
+    let sq: f64 = to
+        .iter()
+        .zip(from)
+        .zip(s_from)
+        .map(|((t, f), s)| (f64::from(*t) - f64::from(*f) - eta * f64::from(*s)).powi(2))
+        .sum();
+    -sq / (4.0 * eta)
+}
+
+fn density(e: &Eval) -> Result<&[f64]> {
+    e.log_density
+        .as_deref()
+        .ok_or_else(|| Error::NeedsDensity("a Metropolis test got no log-density".into()))
+}
+
+fn mala_step(chains: &mut Chains, level: usize, eta: f64, rng: &mut SeededRng) -> Result<usize> {
+    let d = chains.d;
+    let cur = chains.current(level, true)?;
+    let noise = normals(rng, chains.x.len());
+    let sd = (2.0 * eta).sqrt() as f32;
+    let prop: Vec<f32> = chains
+        .x
+        .iter()
+        .zip(&cur.score)
+        .zip(&noise)
+        .map(|((x, s), z)| x + eta as f32 * s + sd * z)
+        .collect();
+    let new = chains.eval(&prop, level, true)?;
+    let (f0, f1) = (density(&cur)?, density(&new)?);
+    let mut next = cur.clone();
+    let next_f = next.log_density.as_mut().expect("asked with density");
+    let mut accepted = 0;
+    for c in 0..f0.len() {
+        let r = c * d..(c + 1) * d;
+        let log_alpha = f1[c] - f0[c]
+            + log_q(
+                &chains.x[r.clone()],
+                &prop[r.clone()],
+                &new.score[r.clone()],
+                eta,
+            )
+            - log_q(
+                &prop[r.clone()],
+                &chains.x[r.clone()],
+                &cur.score[r.clone()],
+                eta,
+            );
+        let u: f64 = rng.random();
+        if u.ln() < log_alpha {
+            accepted += 1;
+            chains.x[r.clone()].copy_from_slice(&prop[r.clone()]);
+            next.score[r.clone()].copy_from_slice(&new.score[r]);
+            next_f[c] = f1[c];
+        }
+    }
+    chains.cache = Some(next);
+    Ok(accepted)
+}
+
+/// Settings of one Hamiltonian step.
+struct Hamiltonian {
+    step: f64,
+    mass: f64,
+    leapfrog: usize,
+    refresh: f64,
+    metropolis: bool,
+}
+
+fn hmc_step(
+    chains: &mut Chains,
+    v: &mut [f32],
+    level: usize,
+    h: &Hamiltonian,
+    rng: &mut SeededRng,
+) -> Result<usize> {
+    let d = chains.d;
+    let noise = normals(rng, v.len());
+    let keep = h.refresh as f32;
+    let fresh = ((1.0 - h.refresh * h.refresh).sqrt() * h.mass) as f32;
+    for (vi, z) in v.iter_mut().zip(&noise) {
+        *vi = keep * *vi + fresh * z;
+    }
+    let start = chains.current(level, h.metropolis)?;
+    let (x0, v0) = (chains.x.clone(), v.to_vec());
+    let half = (h.step / 2.0) as f32;
+    let drift = (h.step / (h.mass * h.mass)) as f32;
+    let mut x = chains.x.clone();
+    let mut e = start.clone();
+    for l in 0..h.leapfrog {
+        for (vi, s) in v.iter_mut().zip(&e.score) {
+            *vi += half * s;
+        }
+        for (xi, vi) in x.iter_mut().zip(v.iter()) {
+            *xi += drift * vi;
+        }
+        e = chains.eval(&x, level, h.metropolis && l + 1 == h.leapfrog)?;
+        for (vi, s) in v.iter_mut().zip(&e.score) {
+            *vi += half * s;
+        }
+    }
+    if !h.metropolis {
+        chains.x = x;
+        chains.cache = Some(e);
+        return Ok(0);
+    }
+    let (f0, f1) = (density(&start)?, density(&e)?);
+    let kinetic = |p: &[f32]| -> f64 {
+        p.iter().map(|&q| f64::from(q).powi(2)).sum::<f64>() / (2.0 * h.mass * h.mass)
+    };
+    let mut accepted = 0;
+    let mut next = e.clone();
+    let next_f = next.log_density.as_mut().expect("asked with density");
+    for c in 0..f0.len() {
+        let r = c * d..(c + 1) * d;
+        let log_alpha = (f1[c] - kinetic(&v[r.clone()])) - (f0[c] - kinetic(&v0[r.clone()]));
+        let u: f64 = rng.random();
+        if u.ln() < log_alpha {
+            accepted += 1;
+        } else {
+            x[r.clone()].copy_from_slice(&x0[r.clone()]);
+            for (vi, &v0i) in v[r.clone()].iter_mut().zip(&v0[r.clone()]) {
+                *vi = -v0i;
+            }
+            next.score[r.clone()].copy_from_slice(&start.score[r]);
+            next_f[c] = f0[c];
+        }
+    }
+    chains.x = x;
+    chains.cache = Some(next);
+    Ok(accepted)
+}

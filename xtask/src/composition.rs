@@ -1,0 +1,863 @@
+//! `cargo xtask reproduce composition`: the 2-D compositions of Du et al. (2023, §5.1).
+//!
+//! Trains a score and an energy model (E = ‖g − x‖²) for each of the six toy distributions,
+//! composes them — product `ring AND bar`, mixture `left_bar OR right_bar`, negation
+//! `1.3*box_large NOT 0.3*box_small` — and samples every composition with reverse diffusion,
+//! ULA and U-HMC (score and energy models) and MALA and HMC (energy models), 2000 chains each.
+//! Writes `docs/results/composition.md`, one scatter plot per run under
+//! `docs/results/composition/` and the raw numbers as JSON.
+//!
+//! To fit the whole reproduction in a few minutes on two cores the networks are narrower than
+//! the paper's (H = 64 instead of 128, same depth) and train for fewer steps; models and chains
+//! run two at a time, each on one thread. Everything is seeded: only the timing columns vary
+//! between runs.
+//!
+//! Metrics against the analytic targets (exact samples by construction):
+//!
+//! - product ring × bar: the two ring modes inside the bar, N((0, ±0.5), 0.03² I), equal weights
+//!   (the bar's edges lie 6.7 standard deviations away, so its truncation is negligible);
+//! - mixture: uniform on the two bars, one half each;
+//! - negation: uniform on the square annulus \[−0.7, 0.7\]² \ \[−0.3, 0.3\]² (where the removed
+//!   box has no density, p_small^−0.3 is unbounded: all mass leaves the small box).
+//!
+//! The log-likelihood is that of the target smoothed by N(0, s² I), s = 0.02, so that samples
+//! just outside a uniform target's support have a finite density; "in support" is: within 0.1
+//! of a mode (product), inside a bar (mixture), inside the annulus (negation). W2 is exact (optimal
+//! assignment) between the 2000 samples and 2000 exact target samples.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use recompose_compose::component::load;
+use recompose_compose::{AnnealConfig, Component, Kernel, anneal, build, parse};
+use recompose_diffusion::data::Toy2d;
+use recompose_diffusion::data::plot::{ScatterConfig, save_png_scatter};
+use recompose_diffusion::metrics::wasserstein2;
+use recompose_diffusion::nn::{EnergyForm, MlpConfig};
+use recompose_diffusion::run::{ModelConfig, RunConfig, train_run};
+use recompose_diffusion::train::TrainOptions;
+use recompose_diffusion::{SeededRng, seeded};
+use serde_json::json;
+
+/// Settings of `cargo xtask reproduce composition`.
+pub struct CompositionArgs {
+    /// Small models and few chains: checks the pipeline in a minute, numbers meaningless.
+    pub quick: bool,
+    /// Reuse trained models under target/ when their configuration is unchanged.
+    pub reuse_models: bool,
+}
+
+impl CompositionArgs {
+    /// Parses `[--quick] [--reuse-models]`.
+    pub fn parse(args: &[&str]) -> Result<Self> {
+        let mut out = Self {
+            quick: false,
+            reuse_models: false,
+        };
+        for a in args {
+            match *a {
+                "--quick" => out.quick = true,
+                "--reuse-models" => out.reuse_models = true,
+                other => bail!("unknown option '{other}' (expected --quick, --reuse-models)"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Chains per run and exact target samples for W2.
+const CHAINS: usize = 2000;
+/// Smoothing of the log-likelihood's target.
+const SMOOTH: f64 = 0.02;
+
+/// The three compositions of the paper.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Target {
+    Product,
+    Mixture,
+    Negation,
+}
+
+impl Target {
+    const ALL: [Target; 3] = [Target::Product, Target::Mixture, Target::Negation];
+
+    fn key(self) -> &'static str {
+        match self {
+            Self::Product => "product",
+            Self::Mixture => "mixture",
+            Self::Negation => "negation",
+        }
+    }
+
+    fn expr(self) -> &'static str {
+        match self {
+            Self::Product => "ring AND bar",
+            Self::Mixture => "left_bar OR right_bar",
+            Self::Negation => "1.3*box_large NOT 0.3*box_small",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::Product => "Product: ring AND bar",
+            Self::Mixture => "Mixture: left_bar OR right_bar",
+            Self::Negation => "Negation: 1.3*box_large NOT 0.3*box_small",
+        }
+    }
+
+    /// Exact samples of the composed distribution.
+    fn sample(self, rng: &mut SeededRng, n: usize) -> Vec<[f64; 2]> {
+        use rand::Rng;
+        use rand_distr::{Distribution, StandardNormal};
+        (0..n)
+            .map(|_| match self {
+                Self::Product => {
+                    let y = if rng.random::<bool>() { 0.5 } else { -0.5 };
+                    let zx: f64 = StandardNormal.sample(rng);
+                    let zy: f64 = StandardNormal.sample(rng);
+                    [0.03 * zx, y + 0.03 * zy]
+                }
+                Self::Mixture => {
+                    let x0 = if rng.random::<bool>() { -0.3 } else { 0.1 };
+                    [x0 + 0.2 * rng.random::<f64>(), rng.random_range(-1.0..1.0)]
+                }
+                Self::Negation => loop {
+                    let p = [rng.random_range(-0.7..0.7), rng.random_range(-0.7..0.7)];
+                    if self.in_support(p) {
+                        break p;
+                    }
+                },
+            })
+            .collect()
+    }
+
+    fn in_support(self, p: [f64; 2]) -> bool {
+        match self {
+            Self::Product => product_mode(p).is_some(),
+            Self::Mixture => Toy2d::LeftBar.in_support(p) || Toy2d::RightBar.in_support(p),
+            Self::Negation => Toy2d::BoxLarge.in_support(p) && !Toy2d::BoxSmall.in_support(p),
+        }
+    }
+
+    /// log of the target convolved with N(0, SMOOTH² I).
+    fn smoothed_log_density(self, p: [f64; 2]) -> f64 {
+        let s2 = SMOOTH * SMOOTH;
+        let density = match self {
+            Self::Product => {
+                let v = 0.03 * 0.03 + s2;
+                let g = |my: f64| {
+                    (-(p[0] * p[0] + (p[1] - my).powi(2)) / (2.0 * v)).exp()
+                        / (2.0 * std::f64::consts::PI * v)
+                };
+                0.5 * g(0.5) + 0.5 * g(-0.5)
+            }
+            Self::Mixture => {
+                let bar = |x0: f64, x1: f64| box_mass(p, [x0, x1, -1.0, 1.0]) / (0.2 * 2.0);
+                0.5 * bar(-0.3, -0.1) + 0.5 * bar(0.1, 0.3)
+            }
+            Self::Negation => {
+                let outer = box_mass(p, [-0.7, 0.7, -0.7, 0.7]);
+                let inner = box_mass(p, [-0.3, 0.3, -0.3, 0.3]);
+                (outer - inner).max(0.0) / (1.4 * 1.4 - 0.6 * 0.6)
+            }
+        };
+        density.max(f64::MIN_POSITIVE).ln()
+    }
+}
+
+/// Which product mode (0: (0, 0.5), 1: (0, −0.5)) `p` lies within 0.1 of.
+fn product_mode(p: [f64; 2]) -> Option<usize> {
+    [0.5, -0.5]
+        .iter()
+        .position(|&y| (p[0] * p[0] + (p[1] - y).powi(2)).sqrt() <= 0.1)
+}
+
+/// ∫ over the box of N(p, SMOOTH² I): the mass the smoothing kernel at p puts in the box.
+fn box_mass(p: [f64; 2], b: [f64; 4]) -> f64 {
+    let m =
+        |lo: f64, hi: f64, x: f64| normal_cdf((hi - x) / SMOOTH) - normal_cdf((lo - x) / SMOOTH);
+    m(b[0], b[1], p[0]) * m(b[2], b[3], p[1])
+}
+
+fn normal_cdf(z: f64) -> f64 {
+    0.5 * erfc(-z / std::f64::consts::SQRT_2)
+}
+
+/// Complementary error function (Numerical Recipes' Chebyshev fit, relative error < 1.2e-7).
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.26551223
+        + t * (1.00002368
+            + t * (0.37409196
+                + t * (0.09678418
+                    + t * (-0.18628806
+                        + t * (0.27886807
+                            + t * (-1.13520398
+                                + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+/// Score or energy parameterization.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Param {
+    Score,
+    Energy,
+}
+
+impl Param {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Score => "score",
+            Self::Energy => "energy",
+        }
+    }
+}
+
+/// The training run of one model.
+fn train_config(dist: Toy2d, param: Param, quick: bool) -> RunConfig {
+    let mut cfg = RunConfig::toy2d(dist);
+    cfg.model = ModelConfig::Mlp(MlpConfig {
+        hidden: if quick { 32 } else { 64 },
+        block_hidden: if quick { 64 } else { 128 },
+        num_blocks: 4,
+        ..MlpConfig::default()
+    });
+    if param == Param::Energy {
+        cfg.diffusion.energy = Some(EnergyForm::SquaredResidual);
+    }
+    cfg.train.steps = if quick { 200 } else { 3000 };
+    cfg.train.batch_size = 500;
+    cfg.train.ema_decay = 0.995;
+    cfg.train.checkpoint_every = cfg.train.steps;
+    cfg.train.log_every = 50;
+    cfg.train.seed = 1 + Toy2d::ALL.iter().position(|d| *d == dist).unwrap_or(0) as u64;
+    cfg
+}
+
+/// One sampler of the table.
+#[derive(Clone, Copy, Debug)]
+struct SamplerSpec {
+    key: &'static str,
+    label: &'static str,
+    kernel: Option<Kernel>,
+}
+
+const SAMPLERS: [SamplerSpec; 5] = [
+    SamplerSpec {
+        key: "reverse",
+        label: "reverse diffusion",
+        kernel: None,
+    },
+    SamplerSpec {
+        key: "ula",
+        label: "ULA",
+        kernel: Some(Kernel::Ula),
+    },
+    SamplerSpec {
+        key: "uhmc",
+        label: "U-HMC",
+        kernel: Some(Kernel::UHmc),
+    },
+    SamplerSpec {
+        key: "mala",
+        label: "MALA",
+        kernel: Some(Kernel::Mala),
+    },
+    SamplerSpec {
+        key: "hmc",
+        label: "HMC",
+        kernel: Some(Kernel::Hmc),
+    },
+];
+
+/// MCMC steps per level (the paper: 10).
+fn mcmc_steps(quick: bool) -> usize {
+    if quick { 2 } else { 10 }
+}
+
+fn anneal_config(s: &SamplerSpec, quick: bool) -> AnnealConfig {
+    match s.kernel {
+        None => AnnealConfig::reverse(),
+        Some(k) => AnnealConfig {
+            mcmc_steps: mcmc_steps(quick),
+            ..AnnealConfig::paper_2d(k)
+        },
+    }
+}
+
+/// The measurements of one (composition, parameterization, sampler) run.
+#[derive(Clone, Debug)]
+struct RunResult {
+    target: Target,
+    param: Param,
+    sampler: SamplerSpec,
+    log_likelihood: f64,
+    w2: f64,
+    in_support: f64,
+    /// Product: fraction at each mode; mixture: fraction in the left and right bar.
+    split: [f64; 2],
+    acceptance: Option<f64>,
+    seconds: f64,
+    chain_steps: usize,
+    plot: String,
+}
+
+/// A unit of work for [`parallel`].
+type Job<'a, T> = Box<dyn FnOnce() -> Result<T> + Send + 'a>;
+
+/// A trained model: distribution, parameterization, seconds, steps per second.
+type Trained = (String, Param, f64, f64);
+
+/// Runs `jobs` on `threads` worker threads, results in job order.
+fn parallel<T: Send>(
+    jobs: Vec<Box<dyn FnOnce() -> Result<T> + Send + '_>>,
+    threads: usize,
+) -> Result<Vec<T>> {
+    let n = jobs.len();
+    let queue = Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>());
+    let results: Mutex<Vec<Option<Result<T>>>> = Mutex::new((0..n).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().map(|mut q| q.pop()).ok().flatten();
+                    let Some((i, job)) = next else { break };
+                    let r = job();
+                    if let Ok(mut res) = results.lock() {
+                        res[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a worker panicked"))?
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("a job did not run"))))
+        .collect()
+}
+
+fn model_dir(work: &Path, dist: Toy2d, param: Param) -> PathBuf {
+    work.join(format!("{}-{}", dist.name(), param.key()))
+}
+
+/// Trains (or reuses) every model; returns (name, parameterization, seconds, steps/s, params).
+fn train_models(work: &Path, args: &CompositionArgs) -> Result<Vec<Trained>> {
+    let mut jobs: Vec<Job<'static, Trained>> = Vec::new();
+    // Energy models first: they take longest.
+    for param in [Param::Score, Param::Energy] {
+        for dist in Toy2d::ALL {
+            let cfg = train_config(dist, param, args.quick);
+            let dir = model_dir(work, dist, param);
+            let reuse = args.reuse_models;
+            jobs.push(Box::new(move || {
+                let text = cfg.to_toml()?;
+                let done = dir.join("model.safetensors").exists()
+                    && std::fs::read_to_string(dir.join("config.toml")).ok().as_deref()
+                        == Some(text.as_str());
+                let timing = dir.join("timing.json");
+                if reuse && done {
+                    let t: serde_json::Value =
+                        serde_json::from_str(&std::fs::read_to_string(&timing)?)?;
+                    return Ok((
+                        dist.name().to_string(),
+                        param,
+                        t["seconds"].as_f64().unwrap_or(f64::NAN),
+                        t["steps_per_second"].as_f64().unwrap_or(f64::NAN),
+                    ));
+                }
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)?;
+                }
+                let opts = TrainOptions {
+                    out_dir: dir.clone(),
+                    ..Default::default()
+                };
+                let report = train_run(&cfg, &opts, &Device::Cpu)
+                    .with_context(|| format!("training {} ({})", dist.name(), param.key()))?;
+                eprintln!(
+                    "trained {} {} in {:.0} s (loss {:.4})",
+                    dist.name(),
+                    param.key(),
+                    report.seconds,
+                    report.recent_loss
+                );
+                std::fs::write(
+                    &timing,
+                    json!({"seconds": report.seconds, "steps_per_second": report.steps_per_second()})
+                        .to_string(),
+                )?;
+                Ok((dist.name().to_string(), param, report.seconds, report.steps_per_second()))
+            }));
+        }
+    }
+    jobs.reverse();
+    let mut out = parallel(jobs, 2)?;
+    out.reverse();
+    Ok(out)
+}
+
+/// Samples one composition with one sampler and measures it.
+fn run_one(
+    work: &Path,
+    plots: &Path,
+    target: Target,
+    param: Param,
+    sampler: SamplerSpec,
+    quick: bool,
+) -> Result<RunResult> {
+    let mut resolve = |name: &str| -> recompose_compose::Result<Box<dyn Component>> {
+        let dist: Toy2d = name.parse()?;
+        load(name, &model_dir(work, dist, param), &Device::Cpu)
+    };
+    let model = build(&parse(target.expr())?, &mut resolve)?;
+    let n = if quick { 300 } else { CHAINS };
+    let cfg = anneal_config(&sampler, quick);
+    let start = Instant::now();
+    let out = anneal(model.as_ref(), &cfg, n, &mut seeded(7))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let pts: Vec<[f64; 2]> = out
+        .samples
+        .chunks(2)
+        .map(|p| [f64::from(p[0]), f64::from(p[1])])
+        .collect();
+    let exact = target.sample(&mut seeded(11), n);
+    let w2 = wasserstein2(&pts, &exact)?;
+    let log_likelihood = pts
+        .iter()
+        .map(|&p| target.smoothed_log_density(p))
+        .sum::<f64>()
+        / n as f64;
+    let in_support = pts.iter().filter(|&&p| target.in_support(p)).count() as f64 / n as f64;
+    let split = match target {
+        Target::Product => {
+            let mut c = [0.0; 2];
+            for p in &pts {
+                if let Some(m) = product_mode(*p) {
+                    c[m] += 1.0 / n as f64;
+                }
+            }
+            c
+        }
+        Target::Mixture => [
+            pts.iter()
+                .filter(|&&p| Toy2d::LeftBar.in_support(p))
+                .count() as f64
+                / n as f64,
+            pts.iter()
+                .filter(|&&p| Toy2d::RightBar.in_support(p))
+                .count() as f64
+                / n as f64,
+        ],
+        Target::Negation => [f64::NAN; 2],
+    };
+    let plot = format!("{}-{}-{}.png", target.key(), param.key(), sampler.key);
+    let scatter = ScatterConfig {
+        size: 256,
+        point_radius: 0,
+        ..ScatterConfig::default()
+    };
+    save_png_scatter(&pts, &scatter, &plots.join(&plot))?;
+    eprintln!(
+        "{} {} {}: W2 {w2:.4}, in support {:.3}, {seconds:.1} s",
+        target.key(),
+        param.key(),
+        sampler.key,
+        in_support
+    );
+    Ok(RunResult {
+        target,
+        param,
+        sampler,
+        log_likelihood,
+        w2,
+        in_support,
+        split,
+        acceptance: out.mean_acceptance(),
+        seconds,
+        chain_steps: out.chain_steps,
+        plot,
+    })
+}
+
+/// The rows of the tables: (parameterization, sampler).
+fn rows() -> Vec<(Param, SamplerSpec)> {
+    let mut r = Vec::new();
+    for param in [Param::Score, Param::Energy] {
+        for s in SAMPLERS {
+            if param == Param::Score && s.kernel.is_some_and(|k| k.is_metropolis()) {
+                continue;
+            }
+            r.push((param, s));
+        }
+    }
+    r
+}
+
+fn applicable(target: Target, param: Param) -> bool {
+    !(target == Target::Mixture && param == Param::Score)
+}
+
+/// `cargo xtask reproduce composition`.
+pub fn composition(root: &Path, args: &CompositionArgs) -> Result<()> {
+    // One thread per model or chain: two of them run side by side. Set before candle starts
+    // its pool (it reads the variable once).
+    // SAFETY: no other thread has been started yet.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
+    let total = Instant::now();
+    let work = root.join("target").join("reproduce-composition");
+    std::fs::create_dir_all(&work)?;
+    let docs = root.join("docs").join("results");
+    let plots = if args.quick {
+        work.join("plots")
+    } else {
+        docs.join("composition")
+    };
+    std::fs::create_dir_all(&plots)?;
+
+    let t_train = Instant::now();
+    let trained = train_models(&work, args)?;
+    let train_wall = t_train.elapsed().as_secs_f64();
+
+    let t_sample = Instant::now();
+    let mut jobs: Vec<Job<'static, RunResult>> = Vec::new();
+    for target in Target::ALL {
+        for (param, sampler) in rows() {
+            if !applicable(target, param) {
+                continue;
+            }
+            let (work, plots, quick) = (work.clone(), plots.clone(), args.quick);
+            jobs.push(Box::new(move || {
+                run_one(&work, &plots, target, param, sampler, quick)
+            }));
+        }
+    }
+    // Longest first (energy HMC runs) for a better balance of the two workers.
+    jobs.reverse();
+    let mut results = parallel(jobs, 2)?;
+    results.reverse();
+    let sample_wall = t_sample.elapsed().as_secs_f64();
+    // Exact target plots.
+    for target in Target::ALL {
+        let exact = target.sample(&mut seeded(11), CHAINS);
+        let scatter = ScatterConfig {
+            size: 256,
+            point_radius: 0,
+            ..ScatterConfig::default()
+        };
+        save_png_scatter(
+            &exact,
+            &scatter,
+            &plots.join(format!("{}-exact.png", target.key())),
+        )?;
+    }
+    let total_wall = total.elapsed().as_secs_f64();
+    let report = render(
+        args,
+        &trained,
+        &results,
+        train_wall,
+        sample_wall,
+        total_wall,
+    );
+    if args.quick {
+        let path = work.join("composition-quick.md");
+        std::fs::write(&path, report)?;
+        eprintln!(
+            "quick run: wrote {} (docs/results untouched)",
+            path.display()
+        );
+    } else {
+        std::fs::write(docs.join("composition.md"), report)?;
+        let raw: Vec<_> = results
+            .iter()
+            .map(|r| {
+                json!({
+                    "composition": r.target.key(), "model": r.param.key(), "sampler": r.sampler.key,
+                    "log_likelihood": r.log_likelihood, "w2": r.w2, "in_support": r.in_support,
+                    "split": r.split.iter().map(|v| if v.is_finite() { json!(v) } else { json!(null) }).collect::<Vec<_>>(),
+                    "acceptance": r.acceptance, "seconds": r.seconds, "chain_steps": r.chain_steps,
+                })
+            })
+            .collect();
+        std::fs::write(
+            docs.join("composition.json"),
+            serde_json::to_string_pretty(&raw)?,
+        )?;
+        eprintln!("wrote {}", docs.join("composition.md").display());
+    }
+    eprintln!("total {total_wall:.0} s (training {train_wall:.0} s, sampling {sample_wall:.0} s)");
+    Ok(())
+}
+
+fn find<'a>(results: &'a [RunResult], t: Target, p: Param, s: &str) -> Option<&'a RunResult> {
+    results
+        .iter()
+        .find(|r| r.target == t && r.param == p && r.sampler.key == s)
+}
+
+fn metric_table(
+    out: &mut String,
+    results: &[RunResult],
+    title: &str,
+    cell: &dyn Fn(&RunResult) -> String,
+) {
+    let _ = writeln!(out, "\n**{title}**\n");
+    let _ = writeln!(out, "| model | sampler | product | mixture | negation |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for (param, s) in rows() {
+        let cells: Vec<String> = Target::ALL
+            .iter()
+            .map(|&t| match find(results, t, param, s.key) {
+                Some(r) => cell(r),
+                None => "n/a".to_string(),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            param.key(),
+            s.label,
+            cells.join(" | ")
+        );
+    }
+}
+
+fn render(
+    args: &CompositionArgs,
+    trained: &[Trained],
+    results: &[RunResult],
+    train_wall: f64,
+    sample_wall: f64,
+    total_wall: f64,
+) -> String {
+    let mut o = String::new();
+    let cfg = train_config(Toy2d::Ring, Param::Score, args.quick);
+    let ModelConfig::Mlp(mlp) = &cfg.model else {
+        unreachable!("the 2-D models are MLPs")
+    };
+    let k = mcmc_steps(args.quick);
+    let _ = writeln!(
+        o,
+        "# Composition of 2-D diffusion models (Reduce, Reuse, Recycle)\n"
+    );
+    let _ = writeln!(
+        o,
+        "Generated by `cargo xtask reproduce composition` (do not edit by hand). Every number \
+         but the timings is a deterministic function of the seeds.\n"
+    );
+    let _ = writeln!(o, "## Setup\n");
+    let _ = writeln!(
+        o,
+        "- Models: the residual MLP of Du et al. (2023) at width H = {} (inner {}), {} blocks, \
+         learned time embedding of {} dims; T = {} levels, cosine schedule (s = 0.008, β ≤ \
+         0.999); trained {} steps at batch {}, Adam lr 10⁻³, EMA {}. Energy models: E = ‖g(x, t) \
+         − x‖², ε̂ = ∇ₓE, log p_t = −E/σ_t. One score and one energy model per distribution, \
+         12 models, two trained at a time on one thread each.",
+        mlp.hidden,
+        mlp.block_hidden,
+        mlp.num_blocks,
+        mlp.time_embed_dim,
+        cfg.diffusion.num_timesteps,
+        cfg.train.steps,
+        cfg.train.batch_size,
+        cfg.train.ema_decay
+    );
+    let _ = writeln!(
+        o,
+        "- Samplers ({} chains from N(0, I), one reverse-diffusion step per level with the \
+         composed ε̂, and after it K = {k} MCMC steps at every level): ULA and MALA η = 0.001; \
+         U-HMC and HMC ε = 0.03, m = 1, γ = 0.5, L = 3 leapfrog steps (3 gradient evaluations \
+         per MCMC step). Every run ends with the Tweedie denoising step at level 0. Seed 7 for \
+         the chains, 11 for the exact target samples.",
+        if args.quick { 300 } else { CHAINS }
+    );
+    let _ = writeln!(
+        o,
+        "- Targets: product = the ring's two modes inside the bar, N((0, ±0.5), 0.03² I); \
+         mixture = uniform on both bars, ½ each; negation = uniform on the square annulus \
+         [−0.7, 0.7]² \\ [−0.3, 0.3]².\n- Metrics: mean log-likelihood of the samples under the \
+         target smoothed by N(0, 0.02² I); exact W2 (optimal assignment) to as many exact \
+         target samples; fraction in support (product: within 0.1 of a mode; mixture: inside a \
+         bar; negation: inside the annulus); mean Metropolis acceptance; wall time of the \
+         sampler (one thread, two runs side by side).\n"
+    );
+    let _ = writeln!(o, "## Results");
+    metric_table(
+        &mut o,
+        results,
+        "Log-likelihood under the target (higher is better)",
+        &|r| format!("{:.2}", r.log_likelihood),
+    );
+    metric_table(
+        &mut o,
+        results,
+        "Wasserstein-2 to exact samples (lower is better)",
+        &|r| format!("{:.4}", r.w2),
+    );
+    metric_table(
+        &mut o,
+        results,
+        "Fraction of samples in the target's support",
+        &|r| format!("{:.3}", r.in_support),
+    );
+    metric_table(
+        &mut o,
+        results,
+        "Product: fraction at (0, 0.5) / (0, −0.5); mixture: fraction in the left / right bar",
+        &|r| match r.target {
+            Target::Negation => "—".to_string(),
+            _ => format!("{:.3} / {:.3}", r.split[0], r.split[1]),
+        },
+    );
+    metric_table(&mut o, results, "Mean acceptance rate", &|r| {
+        r.acceptance.map_or("—".to_string(), |a| format!("{a:.3}"))
+    });
+    metric_table(
+        &mut o,
+        results,
+        "Sampler wall time, s (chain-steps/s)",
+        &|r| format!("{:.1} ({:.0})", r.seconds, r.chain_steps as f64 / r.seconds),
+    );
+    let _ = writeln!(
+        o,
+        "\nMixtures of score models are not applicable (n/a): OR needs log-densities \
+         (`recompose compose` refuses it with an error)."
+    );
+
+    let _ = writeln!(o, "\n## Checks against the targets of the issue\n");
+    let mut check = |ok: bool, text: String| {
+        let _ = writeln!(o, "- [{}] {text}", if ok { "x" } else { " " });
+    };
+    if let (Some(hmc), Some(rev)) = (
+        find(results, Target::Product, Param::Energy, "hmc"),
+        find(results, Target::Product, Param::Energy, "reverse"),
+    ) {
+        check(
+            hmc.in_support >= 0.95 && hmc.split.iter().all(|&f| f > 0.3),
+            format!(
+                "Product, energy + HMC: {:.1}% of samples within 0.1 of (0, ±0.5) (goal ≥ 95%), \
+                 modes {:.1}% / {:.1}%; energy + reverse diffusion alone: {:.1}% (W2 {:.4} vs \
+                 {:.4}).",
+                100.0 * hmc.in_support,
+                100.0 * hmc.split[0],
+                100.0 * hmc.split[1],
+                100.0 * rev.in_support,
+                rev.w2,
+                hmc.w2
+            ),
+        );
+    }
+    if let Some(best) = ["hmc", "mala", "uhmc", "ula", "reverse"]
+        .iter()
+        .filter_map(|s| find(results, Target::Mixture, Param::Energy, s))
+        .next()
+    {
+        let inside = best.split[0] + best.split[1];
+        let left = best.split[0] / inside.max(1e-12);
+        check(
+            (left - 0.5).abs() <= 0.1 && best.in_support >= 0.95,
+            format!(
+                "Mixture, energy + {}: left {:.1}% / right {:.1}% of the samples in a bar (goal \
+                 50% ± 10%), {:.1}% in the support (goal ≥ 95%).",
+                best.sampler.label,
+                100.0 * left,
+                100.0 * (1.0 - left),
+                100.0 * best.in_support
+            ),
+        );
+    }
+    if let Some(best) = find(results, Target::Negation, Param::Energy, "hmc") {
+        check(
+            best.in_support >= 0.9,
+            format!(
+                "Negation, energy + HMC: {:.1}% of the samples in the annulus (goal ≥ 90%).",
+                100.0 * best.in_support
+            ),
+        );
+    }
+    // The paper's ordering, per composition, on W2.
+    for target in Target::ALL {
+        for param in [Param::Score, Param::Energy] {
+            if !applicable(target, param) {
+                continue;
+            }
+            let w = |s: &str| find(results, target, param, s).map(|r| r.w2);
+            if let (Some(rev), Some(ula), Some(uhmc)) = (w("reverse"), w("ula"), w("uhmc")) {
+                check(
+                    ula < rev && uhmc < rev,
+                    format!(
+                        "{} {}: MCMC beats reverse diffusion on W2 (reverse {rev:.4}, ULA \
+                         {ula:.4}, U-HMC {uhmc:.4}).",
+                        target.key(),
+                        param.key()
+                    ),
+                );
+            }
+            if let (Some(ula), Some(mala), Some(uhmc), Some(hmc)) =
+                (w("ula"), w("mala"), w("uhmc"), w("hmc"))
+            {
+                check(
+                    mala <= ula && hmc <= uhmc,
+                    format!(
+                        "{} {}: Metropolis-corrected beats unadjusted on W2 (ULA {ula:.4} → \
+                         MALA {mala:.4}; U-HMC {uhmc:.4} → HMC {hmc:.4}).",
+                        target.key(),
+                        param.key()
+                    ),
+                );
+            }
+        }
+    }
+
+    let _ = writeln!(o, "\n## Samples\n");
+    for target in Target::ALL {
+        let _ = writeln!(o, "\n### {}\n", target.title());
+        let mut header = vec!["exact".to_string()];
+        let mut imgs = vec![format!("![exact](composition/{}-exact.png)", target.key())];
+        for (param, s) in rows() {
+            if let Some(r) = find(results, target, param, s.key) {
+                header.push(format!("{} {}", param.key(), s.label));
+                imgs.push(format!("![{}](composition/{})", r.plot, r.plot));
+            }
+        }
+        for chunk in header.chunks(4).zip(imgs.chunks(4)) {
+            let _ = writeln!(o, "| {} |", chunk.0.join(" | "));
+            let _ = writeln!(o, "|{}", "---|".repeat(chunk.0.len()));
+            let _ = writeln!(o, "| {} |\n", chunk.1.join(" | "));
+        }
+    }
+
+    let _ = writeln!(o, "\n## Training\n");
+    let _ = writeln!(o, "| model | score: s (steps/s) | energy: s (steps/s) |");
+    let _ = writeln!(o, "|---|---|---|");
+    for dist in Toy2d::ALL {
+        let get = |p: Param| {
+            trained
+                .iter()
+                .find(|(n, q, _, _)| n == dist.name() && *q == p)
+                .map_or("—".to_string(), |(_, _, s, r)| format!("{s:.0} ({r:.0})"))
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} |",
+            dist.name(),
+            get(Param::Score),
+            get(Param::Energy)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nWall time of the whole command: {total_wall:.0} s (training {train_wall:.0} s, \
+         sampling and metrics {sample_wall:.0} s) on {} cores.",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    o
+}
