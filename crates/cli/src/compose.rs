@@ -102,7 +102,11 @@ pub fn run_compose(a: ComposeArgs) -> Result<()> {
     let num = positive("num", a.num, 1)?;
     let kind = out_kind(&a.out)?;
     let cfg = config(&a)?;
-    let expr = parse(&a.expr).map_err(|e| usage(format!("--expr: {e}")))?;
+    // One line, as for every bad argument: the message and the column of the token.
+    let expr = parse(&a.expr).map_err(|e| {
+        let first = e.to_string().lines().next().unwrap_or_default().to_string();
+        usage(format!("--expr '{}': {first}", a.expr))
+    })?;
     let mut dirs = BTreeMap::new();
     for m in &a.models {
         let (name, dir) = m

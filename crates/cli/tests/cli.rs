@@ -420,20 +420,29 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Writes `DIR/small.toml`: a tiny MLP on the bar with a 20-step schedule, batch 32, and the
+/// `extra_train` lines in its `[train]` table.
+fn small_config(dir: &std::path::Path, extra_train: &str) -> std::path::PathBuf {
+    let cfg = dir.join("small.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\nkind = \"mlp\"\nhidden = 16\nblock_hidden = 32\nnum_blocks = 1\n\
+             time_embed_dim = 8\nnum_timesteps = 20\n\n[data]\nkind = \"toy2d\"\n\
+             name = \"bar\"\n\n[diffusion]\nnum_timesteps = 20\n\n[train]\nbatch_size = 32\n\
+             {extra_train}"
+        ),
+    )
+    .expect("config");
+    cfg
+}
+
 /// `train --config` with a small MLP, `--resume` to more steps, then `sample` with every
 /// sampler to CSV and PNG.
 #[test]
 fn train_resume_and_sample() {
     let dir = scratch("train");
-    let cfg = dir.join("small.toml");
-    std::fs::write(
-        &cfg,
-        "[model]\nkind = \"mlp\"\nhidden = 16\nblock_hidden = 32\nnum_blocks = 1\n\
-         time_embed_dim = 8\nnum_timesteps = 20\n\n[data]\nkind = \"toy2d\"\nname = \"bar\"\n\n\
-         [diffusion]\nnum_timesteps = 20\n\n[train]\nbatch_size = 32\ncheckpoint_every = 5\n\
-         log_format = \"csv\"\n",
-    )
-    .expect("config");
+    let cfg = small_config(&dir, "checkpoint_every = 5\nlog_format = \"csv\"\n");
     let out_dir = dir.join("run");
     let out = out_dir.to_str().expect("utf-8 path");
     let text = ok(&recompose(&[
@@ -614,4 +623,169 @@ fn bad_train_and_sample_arguments_exit_2() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("config.toml"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `train --energy` and score training of two small models, then `compose` with every sampler
+/// that applies, CSV and PNG output, same seed same samples; and the errors users hit: OR or
+/// MALA on score models, unknown or unused model names, parse errors with a caret, flags that
+/// need an MCMC sampler.
+#[test]
+fn compose_trained_models() {
+    let dir = scratch("compose");
+    let cfg = small_config(&dir, "checkpoint_every = 10\n");
+    let cfg = cfg.to_str().expect("utf-8");
+    let model = |name: &str, energy: bool| {
+        let out = dir.join(name);
+        let out_s = out.to_str().expect("utf-8").to_string();
+        let mut args = vec![
+            "train", "--config", cfg, "--out", &out_s, "--steps", "10", "--quiet",
+        ];
+        if energy {
+            args.push("--energy");
+        }
+        ok(&recompose(&args));
+        out_s
+    };
+    let (ea, eb, sa) = (model("ea", true), model("eb", true), model("sa", false));
+    let saved = std::fs::read_to_string(dir.join("ea").join("config.toml")).expect("config");
+    assert!(saved.contains("energy = \"squared_residual\""), "{saved}");
+    let (ma, mb, msa) = (format!("a={ea}"), format!("b={eb}"), format!("a={sa}"));
+    let csv = dir.join("out.csv");
+    let csv_s = csv.to_str().expect("utf-8");
+    for (expr, sampler) in [
+        ("a AND b", "reverse"),
+        ("a OR b", "ula"),
+        ("1.3*a NOT 0.3*b", "uhmc"),
+        ("a AND b", "mala"),
+        ("(a OR b) AND a", "hmc"),
+    ] {
+        let mut args = vec![
+            "compose",
+            "--expr",
+            expr,
+            "--model",
+            &ma,
+            "--model",
+            &mb,
+            "--num",
+            "50",
+            "--out",
+            csv_s,
+            "--sampler",
+            sampler,
+            "--seed",
+            "3",
+        ];
+        if sampler != "reverse" {
+            args.extend(["--mcmc-steps", "2"]);
+        }
+        let text = ok(&recompose(&args));
+        assert!(text.contains("wrote 50 samples"), "{text}");
+        if sampler == "mala" || sampler == "hmc" {
+            assert!(text.contains("acceptance"), "{text}");
+        }
+        let body = std::fs::read_to_string(&csv).expect("csv");
+        assert_eq!(body.lines().next(), Some("x,y"));
+        assert_eq!(body.lines().count(), 51);
+    }
+    let run = |seed: &str| {
+        ok(&recompose(&[
+            "compose",
+            "--expr",
+            "a AND b",
+            "--model",
+            &ma,
+            "--model",
+            &mb,
+            "--num",
+            "20",
+            "--out",
+            csv_s,
+            "--sampler",
+            "hmc",
+            "--mcmc-steps",
+            "1",
+            "--seed",
+            seed,
+        ]));
+        std::fs::read_to_string(&csv).expect("csv")
+    };
+    assert_eq!(run("5"), run("5"));
+    assert_ne!(run("5"), run("6"));
+    let png = dir.join("out.png");
+    ok(&recompose(&[
+        "compose",
+        "--expr",
+        "a AND a",
+        "--model",
+        &msa,
+        "--num",
+        "30",
+        "--out",
+        png.to_str().expect("utf-8"),
+    ]));
+    assert!(png.is_file());
+
+    let bad: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--expr", "a OR b", "--model", &msa, "--model", &mb],
+            "score model",
+        ),
+        (
+            vec![
+                "--expr",
+                "a AND b",
+                "--model",
+                &msa,
+                "--model",
+                &mb,
+                "--sampler",
+                "mala",
+            ],
+            "log-densities",
+        ),
+        (
+            vec!["--expr", "a AND c", "--model", &ma, "--model", &mb],
+            "no --model c",
+        ),
+        (
+            vec!["--expr", "a", "--model", &ma, "--model", &mb],
+            "not used",
+        ),
+        (
+            vec!["--expr", "a AND )", "--model", &ma],
+            "found `)` at column 7",
+        ),
+        (
+            vec!["--expr", "a", "--model", &ma, "--mcmc-steps", "3"],
+            "needs an MCMC sampler",
+        ),
+        (
+            vec![
+                "--expr",
+                "a",
+                "--model",
+                &ma,
+                "--sampler",
+                "ula",
+                "--target-accept",
+                "0.5",
+            ],
+            "acceptance",
+        ),
+        (
+            vec!["--expr", "a", "--model", &ma, "--sampler", "gibbs"],
+            "--sampler",
+        ),
+        (vec!["--expr", "a", "--model", "a"], "NAME=DIR"),
+    ];
+    for (args, want) in bad {
+        let mut full = vec!["compose", "--num", "5", "--out", csv_s];
+        full.extend(&args);
+        let o = recompose(&full);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
 }

@@ -35,6 +35,8 @@
 //!   al. 2023, and [`nn::UNet`], a configurable improved-diffusion / GLIDE U-Net (Nichol &
 //!   Dhariwal 2021) whose parameter names follow the PyTorch state dicts (it loads converted
 //!   Decomp Diffusion weights unchanged) — on seeded, name-keyed parameters ([`nn::ParamStore`]).
+//!   The energy parameterization [`nn::EnergyMlp`] (ε̂ = ∇ₓE, trainable through its
+//!   hand-written input gradient) and [`nn::FrozenMlp`] (fast host inference for samplers).
 //! - [`train`]: the denoising objective and a training loop with AdamW, warm-up and decay,
 //!   gradient clipping, EMA, loss logs and atomic checkpoints that resume bit for bit.
 //! - [`run`]: training runs as TOML configurations with named presets (the `toy2d-*` setups),

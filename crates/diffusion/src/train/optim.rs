@@ -224,8 +224,12 @@ impl AdamW {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            // candle leaves the gradients of variables attached to the graph that produced
+            // them (for an energy model's loss, one built on the forward activations); the
+            // moments must not keep that graph alive from step to step.
+            let g = g.detach();
             let g = if grad_scale == 1.0 {
-                g.clone()
+                g
             } else {
                 (g * grad_scale)?
             };
@@ -239,9 +243,9 @@ impl AdamW {
             } else {
                 theta.clone()
             };
-            var.set(&(decayed - (update * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            var.set(&(decayed - (update * lr)?)?.detach())?;
+            self.m[i] = m.detach();
+            self.v[i] = v.detach();
         }
         Ok(())
     }
