@@ -433,8 +433,9 @@ pub fn anneal(
                 }
             }
             chains.x = x;
-            chains.cache = None;
         }
+        // The next level evaluates a different target, even where x did not move.
+        chains.cache = None;
         if chains.x.iter().any(|v| !v.is_finite()) {
             return Err(Error::Diverged(format!(
                 "non-finite samples at noise level {level} (σ = {:.4}){}",

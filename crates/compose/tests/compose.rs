@@ -440,3 +440,19 @@ fn expressions_build_the_operators() -> Res {
     assert_eq!(names, ["a", "b", "a", "b", "a", "b", "c", "a", "nope"]);
     Ok(())
 }
+
+/// Every level evaluates its own target: with pure annealed MCMC a Metropolis kernel evaluates
+/// the current state afresh at each level (1 + K evaluations per level), and the final denoising
+/// step reuses level 0's.
+#[test]
+fn pure_mcmc_evaluates_each_level_afresh() -> Res {
+    let model = analytic("gmm", two_modes());
+    let cfg = AnnealConfig {
+        reverse_steps: false,
+        ..quick(Some(Kernel::Mala))
+    };
+    let out = anneal(model.as_ref(), &cfg, 10, &mut seeded(0))?;
+    assert_eq!(out.evaluations, 100 * (1 + cfg.mcmc_steps));
+    assert_eq!(out.chain_steps, 100 * cfg.mcmc_steps * 10);
+    Ok(())
+}
