@@ -6,6 +6,7 @@
 //! - `compare`: run every factorization method on one problem and print a comparison table;
 //! - `train`: train a diffusion model from a TOML configuration or a named preset (exact resume);
 //! - `sample`: draw samples from a trained model (CSV or PNG);
+//! - `dataset`: write a procedural image dataset with masks and labels;
 //! - `compose`: sample a composition of trained models (`ring AND bar`, `left OR right`,
 //!   `box_large NOT box_small`) with reverse diffusion or annealed MCMC.
 //!
@@ -53,6 +54,8 @@ enum Command {
     Sample(diffusion::SampleArgs),
     /// Sample a composition of trained models, e.g. --expr "ring AND bar".
     Compose(compose::ComposeArgs),
+    /// Write a procedural image dataset (PNGs, per-object masks, labels.json).
+    Dataset(dataset::DatasetArgs),
 }
 
 #[derive(Debug, Args)]
@@ -329,6 +332,7 @@ macro_rules! outln {
 }
 
 mod compose;
+mod dataset;
 mod diffusion;
 
 /// A bad argument: reported on one line, exit status 2.
@@ -438,6 +442,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => diffusion::run_train(a),
         Command::Sample(a) => diffusion::run_sample(a),
         Command::Compose(a) => compose::run_compose(a),
+        Command::Dataset(a) => dataset::run_dataset(a),
     }
 }
 

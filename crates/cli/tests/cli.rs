@@ -789,3 +789,48 @@ fn compose_trained_models() {
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
     }
 }
+
+/// `dataset` writes PNGs, masks and labels, identical for the same seed; bad names and counts
+/// exit 2 with one line.
+#[test]
+fn dataset_writes_images_masks_and_labels() {
+    let dir = scratch("dataset");
+    for name in [
+        "tetrominoes",
+        "multi-sprites",
+        "sprites-night",
+        "falcor-lite",
+    ] {
+        let out = dir.join(name);
+        let out_s = out.to_str().expect("utf-8");
+        let text = ok(&recompose(&[
+            "dataset", name, "--num", "4", "--out", out_s, "--seed", "2",
+        ]));
+        assert!(text.contains("wrote 4"), "{text}");
+        let labels: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("labels.json")).expect("labels"),
+        )
+        .expect("json");
+        assert_eq!(labels["images"].as_array().map(Vec::len), Some(4));
+        assert!(out.join("image_00003.png").is_file());
+        let first = std::fs::read(out.join("image_00000.png")).expect("png");
+        ok(&recompose(&[
+            "dataset", name, "--num", "1", "--out", out_s, "--seed", "2",
+        ]));
+        assert_eq!(
+            first,
+            std::fs::read(out.join("image_00000.png")).expect("png")
+        );
+    }
+    let out = dir.join("bad");
+    let out_s = out.to_str().expect("utf-8");
+    for args in [
+        vec!["dataset", "clevr", "--num", "3", "--out", out_s],
+        vec!["dataset", "tetrominoes", "--num", "0", "--out", out_s],
+    ] {
+        let o = recompose(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+}

@@ -9,6 +9,9 @@
 //!   least squares, batched over trials.
 //! - [`coupled`]: coupled inference in diffusion models (Yeung et al. 2026) — one closed-form
 //!   diffusion per factor, coupled by guidance from a reconstruction energy, with restarts.
+//! - [`datasets`]: procedural image datasets with ground truth (masks, object attributes, global
+//!   factors) for image decomposition: tetrominoes, multi-sprites and its night domain,
+//!   Falcor-lite.
 //! - [`capacity`]: the operational capacity of a method (Kent et al. 2020): the largest codebook
 //!   size still factorized with a target exact accuracy.
 //!
@@ -32,6 +35,7 @@
 
 pub mod capacity;
 pub mod coupled;
+pub mod datasets;
 pub mod error;
 pub mod factorize;
 mod linalg;
