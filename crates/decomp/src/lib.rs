@@ -12,6 +12,7 @@
 //! - [`datasets`]: procedural image datasets with ground truth (masks, object attributes, global
 //!   factors) for image decomposition: tetrominoes, multi-sprites and its night domain,
 //!   Falcor-lite.
+//! - [`visual`]: Decomp Diffusion's image side — so far the latent encoder with batch norm.
 //! - [`capacity`]: the operational capacity of a method (Kent et al. 2020): the largest codebook
 //!   size still factorized with a target exact accuracy.
 //!
@@ -40,6 +41,7 @@ pub mod error;
 pub mod factorize;
 mod linalg;
 pub mod problem;
+pub mod visual;
 
 pub use error::{Error, Result};
 

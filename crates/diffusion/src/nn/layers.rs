@@ -116,6 +116,23 @@ pub fn conv2d_zeroed(
     conv2d_with(in_ch, out_ch, spec, Init::Const(0.0), vb)
 }
 
+/// A 2-D convolution without bias (parameter `weight` `[out, in, k, k]`, PyTorch's default
+/// initialization), as in front of a batch norm.
+///
+/// # Errors
+///
+/// [`Error::Candle`] if the parameter exists with another shape.
+pub fn conv2d_no_bias(
+    in_ch: usize,
+    out_ch: usize,
+    spec: ConvSpec,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let init = uniform_fan_in(in_ch * spec.kernel * spec.kernel);
+    let w = vb.get_with_hints((out_ch, in_ch, spec.kernel, spec.kernel), "weight", init)?;
+    Ok(Conv2d::new(w, None, spec.config()))
+}
+
 fn conv2d_with(
     in_ch: usize,
     out_ch: usize,
