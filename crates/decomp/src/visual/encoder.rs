@@ -21,8 +21,6 @@
 //! with the batch's mean and biased variance and moves the running statistics towards the batch's
 //! (unbiased) ones, like PyTorch's `BatchNorm2d`.
 
-use std::sync::Mutex;
-
 use candle_core::{D, DType, Module, Tensor};
 use candle_nn::{Conv2d, Init, Linear, VarBuilder};
 use recompose_diffusion::nn::layers::{ConvSpec, conv2d, conv2d_no_bias, linear};
@@ -30,12 +28,16 @@ use recompose_diffusion::nn::layers::{ConvSpec, conv2d, conv2d_no_bias, linear};
 use crate::{Error, Result};
 
 /// Batch normalization over the channels of `[B, C, H, W]` inputs, with running statistics.
+///
+/// The running statistics are the tensors `vb` gave (with a
+/// [`recompose_diffusion::nn::ParamStore`], its variables, so checkpoints carry them; they get
+/// no gradient, so the optimizer leaves them alone) and are updated in place.
 #[derive(Debug)]
 pub struct BatchNorm2d {
     weight: Tensor,
     bias: Tensor,
-    running_mean: Mutex<Tensor>,
-    running_var: Mutex<Tensor>,
+    running_mean: Tensor,
+    running_var: Tensor,
     eps: f64,
     momentum: f64,
 }
@@ -50,32 +52,28 @@ impl BatchNorm2d {
     pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
         let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
-        let running_mean = vb
-            .get_with_hints(channels, "running_mean", Init::Const(0.0))?
-            .detach();
-        let running_var = vb
-            .get_with_hints(channels, "running_var", Init::Const(1.0))?
-            .detach();
+        let running_mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?;
+        let running_var = vb.get_with_hints(channels, "running_var", Init::Const(1.0))?;
         Ok(Self {
             weight,
             bias,
-            running_mean: Mutex::new(running_mean.copy()?),
-            running_var: Mutex::new(running_var.copy()?),
+            running_mean,
+            running_var,
             eps: 1e-5,
             momentum: 0.1,
         })
     }
 
-    /// The running mean and variance.
+    /// Copies of the running mean and variance.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if a previous update panicked while holding them.
+    /// [`Error::Candle`] if the copy fails.
     pub fn running_stats(&self) -> Result<(Tensor, Tensor)> {
-        let poisoned = |_| Error::Config("batch-norm statistics poisoned by a panic".into());
-        let m = self.running_mean.lock().map_err(poisoned)?.clone();
-        let v = self.running_var.lock().map_err(poisoned)?.clone();
-        Ok((m, v))
+        Ok((
+            self.running_mean.detach().copy()?,
+            self.running_var.detach().copy()?,
+        ))
     }
 
     /// Normalizes `x` (`[B, C, H, W]`): with the batch's statistics, updating the running ones,
@@ -102,10 +100,15 @@ impl BatchNorm2d {
             self.update(&mean.flatten_all()?, &var.flatten_all()?, n)?;
             (mean.reshape(shape)?, var.reshape(shape)?)
         } else {
-            let (m, v) = self.running_stats()?;
             (
-                m.to_dtype(x.dtype())?.reshape(shape)?,
-                v.to_dtype(x.dtype())?.reshape(shape)?,
+                self.running_mean
+                    .detach()
+                    .to_dtype(x.dtype())?
+                    .reshape(shape)?,
+                self.running_var
+                    .detach()
+                    .to_dtype(x.dtype())?
+                    .reshape(shape)?,
             )
         };
         let inv = (var + self.eps)?.sqrt()?.recip()?;
@@ -115,15 +118,18 @@ impl BatchNorm2d {
             .broadcast_add(&self.bias.reshape(shape)?)?)
     }
 
-    /// running ← (1 − momentum) running + momentum · batch (the variance unbiased).
+    /// running ← (1 − momentum) running + momentum · batch (the variance unbiased), in place.
     fn update(&self, mean: &Tensor, var: &Tensor, n: usize) -> Result<()> {
-        let poisoned = |_| Error::Config("batch-norm statistics poisoned by a panic".into());
         let unbiased = (var.detach() * (n as f64 / (n as f64 - 1.0)))?;
         let m = self.momentum;
-        let mut rm = self.running_mean.lock().map_err(poisoned)?;
-        *rm = ((&*rm * (1.0 - m))? + (mean.detach().to_dtype(rm.dtype())? * m)?)?;
-        let mut rv = self.running_var.lock().map_err(poisoned)?;
-        *rv = ((&*rv * (1.0 - m))? + (unbiased.to_dtype(rv.dtype())? * m)?)?;
+        for (running, batch) in [
+            (&self.running_mean, mean.detach()),
+            (&self.running_var, unbiased),
+        ] {
+            let old = running.detach();
+            let new = ((&old * (1.0 - m))? + (batch.to_dtype(old.dtype())? * m)?)?;
+            running.slice_set(&new, 0, 0)?;
+        }
         Ok(())
     }
 }

@@ -4,7 +4,11 @@
 //! - [`encoder`]: the latent encoder (conv stem, three ResNet levels with batch norm, a linear
 //!   head with ReLU) under the released code's parameter names, with training and evaluation
 //!   batch-norm behaviour.
+//! - [`model`]: encoder and shared denoiser together — K-way batching with the mean over the
+//!   factors, single-factor rendering, the training loss.
 
 pub mod encoder;
+pub mod model;
 
 pub use encoder::{BatchNorm2d, EncoderConfig, LatentEncoder};
+pub use model::DecompModel;
