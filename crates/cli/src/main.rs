@@ -7,6 +7,7 @@
 //! - `train`: train a diffusion model from a TOML configuration or a named preset (exact resume);
 //! - `sample`: draw samples from a trained model (CSV or PNG);
 //! - `dataset`: write a procedural image dataset with masks and labels;
+//! - `decomp-eval`: evaluate a Decomp Diffusion checkpoint on given inputs;
 //! - `compose`: sample a composition of trained models (`ring AND bar`, `left OR right`,
 //!   `box_large NOT box_small`) with reverse diffusion or annealed MCMC.
 //!
@@ -56,6 +57,8 @@ enum Command {
     Compose(compose::ComposeArgs),
     /// Write a procedural image dataset (PNGs, per-object masks, labels.json).
     Dataset(dataset::DatasetArgs),
+    /// Evaluate a Decomp Diffusion checkpoint: latents and composed / per-factor outputs.
+    DecompEval(decomp::DecompEvalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -333,6 +336,7 @@ macro_rules! outln {
 
 mod compose;
 mod dataset;
+mod decomp;
 mod diffusion;
 
 /// A bad argument: reported on one line, exit status 2.
@@ -443,6 +447,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sample(a) => diffusion::run_sample(a),
         Command::Compose(a) => compose::run_compose(a),
         Command::Dataset(a) => dataset::run_dataset(a),
+        Command::DecompEval(a) => decomp::run_decomp_eval(a),
     }
 }
 

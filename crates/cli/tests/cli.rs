@@ -834,3 +834,113 @@ fn dataset_writes_images_masks_and_labels() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
 }
+
+/// `decomp-eval` on a small model written here: shapes, the composed output equal to the mean of
+/// the per-factor outputs, non-negative latents; mismatched weights, inputs or sizes exit 2 with
+/// one line naming what is wrong.
+#[test]
+fn decomp_eval_reads_weights_and_writes_outputs() {
+    use candle_core::{DType, Device, Tensor};
+    use recompose_decomp::visual::{DecompConfig, DecompModel};
+    use std::collections::HashMap;
+
+    let dir = scratch("decomp-eval");
+    let cfg_text = "image_size = 16\nnum_channels = 16\nchannel_mult = [1, 2]\n\
+                    attention_resolutions = [8]\nemb_dim = 16\nnum_components = 2\n\
+                    enc_channels = 4\nnum_head_channels = -1\n";
+    let cfg_path = dir.join("c.toml");
+    std::fs::write(&cfg_path, cfg_text).expect("config");
+    let cfg = DecompConfig::from_toml(cfg_text).expect("parses");
+    let store = recompose_diffusion::nn::ParamStore::new(3);
+    DecompModel::from_config(&cfg, store.var_builder(DType::F32, &Device::Cpu)).expect("model");
+    let weights: HashMap<String, Tensor> = store
+        .vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
+    let w_path = dir.join("w.safetensors");
+    candle_core::safetensors::save(&weights, &w_path).expect("weights");
+    let noise = |seed: u64, shape: &[usize]| {
+        recompose_diffusion::random::normal_tensor(
+            &mut recompose_diffusion::seeded(seed),
+            shape,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .expect("noise")
+    };
+    let mut inputs = HashMap::new();
+    inputs.insert("x0".to_string(), noise(1, &[2, 3, 16, 16]));
+    inputs.insert("x_t".to_string(), noise(2, &[2, 3, 16, 16]));
+    inputs.insert(
+        "t".to_string(),
+        Tensor::new(&[10i64, 700], &Device::Cpu).expect("t"),
+    );
+    let in_path = dir.join("in.safetensors");
+    candle_core::safetensors::save(&inputs, &in_path).expect("inputs");
+    let out_path = dir.join("out.safetensors");
+    let s = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    let args = |w: &str, c: &str, i: &str| {
+        vec![
+            "decomp-eval".to_string(),
+            "--weights".into(),
+            w.into(),
+            "--config".into(),
+            c.into(),
+            "--inputs".into(),
+            i.into(),
+            "--out".into(),
+            s(&out_path),
+        ]
+    };
+    let run = |a: Vec<String>| recompose(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let text = ok(&run(args(&s(&w_path), &s(&cfg_path), &s(&in_path))));
+    assert!(text.contains("out_k0..out_k1"), "{text}");
+    let out = candle_core::safetensors::load(&out_path, &Device::Cpu).expect("outputs");
+    assert_eq!(out["z"].dims(), &[2, 16]);
+    assert!(
+        out["z"]
+            .flatten_all()
+            .and_then(|z| z.to_vec1::<f32>())
+            .expect("z")
+            .iter()
+            .all(|v| *v >= 0.0)
+    );
+    let mean = ((&out["out_k0"] + &out["out_k1"]).expect("sum") * 0.5).expect("mean");
+    let diff = (mean - &out["out_full"])
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("diff");
+    assert!(diff < 1e-5, "out_full vs mean of factors: {diff}");
+
+    // Errors: weights of another model, inputs without x_t, images of another size.
+    let other = dir.join("other.toml");
+    std::fs::write(
+        &other,
+        cfg_text.replace("enc_channels = 4", "enc_channels = 8"),
+    )
+    .expect("cfg");
+    let mut partial = inputs.clone();
+    partial.remove("x_t");
+    let partial_path = dir.join("partial.safetensors");
+    candle_core::safetensors::save(&partial, &partial_path).expect("inputs");
+    let mut big = inputs.clone();
+    big.insert("x0".to_string(), noise(3, &[2, 3, 32, 32]));
+    let big_path = dir.join("big.safetensors");
+    candle_core::safetensors::save(&big, &big_path).expect("inputs");
+    for (a, want) in [
+        (args(&s(&w_path), &s(&other), &s(&in_path)), "does not fit"),
+        (args(&s(&w_path), &s(&cfg_path), &s(&partial_path)), "`x_t`"),
+        (
+            args(&s(&w_path), &s(&cfg_path), &s(&big_path)),
+            "x0 has shape",
+        ),
+    ] {
+        let o = run(a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(want), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+}

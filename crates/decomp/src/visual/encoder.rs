@@ -267,7 +267,7 @@ impl LatentEncoder {
     ///
     /// # Errors
     ///
-    /// [`Error::Shape`] for images of another size or channel count; as
+    /// [`Error::Config`] for images of another size or channel count; as
     /// [`BatchNorm2d::forward_t`].
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let c = &self.config;

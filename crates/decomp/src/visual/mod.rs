@@ -7,8 +7,12 @@
 //! - [`model`]: encoder and shared denoiser together — K-way batching with the mean over the
 //!   factors, single-factor rendering, the training loss.
 
+//! - [`config`]: the TOML configuration keyed like the released code's flags.
+
+pub mod config;
 pub mod encoder;
 pub mod model;
 
+pub use config::DecompConfig;
 pub use encoder::{BatchNorm2d, EncoderConfig, LatentEncoder};
-pub use model::DecompModel;
+pub use model::{Conditioned, DecompModel};

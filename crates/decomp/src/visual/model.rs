@@ -17,9 +17,10 @@
 
 use candle_core::{D, Tensor};
 use candle_nn::VarBuilder;
-use recompose_diffusion::Parameterization;
 use recompose_diffusion::nn::{UNet, UNetConfig};
+use recompose_diffusion::{Denoiser, Parameterization};
 
+use crate::visual::config::DecompConfig;
 use crate::visual::encoder::{EncoderConfig, LatentEncoder};
 use crate::{Error, Result};
 
@@ -68,6 +69,22 @@ impl DecompModel {
             components,
             latent_dim: unet.cond_dim,
         })
+    }
+
+    /// The model a [`DecompConfig`] describes, on `vb`.
+    ///
+    /// # Errors
+    ///
+    /// As [`DecompConfig::validate`] and [`DecompModel::new`].
+    pub fn from_config(config: &DecompConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        Self::new(
+            &config.unet(),
+            config.enc_channels,
+            config.num_components,
+            config.prediction,
+            vb,
+        )
     }
 
     /// The encoder.
@@ -157,7 +174,6 @@ impl DecompModel {
         alpha: &Tensor,
         sigma: &Tensor,
     ) -> Result<Tensor> {
-        use recompose_diffusion::Denoiser;
         let z = self.encode(x0, true)?;
         let out = self.denoise(x_t, t, &z, None)?;
         let target = self
@@ -165,6 +181,35 @@ impl DecompModel {
             .parameterization()
             .target(x0, noise, alpha, sigma)?;
         Ok((out - target)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?)
+    }
+}
+
+/// A [`DecompModel`] with fixed latents read as a [`Denoiser`]: the composed prediction, or
+/// factor `index` alone, so that every sampler of `recompose-diffusion` runs on it.
+#[derive(Debug)]
+pub struct Conditioned<'a> {
+    /// The model.
+    pub model: &'a DecompModel,
+    /// The latents `[B, K·d]` of the batch being sampled.
+    pub z: &'a Tensor,
+    /// One factor, or all of them (`None`).
+    pub index: Option<usize>,
+}
+
+impl recompose_diffusion::Denoiser for Conditioned<'_> {
+    fn parameterization(&self) -> Parameterization {
+        self.model.denoiser.parameterization()
+    }
+
+    fn forward(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        _cond: Option<&Tensor>,
+    ) -> recompose_diffusion::Result<Tensor> {
+        self.model
+            .denoise(x_t, t, self.z, self.index)
+            .map_err(|e| recompose_diffusion::Error::Denoiser(Box::new(e)))
     }
 }
 
@@ -260,6 +305,33 @@ mod tests {
             worst_grad.1,
             worst_grad.0
         );
+        // One DDIM step (η = 0, x̂₀ clipped to [−1, 1]) from t = 500 to 480, composed and factor 0.
+        use recompose_diffusion::{Sampler, SamplerConfig, SamplerKind, seeded};
+        let sampler = Sampler::new(
+            schedule.clone(),
+            SamplerConfig::new(SamplerKind::Ddim { eta: 0.0 }).with_clip_x0(1.0),
+        )?;
+        let mut ddim_worst = 0.0f32;
+        for (index, prefix) in [(None, "ddim"), (Some(0), "ddim_k0")] {
+            let den = Conditioned {
+                model: &model,
+                z: &z,
+                index,
+            };
+            let step = sampler.step(
+                &den,
+                x_t,
+                &[500, 500],
+                &[Some(480), Some(480)],
+                None,
+                &mut seeded(0),
+            )?;
+            ddim_worst = ddim_worst
+                .max(err(&step.pred_x0, &io[&format!("{prefix}_pred_xstart")])?)
+                .max(err(&step.prev_sample, &io[&format!("{prefix}_sample")])?);
+        }
+        assert!(ddim_worst < 1e-4, "DDIM step: max error {ddim_worst}");
+        eprintln!("reference DDIM step: {ddim_worst:.2e}");
         eprintln!(
             "reference model: eval outputs {worst:.2e}, loss {e_per:.2e}, worst gradient {:.2e} ({})",
             worst_grad.0, worst_grad.1
