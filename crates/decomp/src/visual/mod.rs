@@ -8,11 +8,15 @@
 //!   factors, single-factor rendering, the training loss.
 
 //! - [`config`]: the TOML configuration keyed like the released code's flags.
+//! - [`train`]: the training objective for the foundation's loop, and the procedural datasets as
+//!   training data.
 
 pub mod config;
 pub mod encoder;
 pub mod model;
+pub mod train;
 
 pub use config::DecompConfig;
 pub use encoder::{BatchNorm2d, EncoderConfig, LatentEncoder};
 pub use model::{Conditioned, DecompModel};
+pub use train::{DecompLoss, SceneDataset};
