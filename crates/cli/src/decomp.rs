@@ -1,16 +1,22 @@
-//! `recompose decomp-eval`: a Decomp Diffusion checkpoint evaluated on given inputs, for
-//! checking weight compatibility against other implementations.
+//! Decomp Diffusion on the command line: `recompose decomp-eval` (a checkpoint evaluated on
+//! given inputs, for checking weight compatibility against other implementations),
+//! `recompose decompose` (an image into its factors) and `recompose recombine` (factors of two
+//! images, or of two models, composed into a new image).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use clap::Args;
-use recompose_decomp::visual::{DecompConfig, DecompModel};
+use recompose_decomp::visual::render::{self, load_rgb_png};
+use recompose_decomp::visual::{DecompConfig, DecompModel, DecompTrained, Factor, FactorMix};
+use recompose_diffusion::data::ValueRange;
+use recompose_diffusion::data::plot::{save_png_grid, save_png_image};
+use recompose_diffusion::seeded;
 
-use crate::usage;
+use crate::{positive, usage};
 
 /// Arguments of `recompose decomp-eval`.
 #[derive(Debug, Args)]
@@ -89,6 +95,219 @@ pub fn run_decomp_eval(a: DecompEvalArgs) -> Result<()> {
         "wrote z, out_full and out_k0..out_k{} for {} images to {}",
         cfg.num_components - 1,
         want[0],
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// Arguments of `recompose decompose`.
+#[derive(Debug, Args)]
+pub struct DecomposeArgs {
+    /// The image (an RGB PNG of the model's size).
+    image: PathBuf,
+    /// A Decomp Diffusion run directory written by `recompose train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Output directory: reconstruction.png, factor_0.png … factor_{K−1}.png and grid.png
+    /// (input, reconstruction and factors side by side).
+    #[arg(long)]
+    out: PathBuf,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
+    steps: i64,
+    /// Seed of the initial noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Arguments of `recompose recombine`.
+#[derive(Debug, Args)]
+pub struct RecombineArgs {
+    /// Image A (an RGB PNG of the model's size).
+    a: PathBuf,
+    /// Image B.
+    b: PathBuf,
+    /// One 0/1 per factor, comma-separated. slice: 1 takes factor k from A, 0 from B. add: the
+    /// factors of B to add to all of A's (default: all).
+    #[arg(long)]
+    mask: Option<String>,
+    /// A Decomp Diffusion run directory written by `recompose train` (encodes A).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// A second run directory (encodes B and renders B's factors): cross-model recombination.
+    #[arg(long)]
+    checkpoint2: Option<PathBuf>,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+    /// slice (factor k from A or B) or add (A's factors together with B's).
+    #[arg(long, default_value = "slice")]
+    mode: String,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
+    steps: i64,
+    /// Seed of the initial noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// A run directory, with load errors as one line naming what is wrong.
+fn load_run(dir: &Path) -> Result<DecompTrained> {
+    if !dir.join("config.toml").is_file() {
+        return Err(usage(format!(
+            "{} is not a Decomp Diffusion run directory (no config.toml)",
+            dir.display()
+        )));
+    }
+    DecompTrained::load(dir, &Device::Cpu).map_err(|e| {
+        let text = e.to_string();
+        usage(format!(
+            "{}: {}",
+            dir.display(),
+            text.lines().next().unwrap_or_default()
+        ))
+    })
+}
+
+fn load_image(path: &Path, run: &DecompTrained) -> Result<Tensor> {
+    load_rgb_png(path, run.config.decomp.image_size, &Device::Cpu).map_err(|e| usage(e.to_string()))
+}
+
+pub fn run_decompose(a: DecomposeArgs) -> Result<()> {
+    let steps = positive("steps", a.steps, 1)?;
+    let run = load_run(&a.checkpoint)?;
+    let x = load_image(&a.image, &run)?;
+    let started = std::time::Instant::now();
+    let model = &run.model;
+    let z = model.encode(&x, false)?;
+    let k = model.components();
+    let s = run.config.decomp.image_size;
+    let mut rng = seeded(a.seed);
+    let recon = render::render(
+        &FactorMix::new(render::factors(model, &z)?)?,
+        &run.schedule,
+        &[1, 3, s, s],
+        steps,
+        &Device::Cpu,
+        &mut rng,
+    )
+    .map_err(|e| usage(e.to_string()))?;
+    // The K single-factor renders as one batch: row k conditioned on z_k alone.
+    let per_factor = FactorMix::new(vec![Factor {
+        model,
+        z: z.reshape((k, model.latent_dim()))?,
+    }])?;
+    let singles = render::render(
+        &per_factor,
+        &run.schedule,
+        &[k, 3, s, s],
+        steps,
+        &Device::Cpu,
+        &mut rng,
+    )?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    save_png_image(
+        &recon.get(0)?,
+        ValueRange::ZeroOne,
+        &a.out.join("reconstruction.png"),
+    )?;
+    for i in 0..k {
+        save_png_image(
+            &singles.get(i)?,
+            ValueRange::ZeroOne,
+            &a.out.join(format!("factor_{i}.png")),
+        )?;
+    }
+    let grid = Tensor::cat(&[&x, &recon, &singles], 0)?;
+    save_png_grid(&grid, ValueRange::ZeroOne, k + 2, &a.out.join("grid.png"))?;
+    let mse = (&recon - &x)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
+    outln!(
+        "decomposed {} into {k} factors in {:.2} s ({steps} DDIM steps); reconstruction MSE {mse:.5}; wrote {}",
+        a.image.display(),
+        started.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn parse_mask(text: &str, k: usize) -> Result<Vec<bool>> {
+    let mask = text
+        .split(',')
+        .map(|t| match t.trim() {
+            "1" => Ok(true),
+            "0" => Ok(false),
+            other => Err(usage(format!(
+                "--mask takes 0/1 per factor separated by commas (like 1,0,1), got `{other}`"
+            ))),
+        })
+        .collect::<Result<Vec<bool>>>()?;
+    if mask.len() != k {
+        return Err(usage(format!(
+            "--mask has {} entries but the model has K = {k} factors",
+            mask.len()
+        )));
+    }
+    Ok(mask)
+}
+
+pub fn run_recombine(a: RecombineArgs) -> Result<()> {
+    let steps = positive("steps", a.steps, 1)?;
+    let add = match a.mode.as_str() {
+        "slice" => false,
+        "add" => true,
+        other => return Err(usage(format!("--mode is slice or add, got `{other}`"))),
+    };
+    let run1 = load_run(&a.checkpoint)?;
+    let run2 = match &a.checkpoint2 {
+        Some(dir) => Some(load_run(dir)?),
+        None => None,
+    };
+    let second = run2.as_ref().unwrap_or(&run1);
+    let (k1, k2) = (run1.model.components(), second.model.components());
+    if !add && k1 != k2 {
+        return Err(usage(format!(
+            "the models have K = {k1} and K = {k2} factors; slicing needs the same K"
+        )));
+    }
+    let (s1, s2) = (
+        run1.config.decomp.image_size,
+        second.config.decomp.image_size,
+    );
+    if s1 != s2 {
+        return Err(usage(format!(
+            "the models make {s1}×{s1} and {s2}×{s2} images; recombining needs one size"
+        )));
+    }
+    let mask = match &a.mask {
+        Some(text) => parse_mask(text, k2)?,
+        None if add => vec![true; k2],
+        None => return Err(usage("--mode slice needs --mask (one 0/1 per factor)")),
+    };
+    let xa = load_image(&a.a, &run1)?;
+    let xb = load_image(&a.b, second)?;
+    let za = run1.model.encode(&xa, false)?;
+    let zb = second.model.encode(&xb, false)?;
+    let fa = render::factors(&run1.model, &za)?;
+    let fb = render::factors(&second.model, &zb)?;
+    let mix = if add {
+        render::add(fa, fb, &mask)?
+    } else {
+        render::slice(fa, fb, &mask)?
+    };
+    let mut rng = seeded(a.seed);
+    let img = render::render(
+        &mix,
+        &run1.schedule,
+        &[1, 3, s1, s1],
+        steps,
+        &Device::Cpu,
+        &mut rng,
+    )?;
+    save_png_image(&img.get(0)?, ValueRange::ZeroOne, &a.out)?;
+    outln!(
+        "recombined {} factors ({}) into {}",
+        mix.len(),
+        a.mode,
         a.out.display()
     );
     Ok(())

@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use recompose_decomp::visual::run::train_decomp;
+use recompose_decomp::visual::{DECOMP_PRESET_NAMES, DecompRunConfig};
 use recompose_diffusion::data::ValueRange;
 use recompose_diffusion::data::plot::{ScatterConfig, save_png_grid, save_png_scatter};
 use recompose_diffusion::run::{PRESET_NAMES, RunConfig, Trained, train_run};
-use recompose_diffusion::train::TrainOptions;
+use recompose_diffusion::train::{TrainOptions, TrainReport};
 use recompose_diffusion::{DdpmVariance, Sampler, SamplerConfig, SamplerKind, seeded};
 
 use crate::{positive, usage};
@@ -19,10 +21,12 @@ use crate::{positive, usage};
 pub struct TrainArgs {
     /// A built-in configuration: toy2d-ring, toy2d-bar, toy2d-left-bar, toy2d-right-bar,
     /// toy2d-box-large, toy2d-box-small, or any of them with the suffix -energy (an energy
-    /// model).
+    /// model); decomp-tetrominoes, decomp-multi-sprites or decomp-falcor-lite (Decomp
+    /// Diffusion).
     #[arg(long, conflicts_with = "config")]
     preset: Option<String>,
-    /// A TOML configuration file (tables model, data, diffusion and train).
+    /// A TOML configuration file (tables model, data, diffusion and train; or decomp, data and
+    /// train for Decomp Diffusion).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Output directory: model.safetensors (EMA weights), config.toml, checkpoint/, loss log.
@@ -72,7 +76,51 @@ pub struct SampleArgs {
     seed: u64,
 }
 
+/// Reads a configuration file for `recompose train`.
+fn read_config(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| usage(format!("{}: {e}", path.display())))
+}
+
+/// The Decomp Diffusion run the arguments ask for, if they ask for one: a `decomp-*` preset or
+/// a configuration with a `[decomp]` table (given, or saved in --out when resuming).
+fn decomp_run(a: &TrainArgs) -> Result<Option<DecompRunConfig>> {
+    let text = match (&a.preset, &a.config) {
+        (Some(p), None) if p.starts_with("decomp-") => {
+            return DecompRunConfig::preset(p)
+                .map(Some)
+                .map_err(|e| usage(e.to_string()));
+        }
+        (None, Some(path)) => read_config(path)?,
+        (None, None) if a.resume && a.out.join("config.toml").is_file() => {
+            read_config(&a.out.join("config.toml"))?
+        }
+        _ => return Ok(None),
+    };
+    if !DecompRunConfig::is_decomp_toml(&text) {
+        return Ok(None);
+    }
+    DecompRunConfig::from_toml(&text)
+        .map(Some)
+        .map_err(|e| usage(e.to_string()))
+}
+
 pub fn run_train(a: TrainArgs) -> Result<()> {
+    if let Some(mut cfg) = decomp_run(&a)? {
+        if a.energy.is_some() {
+            return Err(usage(
+                "--energy applies to the 2-D MLP models, not to Decomp Diffusion",
+            ));
+        }
+        if let Some(s) = a.steps {
+            cfg.train.steps = positive("steps", s, 1)?;
+        }
+        if let Some(seed) = a.seed {
+            cfg.train.seed = seed;
+        }
+        cfg.validate().map_err(|e| usage(e.to_string()))?;
+        let report = train_decomp(&cfg, &train_options(&a), &crate::device())?;
+        return print_report(&report, &a.out);
+    }
     let mut cfg = match (&a.preset, &a.config) {
         (Some(p), None) => RunConfig::preset(p).map_err(|e| usage(e.to_string()))?,
         (None, Some(path)) => RunConfig::from_file(path).map_err(|e| usage(e.to_string()))?,
@@ -87,8 +135,9 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         }
         (None, None) => {
             return Err(usage(format!(
-                "give --preset NAME ({}) or --config FILE.toml",
-                PRESET_NAMES.join(", ")
+                "give --preset NAME ({}, {}) or --config FILE.toml",
+                PRESET_NAMES.join(", "),
+                DECOMP_PRESET_NAMES.join(", ")
             )));
         }
         (Some(_), Some(_)) => return Err(usage("--preset and --config exclude each other")),
@@ -106,13 +155,20 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         );
     }
     cfg.validate().map_err(|e| usage(e.to_string()))?;
-    let opts = TrainOptions {
+    let report = train_run(&cfg, &train_options(&a), &crate::device())?;
+    print_report(&report, &a.out)
+}
+
+fn train_options(a: &TrainArgs) -> TrainOptions {
+    TrainOptions {
         out_dir: a.out.clone(),
         resume: a.resume,
         progress: !a.quiet && std::io::stderr().is_terminal(),
         ..Default::default()
-    };
-    let report = train_run(&cfg, &opts, &crate::device())?;
+    }
+}
+
+fn print_report(report: &TrainReport, out: &Path) -> Result<()> {
     outln!(
         "trained steps {}..{} in {:.1} s ({:.1} steps/s); loss {:.5} (mean of the last 100: {:.5}); wrote {}",
         report.start_step,
@@ -121,7 +177,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         report.steps_per_second(),
         report.last_loss,
         report.recent_loss,
-        a.out.join("model.safetensors").display()
+        out.join("model.safetensors").display()
     );
     Ok(())
 }

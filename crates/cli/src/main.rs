@@ -8,6 +8,8 @@
 //! - `sample`: draw samples from a trained model (CSV or PNG);
 //! - `dataset`: write a procedural image dataset with masks and labels;
 //! - `decomp-eval`: evaluate a Decomp Diffusion checkpoint on given inputs;
+//! - `decompose` / `recombine`: split an image into its factors; compose new images from the
+//!   factors of two images or two models;
 //! - `compose`: sample a composition of trained models (`ring AND bar`, `left OR right`,
 //!   `box_large NOT box_small`) with reverse diffusion or annealed MCMC.
 //!
@@ -59,6 +61,10 @@ enum Command {
     Dataset(dataset::DatasetArgs),
     /// Evaluate a Decomp Diffusion checkpoint: latents and composed / per-factor outputs.
     DecompEval(decomp::DecompEvalArgs),
+    /// Decompose an image into its factors with a Decomp Diffusion model.
+    Decompose(decomp::DecomposeArgs),
+    /// Compose a new image from the factors of two images (slice or add), or of two models.
+    Recombine(decomp::RecombineArgs),
 }
 
 #[derive(Debug, Args)]
@@ -448,6 +454,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compose(a) => compose::run_compose(a),
         Command::Dataset(a) => dataset::run_dataset(a),
         Command::DecompEval(a) => decomp::run_decomp_eval(a),
+        Command::Decompose(a) => decomp::run_decompose(a),
+        Command::Recombine(a) => decomp::run_recombine(a),
     }
 }
 

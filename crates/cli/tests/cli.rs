@@ -944,3 +944,180 @@ fn decomp_eval_reads_weights_and_writes_outputs() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
 }
+
+/// `train --config` on a tiny Decomp Diffusion model, `--resume`, then `decompose` and
+/// `recombine` (slice, add, cross-model), and every bad input as one line with status 2.
+#[test]
+fn decomp_train_decompose_and_recombine() {
+    let dir = scratch("decomp-run");
+    let s = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    let cfg = dir.join("tiny.toml");
+    let cfg_text = "[decomp]\nnum_channels = 16\nchannel_mult = [1, 2]\nattention_resolutions = [8]\n\
+                    emb_dim = 16\nnum_components = 3\nenc_channels = 4\nnum_head_channels = -1\n\n\
+                    [data]\ndataset = \"tetrominoes\"\nnum_images = 8\n\n\
+                    [train]\nsteps = 2\nbatch_size = 2\ncheckpoint_every = 1\n";
+    std::fs::write(&cfg, cfg_text).expect("config");
+    let run_dir = dir.join("run");
+    let text = ok(&recompose(&[
+        "train",
+        "--config",
+        &s(&cfg),
+        "--out",
+        &s(&run_dir),
+        "--quiet",
+    ]));
+    assert!(text.contains("trained steps 0..2"), "{text}");
+    let text = ok(&recompose(&[
+        "train",
+        "--resume",
+        "--out",
+        &s(&run_dir),
+        "--steps",
+        "3",
+        "--quiet",
+    ]));
+    assert!(text.contains("trained steps 2..3"), "{text}");
+    let data = dir.join("data");
+    ok(&recompose(&[
+        "dataset",
+        "tetrominoes",
+        "--num",
+        "2",
+        "--out",
+        &s(&data),
+    ]));
+    let (a, b) = (data.join("image_00000.png"), data.join("image_00001.png"));
+
+    let dec = dir.join("dec");
+    let text = ok(&recompose(&[
+        "decompose",
+        &s(&a),
+        "--checkpoint",
+        &s(&run_dir),
+        "--out",
+        &s(&dec),
+        "--steps",
+        "3",
+    ]));
+    assert!(text.contains("into 3 factors"), "{text}");
+    for name in [
+        "reconstruction.png",
+        "factor_0.png",
+        "factor_1.png",
+        "factor_2.png",
+    ] {
+        let img = image::open(dec.join(name)).expect(name);
+        assert_eq!((img.width(), img.height()), (32, 32), "{name}");
+    }
+    let grid = image::open(dec.join("grid.png")).expect("grid");
+    assert!(
+        grid.width() > 5 * 32,
+        "input, reconstruction and 3 factors side by side"
+    );
+    let first = std::fs::read(dec.join("factor_1.png")).expect("png");
+    ok(&recompose(&[
+        "decompose",
+        &s(&a),
+        "--checkpoint",
+        &s(&run_dir),
+        "--out",
+        &s(&dec),
+        "--steps",
+        "3",
+    ]));
+    assert_eq!(
+        first,
+        std::fs::read(dec.join("factor_1.png")).expect("png"),
+        "same seed"
+    );
+
+    let recombine = |extra: &[&str], out: &std::path::Path| {
+        let mut args = vec![
+            "recombine".to_string(),
+            s(&a),
+            s(&b),
+            "--checkpoint".into(),
+            s(&run_dir),
+            "--out".into(),
+            s(out),
+            "--steps".into(),
+            "3".into(),
+        ];
+        args.extend(extra.iter().map(|x| x.to_string()));
+        recompose(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let sliced = dir.join("slice.png");
+    let text = ok(&recombine(&["--mask", "1,0,1"], &sliced));
+    assert!(text.contains("recombined 3 factors (slice)"), "{text}");
+    let added = dir.join("add.png");
+    let text = ok(&recombine(&["--mode", "add"], &added));
+    assert!(text.contains("recombined 6 factors (add)"), "{text}");
+    // Cross-model with the same weights loaded twice is the same-model slice.
+    let cross = dir.join("cross.png");
+    ok(&recombine(
+        &["--mask", "1,0,1", "--checkpoint2", &s(&run_dir)],
+        &cross,
+    ));
+    assert_eq!(
+        std::fs::read(&sliced).expect("png"),
+        std::fs::read(&cross).expect("png")
+    );
+
+    // Bad inputs.
+    let small = dir.join("small.png");
+    image::save_buffer(&small, &[0u8; 16 * 16 * 3], 16, 16, image::ColorType::Rgb8).expect("png");
+    let rgba = dir.join("rgba.png");
+    image::save_buffer(&rgba, &[0u8; 32 * 32 * 4], 32, 32, image::ColorType::Rgba8).expect("png");
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).expect("dir");
+    for f in ["model.safetensors", "model.json"] {
+        std::fs::copy(run_dir.join(f), broken.join(f)).expect("copy");
+    }
+    std::fs::write(
+        broken.join("config.toml"),
+        std::fs::read_to_string(run_dir.join("config.toml"))
+            .expect("config")
+            .replace("enc_channels = 4", "enc_channels = 8"),
+    )
+    .expect("config");
+    let dec_args = |img: &std::path::Path, ckpt: &std::path::Path| {
+        recompose(&[
+            "decompose",
+            &s(img),
+            "--checkpoint",
+            &s(ckpt),
+            "--out",
+            &s(&dec),
+            "--steps",
+            "2",
+        ])
+    };
+    let cases = [
+        (dec_args(&small, &run_dir), "16×16"),
+        (dec_args(&rgba, &run_dir), "4 channel"),
+        (dec_args(&a, &broken), "latent_encoder"),
+        (dec_args(&a, &data), "no config.toml"),
+        (recombine(&["--mask", "1,0"], &sliced), "K = 3"),
+        (recombine(&["--mask", "1,x,0"], &sliced), "`x`"),
+        (recombine(&[], &sliced), "needs --mask"),
+        (recombine(&["--mode", "mix"], &sliced), "slice or add"),
+        (
+            recompose(&[
+                "train",
+                "--preset",
+                "decomp-tetrominoes",
+                "--energy",
+                "--out",
+                &s(&dir),
+            ]),
+            "--energy",
+        ),
+    ];
+    for (o, want) in cases {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{want}: {err}");
+        assert!(err.contains(want), "{want}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

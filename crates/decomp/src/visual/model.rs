@@ -102,6 +102,11 @@ impl DecompModel {
         self.components
     }
 
+    /// The latent size d of each factor.
+    pub fn latent_dim(&self) -> usize {
+        self.latent_dim
+    }
+
     /// The latents `[B, K·d]` of clean images `[B, C, H, W]` (`train`: batch-norm mode).
     ///
     /// # Errors
