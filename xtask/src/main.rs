@@ -13,10 +13,14 @@
 //!                                 regenerate docs/results/factorization.md and its charts
 //! cargo xtask reproduce composition [--quick] [--reuse-models]
 //!                                 train the 2-D models, compose them, write docs/results/composition.md
+//! cargo xtask fixtures decomp     train the pretrained Decomp Diffusion model of fixtures/decomp-tetrominoes
+//! cargo xtask reproduce decomposition [--quick] [--reuse-models] [--steps N] [--images N]
+//!                                 train and evaluate the Decomp Diffusion models, write docs/results/decomposition.md
 //! ```
 
 // The chart writer offers log axes too; not every report uses them.
 mod composition;
+mod decomposition;
 #[allow(dead_code)]
 mod plot;
 mod reference;
@@ -36,7 +40,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use recompose_decomp::problem::{Noise, Problem, ProblemConfig, VsaKind};
 
-const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|all> | fixtures [--check] | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick] [--reuse-models]>";
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|all> | fixtures [--check] | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick] [--reuse-models] | fixtures decomp | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--images N]>";
 
 /// The benchmark suites in `benches/benches/`.
 const SUITES: [&str; 4] = ["vsa", "factorization", "diffusion", "compose"];
@@ -50,12 +54,16 @@ fn main() -> Result<()> {
         ["fixtures"] => fixtures(false),
         ["fixtures", "--check"] => fixtures(true),
         ["fixtures", "reference", dir] => reference::fixtures(&root(), Path::new(dir)),
+        ["fixtures", "decomp"] => decomp_fixture(),
         ["tune", "coupled", rest @ ..] => tune::tune(&tune::TuneArgs::parse(rest)?),
         ["reproduce", "factorization", rest @ ..] => {
             reproduce::factorization(&root(), &reproduce::ReproduceArgs::parse(rest)?)
         }
         ["reproduce", "composition", rest @ ..] => {
             composition::composition(&root(), &composition::CompositionArgs::parse(rest)?)
+        }
+        ["reproduce", "decomposition", rest @ ..] => {
+            decomposition::decomposition(&root(), &decomposition::DecompositionArgs::parse(rest)?)
         }
         _ => bail!("{USAGE}"),
     }
@@ -174,5 +182,65 @@ fn fixtures(check: bool) -> Result<()> {
             stale.join(", ")
         );
     }
+    Ok(())
+}
+
+/// Trains the `decomp-tetrominoes` preset (seeded, deterministic) and copies the model, its
+/// configuration, loss log and timing into `fixtures/decomp-tetrominoes/`, with two held-out
+/// images (dataset seed 1) for the README's example.
+fn decomp_fixture() -> Result<()> {
+    use recompose_decomp::datasets::{IMAGE_SIZE, Kind, generate};
+    use recompose_decomp::visual::DecompRunConfig;
+    use recompose_decomp::visual::run::train_decomp;
+
+    let work = root().join("target/decomp-fixture");
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
+    }
+    let cfg = DecompRunConfig::preset("decomp-tetrominoes")?;
+    let opts = recompose_diffusion::train::TrainOptions {
+        out_dir: work.clone(),
+        ..Default::default()
+    };
+    let report = train_decomp(&cfg, &opts, &Device::Cpu)?;
+    std::fs::write(
+        work.join("timing.json"),
+        serde_json::json!({
+            "seconds": report.seconds,
+            "steps_per_second": report.steps_per_second(),
+            "final_loss": report.recent_loss,
+        })
+        .to_string(),
+    )?;
+    let dir = root().join("fixtures/decomp-tetrominoes");
+    std::fs::create_dir_all(&dir)?;
+    for f in [
+        "model.safetensors",
+        "model.json",
+        "config.toml",
+        "loss.jsonl",
+        "timing.json",
+    ] {
+        std::fs::copy(work.join(f), dir.join(f))?;
+    }
+    let n = IMAGE_SIZE * IMAGE_SIZE;
+    for (i, name) in ["example_a.png", "example_b.png"].into_iter().enumerate() {
+        let scene = generate(Kind::Tetrominoes, 1, i as u64);
+        let rgb: Vec<u8> = (0..3 * n)
+            .map(|q| (scene.image[(q % 3) * n + q / 3] * 255.0).round() as u8)
+            .collect();
+        image::save_buffer(
+            dir.join(name),
+            &rgb,
+            IMAGE_SIZE as u32,
+            IMAGE_SIZE as u32,
+            image::ColorType::Rgb8,
+        )?;
+    }
+    eprintln!(
+        "trained in {:.0} s; wrote {}",
+        report.seconds,
+        dir.display()
+    );
     Ok(())
 }

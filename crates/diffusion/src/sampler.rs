@@ -343,9 +343,12 @@ impl Sampler {
         let mut x = x_start.clone();
         for (j, &t) in timesteps.iter().enumerate() {
             let s = timesteps.get(j + 1).copied();
+            // Detached: a model on trainable variables would otherwise chain every step's
+            // graph (all activations of all steps) into the final sample.
             x = self
                 .step(denoiser, &x, &vec![t; batch], &vec![s; batch], cond, rng)?
-                .prev_sample;
+                .prev_sample
+                .detach();
         }
         Ok(x)
     }
