@@ -33,7 +33,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use recompose_decomp::datasets::{FALCOR_FACTORS, FALCOR_LEVELS, Kind, falcor_render, generate};
 use recompose_decomp::visual::eval::{self, Matching};
-use recompose_decomp::visual::render::{self, Factor, FactorMix};
+use recompose_decomp::visual::render::{self, FactorMix};
 use recompose_decomp::visual::run::train_decomp;
 use recompose_decomp::visual::{DecompRunConfig, DecompTrained};
 use recompose_diffusion::Parameterization;
@@ -279,30 +279,9 @@ struct ObjectEval {
 fn eval_objects(run: &DecompTrained, n: usize) -> Result<ObjectEval> {
     let model = &run.model;
     let k = model.components();
-    let d = model.latent_dim();
     let (x, scenes) = scenes(Kind::Tetrominoes, n)?;
     let started = Instant::now();
-    let z = model.encode(&x, false)?;
-    let mut rng = seeded(0);
-    let recon = render::render(
-        &FactorMix::new(render::factors(model, &z)?)?,
-        &run.schedule,
-        &[n, 3, 32, 32],
-        DDIM_STEPS,
-        &Device::Cpu,
-        &mut rng,
-    )?;
-    let singles = render::render(
-        &FactorMix::new(vec![Factor {
-            model,
-            z: z.reshape((n * k, d))?,
-        }])?,
-        &run.schedule,
-        &[n * k, 3, 32, 32],
-        DDIM_STEPS,
-        &Device::Cpu,
-        &mut rng,
-    )?;
+    let (recon, singles) = render::decompose(model, &run.schedule, &x, DDIM_STEPS, &mut seeded(0))?;
     let seconds_per_image = started.elapsed().as_secs_f64() / n as f64;
     let (xs, rs, fs) = (rows(&x)?, rows(&recon)?, rows(&singles)?);
     let black = vec![0f32; 3 * 32 * 32];
@@ -348,6 +327,7 @@ fn eval_objects(run: &DecompTrained, n: usize) -> Result<ObjectEval> {
     }
     let grid = Tensor::cat(&tiles, 0)?;
     let (follows, recombination_grid) = if k > 1 && n >= 2 {
+        let z = model.encode(&x, false)?;
         let (f, g) = recombine(run, &x, &z, &xs, &scenes, &factor_objects)?;
         (Some(f), Some(g))
     } else {
@@ -491,7 +471,7 @@ fn eval_falcor(run: &DecompTrained, quick: bool) -> Result<FactorEval> {
     let recon = render::render(
         &FactorMix::new(render::factors(&run.model, &z)?)?,
         &run.schedule,
-        &x.dims().to_vec(),
+        x.dims(),
         DDIM_STEPS,
         &Device::Cpu,
         &mut seeded(0),

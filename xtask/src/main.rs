@@ -13,7 +13,9 @@
 //!                                 regenerate docs/results/factorization.md and its charts
 //! cargo xtask reproduce composition [--quick] [--reuse-models]
 //!                                 train the 2-D models, compose them, write docs/results/composition.md
-//! cargo xtask fixtures decomp     train the pretrained Decomp Diffusion model of fixtures/decomp-tetrominoes
+//! cargo xtask fixtures decomp [--example-only]
+//!                                 train the pretrained Decomp Diffusion model of fixtures/decomp-tetrominoes
+//!                                 and draw the README's example (or only draw the example)
 //! cargo xtask reproduce decomposition [--quick] [--reuse-models] [--steps N] [--images N]
 //!                                 train and evaluate the Decomp Diffusion models, write docs/results/decomposition.md
 //! ```
@@ -40,7 +42,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use recompose_decomp::problem::{Noise, Problem, ProblemConfig, VsaKind};
 
-const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|all> | fixtures [--check] | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick] [--reuse-models] | fixtures decomp | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--images N]>";
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|all> | fixtures [--check] | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick] [--reuse-models] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--images N]>";
 
 /// The benchmark suites in `benches/benches/`.
 const SUITES: [&str; 4] = ["vsa", "factorization", "diffusion", "compose"];
@@ -55,6 +57,9 @@ fn main() -> Result<()> {
         ["fixtures", "--check"] => fixtures(true),
         ["fixtures", "reference", dir] => reference::fixtures(&root(), Path::new(dir)),
         ["fixtures", "decomp"] => decomp_fixture(),
+        ["fixtures", "decomp", "--example-only"] => {
+            readme_example(&root().join("fixtures/decomp-tetrominoes"))
+        }
         ["tune", "coupled", rest @ ..] => tune::tune(&tune::TuneArgs::parse(rest)?),
         ["reproduce", "factorization", rest @ ..] => {
             reproduce::factorization(&root(), &reproduce::ReproduceArgs::parse(rest)?)
@@ -237,10 +242,41 @@ fn decomp_fixture() -> Result<()> {
             image::ColorType::Rgb8,
         )?;
     }
+    readme_example(&dir)?;
     eprintln!(
         "trained in {:.0} s; wrote {}",
         report.seconds,
         dir.display()
     );
+    Ok(())
+}
+
+/// The grid the README's `recompose decompose fixtures/decomp-tetrominoes/example_a.png …`
+/// writes (50 DDIM steps, seed 0: the command's defaults), as
+/// `docs/results/decomposition/readme-example.png`.
+fn readme_example(fixture: &Path) -> Result<()> {
+    use recompose_decomp::visual::DecompTrained;
+    use recompose_decomp::visual::render::{decompose, load_rgb_png};
+    use recompose_diffusion::data::{ValueRange, plot::save_png_grid};
+
+    let run = DecompTrained::load(fixture, &Device::Cpu)?;
+    let size = run.config.decomp.image_size;
+    let x = load_rgb_png(&fixture.join("example_a.png"), size, &Device::Cpu)?;
+    let (recon, singles) = decompose(
+        &run.model,
+        &run.schedule,
+        &x,
+        50,
+        &mut recompose_diffusion::seeded(0),
+    )?;
+    let grid = candle_core::Tensor::cat(&[&x, &recon, &singles], 0)?;
+    let out = root().join("docs/results/decomposition");
+    std::fs::create_dir_all(&out)?;
+    save_png_grid(
+        &grid,
+        ValueRange::ZeroOne,
+        run.model.components() + 2,
+        &out.join("readme-example.png"),
+    )?;
     Ok(())
 }

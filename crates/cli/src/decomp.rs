@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use clap::Args;
 use recompose_decomp::visual::render::{self, load_rgb_png};
-use recompose_decomp::visual::{DecompConfig, DecompModel, DecompTrained, Factor, FactorMix};
+use recompose_decomp::visual::{DecompConfig, DecompModel, DecompTrained};
 use recompose_diffusion::data::ValueRange;
 use recompose_diffusion::data::plot::{save_png_grid, save_png_image};
 use recompose_diffusion::seeded;
@@ -179,32 +179,8 @@ pub fn run_decompose(a: DecomposeArgs) -> Result<()> {
     let x = load_image(&a.image, &run)?;
     let started = std::time::Instant::now();
     let model = &run.model;
-    let z = model.encode(&x, false)?;
     let k = model.components();
-    let s = run.config.decomp.image_size;
-    let mut rng = seeded(a.seed);
-    let recon = render::render(
-        &FactorMix::new(render::factors(model, &z)?)?,
-        &run.schedule,
-        &[1, 3, s, s],
-        steps,
-        &Device::Cpu,
-        &mut rng,
-    )
-    .map_err(|e| usage(e.to_string()))?;
-    // The K single-factor renders as one batch: row k conditioned on z_k alone.
-    let per_factor = FactorMix::new(vec![Factor {
-        model,
-        z: z.reshape((k, model.latent_dim()))?,
-    }])?;
-    let singles = render::render(
-        &per_factor,
-        &run.schedule,
-        &[k, 3, s, s],
-        steps,
-        &Device::Cpu,
-        &mut rng,
-    )?;
+    let (recon, singles) = render::decompose(model, &run.schedule, &x, steps, &mut seeded(a.seed))?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     save_png_image(
         &recon.get(0)?,

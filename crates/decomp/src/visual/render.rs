@@ -170,6 +170,49 @@ pub fn render(
     Ok(x.clamp(0f32, 1f32)?)
 }
 
+/// Decomposes images `x` (`[N, 3, S, S]` in \[0, 1\]): encodes them (evaluation mode), then
+/// renders the reconstruction from all K factors (`[N, 3, S, S]`) and every factor alone
+/// (`[N·K, 3, S, S]`, image-major), each with `steps` DDIM steps from noise drawn from `rng`
+/// (the reconstruction first).
+///
+/// # Errors
+///
+/// As [`DecompModel::encode`] and [`render`].
+pub fn decompose(
+    model: &DecompModel,
+    schedule: &DiscreteSchedule,
+    x: &Tensor,
+    steps: usize,
+    rng: &mut SeededRng,
+) -> Result<(Tensor, Tensor)> {
+    let dims = x.dims().to_vec();
+    let n = dims[0];
+    let (k, d) = (model.components(), model.latent_dim());
+    let z = model.encode(x, false)?;
+    let recon = render(
+        &FactorMix::new(factors(model, &z)?)?,
+        schedule,
+        &dims,
+        steps,
+        x.device(),
+        rng,
+    )?;
+    let mut single_dims = dims.clone();
+    single_dims[0] = n * k;
+    let singles = render(
+        &FactorMix::new(vec![Factor {
+            model,
+            z: z.reshape((n * k, d))?,
+        }])?,
+        schedule,
+        &single_dims,
+        steps,
+        x.device(),
+        rng,
+    )?;
+    Ok((recon, singles))
+}
+
 /// The factors of latents `z` (`[B, K·d]`) read by `model`, in order.
 ///
 /// # Errors
