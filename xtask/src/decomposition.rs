@@ -152,7 +152,10 @@ fn variants(args: &DecompositionArgs) -> Result<Vec<Variant>> {
     let fixture_cfg = out[0].cfg.clone();
     for v in &mut out {
         if let Some(s) = args.steps {
-            v.cfg.train.steps = s;
+            // The warm-up keeps its share of the run.
+            let t = &mut v.cfg.train;
+            t.warmup_steps = t.warmup_steps * s / t.steps;
+            t.steps = s;
         }
         if args.quick {
             v.cfg.train.steps = 2;
@@ -593,7 +596,7 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
          - Models: the `decomp-*` presets — U-Net of 16 channels, multipliers (1, 2), one \
          residual block per level, attention in the middle block, additive conditioning on \
          cat(z_k, t_emb); encoder of 16 channels; 32 px; cosine schedule over 1000 steps. Trained \
-         with Adam (lr 10⁻³, 200 warm-up steps, cosine decay to 2·10⁻⁵, clip 1), batch 16, EMA \
+         with Adam (lr 10⁻³, warm-up over the first 13% of the steps, cosine decay to 2·10⁻⁵, clip 1), batch 16, EMA \
          0.995, seed 0, on the first 20 000 images of dataset seed 0. The paper trains 64 px \
          models of 64 channels for far longer; this is the CPU scale of the spec.\n\
          - Evaluation: {} held-out tetrominoes images (dataset seed 1), DDIM 50 steps (η = 0, \
@@ -606,6 +609,15 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
         FALCOR_LEVELS.pow(5),
         FALCOR_FACTORS.join(", ")
     );
+    if let Some(steps) = args.steps {
+        let _ = writeln!(
+            md,
+            "**Budget.** This report was made with `--steps {steps}`: every model but the \
+             fixture trained for {steps} steps instead of the presets' 1500, so that all of them \
+             fit one sitting on two cores. At this length the models are early in training; \
+             compare the ablations with each other, not with the paper.\n"
+        );
+    }
     let _ = writeln!(
         md,
         "## Training\n\n| model | steps | batch | seconds | steps/s | final loss (mean of last 100) |\n|---|---:|---:|---:|---:|---:|\n{}\n",

@@ -12,7 +12,8 @@
 //! - [`datasets`]: procedural image datasets with ground truth (masks, object attributes, global
 //!   factors) for image decomposition: tetrominoes, multi-sprites and its night domain,
 //!   Falcor-lite.
-//! - [`visual`]: Decomp Diffusion's image side — so far the latent encoder with batch norm.
+//! - [`visual`]: Decomp Diffusion (Su et al. 2024) — latent encoder, shared denoiser, training
+//!   runs, decomposition and recombination, evaluation metrics.
 //! - [`capacity`]: the operational capacity of a method (Kent et al. 2020): the largest codebook
 //!   size still factorized with a target exact accuracy.
 //!
