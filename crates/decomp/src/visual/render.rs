@@ -12,8 +12,8 @@
 //! where factor j is latent z_j read by model m_j. [`FactorMix`] is that composition as a
 //! [`Denoiser`]; it batches all factors of one model into a single forward pass.
 //!
-//! - **slice** ([`slice`]): factor k from image A where the mask is 1, from image B where it is 0;
-//! - **add** ([`add`]): all K factors of A together with B's factors selected by the mask
+//! - **slice** ([`slice()`]): factor k from image A where the mask is 1, from image B where it is 0;
+//! - **add** ([`add()`]): all K factors of A together with B's factors selected by the mask
 //!   (all 2K by default: a scene with the objects of both images);
 //! - **cross-model**: a slice whose factors from B are read by a second model trained on another
 //!   domain (same K, d and schedule).
