@@ -93,11 +93,7 @@ impl DecompConfig {
     ///
     /// [`Error::Io`] if it cannot be read; as [`DecompConfig::from_toml`].
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_toml(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        read_toml_file(path, Self::from_toml)
     }
 
     /// Checks the settings.
@@ -156,6 +152,15 @@ impl DecompConfig {
     pub fn latent_dim(&self) -> usize {
         self.emb_dim / 2
     }
+}
+
+/// Reads a TOML file and parses it with `parse`, prefixing parse errors with the path.
+pub(crate) fn read_toml_file<T>(path: &Path, parse: impl Fn(&str) -> Result<T>) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]

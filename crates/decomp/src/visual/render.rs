@@ -116,15 +116,9 @@ impl Denoiser for FactorMix<'_> {
         for (model, zs) in &self.groups {
             let n = zs.len();
             // Factor-major batch of n·B rows.
+            let (xs, ts) = crate::visual::model::repeat_rows(x_t, t, n, false)?;
             let mut rep = vec![n, b];
             rep.extend(&x_t.dims()[1..]);
-            let mut flat = vec![n * b];
-            flat.extend(&x_t.dims()[1..]);
-            let xs = x_t
-                .unsqueeze(0)?
-                .broadcast_as(rep.as_slice())?
-                .reshape(flat.as_slice())?;
-            let ts = t.unsqueeze(0)?.broadcast_as((n, b))?.reshape(n * b)?;
             let z = Tensor::cat(zs, 0)?;
             let out = model.denoiser().forward_with(&xs, &ts, Some(&z), None)?;
             let sum = out.reshape(rep.as_slice())?.sum(0)?;

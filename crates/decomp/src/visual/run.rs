@@ -157,11 +157,7 @@ impl DecompRunConfig {
     ///
     /// [`Error::Io`] if it cannot be read; as [`DecompRunConfig::from_toml`].
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_toml(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        crate::visual::config::read_toml_file(path, Self::from_toml)
     }
 
     /// The configuration as TOML.
