@@ -22,8 +22,9 @@
 //! (unbiased) ones, like PyTorch's `BatchNorm2d`.
 
 use candle_core::{D, DType, Module, Tensor};
-use candle_nn::{Conv2d, Init, Linear, VarBuilder};
-use recompose_diffusion::nn::layers::{ConvSpec, conv2d, conv2d_no_bias, linear};
+use candle_nn::{Init, Linear, VarBuilder};
+use recompose_diffusion::nn::conv::Conv2d;
+use recompose_diffusion::nn::layers::{ConvSpec, linear};
 
 use crate::{Error, Result};
 
@@ -93,6 +94,20 @@ impl BatchNorm2d {
                     "batch norm in training mode needs more than one value per channel".into(),
                 ));
             }
+            let fast = x.device().is_cpu()
+                && x.dtype() == DType::F32
+                && self.weight.dtype() == DType::F32
+                && self.bias.dtype() == DType::F32;
+            if fast {
+                let x = x.contiguous()?;
+                let stats = x.detach().apply_op1_no_bwd(&kernel::Moments)?;
+                self.update(&stats.get(0)?, &stats.get(1)?, n)?;
+                return Ok(x.apply_op3(
+                    &self.weight.contiguous()?,
+                    &self.bias.contiguous()?,
+                    kernel::Normalize { eps: self.eps },
+                )?);
+            }
             // Per channel over (B, H, W).
             let flat = x.transpose(0, 1)?.reshape((c, n))?;
             let mean = flat.mean_keepdim(D::Minus1)?;
@@ -146,9 +161,9 @@ pub struct BasicBlock {
 impl BasicBlock {
     fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            conv1: conv2d_no_bias(channels, channels, ConvSpec::SAME3, vb.pp("conv1"))?,
+            conv1: Conv2d::no_bias(channels, channels, ConvSpec::SAME3, vb.pp("conv1"))?,
             bn1: BatchNorm2d::new(channels, vb.pp("bn1"))?,
-            conv2: conv2d_no_bias(channels, channels, ConvSpec::SAME3, vb.pp("conv2"))?,
+            conv2: Conv2d::no_bias(channels, channels, ConvSpec::SAME3, vb.pp("conv2"))?,
             bn2: BatchNorm2d::new(channels, vb.pp("bn2"))?,
         })
     }
@@ -226,11 +241,11 @@ impl LatentEncoder {
     pub fn new(config: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
         let e = config.channels;
-        let stem = conv2d(config.in_channels, e, ConvSpec::SAME3, vb.pp("0"))?;
+        let stem = Conv2d::new(config.in_channels, e, ConvSpec::SAME3, vb.pp("0"))?;
         let mut levels = Vec::with_capacity(3);
         for (i, width) in [e, 2 * e, 4 * e].into_iter().enumerate() {
             let block = BasicBlock::new(width, vb.pp((2 + 4 * i).to_string()))?;
-            let down = conv2d(
+            let down = Conv2d::new(
                 width,
                 2 * width,
                 ConvSpec::DOWN3,
@@ -347,6 +362,48 @@ mod tests {
         Ok(())
     }
 
+    /// The fused training-mode kernel against the same normalization written with tensor ops:
+    /// output, batch statistics and the gradients of input, weight and bias.
+    #[test]
+    fn batch_norm_kernel_matches_tensor_ops() -> Result<()> {
+        let var = |t: Tensor| candle_core::Var::from_tensor(&t);
+        let x = var(((images(3, 5, 7) * 1.5)? + 0.3)?.reshape((3, 3, 5, 5))?)?;
+        let gamma = var(Tensor::new(&[0.5f32, -1.2, 2.0], &Device::Cpu)?)?;
+        let beta = var(Tensor::new(&[0.1f32, 0.0, -0.7], &Device::Cpu)?)?;
+        let eps = 1e-5;
+        let fused = x.as_tensor().apply_op3(
+            gamma.as_tensor(),
+            beta.as_tensor(),
+            kernel::Normalize { eps },
+        )?;
+        let shape = (1, 3, 1, 1);
+        let flat = x.transpose(0, 1)?.reshape((3, 75))?;
+        let mean = flat.mean_keepdim(D::Minus1)?;
+        let var_b = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
+        let want = x
+            .broadcast_sub(&mean.reshape(shape)?)?
+            .broadcast_div(&(var_b.reshape(shape)? + eps)?.sqrt()?)?
+            .broadcast_mul(&gamma.reshape(shape)?)?
+            .broadcast_add(&beta.reshape(shape)?)?;
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+        };
+        assert!(diff(&fused, &want)? < 1e-5);
+        let stats = x.as_tensor().apply_op1_no_bwd(&kernel::Moments)?;
+        assert!(diff(&stats.get(0)?, &mean.flatten_all()?)? < 1e-6);
+        assert!(diff(&stats.get(1)?, &var_b.flatten_all()?)? < 1e-5);
+        let probe = images(3, 5, 8).reshape((3, 3, 5, 5))?;
+        let gf = (fused * &probe)?.sum_all()?.backward()?;
+        let gw = (want * &probe)?.sum_all()?.backward()?;
+        for v in [&x, &gamma, &beta] {
+            let (Some(a), Some(b)) = (gf.get(v.as_tensor()), gw.get(v.as_tensor())) else {
+                panic!("missing gradient")
+            };
+            assert!(diff(a, b)? < 1e-4, "{}", diff(a, b)?);
+        }
+        Ok(())
+    }
+
     #[test]
     fn latents_are_non_negative_with_the_configured_shape() -> Result<()> {
         let cfg = EncoderConfig {
@@ -441,5 +498,250 @@ mod tests {
         assert_eq!(checked, 12);
         eprintln!("reference encoder: z eval {e_eval:.2e}, z train {e_train:.2e}");
         Ok(())
+    }
+}
+
+/// Training-mode batch normalization as one CPU kernel per pass (`f32`, contiguous `[B, C, …]`):
+/// candle composes it from a transpose, two reductions and four broadcasts, and the backward
+/// pass of those broadcasts reduces over strided dimensions on one thread.
+mod kernel {
+    use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor, bail};
+
+    fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+        let CpuStorage::F32(v) = s else {
+            bail!("batch norm kernel: only f32 is supported")
+        };
+        match l.contiguous_offsets() {
+            Some((start, end)) => Ok(&v[start..end]),
+            None => bail!("batch norm kernel: the input must be contiguous"),
+        }
+    }
+
+    /// `(B, C, spatial)` of a `[B, C, …]` layout.
+    fn sizes(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+        match l.dims() {
+            [b, c, rest @ ..] => Ok((*b, *c, rest.iter().product())),
+            d => bail!("batch norm kernel: expected [B, C, …], got {d:?}"),
+        }
+    }
+
+    /// A raw pointer the worker threads may share (each writes its own channels).
+    #[derive(Clone, Copy)]
+    struct SendPtr(*mut f32);
+    // SAFETY: the tasks write disjoint elements and the owner waits for them.
+    unsafe impl Send for SendPtr {}
+    // SAFETY: as above.
+    unsafe impl Sync for SendPtr {}
+
+    impl SendPtr {
+        fn ptr(self) -> *mut f32 {
+            self.0
+        }
+    }
+
+    /// Runs `f(c)` for every channel on candle's CPU worker threads.
+    fn per_channel(c: usize, f: impl Fn(usize) + Sync) {
+        candle_core::utils::barrier_pool().execute_chunked(c, |range| {
+            for ch in range {
+                f(ch);
+            }
+        });
+    }
+
+    /// The values of channel `ch`: `B` runs of `s`.
+    fn channel(
+        x: &[f32],
+        (b, c, s): (usize, usize, usize),
+        ch: usize,
+    ) -> impl Iterator<Item = &[f32]> {
+        (0..b).map(move |bi| &x[(bi * c + ch) * s..][..s])
+    }
+
+    /// Mean and biased variance of channel `ch`, accumulated in f64.
+    fn moments(x: &[f32], dims: (usize, usize, usize), ch: usize) -> (f32, f64) {
+        let n = (dims.0 * dims.2) as f64;
+        let sum: f64 = channel(x, dims, ch)
+            .map(|r| r.iter().map(|&v| f64::from(v)).sum::<f64>())
+            .sum();
+        let mean = sum / n;
+        let ss: f64 = channel(x, dims, ch)
+            .map(|r| {
+                r.iter()
+                    .map(|&v| (f64::from(v) - mean).powi(2))
+                    .sum::<f64>()
+            })
+            .sum();
+        (mean as f32, ss / n)
+    }
+
+    /// Mean and 1/√(biased variance + eps) of channel `ch`.
+    fn normalizer(x: &[f32], dims: (usize, usize, usize), ch: usize, eps: f64) -> (f32, f32) {
+        let (mean, var) = moments(x, dims, ch);
+        (mean, (1.0 / (var + eps).sqrt()) as f32)
+    }
+
+    /// The batch statistics `[2, C]`: per-channel mean and biased variance.
+    #[derive(Clone, Copy, Debug)]
+    pub(super) struct Moments;
+
+    impl CustomOp1 for Moments {
+        fn name(&self) -> &'static str {
+            "decomp-batch-norm-moments"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            let dims = sizes(l)?;
+            let x = f32_data(s, l)?;
+            let c = dims.1;
+            let mut out = vec![0f32; 2 * c];
+            let dst = SendPtr(out.as_mut_ptr());
+            per_channel(c, |ch| {
+                let (mean, var) = moments(x, dims, ch);
+                // SAFETY: entries ch and c + ch belong to this task; `out` outlives the call.
+                unsafe {
+                    *dst.ptr().add(ch) = mean;
+                    *dst.ptr().add(c + ch) = var as f32;
+                }
+            });
+            Ok((CpuStorage::F32(out), Shape::from((2, c))))
+        }
+    }
+
+    /// `(x − μ_c)/√(σ²_c + eps) · γ_c + β_c` with the batch's per-channel statistics; inputs
+    /// `x`, `γ` `[C]`, `β` `[C]`.
+    #[derive(Clone, Copy, Debug)]
+    pub(super) struct Normalize {
+        pub(super) eps: f64,
+    }
+
+    impl CustomOp3 for Normalize {
+        fn name(&self) -> &'static str {
+            "decomp-batch-norm"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let dims = sizes(l1)?;
+            let (b, c, s) = dims;
+            let (x, gamma, beta) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
+            if gamma.len() != c || beta.len() != c {
+                bail!(
+                    "batch norm kernel: {c} channels, weight {:?}, bias {:?}",
+                    l2.dims(),
+                    l3.dims()
+                )
+            }
+            let mut out = vec![0f32; x.len()];
+            let dst = SendPtr(out.as_mut_ptr());
+            per_channel(c, |ch| {
+                let (mean, r) = normalizer(x, dims, ch, self.eps);
+                let (a, sh) = (gamma[ch] * r, beta[ch]);
+                for bi in 0..b {
+                    let off = (bi * c + ch) * s;
+                    // SAFETY: channel ch of every image belongs to this task.
+                    let d = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(off), s) };
+                    for (o, &v) in d.iter_mut().zip(&x[off..off + s]) {
+                        *o = (v - mean) * a + sh;
+                    }
+                }
+            });
+            Ok((CpuStorage::F32(out), l1.shape().clone()))
+        }
+
+        fn bwd(
+            &self,
+            x: &Tensor,
+            gamma: &Tensor,
+            _beta: &Tensor,
+            _res: &Tensor,
+            grad: &Tensor,
+        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let c = gamma.elem_count();
+            let n = x.elem_count();
+            let flat = x.contiguous()?.apply_op3_no_bwd(
+                &grad.contiguous()?,
+                &gamma.contiguous()?,
+                &NormalizeGrad { eps: self.eps },
+            )?;
+            let dx = flat.narrow(0, 0, n)?.reshape(x.shape())?;
+            let dgamma = flat.narrow(0, n, c)?.reshape(gamma.shape())?;
+            let dbeta = flat.narrow(0, n + c, c)?.reshape(gamma.shape())?;
+            Ok((Some(dx), Some(dgamma), Some(dbeta)))
+        }
+    }
+
+    /// The backward pass of [`Normalize`]: inputs `x`, the output gradient and `γ`; output,
+    /// flat, the input gradient then the gradients of `γ` and `β`.
+    /// With x̂ the normalized input and N = B·spatial:
+    /// `dβ = Σ dy`, `dγ = Σ dy·x̂`, `dx = γ/√(σ² + eps) · (dy − dβ/N − x̂·dγ/N)`.
+    #[derive(Clone, Copy, Debug)]
+    struct NormalizeGrad {
+        eps: f64,
+    }
+
+    impl CustomOp3 for NormalizeGrad {
+        fn name(&self) -> &'static str {
+            "decomp-batch-norm-grad"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let dims = sizes(l1)?;
+            let (b, c, s) = dims;
+            let (x, dy, gamma) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
+            if dy.len() != x.len() || gamma.len() != c {
+                bail!(
+                    "batch norm kernel: gradient {:?} / weight {:?} do not fit {:?}",
+                    l2.dims(),
+                    l3.dims(),
+                    l1.dims()
+                )
+            }
+            let total = x.len();
+            let mut out = vec![0f32; total + 2 * c];
+            let dst = SendPtr(out.as_mut_ptr());
+            let nf = (b * s) as f64;
+            per_channel(c, |ch| {
+                let (mean, r) = normalizer(x, dims, ch, self.eps);
+                let (mut sdy, mut sdyx) = (0f64, 0f64);
+                for (xr, gr) in channel(x, dims, ch).zip(channel(dy, dims, ch)) {
+                    for (&v, &g) in xr.iter().zip(gr) {
+                        sdy += f64::from(g);
+                        sdyx += f64::from(g) * f64::from((v - mean) * r);
+                    }
+                }
+                let (mdy, mdyx) = ((sdy / nf) as f32, (sdyx / nf) as f32);
+                let a = gamma[ch] * r;
+                for bi in 0..b {
+                    let off = (bi * c + ch) * s;
+                    // SAFETY: channel ch of every image and entries total + ch, total + c + ch
+                    // belong to this task.
+                    let d = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(off), s) };
+                    for ((o, &v), &g) in d.iter_mut().zip(&x[off..off + s]).zip(&dy[off..off + s]) {
+                        *o = a * (g - mdy - (v - mean) * r * mdyx);
+                    }
+                }
+                // SAFETY: as above.
+                unsafe {
+                    *dst.ptr().add(total + ch) = sdyx as f32;
+                    *dst.ptr().add(total + c + ch) = sdy as f32;
+                }
+            });
+            Ok((CpuStorage::F32(out), Shape::from(total + 2 * c)))
+        }
     }
 }

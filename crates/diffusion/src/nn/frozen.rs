@@ -16,9 +16,9 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Linear;
 
+use crate::nn::conv::gemm;
 use crate::nn::energy::EnergyForm;
 use crate::nn::mlp::ResidualMlp;
-use crate::nn::unet::fastconv::gemm;
 use crate::{Error, Result};
 
 /// Rows per work chunk: the activations of a chunk stay in the L2 cache.

@@ -62,10 +62,10 @@
 //! # Speed on the CPU
 //!
 //! For `f32` tensors on the CPU the heavy steps run as custom kernels with exact backward passes
-//! (tested against candle's own ops): the stride-1 convolutions (a per-image column matrix and
-//! one `gemm` product written straight into the NCHW output, starting from the bias, so no
-//! transposes and no separate bias pass; the kernel-1 projections `qkv`, `proj_out` and
-//! `skip_connection` are the same op without the column matrix), GroupNorm fused with its affine
+//! (tested against candle's own ops): the convolutions ([`crate::nn::conv::Conv2d`]: a
+//! per-image column matrix and one `gemm` product written straight into the NCHW output,
+//! starting from the bias, so no transposes and no separate bias pass; the kernel-1 projections
+//! `qkv`, `proj_out` and `skip_connection` are the same op without the column matrix), GroupNorm fused with its affine
 //! map, modulation and SiLU (and a one-pass backward), the whole attention of a head (weights in
 //! a per-thread buffer, recomputed for the backward pass), and per-channel bias additions whose
 //! backward sums in one parallel pass.
@@ -73,11 +73,12 @@
 
 use std::collections::BTreeSet;
 
-use candle_core::{D, DType, Tensor};
+use candle_core::{D, DType, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::denoiser::Denoiser;
+use crate::nn::conv::{Conv2d, ConvBias, ConvOp};
 use crate::nn::layers::{ConvSpec, conv2d, conv2d_zeroed, dropout, linear, upsample_nearest2x};
 use crate::param::Parameterization;
 use crate::random::SeededRng;
@@ -447,85 +448,6 @@ impl Layout {
     }
 }
 
-/// A 2-D convolution kept as raw tensors, so that its bias can be merged with other per-channel
-/// terms before the one broadcast add.
-#[derive(Clone, Debug)]
-struct Conv {
-    weight: Tensor,
-    /// The bias as `[1, C, 1, 1]`.
-    bias: Tensor,
-    spec: ConvSpec,
-}
-
-impl Conv {
-    fn new(
-        in_ch: usize,
-        out_ch: usize,
-        spec: ConvSpec,
-        zeroed: bool,
-        vb: VarBuilder,
-    ) -> Result<Self> {
-        let conv = if zeroed {
-            conv2d_zeroed(in_ch, out_ch, spec, vb)?
-        } else {
-            conv2d(in_ch, out_ch, spec, vb)?
-        };
-        let bias = conv
-            .bias()
-            .ok_or_else(|| Error::Config("convolution without bias".to_string()))?
-            .reshape((1, out_ch, 1, 1))?;
-        Ok(Self {
-            weight: conv.weight().clone(),
-            bias,
-            spec,
-        })
-    }
-
-    /// The convolution without its bias.
-    fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let fast = x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
-            && self.spec.stride == 1
-            && self.spec.padding < self.spec.kernel;
-        if fast {
-            let op = fastconv::Conv {
-                padding: self.spec.padding,
-            };
-            Ok(x.contiguous()?.apply_op2(&self.weight.contiguous()?, op)?)
-        } else {
-            Ok(x.conv2d(&self.weight, self.spec.padding, self.spec.stride, 1, 1)?)
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_bias(x, &self.bias)
-    }
-
-    /// The convolution plus a per-channel bias of `O` elements or per-sample one of `B·O`
-    /// (on the CPU for `f32` the product starts from it).
-    fn forward_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let o = self.weight.dim(0)?;
-        let fast = x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
-            && bias.dtype() == DType::F32
-            && self.spec.stride == 1
-            && self.spec.padding < self.spec.kernel
-            && (bias.elem_count() == o || bias.elem_count() == x.dim(0)? * o);
-        if fast {
-            let op = fastconv::ConvBias {
-                padding: self.spec.padding,
-            };
-            let bias = bias.reshape((bias.elem_count() / o, o))?.contiguous()?;
-            Ok(x.contiguous()?
-                .apply_op3(&self.weight.contiguous()?, &bias, op)?)
-        } else {
-            add_channel_bias(&self.apply(x)?, bias)
-        }
-    }
-}
-
 /// A pointwise projection over channels (a kernel-1 convolution) done as a matrix product.
 #[derive(Clone, Debug)]
 struct Pointwise {
@@ -564,12 +486,15 @@ impl Pointwise {
     }
 
     /// `W x + bias` for `x` of shape `[B, in, N]`; on the CPU for `f32` a kernel-1
-    /// [`fastconv::ConvBias`] (one product per image, starting from the bias).
+    /// `ConvBias` (one product per image, starting from the bias).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, ci, n) = x.dims3()?;
         let co = self.weight.dim(0)?;
         if x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
-            let op = fastconv::ConvBias { padding: 0 };
+            let op = ConvBias(ConvOp {
+                padding: 0,
+                stride: 1,
+            });
             let y = x.contiguous()?.reshape((b, ci, n, 1))?.apply_op3(
                 &self.weight.reshape((co, ci, 1, 1))?,
                 &self.bias.reshape((1, co))?,
@@ -661,12 +586,12 @@ impl Norm {
 #[derive(Clone, Debug)]
 struct ResBlock {
     in_norm: Norm,
-    in_conv: Conv,
+    in_conv: Conv2d,
     /// `emb_layers.1`: weight `[C or 2C, E]`, bias `[C or 2C]`.
     emb_weight: Tensor,
     emb_bias: Tensor,
     out_norm: Norm,
-    out_conv: Conv,
+    out_conv: Conv2d,
     skip: Option<Pointwise>,
     resample: Resample,
     out_ch: usize,
@@ -705,11 +630,11 @@ impl ResBlock {
         };
         Ok(Self {
             in_norm: Norm::new(cfg.num_groups, in_ch, vb.pp("in_layers.0"))?,
-            in_conv: Conv::new(in_ch, out_ch, ConvSpec::SAME3, false, vb.pp("in_layers.2"))?,
+            in_conv: Conv2d::new(in_ch, out_ch, ConvSpec::SAME3, vb.pp("in_layers.2"))?,
             emb_weight: emb.weight().clone(),
             emb_bias,
             out_norm: Norm::new(cfg.num_groups, out_ch, vb.pp("out_layers.0"))?,
-            out_conv: Conv::new(out_ch, out_ch, ConvSpec::SAME3, true, vb.pp("out_layers.3"))?,
+            out_conv: Conv2d::zeroed(out_ch, out_ch, ConvSpec::SAME3, vb.pp("out_layers.3"))?,
             skip,
             resample,
             out_ch,
@@ -735,7 +660,11 @@ impl ResBlock {
             self.out_norm.forward(&h, Some(&e), true)?
         } else {
             // The conv bias and the embedding projection are both per-channel: add them at once.
-            let bias = e.broadcast_add(&self.in_conv.bias.reshape((1, c))?)?;
+            let own = self
+                .in_conv
+                .bias()
+                .ok_or_else(|| Error::Config("residual-block convolution without bias".into()))?;
+            let bias = e.broadcast_add(&own.reshape((1, c))?)?;
             let h = self.in_conv.forward_bias(&h, &bias)?;
             self.out_norm.forward(&h, None, true)?
         };
@@ -803,9 +732,9 @@ enum Block {
     Res(ResBlock),
     Attn(AttentionBlock),
     /// `Downsample` with a convolution (`op`).
-    Down(Conv),
+    Down(Conv2d),
     /// `Upsample` with a convolution (`conv`).
-    Up(Conv),
+    Up(Conv2d),
 }
 
 impl Block {
@@ -818,11 +747,9 @@ impl Block {
             } => Self::Res(ResBlock::new(cfg, in_ch, out_ch, resample, vb)?),
             Layer::Attn { ch } => Self::Attn(AttentionBlock::new(cfg, ch, vb)?),
             Layer::DownConv { ch } => {
-                Self::Down(Conv::new(ch, ch, ConvSpec::DOWN3, false, vb.pp("op"))?)
+                Self::Down(Conv2d::new(ch, ch, ConvSpec::DOWN3, vb.pp("op"))?)
             }
-            Layer::UpConv { ch } => {
-                Self::Up(Conv::new(ch, ch, ConvSpec::SAME3, false, vb.pp("conv"))?)
-            }
+            Layer::UpConv { ch } => Self::Up(Conv2d::new(ch, ch, ConvSpec::SAME3, vb.pp("conv"))?),
         })
     }
 
@@ -830,8 +757,8 @@ impl Block {
         match self {
             Self::Res(r) => r.forward(x, emb_act, rng),
             Self::Attn(a) => a.forward(x),
-            Self::Down(c) => c.forward(x),
-            Self::Up(c) => c.forward(&upsample_nearest2x(x)?),
+            Self::Down(c) => Ok(c.forward(x)?),
+            Self::Up(c) => Ok(c.forward(&upsample_nearest2x(x)?)?),
         }
     }
 }
@@ -868,12 +795,12 @@ pub struct UNet {
     dtype: DType,
     time_embed_0: candle_nn::Linear,
     time_embed_2: candle_nn::Linear,
-    input_conv: Conv,
+    input_conv: Conv2d,
     input_blocks: Vec<Vec<Block>>,
     middle_block: Vec<Block>,
     output_blocks: Vec<Vec<Block>>,
     out_norm: Norm,
-    out_conv: Conv,
+    out_conv: Conv2d,
 }
 
 impl UNet {
@@ -902,11 +829,10 @@ impl UNet {
             config.time_embed_dim,
             vb.pp("time_embed.2"),
         )?;
-        let input_conv = Conv::new(
+        let input_conv = Conv2d::new(
             config.in_channels,
             base,
             ConvSpec::SAME3,
-            false,
             vb.pp("input_blocks.0.0"),
         )?;
         let input_blocks = layout
@@ -923,13 +849,7 @@ impl UNet {
             .map(|(i, layers)| build_seq(config, layers, vb.pp(format!("output_blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let out_norm = Norm::new(config.num_groups, base, vb.pp("out.0"))?;
-        let out_conv = Conv::new(
-            base,
-            config.out_channels,
-            ConvSpec::SAME3,
-            true,
-            vb.pp("out.2"),
-        )?;
+        let out_conv = Conv2d::zeroed(base, config.out_channels, ConvSpec::SAME3, vb.pp("out.2"))?;
         Ok(Self {
             config: config.clone(),
             parameterization,
@@ -1055,7 +975,7 @@ impl UNet {
             h = run_seq(block, &h, &emb_act, dropout_rng.as_deref_mut())?;
         }
         let h = self.out_norm.forward(&h, None, true)?;
-        self.out_conv.forward(&h)
+        Ok(self.out_conv.forward(&h)?)
     }
 }
 
@@ -1070,491 +990,7 @@ impl Denoiser for UNet {
     }
 }
 
-/// Stride-1 2-D convolution on the CPU as matrix products written straight into NCHW.
-///
-/// candle's CPU `conv2d` builds its im2col tiles element by element and needs transposes around
-/// its matrix product. Here each task (an image, or a band of output rows of one image when there
-/// are fewer images than threads) copies the `k·k` shifted rows of every input channel into a
-/// per-thread column matrix `[C·k·k, rows·Wo]` (whole row segments at once; for a kernel-1,
-/// padding-0 convolution the image itself is that matrix), and one `gemm` call multiplies the
-/// kernel `[O, C·k·k]` (the `[O, C, k, k]` layout as it is) by it into the output `[O, rows·Wo]`
-/// of that image, in place. The backward pass is exact: the input gradient is the same
-/// convolution of the output gradient with the flipped, transposed kernel, the kernel gradient
-/// the sum over images of the output gradient times the transposed column matrix.
-pub(crate) mod fastconv {
-    use std::cell::RefCell;
-    use std::sync::Mutex;
-
-    use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, bail};
-
-    /// The sizes of one convolution.
-    #[derive(Clone, Copy, Debug)]
-    struct Geom {
-        b: usize,
-        c: usize,
-        h: usize,
-        w: usize,
-        k: usize,
-        p: usize,
-        ho: usize,
-        wo: usize,
-    }
-
-    impl Geom {
-        /// Rows of the column matrix, `C·k·k`.
-        fn kk(&self) -> usize {
-            self.c * self.k * self.k
-        }
-
-        fn hw_out(&self) -> usize {
-            self.ho * self.wo
-        }
-
-        /// Whether the input image is its own column matrix.
-        fn direct(&self) -> bool {
-            self.k == 1 && self.p == 0
-        }
-    }
-
-    fn geom(x: &[usize], k: usize, p: usize) -> candle_core::Result<Geom> {
-        let [b, c, h, w] = x else {
-            bail!("conv: expected a 4-D input, got {x:?}")
-        };
-        let (ho, wo) = match ((h + 2 * p).checked_sub(k), (w + 2 * p).checked_sub(k)) {
-            (Some(a), Some(bb)) if p < k => (a + 1, bb + 1),
-            _ => bail!("conv: kernel {k} with padding {p} does not fit an input of {h}x{w}"),
-        };
-        Ok(Geom {
-            b: *b,
-            c: *c,
-            h: *h,
-            w: *w,
-            k,
-            p,
-            ho,
-            wo,
-        })
-    }
-
-    fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-        let CpuStorage::F32(v) = s else {
-            bail!("conv: only f32 is supported")
-        };
-        match l.contiguous_offsets() {
-            Some((start, end)) => Ok(&v[start..end]),
-            None => bail!("conv: the input must be contiguous"),
-        }
-    }
-
-    thread_local! {
-        /// The column matrix of the current task, reused across calls.
-        static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// Output rows `y0..y1` of one image `img` (`[C, H, W]`) as the column matrix
-    /// `[C·k·k, (y1 − y0)·Wo]` (row `(ci·k + ky)·k + kx`), zero where a tap falls outside.
-    fn im2col(img: &[f32], g: &Geom, y0: usize, y1: usize, dst: &mut [f32]) {
-        let (k, p, h, w, wo) = (g.k, g.p, g.h, g.w, g.wo);
-        let n = (y1 - y0) * wo;
-        for ci in 0..g.c {
-            let plane = &img[ci * h * w..][..h * w];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &mut dst[((ci * k + ky) * k + kx) * n..][..n];
-                    // Output columns x with 0 <= x + kx − p < w.
-                    let x_lo = p.saturating_sub(kx).min(wo);
-                    let x_hi = (w + p).saturating_sub(kx).clamp(x_lo, wo);
-                    for (yi, line) in row.chunks_exact_mut(wo).enumerate() {
-                        let sy = y0 + yi + ky;
-                        if sy < p || sy - p >= h {
-                            line.fill(0.0);
-                            continue;
-                        }
-                        let src = &plane[(sy - p) * w..][..w];
-                        line[..x_lo].fill(0.0);
-                        line[x_hi..].fill(0.0);
-                        let sx = x_lo + kx - p;
-                        line[x_lo..x_hi].copy_from_slice(&src[sx..sx + (x_hi - x_lo)]);
-                    }
-                }
-            }
-        }
-    }
-
-    /// A raw pointer that may cross to the worker threads (each task writes a disjoint part).
-    #[derive(Clone, Copy)]
-    struct SendPtr(*mut f32);
-    // SAFETY: the tasks that share it write disjoint elements and the owner waits for them.
-    unsafe impl Send for SendPtr {}
-    // SAFETY: as above.
-    unsafe impl Sync for SendPtr {}
-
-    impl SendPtr {
-        /// The pointer (a method, so that closures capture the whole `SendPtr`).
-        fn ptr(self) -> *mut f32 {
-            self.0
-        }
-    }
-
-    /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with the given (row, column) strides, on the calling
-    /// thread.
-    ///
-    /// # Safety
-    ///
-    /// Every element addressed through the sizes and strides must lie in its buffer, and `dst`
-    /// must not overlap `lhs` or `rhs`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn gemm(
-        (m, n, k): (usize, usize, usize),
-        dst: *mut f32,
-        (dst_rs, dst_cs): (usize, usize),
-        accumulate: bool,
-        lhs: *const f32,
-        (lhs_rs, lhs_cs): (usize, usize),
-        rhs: *const f32,
-        (rhs_rs, rhs_cs): (usize, usize),
-    ) {
-        // SAFETY: the caller guarantees that every addressed element lies in its buffer.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst,
-                dst_cs as isize,
-                dst_rs as isize,
-                accumulate,
-                lhs,
-                lhs_cs as isize,
-                lhs_rs as isize,
-                rhs,
-                rhs_cs as isize,
-                rhs_rs as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    }
-
-    /// `x ⋆ w` with stride 1 and zero padding `padding` (input `[B, C, H, W]`, kernel
-    /// `[O, C, k, k]`, both contiguous `f32`), without bias.
-    #[derive(Clone, Copy, Debug)]
-    pub(super) struct Conv {
-        pub(super) padding: usize,
-    }
-
-    /// The convolution of [`Conv`], plus a bias `[1 or B, O]` (flattened, with its batch size)
-    /// the output starts from.
-    fn conv_forward(
-        padding: usize,
-        (s1, l1): (&CpuStorage, &Layout),
-        (s2, l2): (&CpuStorage, &Layout),
-        bias: Option<(&[f32], usize)>,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let [co, ci, k, k2] = *l2.dims() else {
-            bail!("conv: expected a 4-D kernel, got {:?}", l2.dims())
-        };
-        let g = geom(l1.dims(), k, padding)?;
-        if ci != g.c || k != k2 {
-            bail!(
-                "conv: kernel {:?} does not fit input {:?}",
-                l2.dims(),
-                l1.dims()
-            );
-        }
-        let x = f32_data(s1, l1)?;
-        let wm = f32_data(s2, l2)?;
-        let (kk, hw) = (g.kk(), g.hw_out());
-        let mut out = vec![0f32; g.b * co * hw];
-        let accumulate = match bias {
-            Some((bias, bb)) => {
-                if bias.len() != bb * co || (bb != 1 && bb != g.b) {
-                    bail!(
-                        "conv: a bias of {} values does not fit {co} channels",
-                        bias.len()
-                    )
-                }
-                for (plane, dst) in out.chunks_mut(hw.max(1)).enumerate() {
-                    let (bi, o) = (plane / co, plane % co);
-                    dst.fill(bias[if bb == 1 { o } else { bi * co + o }]);
-                }
-                true
-            }
-            None => false,
-        };
-        if out.is_empty() {
-            return Ok((CpuStorage::F32(out), Shape::from((g.b, co, g.ho, g.wo))));
-        }
-        // Bands of output rows per image, so that every thread has work.
-        let threads = candle_core::utils::get_num_threads().max(1);
-        let bands = threads.div_ceil(g.b).clamp(1, g.ho);
-        let dst = SendPtr(out.as_mut_ptr());
-        let task = |t: usize| {
-            let (bi, band) = (t / bands, t % bands);
-            let (y0, y1) = (band * g.ho / bands, (band + 1) * g.ho / bands);
-            let n = (y1 - y0) * g.wo;
-            if n == 0 {
-                return;
-            }
-            let img = &x[bi * g.c * g.h * g.w..][..g.c * g.h * g.w];
-            // SAFETY: rows y0..y1 of every output channel of image bi belong to this task
-            // only; `out` outlives the pool call.
-            let d = unsafe { dst.ptr().add(bi * co * hw + y0 * g.wo) };
-            if g.direct() {
-                // SAFETY: lhs [co × kk], rhs rows of the image, dst [co × n] with row
-                // stride hw, all in bounds.
-                unsafe {
-                    gemm(
-                        (co, n, kk),
-                        d,
-                        (hw, 1),
-                        accumulate,
-                        wm.as_ptr(),
-                        (kk, 1),
-                        img[y0 * g.wo..].as_ptr(),
-                        (hw, 1),
-                    );
-                }
-                return;
-            }
-            COLS.with(|cols| {
-                let mut cols = cols.borrow_mut();
-                if cols.len() < kk * n {
-                    cols.resize(kk * n, 0.0);
-                }
-                im2col(img, &g, y0, y1, &mut cols[..kk * n]);
-                // SAFETY: as above, with the column matrix [kk × n].
-                unsafe {
-                    gemm(
-                        (co, n, kk),
-                        d,
-                        (hw, 1),
-                        accumulate,
-                        wm.as_ptr(),
-                        (kk, 1),
-                        cols.as_ptr(),
-                        (n, 1),
-                    );
-                }
-            });
-        };
-        candle_core::utils::barrier_pool().execute_chunked(g.b * bands, |range| {
-            for t in range {
-                task(t);
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((g.b, co, g.ho, g.wo))))
-    }
-
-    /// The input and kernel gradients of [`Conv`] for the output gradient `grad`.
-    fn conv_grads(
-        padding: usize,
-        x: &Tensor,
-        w: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
-        let (co, ci, k, _) = w.dims4()?;
-        let grad = grad.contiguous()?;
-        // The flipped kernel with input and output channels swapped: [C, O, k, k].
-        let wv = w.flatten_all()?.to_vec1::<f32>()?;
-        let mut flipped = vec![0f32; wv.len()];
-        for o in 0..co {
-            for i in 0..ci {
-                for a in 0..k {
-                    for b in 0..k {
-                        flipped[((i * co + o) * k + a) * k + b] =
-                            wv[((o * ci + i) * k + (k - 1 - a)) * k + (k - 1 - b)];
-                    }
-                }
-            }
-        }
-        let flipped = Tensor::from_vec(flipped, (ci, co, k, k), w.device())?;
-        let grad_x = grad.apply_op2_no_bwd(
-            &flipped,
-            &Conv {
-                padding: k - 1 - padding,
-            },
-        )?;
-        let grad_w = x
-            .contiguous()?
-            .apply_op2_no_bwd(&grad, &KernelGrad { k, padding })?;
-        Ok((grad_x, grad_w))
-    }
-
-    impl CustomOp2 for Conv {
-        fn name(&self) -> &'static str {
-            "unet-conv2d"
-        }
-
-        fn cpu_fwd(
-            &self,
-            s1: &CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            conv_forward(self.padding, (s1, l1), (s2, l2), None)
-        }
-
-        fn bwd(
-            &self,
-            x: &Tensor,
-            w: &Tensor,
-            _res: &Tensor,
-            grad: &Tensor,
-        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-            let (grad_x, grad_w) = conv_grads(self.padding, x, w, grad)?;
-            Ok((Some(grad_x), Some(grad_w)))
-        }
-    }
-
-    /// [`Conv`] plus a per-channel bias `[1 or B, O]` (shared by the batch or per sample),
-    /// added by starting the product from it.
-    #[derive(Clone, Copy, Debug)]
-    pub(super) struct ConvBias {
-        pub(super) padding: usize,
-    }
-
-    impl CustomOp3 for ConvBias {
-        fn name(&self) -> &'static str {
-            "unet-conv2d-bias"
-        }
-
-        fn cpu_fwd(
-            &self,
-            s1: &CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-            s3: &CpuStorage,
-            l3: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            let [bb, _] = *l3.dims() else {
-                bail!("conv: expected a [1 or B, O] bias, got {:?}", l3.dims())
-            };
-            let bias = f32_data(s3, l3)?;
-            conv_forward(self.padding, (s1, l1), (s2, l2), Some((bias, bb)))
-        }
-
-        fn bwd(
-            &self,
-            x: &Tensor,
-            w: &Tensor,
-            bias: &Tensor,
-            _res: &Tensor,
-            grad: &Tensor,
-        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-            let (grad_x, grad_w) = conv_grads(self.padding, x, w, grad)?;
-            let sums = grad
-                .contiguous()?
-                .apply_op1_no_bwd(&super::fused::ChannelSum)?;
-            let d_bias = if bias.dim(0)? == 1 {
-                sums.sum_keepdim(0)?
-            } else {
-                sums
-            };
-            Ok((Some(grad_x), Some(grad_w), Some(d_bias)))
-        }
-    }
-
-    /// The kernel gradient of [`Conv`]: input `x` `[B, C, H, W]` and output gradient
-    /// `[B, O, Ho, Wo]` to `[O, C, k, k]`.
-    #[derive(Clone, Copy, Debug)]
-    struct KernelGrad {
-        k: usize,
-        padding: usize,
-    }
-
-    impl CustomOp2 for KernelGrad {
-        fn name(&self) -> &'static str {
-            "unet-conv2d-kernel-grad"
-        }
-
-        fn cpu_fwd(
-            &self,
-            s1: &CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            let g = geom(l1.dims(), self.k, self.padding)?;
-            let [gb, co, gh, gw] = *l2.dims() else {
-                bail!("conv: expected a 4-D gradient, got {:?}", l2.dims())
-            };
-            if (gb, gh, gw) != (g.b, g.ho, g.wo) {
-                bail!(
-                    "conv: gradient {:?} does not fit input {:?}",
-                    l2.dims(),
-                    l1.dims()
-                );
-            }
-            let x = f32_data(s1, l1)?;
-            let grad = f32_data(s2, l2)?;
-            let (kk, hw) = (g.kk(), g.hw_out());
-            let size = co * kk;
-            // One accumulator per group of images, summed at the end.
-            let groups = candle_core::utils::get_num_threads().clamp(1, g.b.max(1));
-            let mut acc = vec![0f32; groups * size];
-            if size == 0 || hw == 0 {
-                return Ok((
-                    CpuStorage::F32(vec![0f32; size]),
-                    Shape::from((co, g.c, g.k, g.k)),
-                ));
-            }
-            let parts: Vec<Mutex<&mut [f32]>> = acc.chunks_mut(size).map(Mutex::new).collect();
-            candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
-                for gi in range {
-                    let mut part = parts[gi].lock().unwrap_or_else(|e| e.into_inner());
-                    let dst = part.as_mut_ptr();
-                    for bi in gi * g.b / groups..(gi + 1) * g.b / groups {
-                        let img = &x[bi * g.c * g.h * g.w..][..g.c * g.h * g.w];
-                        let gr = &grad[bi * co * hw..][..co * hw];
-                        let with_cols = |cols: &[f32]| {
-                            // SAFETY: dst [co × kk] += grad [co × hw] · colsᵀ, cols [kk × hw].
-                            unsafe {
-                                gemm(
-                                    (co, kk, hw),
-                                    dst,
-                                    (kk, 1),
-                                    true,
-                                    gr.as_ptr(),
-                                    (hw, 1),
-                                    cols.as_ptr(),
-                                    (1, hw),
-                                );
-                            }
-                        };
-                        if g.direct() {
-                            with_cols(img);
-                        } else {
-                            COLS.with(|cols| {
-                                let mut cols = cols.borrow_mut();
-                                if cols.len() < kk * hw {
-                                    cols.resize(kk * hw, 0.0);
-                                }
-                                im2col(img, &g, 0, g.ho, &mut cols[..kk * hw]);
-                                with_cols(&cols[..kk * hw]);
-                            });
-                        }
-                    }
-                }
-            });
-            drop(parts);
-            let (first, rest) = acc.split_at_mut(size);
-            for part in rest.chunks(size) {
-                for (a, v) in first.iter_mut().zip(part) {
-                    *a += v;
-                }
-            }
-            acc.truncate(size);
-            Ok((CpuStorage::F32(acc), Shape::from((co, g.c, g.k, g.k))))
-        }
-    }
-}
+pub(crate) use fused::ChannelSum;
 
 /// Fused CPU kernels for the two memory-bound steps: group normalization with its affine map and
 /// SiLU, and the attention softmax. candle composes them from five to seven full passes over the
@@ -1839,7 +1275,7 @@ mod fused {
 
     /// Per-sample, per-channel sums of a contiguous `[B, C, …]` tensor, `[B, C]`.
     #[derive(Clone, Copy, Debug)]
-    pub(super) struct ChannelSum;
+    pub(crate) struct ChannelSum;
 
     impl CustomOp1 for ChannelSum {
         fn name(&self) -> &'static str {
@@ -1999,7 +1435,7 @@ mod fused {
                     // SAFETY: w [L × L] = qᵀ [L × d] · k [d × L]; dst [d × L] = v [d × L] · wᵀ;
                     // all in bounds, dst and w distinct from the inputs.
                     unsafe {
-                        super::fastconv::gemm(
+                        crate::nn::conv::gemm(
                             (len, len, d),
                             w.as_mut_ptr(),
                             (len, 1),
@@ -2013,7 +1449,7 @@ mod fused {
                     softmax_rows(w, len, scale);
                     // SAFETY: as above.
                     unsafe {
-                        super::fastconv::gemm(
+                        crate::nn::conv::gemm(
                             (d, len, len),
                             dst.as_mut_ptr(),
                             (len, 1),
@@ -2120,82 +1556,6 @@ mod tests {
             .get("middle_block.0.emb_layers.1.weight")
             .expect("exists");
         assert_eq!(w.dims(), &[128, 64]);
-        Ok(())
-    }
-
-    /// The im2col convolution against candle's, forward and both gradients, across kernel
-    /// sizes, paddings and batch sizes (a single image is split into bands of rows).
-    #[test]
-    fn fast_convolution_matches_candle() -> Result<()> {
-        let dev = Device::Cpu;
-        let mut rng = crate::random::seeded(3);
-        for (b, c, h, w, o, k, p) in [
-            (5, 3, 7, 6, 4, 3, 1),
-            (2, 4, 8, 8, 3, 3, 0),
-            (3, 2, 5, 9, 2, 1, 0),
-            (4, 6, 6, 6, 5, 3, 2),
-            (1, 3, 7, 6, 4, 3, 1),
-            (1, 2, 5, 9, 2, 1, 0),
-        ] {
-            let x = candle_core::Var::from_tensor(&crate::random::normal_tensor(
-                &mut rng,
-                &[b, c, h, w],
-                DType::F32,
-                &dev,
-            )?)?;
-            let wt = candle_core::Var::from_tensor(&crate::random::normal_tensor(
-                &mut rng,
-                &[o, c, k, k],
-                DType::F32,
-                &dev,
-            )?)?;
-            let want = x.conv2d(&wt, p, 1, 1, 1)?;
-            let got = x
-                .as_tensor()
-                .apply_op2(wt.as_tensor(), fastconv::Conv { padding: p })?;
-            let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
-                assert_eq!(a.dims(), b.dims());
-                Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
-            };
-            assert!(diff(&want, &got)? < 1e-4);
-            let probe = crate::random::normal_tensor(&mut rng, want.dims(), DType::F32, &dev)?;
-            let gw = (want * &probe)?.sum_all()?.backward()?;
-            let gg = (got * &probe)?.sum_all()?.backward()?;
-            for v in [&x, &wt] {
-                let (a, b) = (gw.get(v.as_tensor()), gg.get(v.as_tensor()));
-                let (Some(a), Some(b)) = (a, b) else {
-                    panic!("missing gradient")
-                };
-                assert!(diff(a, b)? < 1e-3, "{}", diff(a, b)?);
-            }
-            // With a bias shared by the batch and with one per sample.
-            for bb in [1, b] {
-                let bias = candle_core::Var::from_tensor(&crate::random::normal_tensor(
-                    &mut rng,
-                    &[bb, o],
-                    DType::F32,
-                    &dev,
-                )?)?;
-                let want = x
-                    .conv2d(&wt, p, 1, 1, 1)?
-                    .broadcast_add(&bias.reshape((bb, o, 1, 1))?)?;
-                let got = x.as_tensor().apply_op3(
-                    wt.as_tensor(),
-                    bias.as_tensor(),
-                    fastconv::ConvBias { padding: p },
-                )?;
-                assert!(diff(&want, &got)? < 1e-4);
-                let gw = (want * &probe)?.sum_all()?.backward()?;
-                let gg = (got * &probe)?.sum_all()?.backward()?;
-                for v in [&x, &wt, &bias] {
-                    let (a, b) = (gw.get(v.as_tensor()), gg.get(v.as_tensor()));
-                    let (Some(a), Some(b)) = (a, b) else {
-                        panic!("missing gradient")
-                    };
-                    assert!(diff(a, b)? < 1e-3, "{}", diff(a, b)?);
-                }
-            }
-        }
         Ok(())
     }
 

@@ -1,0 +1,612 @@
+//! The CPU kernels of [`super::Conv2d`]: forward, input gradient and kernel gradient, each an
+//! im2col (or col2im) pass and one `gemm` product per image or band of output rows.
+
+use std::cell::RefCell;
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, bail};
+
+/// The sizes of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    p: usize,
+    s: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geom {
+    /// Rows of the column matrix, `C·k·k`.
+    fn kk(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    fn hw_out(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Whether the input image is its own column matrix.
+    fn direct(&self) -> bool {
+        self.k == 1 && self.p == 0 && self.s == 1
+    }
+
+    /// Output columns `x` whose tap `kx` falls inside the input: `lo..hi` with
+    /// `0 ≤ x·s + kx − p < w`.
+    fn columns(&self, kx: usize) -> (usize, usize) {
+        let lo = self.p.saturating_sub(kx).div_ceil(self.s).min(self.wo);
+        let hi = if self.w + self.p > kx {
+            ((self.w - 1 + self.p - kx) / self.s + 1).clamp(lo, self.wo)
+        } else {
+            lo
+        };
+        (lo, hi)
+    }
+}
+
+/// The geometry of a convolution of input dims `x` with a `k×k` kernel, padding `p` and
+/// stride `s` (`p < k`, `s ≥ 1`).
+fn geom(x: &[usize], k: usize, p: usize, s: usize) -> candle_core::Result<Geom> {
+    let [b, c, h, w] = x else {
+        bail!("conv: expected a 4-D input, got {x:?}")
+    };
+    if s == 0 {
+        bail!("conv: the stride must be positive")
+    }
+    let (ho, wo) = match ((h + 2 * p).checked_sub(k), (w + 2 * p).checked_sub(k)) {
+        (Some(a), Some(bb)) if p < k => (a / s + 1, bb / s + 1),
+        _ => bail!("conv: kernel {k} with padding {p} does not fit an input of {h}x{w}"),
+    };
+    Ok(Geom {
+        b: *b,
+        c: *c,
+        h: *h,
+        w: *w,
+        k,
+        p,
+        s,
+        ho,
+        wo,
+    })
+}
+
+pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("conv: only f32 is supported")
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&v[start..end]),
+        None => bail!("conv: the input must be contiguous"),
+    }
+}
+
+thread_local! {
+    /// The column matrix of the current task, reused across calls.
+    static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's column buffer of at least `len` elements.
+fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    COLS.with(|cols| {
+        let mut cols = cols.borrow_mut();
+        if cols.len() < len {
+            cols.resize(len, 0.0);
+        }
+        f(&mut cols[..len])
+    })
+}
+
+/// Output rows `y0..y1` of one image `img` (`[C, H, W]`) as the column matrix
+/// `[C·k·k, (y1 − y0)·Wo]` (row `(ci·k + ky)·k + kx`), zero where a tap falls outside.
+fn im2col(img: &[f32], g: &Geom, y0: usize, y1: usize, dst: &mut [f32]) {
+    let (k, p, s, h, w, wo) = (g.k, g.p, g.s, g.h, g.w, g.wo);
+    let n = (y1 - y0) * wo;
+    for ci in 0..g.c {
+        let plane = &img[ci * h * w..][..h * w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut dst[((ci * k + ky) * k + kx) * n..][..n];
+                let (x_lo, x_hi) = g.columns(kx);
+                for (yi, line) in row.chunks_exact_mut(wo).enumerate() {
+                    let sy = (y0 + yi) * s + ky;
+                    if sy < p || sy - p >= h {
+                        line.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[(sy - p) * w..][..w];
+                    line[..x_lo].fill(0.0);
+                    line[x_hi..].fill(0.0);
+                    let sx = x_lo * s + kx - p;
+                    if s == 1 {
+                        line[x_lo..x_hi].copy_from_slice(&src[sx..sx + (x_hi - x_lo)]);
+                    } else {
+                        for (d, v) in line[x_lo..x_hi].iter_mut().zip(src[sx..].iter().step_by(s)) {
+                            *d = *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`] over a whole image: adds every entry of the column matrix
+/// `[C·k·k, Ho·Wo]` to the input pixel its tap reads (`img` `[C, H, W]`, zeroed by the caller).
+fn col2im(cols: &[f32], g: &Geom, img: &mut [f32]) {
+    let (k, p, s, h, w, wo) = (g.k, g.p, g.s, g.h, g.w, g.wo);
+    let n = g.hw_out();
+    for ci in 0..g.c {
+        let plane = &mut img[ci * h * w..][..h * w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &cols[((ci * k + ky) * k + kx) * n..][..n];
+                let (x_lo, x_hi) = g.columns(kx);
+                for (y, line) in row.chunks_exact(wo).enumerate() {
+                    let sy = y * s + ky;
+                    if sy < p || sy - p >= h {
+                        continue;
+                    }
+                    let dst = &mut plane[(sy - p) * w..][..w];
+                    let sx = x_lo * s + kx - p;
+                    for (d, v) in dst[sx..].iter_mut().step_by(s).zip(&line[x_lo..x_hi]) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A raw pointer that may cross to the worker threads (each task writes a disjoint part).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the tasks that share it write disjoint elements and the owner waits for them.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with the given (row, column) strides, on the calling
+/// thread.
+///
+/// # Safety
+///
+/// Every element addressed through the sizes and strides must lie in its buffer, and `dst`
+/// must not overlap `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    // SAFETY: the caller guarantees that every addressed element lies in its buffer.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `x ⋆ w` with zero padding `padding < k` and stride `stride` (input `[B, C, H, W]`, kernel
+/// `[O, C, k, k]`, both contiguous `f32`), without bias.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Conv {
+    pub(crate) padding: usize,
+    pub(crate) stride: usize,
+}
+
+/// The convolution of [`Conv`], plus a bias `[1 or B, O]` (flattened, with its batch size)
+/// the output starts from.
+fn conv_forward(
+    conv: Conv,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    bias: Option<(&[f32], usize)>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let [co, ci, k, k2] = *l2.dims() else {
+        bail!("conv: expected a 4-D kernel, got {:?}", l2.dims())
+    };
+    let g = geom(l1.dims(), k, conv.padding, conv.stride)?;
+    if ci != g.c || k != k2 {
+        bail!(
+            "conv: kernel {:?} does not fit input {:?}",
+            l2.dims(),
+            l1.dims()
+        );
+    }
+    let x = f32_data(s1, l1)?;
+    let wm = f32_data(s2, l2)?;
+    let (kk, hw) = (g.kk(), g.hw_out());
+    let mut out = vec![0f32; g.b * co * hw];
+    let accumulate = match bias {
+        Some((bias, bb)) => {
+            if bias.len() != bb * co || (bb != 1 && bb != g.b) {
+                bail!(
+                    "conv: a bias of {} values does not fit {co} channels",
+                    bias.len()
+                )
+            }
+            for (plane, dst) in out.chunks_mut(hw.max(1)).enumerate() {
+                let (bi, o) = (plane / co, plane % co);
+                dst.fill(bias[if bb == 1 { o } else { bi * co + o }]);
+            }
+            true
+        }
+        None => false,
+    };
+    if out.is_empty() {
+        return Ok((CpuStorage::F32(out), Shape::from((g.b, co, g.ho, g.wo))));
+    }
+    // Bands of output rows per image, so that every thread has work.
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let bands = threads.div_ceil(g.b).clamp(1, g.ho);
+    let dst = SendPtr(out.as_mut_ptr());
+    let task = |t: usize| {
+        let (bi, band) = (t / bands, t % bands);
+        let (y0, y1) = (band * g.ho / bands, (band + 1) * g.ho / bands);
+        let n = (y1 - y0) * g.wo;
+        if n == 0 {
+            return;
+        }
+        let img = &x[bi * g.c * g.h * g.w..][..g.c * g.h * g.w];
+        // SAFETY: rows y0..y1 of every output channel of image bi belong to this task
+        // only; `out` outlives the pool call.
+        let d = unsafe { dst.ptr().add(bi * co * hw + y0 * g.wo) };
+        if g.direct() {
+            // SAFETY: lhs [co × kk], rhs rows of the image, dst [co × n] with row
+            // stride hw, all in bounds.
+            unsafe {
+                gemm(
+                    (co, n, kk),
+                    d,
+                    (hw, 1),
+                    accumulate,
+                    wm.as_ptr(),
+                    (kk, 1),
+                    img[y0 * g.wo..].as_ptr(),
+                    (hw, 1),
+                );
+            }
+            return;
+        }
+        with_cols(kk * n, |cols| {
+            im2col(img, &g, y0, y1, cols);
+            // SAFETY: as above, with the column matrix [kk × n].
+            unsafe {
+                gemm(
+                    (co, n, kk),
+                    d,
+                    (hw, 1),
+                    accumulate,
+                    wm.as_ptr(),
+                    (kk, 1),
+                    cols.as_ptr(),
+                    (n, 1),
+                );
+            }
+        });
+    };
+    candle_core::utils::barrier_pool().execute_chunked(g.b * bands, |range| {
+        for t in range {
+            task(t);
+        }
+    });
+    Ok((CpuStorage::F32(out), Shape::from((g.b, co, g.ho, g.wo))))
+}
+
+/// The input and kernel gradients of [`Conv`] for the output gradient `grad`.
+fn conv_grads(
+    conv: Conv,
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let (co, ci, k, _) = w.dims4()?;
+    let grad = grad.contiguous()?;
+    let grad_x = if conv.stride == 1 {
+        // The same convolution of the gradient with the flipped kernel, input and output
+        // channels swapped: [C, O, k, k].
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        let mut flipped = vec![0f32; wv.len()];
+        for o in 0..co {
+            for i in 0..ci {
+                for a in 0..k {
+                    for b in 0..k {
+                        flipped[((i * co + o) * k + a) * k + b] =
+                            wv[((o * ci + i) * k + (k - 1 - a)) * k + (k - 1 - b)];
+                    }
+                }
+            }
+        }
+        let flipped = Tensor::from_vec(flipped, (ci, co, k, k), w.device())?;
+        grad.apply_op2_no_bwd(
+            &flipped,
+            &Conv {
+                padding: k - 1 - conv.padding,
+                stride: 1,
+            },
+        )?
+    } else {
+        let (_, _, h, wd) = x.dims4()?;
+        grad.apply_op2_no_bwd(&w.contiguous()?, &InputGrad { conv, h, w: wd })?
+    };
+    let grad_w = x
+        .contiguous()?
+        .apply_op2_no_bwd(&grad, &KernelGrad { k, conv })?;
+    Ok((grad_x, grad_w))
+}
+
+impl CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "recompose-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        conv_forward(*self, (s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, grad_w) = conv_grads(*self, x, w, grad)?;
+        Ok((Some(grad_x), Some(grad_w)))
+    }
+}
+
+/// [`Conv`] plus a per-channel bias `[1 or B, O]` (shared by the batch or per sample),
+/// added by starting the product from it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvBias(pub(crate) Conv);
+
+impl CustomOp3 for ConvBias {
+    fn name(&self) -> &'static str {
+        "recompose-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let [bb, _] = *l3.dims() else {
+            bail!("conv: expected a [1 or B, O] bias, got {:?}", l3.dims())
+        };
+        let bias = f32_data(s3, l3)?;
+        conv_forward(self.0, (s1, l1), (s2, l2), Some((bias, bb)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, grad_w) = conv_grads(self.0, x, w, grad)?;
+        let sums = grad
+            .contiguous()?
+            .apply_op1_no_bwd(&crate::nn::unet::ChannelSum)?;
+        let d_bias = if bias.dim(0)? == 1 {
+            sums.sum_keepdim(0)?
+        } else {
+            sums
+        };
+        Ok((Some(grad_x), Some(grad_w), Some(d_bias)))
+    }
+}
+
+/// The input gradient of a strided [`Conv`]: output gradient `[B, O, Ho, Wo]` and kernel
+/// `[O, C, k, k]` to `[B, C, H, W]`, per image the column gradient `Wᵀ · grad` scattered back
+/// by [`col2im`].
+#[derive(Clone, Copy, Debug)]
+struct InputGrad {
+    conv: Conv,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "recompose-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let [co, ci, k, _] = *l2.dims() else {
+            bail!("conv: expected a 4-D kernel, got {:?}", l2.dims())
+        };
+        let [b, gco, gh, gw] = *l1.dims() else {
+            bail!("conv: expected a 4-D gradient, got {:?}", l1.dims())
+        };
+        let g = geom(
+            &[b, ci, self.h, self.w],
+            k,
+            self.conv.padding,
+            self.conv.stride,
+        )?;
+        if (gco, gh, gw) != (co, g.ho, g.wo) {
+            bail!(
+                "conv: gradient {:?} does not fit kernel {:?} on {}x{}",
+                l1.dims(),
+                l2.dims(),
+                self.h,
+                self.w
+            );
+        }
+        let grad = f32_data(s1, l1)?;
+        let wm = f32_data(s2, l2)?;
+        let (kk, hw, chw) = (g.kk(), g.hw_out(), ci * self.h * self.w);
+        let mut out = vec![0f32; b * chw];
+        if out.is_empty() || hw == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from((b, ci, self.h, self.w))));
+        }
+        let dst = SendPtr(out.as_mut_ptr());
+        candle_core::utils::barrier_pool().execute_chunked(b, |range| {
+            for bi in range {
+                let gr = &grad[bi * co * hw..][..co * hw];
+                // SAFETY: image bi of `out` belongs to this task only; `out` outlives the call.
+                let img = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(bi * chw), chw) };
+                with_cols(kk * hw, |cols| {
+                    // SAFETY: cols [kk × hw] = Wᵀ (W [co × kk] read transposed) · grad [co × hw].
+                    unsafe {
+                        gemm(
+                            (kk, hw, co),
+                            cols.as_mut_ptr(),
+                            (hw, 1),
+                            false,
+                            wm.as_ptr(),
+                            (1, kk),
+                            gr.as_ptr(),
+                            (hw, 1),
+                        );
+                    }
+                    col2im(cols, &g, img);
+                });
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, ci, self.h, self.w))))
+    }
+}
+
+/// The kernel gradient of [`Conv`]: input `x` `[B, C, H, W]` and output gradient
+/// `[B, O, Ho, Wo]` to `[O, C, k, k]`.
+#[derive(Clone, Copy, Debug)]
+struct KernelGrad {
+    k: usize,
+    conv: Conv,
+}
+
+impl CustomOp2 for KernelGrad {
+    fn name(&self) -> &'static str {
+        "recompose-conv2d-kernel-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = geom(l1.dims(), self.k, self.conv.padding, self.conv.stride)?;
+        let [gb, co, gh, gw] = *l2.dims() else {
+            bail!("conv: expected a 4-D gradient, got {:?}", l2.dims())
+        };
+        if (gb, gh, gw) != (g.b, g.ho, g.wo) {
+            bail!(
+                "conv: gradient {:?} does not fit input {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let x = f32_data(s1, l1)?;
+        let grad = f32_data(s2, l2)?;
+        let (kk, hw) = (g.kk(), g.hw_out());
+        let size = co * kk;
+        // One accumulator per group of images, summed at the end.
+        let groups = candle_core::utils::get_num_threads().clamp(1, g.b.max(1));
+        let mut acc = vec![0f32; groups * size];
+        if size == 0 || hw == 0 {
+            return Ok((
+                CpuStorage::F32(vec![0f32; size]),
+                Shape::from((co, g.c, g.k, g.k)),
+            ));
+        }
+        let parts: Vec<Mutex<&mut [f32]>> = acc.chunks_mut(size).map(Mutex::new).collect();
+        candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
+            for gi in range {
+                let mut part = parts[gi].lock().unwrap_or_else(|e| e.into_inner());
+                let dst = part.as_mut_ptr();
+                for bi in gi * g.b / groups..(gi + 1) * g.b / groups {
+                    let img = &x[bi * g.c * g.h * g.w..][..g.c * g.h * g.w];
+                    let gr = &grad[bi * co * hw..][..co * hw];
+                    let accumulate = |cols: &[f32]| {
+                        // SAFETY: dst [co × kk] += grad [co × hw] · colsᵀ, cols [kk × hw].
+                        unsafe {
+                            gemm(
+                                (co, kk, hw),
+                                dst,
+                                (kk, 1),
+                                true,
+                                gr.as_ptr(),
+                                (hw, 1),
+                                cols.as_ptr(),
+                                (1, hw),
+                            );
+                        }
+                    };
+                    if g.direct() {
+                        accumulate(img);
+                    } else {
+                        with_cols(kk * hw, |cols| {
+                            im2col(img, &g, 0, g.ho, cols);
+                            accumulate(cols);
+                        });
+                    }
+                }
+            }
+        });
+        drop(parts);
+        let (first, rest) = acc.split_at_mut(size);
+        for part in rest.chunks(size) {
+            for (a, v) in first.iter_mut().zip(part) {
+                *a += v;
+            }
+        }
+        acc.truncate(size);
+        Ok((CpuStorage::F32(acc), Shape::from((co, g.c, g.k, g.k))))
+    }
+}
