@@ -162,6 +162,8 @@ fn main() {
         // SAFETY: set before any thread is started.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
+    // As in the CLI: freed activation buffers are reused, not returned to the OS each step.
+    recompose_diffusion::host::keep_freed_memory();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! cargo xtask ci                  fmt --check, clippy -D warnings, the test suite, docs, benches compile
-//! cargo xtask bench <suite>       run a criterion suite: vsa, factorization, diffusion, compose or all;
-//!                                 diffusion also times the same models in PyTorch (local venv)
+//! cargo xtask bench <suite>       run a criterion suite: vsa, factorization, diffusion, compose,
+//!                                 decomp or all; diffusion and decomp also time the same models
+//!                                 in PyTorch (local venv)
 //! cargo xtask fixtures [--check]  regenerate fixtures/ (or verify the committed ones)
 //! cargo xtask fixtures reference <DIR>
 //!                                 cut fixtures/unet-reference/ from the Decomp Diffusion reference data
@@ -42,12 +43,13 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use recompose_decomp::problem::{Noise, Problem, ProblemConfig, VsaKind};
 
-const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|all> | fixtures [--check] | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick] [--reuse-models] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--images N]>";
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|all> | fixtures [--check] | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick] [--reuse-models] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--images N]>";
 
 /// The benchmark suites in `benches/benches/`.
-const SUITES: [&str; 4] = ["vsa", "factorization", "diffusion", "compose"];
+const SUITES: [&str; 5] = ["vsa", "factorization", "diffusion", "compose", "decomp"];
 
 fn main() -> Result<()> {
+    recompose_diffusion::host::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
@@ -130,8 +132,10 @@ fn bench(suite: &str) -> Result<()> {
     };
     for s in suites {
         cargo(&["bench", "-p", "recompose-benches", "--bench", s])?;
-        if s == "diffusion" {
-            torch::torch_comparison(&root())?;
+        match s {
+            "diffusion" => torch::torch_comparison(&root(), torch::Suite::Diffusion)?,
+            "decomp" => torch::torch_comparison(&root(), torch::Suite::Decomp)?,
+            _ => {}
         }
     }
     Ok(())

@@ -1,17 +1,25 @@
-//! The PyTorch half of `cargo xtask bench diffusion`.
+//! The PyTorch half of `cargo xtask bench diffusion` and `cargo xtask bench decomp`.
 //!
-//! After criterion has timed `benches/benches/diffusion.rs`, [`torch_comparison`] times the same
+//! After criterion has timed `benches/benches/<suite>.rs`, [`torch_comparison`] times the same
 //! workloads in PyTorch on the same machine with the same number of threads, and puts both
-//! sides in one table (stdout and `docs/results/diffusion-bench.md`):
+//! sides in one table (stdout and `docs/results/<suite>-bench.md`). Suite `diffusion`:
 //!
 //! * `mlp/train-step/batch=1000`: one Adam step of the 2-D residual MLP (Du et al. 2023);
 //! * `unet/forward/<cfg>/batch=48`: the Decomp Diffusion U-Net's forward pass, no grad, eval mode;
 //! * `unet/train-step/<cfg>/batch=16`: one Adam step of that U-Net (x0-prediction MSE).
 //!
+//! Suite `decomp` (the whole Decomp Diffusion model, encoder + U-Net, K = 3):
+//!
+//! * `decomp/train-step/<cfg>/batch=16`: one Adam step (encoder in training mode, 48 denoiser
+//!   images, x0 MSE of the mean over factors);
+//! * `decomp/forward/<cfg>/batch=16`: the composed prediction (one DDIM step of 16 images);
+//! * `decomp/encode/<cfg>/batch=16`: the encoder alone, eval mode.
+//!
 //! `<cfg>` runs over the four small configurations of the reference benchmark (32 or 16 px, 32 or
 //! 16 base channels). The PyTorch models live in `torchbench.py` (embedded here, written to
-//! `target/torchbench.py`), which checks their parameter counts against the reference denoiser
-//! (710,051 / 188,659 / 722,915 / 710,051) and prints one JSON object on its last stdout line.
+//! `target/torchbench.py`), which checks their parameter counts against the reference (denoiser
+//! 710,051 / 188,659 / 722,915 / 710,051; whole model 4,597,635 / 4,076,243 / 4,020,675 /
+//! 4,007,811) and prints one JSON object on its last stdout line.
 //!
 //! Timing: Rust = criterion's median time per iteration (`target/criterion/…/new/estimates.json`);
 //! PyTorch = median of 10 calls after 3 warm-up calls. Both sides run float32 on the CPU with
@@ -67,27 +75,52 @@ struct Workload {
     unit: &'static str,
 }
 
-fn workloads() -> Vec<Workload> {
-    let mut w = vec![Workload {
-        group: "mlp/train-step/batch=1000".into(),
-        items: 1,
-        unit: "steps/s",
-    }];
-    for cfg in UNET_CONFIGS {
-        w.push(Workload {
-            group: format!("unet/forward/{cfg}/batch=48"),
-            items: 48,
-            unit: "img/s",
-        });
+/// A benchmark suite with a PyTorch side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suite {
+    /// `benches/benches/diffusion.rs`: the MLP and the U-Net alone.
+    Diffusion,
+    /// `benches/benches/decomp.rs`: the whole Decomp Diffusion model.
+    Decomp,
+}
+
+impl Suite {
+    /// The suite's name (criterion bench target, `--suite` of the script).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Diffusion => "diffusion",
+            Self::Decomp => "decomp",
+        }
     }
-    for cfg in UNET_CONFIGS {
-        w.push(Workload {
-            group: format!("unet/train-step/{cfg}/batch=16"),
-            items: 16,
-            unit: "img/s",
-        });
+
+    fn workloads(self) -> Vec<Workload> {
+        let per_config = |kind: &str, batch: usize, items: u64| {
+            UNET_CONFIGS.map(|cfg| Workload {
+                group: format!("{kind}/{cfg}/batch={batch}"),
+                items,
+                unit: "img/s",
+            })
+        };
+        match self {
+            Self::Diffusion => {
+                let mut w = vec![Workload {
+                    group: "mlp/train-step/batch=1000".into(),
+                    items: 1,
+                    unit: "steps/s",
+                }];
+                w.extend(per_config("unet/forward", 48, 48));
+                w.extend(per_config("unet/train-step", 16, 16));
+                w
+            }
+            Self::Decomp => {
+                let mut w = Vec::new();
+                w.extend(per_config("decomp/train-step", 16, 16));
+                w.extend(per_config("decomp/forward", 16, 48));
+                w.extend(per_config("decomp/encode", 16, 16));
+                w
+            }
+        }
     }
-    w
 }
 
 /// What `torchbench.py` reports.
@@ -100,25 +133,25 @@ struct TorchReport {
     background: BTreeMap<String, f64>,
 }
 
-/// Runs the PyTorch side of the diffusion benchmarks and writes the comparison with the
-/// criterion results already in the target directory to `docs/results/diffusion-bench.md`.
+/// Runs the PyTorch side of a benchmark suite and writes the comparison with the criterion
+/// results already in the target directory to `docs/results/<suite>-bench.md`.
 ///
 /// # Errors
 ///
 /// When the virtualenv cannot be set up, the script fails or prints no JSON report, or the
 /// report cannot be written. Missing criterion results are reported as "n/a", not errors.
-pub fn torch_comparison(root: &Path) -> Result<()> {
+pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
     let threads = threads();
     let python = python(root)?;
     let script = root.join("target/torchbench.py");
     fs::create_dir_all(root.join("target")).context("creating target/")?;
     fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
     println!("torch: running {} with {threads} threads", script.display());
-    let torch = run_script(root, &python, &script, threads)?;
+    let torch = run_script(root, &python, &script, threads, suite)?;
 
     let criterion = criterion_dir(root);
     let rust = criterion_medians(&criterion)?;
-    let rows = table_rows(&rust, &torch);
+    let rows = table_rows(suite, &rust, &torch);
     let header = [
         "workload",
         "Rust ms",
@@ -143,8 +176,8 @@ pub fn torch_comparison(root: &Path) -> Result<()> {
         );
     }
 
-    let md = markdown(&header, &rows, &torch, threads, &busy);
-    let out = root.join("docs/results/diffusion-bench.md");
+    let md = markdown(suite, &header, &rows, &torch, threads, &busy);
+    let out = root.join(format!("docs/results/{}-bench.md", suite.name()));
     if let Some(dir) = out.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -219,9 +252,17 @@ fn run(cmd: &mut Command, root: &Path) -> Result<()> {
 }
 
 /// Runs the script (progress on stderr) and parses the JSON object on its last stdout line.
-fn run_script(root: &Path, python: &Path, script: &Path, threads: usize) -> Result<TorchReport> {
+fn run_script(
+    root: &Path,
+    python: &Path,
+    script: &Path,
+    threads: usize,
+    suite: Suite,
+) -> Result<TorchReport> {
     let mut cmd = Command::new(python);
     cmd.arg(script)
+        .arg("--suite")
+        .arg(suite.name())
         .arg("--threads")
         .arg(threads.to_string())
         .current_dir(root)
@@ -323,8 +364,9 @@ fn criterion_medians(dir: &Path) -> Result<BTreeMap<String, f64>> {
     Ok(out)
 }
 
-fn table_rows(rust: &BTreeMap<String, f64>, torch: &TorchReport) -> Vec<[String; 6]> {
-    workloads()
+fn table_rows(suite: Suite, rust: &BTreeMap<String, f64>, torch: &TorchReport) -> Vec<[String; 6]> {
+    suite
+        .workloads()
         .into_iter()
         .map(|w| {
             let key = format!("{}/{FUNCTION}", w.group);
@@ -390,6 +432,7 @@ fn aligned(header: &[&str; 6], rows: &[[String; 6]]) -> String {
 }
 
 fn markdown(
+    suite: Suite,
     header: &[&str; 6],
     rows: &[[String; 6]],
     torch: &TorchReport,
@@ -398,10 +441,15 @@ fn markdown(
 ) -> String {
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut s = String::new();
-    let _ = writeln!(s, "# Diffusion benchmarks: recompose (candle) vs PyTorch\n");
+    let name = suite.name();
+    let title = match suite {
+        Suite::Diffusion => "Diffusion benchmarks",
+        Suite::Decomp => "Decomp Diffusion benchmarks",
+    };
+    let _ = writeln!(s, "# {title}: recompose (candle) vs PyTorch\n");
     let _ = writeln!(
         s,
-        "Generated by `cargo xtask bench diffusion` on {} (UTC).\n",
+        "Generated by `cargo xtask bench {name}` on {} (UTC).\n",
         today()
     );
     let _ = writeln!(s, "- Machine: {nproc} CPUs available, {}.", cpu_model());
@@ -413,31 +461,61 @@ fn markdown(
     let _ = writeln!(s, "- PyTorch {} (CPU, float32).", torch.version);
     let _ = writeln!(
         s,
-        "- Rust: criterion's median time per iteration (`benches/benches/diffusion.rs`). \
+        "- Rust: criterion's median time per iteration (`benches/benches/{name}.rs`). \
          PyTorch: median of 10 calls after 3 warm-up calls (`xtask/src/torchbench.py`), \
          the same models, shapes and optimizer (Adam, lr 1e-3)."
     );
+    let throughput = match suite {
+        Suite::Diffusion => {
+            "optimizer steps per second for the MLP, denoised images per second for the U-Net \
+             (48 per forward call, 16 per training step)"
+        }
+        Suite::Decomp => {
+            "training images per second (16 per step), denoiser images per second for the \
+             composed prediction (16 images × 3 factors per call; a DDIM sampling run of S \
+             steps costs S such calls), encoded images per second"
+        }
+    };
     let _ = writeln!(
         s,
-        "- PyTorch / Rust > 1 means the Rust side is faster. Throughput: optimizer steps per \
-         second for the MLP, denoised images per second for the U-Net (48 per forward call, \
-         16 per training step).\n"
+        "- PyTorch / Rust > 1 means the Rust side is faster. Throughput: {throughput}.\n"
     );
     let _ = writeln!(s, "| {} |", header.join(" | "));
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
     for row in rows {
         let _ = writeln!(s, "| {} |", row.join(" | "));
     }
-    let _ = writeln!(
-        s,
-        "\nWorkloads: `mlp/train-step/batch=1000` = one training step (forward, MSE, backward, \
-         Adam) of the 2-D residual MLP of Du et al. 2023 (4 blocks, width 128, learned time \
-         embedding); `unet/forward/<cfg>/batch=48` = the Decomp Diffusion U-Net's forward pass \
-         without gradients; `unet/train-step/<cfg>/batch=16` = one x0-prediction training step \
-         of that U-Net. Configurations: a = 32 px, 32 channels; b = 32 px, 16 channels; \
+    let configs = "Configurations: a = 32 px, 32 channels; b = 32 px, 16 channels; \
          c = 16 px, 32 channels, attention at 16×16 and 8×8; d = 16 px, 32 channels, attention \
-         at 8×8 (channel multipliers 1, 2; one residual block per level; 16-group GroupNorm)."
-    );
+         at 8×8 (channel multipliers 1, 2; one residual block per level; 16-group GroupNorm)";
+    match suite {
+        Suite::Diffusion => {
+            let _ = writeln!(
+                s,
+                "\nWorkloads: `mlp/train-step/batch=1000` = one training step (forward, MSE, \
+                 backward, Adam) of the 2-D residual MLP of Du et al. 2023 (4 blocks, width 128, \
+                 learned time embedding); `unet/forward/<cfg>/batch=48` = the Decomp Diffusion \
+                 U-Net's forward pass without gradients; `unet/train-step/<cfg>/batch=16` = one \
+                 x0-prediction training step of that U-Net. {configs}."
+            );
+        }
+        Suite::Decomp => {
+            let _ = writeln!(
+                s,
+                "\nWorkloads (the whole model: latent encoder with 64 channels and batch norm, \
+                 shared U-Net, K = 3 factors of d = 32): `decomp/train-step/<cfg>/batch=16` = \
+                 encoder in training mode, the 3 factors as one batch of 48 denoiser images, \
+                 mean over factors, x0 MSE, backward, optimizer step; \
+                 `decomp/forward/<cfg>/batch=16` = the composed prediction from given latents \
+                 without gradients; `decomp/encode/<cfg>/batch=16` = the encoder in evaluation \
+                 mode. {configs}. The PyTorch models are written from the released code's \
+                 module tree and have its parameter counts (asserted); the released code's own \
+                 timings on another 2-vCPU machine (reference README: train 0.752 / 0.393 / \
+                 0.256 / 0.201 s per step, forward 208 / 86 / 72 / 51 ms, encoder 38 / 37 / 13 \
+                 / 13 ms for a–d) are a guide to the machine, not part of this comparison."
+            );
+        }
+    }
     if !busy.is_empty() {
         let _ = writeln!(
             s,
@@ -516,6 +594,17 @@ mod tests {
                 "{cfg} not in torchbench.py"
             );
         }
-        assert_eq!(workloads().len(), 1 + 2 * UNET_CONFIGS.len());
+        for pattern in [
+            "decomp/train-step/{name}/batch={batch}/recompose",
+            "decomp/forward/{name}/batch={batch}/recompose",
+            "decomp/encode/{name}/batch={batch}/recompose",
+        ] {
+            assert!(SCRIPT.contains(pattern), "{pattern} not in torchbench.py");
+        }
+        assert_eq!(
+            Suite::Diffusion.workloads().len(),
+            1 + 2 * UNET_CONFIGS.len()
+        );
+        assert_eq!(Suite::Decomp.workloads().len(), 3 * UNET_CONFIGS.len());
     }
 }

@@ -1,12 +1,21 @@
-"""PyTorch side of `cargo xtask bench diffusion`.
+"""PyTorch side of `cargo xtask bench diffusion` and `cargo xtask bench decomp`.
 
-Times the same workloads as `benches/benches/diffusion.rs` (the criterion suite of the Rust
-crates) with PyTorch on the CPU, with the same number of threads:
+Times the same workloads as `benches/benches/diffusion.rs` and `benches/benches/decomp.rs`
+(the criterion suites of the Rust crates) with PyTorch on the CPU, with the same number of
+threads. Suite `diffusion`:
 
 * `mlp/train-step/batch=1000`: one Adam step of the 2-D residual MLP of Du et al. 2023;
 * `unet/forward/<cfg>/batch=48`: the improved-diffusion U-Net of Decomp Diffusion, forward
   pass under `torch.no_grad()` in eval mode (16 images x 3 components = 48 denoiser images);
 * `unet/train-step/<cfg>/batch=16`: one Adam step of that U-Net with an x0-prediction MSE loss.
+
+Suite `decomp` (the whole Decomp Diffusion model: latent encoder + shared U-Net, K = 3):
+
+* `decomp/train-step/<cfg>/batch=16`: encoder in training mode (batch-norm batch statistics),
+  the 3 factors as one batch of 48 denoiser images, mean over factors, x0 MSE, backward, Adam;
+* `decomp/forward/<cfg>/batch=16`: the composed prediction from given latents, eval mode,
+  no grad (one DDIM sampling step of 16 images);
+* `decomp/encode/<cfg>/batch=16`: the encoder alone, eval mode, no grad.
 
 Each workload: 3 warm-up calls, then the median wall time of 10 calls (`time.perf_counter`).
 The last line of stdout is one JSON object:
@@ -15,7 +24,7 @@ The last line of stdout is one JSON object:
 cores other processes kept busy while that workload was timed (from /proc/stat; a timing taken
 on a busy machine is repeated up to twice, and the quietest kept). Progress goes to stderr.
 
-Usage: python torchbench.py [--threads N] [--only SUBSTRING]
+Usage: python torchbench.py [--suite diffusion|decomp] [--threads N] [--only SUBSTRING]
 """
 
 import argparse
@@ -374,6 +383,115 @@ def bench_unet(results, gen, wanted):
             )
 
 
+# ---------------------------------------------------------------------------------------------
+# Decomp Diffusion: the latent encoder (conv stem, three ResNet basic blocks with batch norm and
+# stride-2 convs, Linear to K*d, ReLU) and the shared U-Net above, conditioned on one factor's
+# latent per denoiser image.
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, ch):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(ch)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(ch)
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, image_size, channels, latent):
+        super().__init__()
+        e = channels
+        side = image_size
+        layers = [nn.Conv2d(3, e, 3, padding=1), nn.ReLU()]
+        for width in (e, 2 * e, 4 * e):
+            layers += [BasicBlock(width), nn.ReLU(), nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU()]
+            side = (side + 1) // 2
+        layers += [nn.Flatten(), nn.Linear(8 * e * side * side, latent), nn.ReLU()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Decomp(nn.Module):
+    def __init__(self, image_size, components=3, latent_dim=32, enc_channels=64, **unet):
+        super().__init__()
+        self.k, self.d = components, latent_dim
+        self.unet = UNet(image_size=image_size, cond_dim=latent_dim, **unet)
+        self.encoder = Encoder(image_size, enc_channels, components * latent_dim)
+
+    def denoise(self, x_t, t, z):
+        b = x_t.shape[0]
+        # Image-major batch of B*K: b0k0, b0k1, ..., each row with its own factor's latent.
+        xs = x_t.repeat_interleave(self.k, dim=0)
+        ts = t.repeat_interleave(self.k, dim=0)
+        out = self.unet(xs, ts, z.reshape(b * self.k, self.d))
+        return out.reshape(b, self.k, *x_t.shape[1:]).mean(dim=1)
+
+
+# Whole-model parameter counts of the reference benchmark (denoiser + latent encoder).
+DECOMP_PARAMS = {
+    "a-32px-32ch": 4_597_635,
+    "b-32px-16ch": 4_076_243,
+    "c-16px-32ch": 4_020_675,
+    "d-16px-32ch-attn8": 4_007_811,
+}
+
+
+def bench_decomp(results, gen, wanted):
+    batch = 16
+    for name, cfg, _ in UNET_CONFIGS:
+        torch.manual_seed(0)
+        cfg = dict(cfg)
+        s = cfg.pop("image_size")
+        model = Decomp(s, **cfg)
+        n = num_params(model)
+        expected = DECOMP_PARAMS[name]
+        assert n == expected, f"decomp {name}: {n} parameters, expected {expected}"
+        print(f"decomp {name}: {n} parameters (reference: {expected})", file=sys.stderr)
+        perturb(model, gen)
+        x0 = (0.5 + 0.25 * torch.randn(batch, 3, s, s, generator=gen))
+        noise = torch.randn(batch, 3, s, s, generator=gen)
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        x_t = 0.6 * x0 + 0.8 * noise
+
+        key = f"decomp/train-step/{name}/batch={batch}/recompose"
+        if wanted(key):
+            model.train()
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+            def loss(m):
+                return F.mse_loss(m.denoise(x_t, t, m.encoder(x0)), x0)
+
+            results[key] = median_seconds(key, train_step(model, opt, loss))
+
+        model.eval()
+        with torch.no_grad():
+            z = model.encoder(x0)
+        key = f"decomp/forward/{name}/batch={batch}/recompose"
+        if wanted(key):
+
+            def forward():
+                with torch.no_grad():
+                    return model.denoise(x_t, t, z)
+
+            results[key] = median_seconds(key, forward)
+
+        key = f"decomp/encode/{name}/batch={batch}/recompose"
+        if wanted(key):
+
+            def encode():
+                with torch.no_grad():
+                    return model.encoder(x0)
+
+            results[key] = median_seconds(key, encode)
+
+
 def default_threads():
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
@@ -382,6 +500,7 @@ def default_threads():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=("diffusion", "decomp"), default="diffusion")
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--only", default=None, help="run only workloads whose id contains this")
     args = parser.parse_args()
@@ -393,8 +512,11 @@ def main():
     def wanted(key):
         return args.only is None or args.only in key
 
-    bench_mlp(results, gen, wanted)
-    bench_unet(results, gen, wanted)
+    if args.suite == "diffusion":
+        bench_mlp(results, gen, wanted)
+        bench_unet(results, gen, wanted)
+    else:
+        bench_decomp(results, gen, wanted)
     report = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

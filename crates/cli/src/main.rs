@@ -401,6 +401,7 @@ fn pin_thread_count() {
 
 fn main() -> ExitCode {
     pin_thread_count();
+    recompose_diffusion::host::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
