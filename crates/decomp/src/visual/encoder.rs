@@ -20,6 +20,10 @@
 //! running statistics. In evaluation mode a batch norm uses them; in training mode it normalizes
 //! with the batch's mean and biased variance and moves the running statistics towards the batch's
 //! (unbiased) ones, like PyTorch's `BatchNorm2d`.
+//!
+//! On the CPU in `f32` the convolutions run on [`recompose_diffusion::nn::conv::Conv2d`]'s gemm
+//! kernels and the training-mode batch norm is one fused kernel per pass (statistics, normalize,
+//! backward); elsewhere both fall back to candle's ops.
 
 use candle_core::{D, DType, Module, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
@@ -314,193 +318,6 @@ pub fn latents_to_vec(z: &Tensor) -> Result<Vec<Vec<f32>>> {
     Ok(z.to_dtype(DType::F32)?.to_vec2::<f32>()?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-    use recompose_diffusion::nn::ParamStore;
-
-    fn images(b: usize, size: usize, seed: u64) -> Tensor {
-        let v = recompose_diffusion::random::normal_vec(
-            &mut recompose_diffusion::seeded(seed),
-            b * 3 * size * size,
-        );
-        Tensor::from_vec(v, (b, 3, size, size), &Device::Cpu).expect("images")
-    }
-
-    #[test]
-    fn batch_norm_training_mode_normalizes_and_tracks_running_statistics() -> Result<()> {
-        let store = ParamStore::new(0);
-        let bn = BatchNorm2d::new(3, store.var_builder(DType::F32, &Device::Cpu))?;
-        let x = ((images(4, 5, 1) * 2.0)? + 0.7)?;
-        let y = bn.forward_t(&x, true)?;
-        let flat = y.transpose(0, 1)?.reshape((3, 100))?.to_vec2::<f32>()?;
-        let xs = x.transpose(0, 1)?.reshape((3, 100))?.to_vec2::<f32>()?;
-        let (rm, rv) = bn.running_stats()?;
-        let (rm, rv) = (rm.to_vec1::<f32>()?, rv.to_vec1::<f32>()?);
-        for c in 0..3 {
-            let mean = flat[c].iter().sum::<f32>() / 100.0;
-            let var = flat[c].iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 100.0;
-            assert!(
-                mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3,
-                "{mean} {var}"
-            );
-            // Running statistics: 0.9 · (0, 1) + 0.1 · (batch mean, unbiased batch variance).
-            let bm = xs[c].iter().sum::<f32>() / 100.0;
-            let bv = xs[c].iter().map(|v| (v - bm).powi(2)).sum::<f32>() / 99.0;
-            assert!((rm[c] - 0.1 * bm).abs() < 1e-5);
-            assert!((rv[c] - (0.9 + 0.1 * bv)).abs() < 1e-4);
-        }
-        // Evaluation mode uses the running statistics.
-        let e = bn.forward_t(&x, false)?.flatten_all()?.to_vec1::<f32>()?;
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
-        // Element (1, 2, 3, 4) of [4, 3, 5, 5].
-        let i = ((3 + 2) * 5 + 3) * 5 + 4;
-        let want = (xv[i] - rm[2]) / (rv[2] + 1e-5).sqrt();
-        assert!((e[i] - want).abs() < 1e-5);
-        assert!(bn.forward_t(&images(1, 1, 2), true).is_err());
-        Ok(())
-    }
-
-    /// The fused training-mode kernel against the same normalization written with tensor ops:
-    /// output, batch statistics and the gradients of input, weight and bias.
-    #[test]
-    fn batch_norm_kernel_matches_tensor_ops() -> Result<()> {
-        let var = |t: Tensor| candle_core::Var::from_tensor(&t);
-        let x = var(((images(3, 5, 7) * 1.5)? + 0.3)?.reshape((3, 3, 5, 5))?)?;
-        let gamma = var(Tensor::new(&[0.5f32, -1.2, 2.0], &Device::Cpu)?)?;
-        let beta = var(Tensor::new(&[0.1f32, 0.0, -0.7], &Device::Cpu)?)?;
-        let eps = 1e-5;
-        let fused = x.as_tensor().apply_op3(
-            gamma.as_tensor(),
-            beta.as_tensor(),
-            kernel::Normalize { eps },
-        )?;
-        let shape = (1, 3, 1, 1);
-        let flat = x.transpose(0, 1)?.reshape((3, 75))?;
-        let mean = flat.mean_keepdim(D::Minus1)?;
-        let var_b = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
-        let want = x
-            .broadcast_sub(&mean.reshape(shape)?)?
-            .broadcast_div(&(var_b.reshape(shape)? + eps)?.sqrt()?)?
-            .broadcast_mul(&gamma.reshape(shape)?)?
-            .broadcast_add(&beta.reshape(shape)?)?;
-        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
-            Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
-        };
-        assert!(diff(&fused, &want)? < 1e-5);
-        let stats = x.as_tensor().apply_op1_no_bwd(&kernel::Moments)?;
-        assert!(diff(&stats.get(0)?, &mean.flatten_all()?)? < 1e-6);
-        assert!(diff(&stats.get(1)?, &var_b.flatten_all()?)? < 1e-5);
-        let probe = images(3, 5, 8).reshape((3, 3, 5, 5))?;
-        let gf = (fused * &probe)?.sum_all()?.backward()?;
-        let gw = (want * &probe)?.sum_all()?.backward()?;
-        for v in [&x, &gamma, &beta] {
-            let (Some(a), Some(b)) = (gf.get(v.as_tensor()), gw.get(v.as_tensor())) else {
-                panic!("missing gradient")
-            };
-            assert!(diff(a, b)? < 1e-4, "{}", diff(a, b)?);
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn latents_are_non_negative_with_the_configured_shape() -> Result<()> {
-        let cfg = EncoderConfig {
-            image_size: 16,
-            in_channels: 3,
-            channels: 4,
-            num_components: 3,
-            latent_dim: 5,
-        };
-        let store = ParamStore::new(3);
-        let enc = LatentEncoder::new(&cfg, store.var_builder(DType::F32, &Device::Cpu))?;
-        assert_eq!(cfg.final_side(), 2);
-        for train in [false, true] {
-            let z = enc.forward_t(&images(2, 16, 4), train)?;
-            assert_eq!(z.dims(), &[2, 15]);
-            assert!(z.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| *v >= 0.0));
-        }
-        assert!(enc.forward_t(&images(2, 8, 4), false).is_err());
-        assert_eq!(enc.norms().len(), 6);
-        // Every parameter reaches the loss in training mode.
-        let loss = enc.forward_t(&images(2, 16, 5), true)?.sum_all()?;
-        let grads = loss.backward()?;
-        let named = store.vars();
-        let missing: Vec<&String> = named
-            .iter()
-            .filter(|(n, v)| !n.contains("running") && grads.get(v.as_tensor()).is_none())
-            .map(|(n, _)| n)
-            .collect();
-        assert!(missing.is_empty(), "no gradient for {missing:?}");
-        Ok(())
-    }
-
-    /// Against the released PyTorch code's reference data (README in the reference folder):
-    /// latents in evaluation and training mode, and the running statistics after one training
-    /// forward pass. Runs where `../shared/reference/decomp-diffusion` exists next to the
-    /// workspace.
-    #[test]
-    fn matches_the_reference_encoder_where_available() -> Result<()> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/reference/decomp-diffusion");
-        if !dir.join("small_model.safetensors").is_file() {
-            eprintln!("reference data not found at {}; skipped", dir.display());
-            return Ok(());
-        }
-        let dev = Device::Cpu;
-        let load = |name: &str| -> Result<std::collections::HashMap<String, Tensor>> {
-            Ok(candle_core::safetensors::load(dir.join(name), &dev)?)
-        };
-        let io = load("small_io.safetensors")?;
-        let grads = load("small_grads.safetensors")?;
-        // SAFETY: the file is read-only reference data that nothing modifies while mapped.
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(
-                &[dir.join("small_model.safetensors")],
-                DType::F32,
-                &dev,
-            )?
-        };
-        let cfg = EncoderConfig {
-            image_size: 32,
-            in_channels: 3,
-            channels: 64,
-            num_components: 3,
-            latent_dim: 32,
-        };
-        let enc = LatentEncoder::new(&cfg, vb.pp("latent_encoder"))?;
-        let x0 = &io["x0"];
-        let err = |a: &Tensor, b: &Tensor| -> Result<f32> {
-            Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
-        };
-        let z = enc.forward_t(x0, false)?;
-        let e_eval = err(&z, &io["z"])?;
-        assert!(e_eval < 1e-4, "z (eval): max error {e_eval}");
-        let zt = enc.forward_t(x0, true)?;
-        let e_train = err(&zt, &io["z_trainmode"])?;
-        assert!(e_train < 1e-4, "z (train): max error {e_train}");
-        let mut checked = 0;
-        for (i, block) in [2, 6, 10].iter().enumerate() {
-            for (j, bn) in enc.levels[i].0.norms().iter().enumerate() {
-                let (rm, rv) = bn.running_stats()?;
-                for (name, t) in [("running_mean", &rm), ("running_var", &rv)] {
-                    let key = format!("bn_after.latent_encoder.{block}.bn{}.{name}", j + 1);
-                    let want = grads
-                        .get(&key)
-                        .ok_or_else(|| Error::Config(format!("{key} missing")))?;
-                    let e = err(t, want)?;
-                    assert!(e < 1e-4, "{key}: max error {e}");
-                    checked += 1;
-                }
-            }
-        }
-        assert_eq!(checked, 12);
-        eprintln!("reference encoder: z eval {e_eval:.2e}, z train {e_train:.2e}");
-        Ok(())
-    }
-}
-
 /// Training-mode batch normalization as one CPU kernel per pass (`f32`, contiguous `[B, C, …]`):
 /// candle composes it from a transpose, two reductions and four broadcasts, and the backward
 /// pass of those broadcasts reduces over strided dimensions on one thread.
@@ -743,5 +560,192 @@ mod kernel {
             });
             Ok((CpuStorage::F32(out), Shape::from(total + 2 * c)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use recompose_diffusion::nn::ParamStore;
+
+    fn images(b: usize, size: usize, seed: u64) -> Tensor {
+        let v = recompose_diffusion::random::normal_vec(
+            &mut recompose_diffusion::seeded(seed),
+            b * 3 * size * size,
+        );
+        Tensor::from_vec(v, (b, 3, size, size), &Device::Cpu).expect("images")
+    }
+
+    #[test]
+    fn batch_norm_training_mode_normalizes_and_tracks_running_statistics() -> Result<()> {
+        let store = ParamStore::new(0);
+        let bn = BatchNorm2d::new(3, store.var_builder(DType::F32, &Device::Cpu))?;
+        let x = ((images(4, 5, 1) * 2.0)? + 0.7)?;
+        let y = bn.forward_t(&x, true)?;
+        let flat = y.transpose(0, 1)?.reshape((3, 100))?.to_vec2::<f32>()?;
+        let xs = x.transpose(0, 1)?.reshape((3, 100))?.to_vec2::<f32>()?;
+        let (rm, rv) = bn.running_stats()?;
+        let (rm, rv) = (rm.to_vec1::<f32>()?, rv.to_vec1::<f32>()?);
+        for c in 0..3 {
+            let mean = flat[c].iter().sum::<f32>() / 100.0;
+            let var = flat[c].iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 100.0;
+            assert!(
+                mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3,
+                "{mean} {var}"
+            );
+            // Running statistics: 0.9 · (0, 1) + 0.1 · (batch mean, unbiased batch variance).
+            let bm = xs[c].iter().sum::<f32>() / 100.0;
+            let bv = xs[c].iter().map(|v| (v - bm).powi(2)).sum::<f32>() / 99.0;
+            assert!((rm[c] - 0.1 * bm).abs() < 1e-5);
+            assert!((rv[c] - (0.9 + 0.1 * bv)).abs() < 1e-4);
+        }
+        // Evaluation mode uses the running statistics.
+        let e = bn.forward_t(&x, false)?.flatten_all()?.to_vec1::<f32>()?;
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        // Element (1, 2, 3, 4) of [4, 3, 5, 5].
+        let i = ((3 + 2) * 5 + 3) * 5 + 4;
+        let want = (xv[i] - rm[2]) / (rv[2] + 1e-5).sqrt();
+        assert!((e[i] - want).abs() < 1e-5);
+        assert!(bn.forward_t(&images(1, 1, 2), true).is_err());
+        Ok(())
+    }
+
+    /// The fused training-mode kernel against the same normalization written with tensor ops:
+    /// output, batch statistics and the gradients of input, weight and bias.
+    #[test]
+    fn batch_norm_kernel_matches_tensor_ops() -> Result<()> {
+        let var = |t: Tensor| candle_core::Var::from_tensor(&t);
+        let x = var(((images(3, 5, 7) * 1.5)? + 0.3)?.reshape((3, 3, 5, 5))?)?;
+        let gamma = var(Tensor::new(&[0.5f32, -1.2, 2.0], &Device::Cpu)?)?;
+        let beta = var(Tensor::new(&[0.1f32, 0.0, -0.7], &Device::Cpu)?)?;
+        let eps = 1e-5;
+        let fused = x.as_tensor().apply_op3(
+            gamma.as_tensor(),
+            beta.as_tensor(),
+            kernel::Normalize { eps },
+        )?;
+        let shape = (1, 3, 1, 1);
+        let flat = x.transpose(0, 1)?.reshape((3, 75))?;
+        let mean = flat.mean_keepdim(D::Minus1)?;
+        let var_b = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
+        let want = x
+            .broadcast_sub(&mean.reshape(shape)?)?
+            .broadcast_div(&(var_b.reshape(shape)? + eps)?.sqrt()?)?
+            .broadcast_mul(&gamma.reshape(shape)?)?
+            .broadcast_add(&beta.reshape(shape)?)?;
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+        };
+        assert!(diff(&fused, &want)? < 1e-5);
+        let stats = x.as_tensor().apply_op1_no_bwd(&kernel::Moments)?;
+        assert!(diff(&stats.get(0)?, &mean.flatten_all()?)? < 1e-6);
+        assert!(diff(&stats.get(1)?, &var_b.flatten_all()?)? < 1e-5);
+        let probe = images(3, 5, 8).reshape((3, 3, 5, 5))?;
+        let gf = (fused * &probe)?.sum_all()?.backward()?;
+        let gw = (want * &probe)?.sum_all()?.backward()?;
+        for v in [&x, &gamma, &beta] {
+            let (Some(a), Some(b)) = (gf.get(v.as_tensor()), gw.get(v.as_tensor())) else {
+                panic!("missing gradient")
+            };
+            assert!(diff(a, b)? < 1e-4, "{}", diff(a, b)?);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn latents_are_non_negative_with_the_configured_shape() -> Result<()> {
+        let cfg = EncoderConfig {
+            image_size: 16,
+            in_channels: 3,
+            channels: 4,
+            num_components: 3,
+            latent_dim: 5,
+        };
+        let store = ParamStore::new(3);
+        let enc = LatentEncoder::new(&cfg, store.var_builder(DType::F32, &Device::Cpu))?;
+        assert_eq!(cfg.final_side(), 2);
+        for train in [false, true] {
+            let z = enc.forward_t(&images(2, 16, 4), train)?;
+            assert_eq!(z.dims(), &[2, 15]);
+            assert!(z.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| *v >= 0.0));
+        }
+        assert!(enc.forward_t(&images(2, 8, 4), false).is_err());
+        assert_eq!(enc.norms().len(), 6);
+        // Every parameter reaches the loss in training mode.
+        let loss = enc.forward_t(&images(2, 16, 5), true)?.sum_all()?;
+        let grads = loss.backward()?;
+        let named = store.vars();
+        let missing: Vec<&String> = named
+            .iter()
+            .filter(|(n, v)| !n.contains("running") && grads.get(v.as_tensor()).is_none())
+            .map(|(n, _)| n)
+            .collect();
+        assert!(missing.is_empty(), "no gradient for {missing:?}");
+        Ok(())
+    }
+
+    /// Against the released PyTorch code's reference data (README in the reference folder):
+    /// latents in evaluation and training mode, and the running statistics after one training
+    /// forward pass. Runs where `../shared/reference/decomp-diffusion` exists next to the
+    /// workspace.
+    #[test]
+    fn matches_the_reference_encoder_where_available() -> Result<()> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/reference/decomp-diffusion");
+        if !dir.join("small_model.safetensors").is_file() {
+            eprintln!("reference data not found at {}; skipped", dir.display());
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let load = |name: &str| -> Result<std::collections::HashMap<String, Tensor>> {
+            Ok(candle_core::safetensors::load(dir.join(name), &dev)?)
+        };
+        let io = load("small_io.safetensors")?;
+        let grads = load("small_grads.safetensors")?;
+        // SAFETY: the file is read-only reference data that nothing modifies while mapped.
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(
+                &[dir.join("small_model.safetensors")],
+                DType::F32,
+                &dev,
+            )?
+        };
+        let cfg = EncoderConfig {
+            image_size: 32,
+            in_channels: 3,
+            channels: 64,
+            num_components: 3,
+            latent_dim: 32,
+        };
+        let enc = LatentEncoder::new(&cfg, vb.pp("latent_encoder"))?;
+        let x0 = &io["x0"];
+        let err = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        let z = enc.forward_t(x0, false)?;
+        let e_eval = err(&z, &io["z"])?;
+        assert!(e_eval < 1e-4, "z (eval): max error {e_eval}");
+        let zt = enc.forward_t(x0, true)?;
+        let e_train = err(&zt, &io["z_trainmode"])?;
+        assert!(e_train < 1e-4, "z (train): max error {e_train}");
+        let mut checked = 0;
+        for (i, block) in [2, 6, 10].iter().enumerate() {
+            for (j, bn) in enc.levels[i].0.norms().iter().enumerate() {
+                let (rm, rv) = bn.running_stats()?;
+                for (name, t) in [("running_mean", &rm), ("running_var", &rv)] {
+                    let key = format!("bn_after.latent_encoder.{block}.bn{}.{name}", j + 1);
+                    let want = grads
+                        .get(&key)
+                        .ok_or_else(|| Error::Config(format!("{key} missing")))?;
+                    let e = err(t, want)?;
+                    assert!(e < 1e-4, "{key}: max error {e}");
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 12);
+        eprintln!("reference encoder: z eval {e_eval:.2e}, z train {e_train:.2e}");
+        Ok(())
     }
 }
