@@ -132,13 +132,8 @@ fn decomp(c: &mut Criterion) {
 criterion_group!(benches, decomp);
 
 fn main() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // SAFETY: set before any thread is started.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
-    }
-    // As in the CLI: freed activation buffers are reused, not returned to the OS each step.
-    recompose_diffusion::host::keep_freed_memory();
+    // SAFETY: first thing in `main`, before any other thread exists.
+    unsafe { recompose_benches::prepare_process() };
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

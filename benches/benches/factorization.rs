@@ -108,12 +108,8 @@ fn summary() {
 criterion_group!(benches, resonator_sweeps);
 
 fn main() {
-    // As in the CLI: spare candle a /proc/cpuinfo read per matmul.
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // SAFETY: first thing in `main`, before any other thread exists.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
-    }
+    // SAFETY: first thing in `main`, before any other thread exists.
+    unsafe { recompose_benches::prepare_process() };
     benches();
     Criterion::default().configure_from_args().final_summary();
     // `cargo bench` passes `--bench`; a plain test run (`cargo test --benches`) does not.

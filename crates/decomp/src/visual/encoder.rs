@@ -323,36 +323,13 @@ pub fn latents_to_vec(z: &Tensor) -> Result<Vec<Vec<f32>>> {
 /// pass of those broadcasts reduces over strided dimensions on one thread.
 mod kernel {
     use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor, bail};
-
-    fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-        let CpuStorage::F32(v) = s else {
-            bail!("batch norm kernel: only f32 is supported")
-        };
-        match l.contiguous_offsets() {
-            Some((start, end)) => Ok(&v[start..end]),
-            None => bail!("batch norm kernel: the input must be contiguous"),
-        }
-    }
+    use recompose_diffusion::nn::cpu::{SendPtr, f32_data};
 
     /// `(B, C, spatial)` of a `[B, C, …]` layout.
     fn sizes(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
         match l.dims() {
             [b, c, rest @ ..] => Ok((*b, *c, rest.iter().product())),
             d => bail!("batch norm kernel: expected [B, C, …], got {d:?}"),
-        }
-    }
-
-    /// A raw pointer the worker threads may share (each writes its own channels).
-    #[derive(Clone, Copy)]
-    struct SendPtr(*mut f32);
-    // SAFETY: the tasks write disjoint elements and the owner waits for them.
-    unsafe impl Send for SendPtr {}
-    // SAFETY: as above.
-    unsafe impl Sync for SendPtr {}
-
-    impl SendPtr {
-        fn ptr(self) -> *mut f32 {
-            self.0
         }
     }
 
@@ -372,6 +349,27 @@ mod kernel {
         ch: usize,
     ) -> impl Iterator<Item = &[f32]> {
         (0..b).map(move |bi| &x[(bi * c + ch) * s..][..s])
+    }
+
+    /// Runs `f(offset, run)` for the `B` output runs of channel `ch` behind `dst`.
+    ///
+    /// # Safety
+    ///
+    /// Only the calling task writes channel `ch` of the `[B, C, spatial]` buffer behind `dst`,
+    /// which outlives the call.
+    unsafe fn write_channel(
+        dst: SendPtr,
+        (b, c, s): (usize, usize, usize),
+        ch: usize,
+        mut f: impl FnMut(usize, &mut [f32]),
+    ) {
+        for bi in 0..b {
+            let off = (bi * c + ch) * s;
+            // SAFETY: the caller's contract: this run belongs to the calling task alone.
+            f(off, unsafe {
+                std::slice::from_raw_parts_mut(dst.ptr().add(off), s)
+            });
+        }
     }
 
     /// Mean and biased variance of channel `ch`, accumulated in f64.
@@ -446,7 +444,7 @@ mod kernel {
             l3: &Layout,
         ) -> candle_core::Result<(CpuStorage, Shape)> {
             let dims = sizes(l1)?;
-            let (b, c, s) = dims;
+            let (_, c, s) = dims;
             let (x, gamma, beta) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
             if gamma.len() != c || beta.len() != c {
                 bail!(
@@ -460,13 +458,13 @@ mod kernel {
             per_channel(c, |ch| {
                 let (mean, r) = normalizer(x, dims, ch, self.eps);
                 let (a, sh) = (gamma[ch] * r, beta[ch]);
-                for bi in 0..b {
-                    let off = (bi * c + ch) * s;
-                    // SAFETY: channel ch of every image belongs to this task.
-                    let d = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(off), s) };
-                    for (o, &v) in d.iter_mut().zip(&x[off..off + s]) {
-                        *o = (v - mean) * a + sh;
-                    }
+                // SAFETY: channel ch of every image belongs to this task.
+                unsafe {
+                    write_channel(dst, dims, ch, |off, d| {
+                        for (o, &v) in d.iter_mut().zip(&x[off..off + s]) {
+                            *o = (v - mean) * a + sh;
+                        }
+                    });
                 }
             });
             Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -543,14 +541,15 @@ mod kernel {
                 }
                 let (mdy, mdyx) = ((sdy / nf) as f32, (sdyx / nf) as f32);
                 let a = gamma[ch] * r;
-                for bi in 0..b {
-                    let off = (bi * c + ch) * s;
-                    // SAFETY: channel ch of every image and entries total + ch, total + c + ch
-                    // belong to this task.
-                    let d = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(off), s) };
-                    for ((o, &v), &g) in d.iter_mut().zip(&x[off..off + s]).zip(&dy[off..off + s]) {
-                        *o = a * (g - mdy - (v - mean) * r * mdyx);
-                    }
+                // SAFETY: channel ch of every image and entries total + ch, total + c + ch
+                // belong to this task.
+                unsafe {
+                    write_channel(dst, dims, ch, |off, d| {
+                        let (xs, gs) = (&x[off..off + s], &dy[off..off + s]);
+                        for ((o, &v), &g) in d.iter_mut().zip(xs).zip(gs) {
+                            *o = a * (g - mdy - (v - mean) * r * mdyx);
+                        }
+                    });
                 }
                 // SAFETY: as above.
                 unsafe {

@@ -990,7 +990,7 @@ impl Denoiser for UNet {
     }
 }
 
-pub(crate) use fused::ChannelSum;
+pub(crate) use fused::channel_bias_grad;
 
 /// Fused CPU kernels for the two memory-bound steps: group normalization with its affine map and
 /// SiLU, and the attention softmax. candle composes them from five to seven full passes over the
@@ -1004,15 +1004,7 @@ mod fused {
         CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Layout, Shape, Tensor, bail,
     };
 
-    fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-        let CpuStorage::F32(v) = s else {
-            bail!("fused kernel: only f32 is supported")
-        };
-        match l.contiguous_offsets() {
-            Some((start, end)) => Ok(&v[start..end]),
-            None => bail!("fused kernel: the input must be contiguous"),
-        }
-    }
+    use crate::nn::cpu::f32_data;
 
     /// Runs `f(i, part)` for the consecutive parts of `data` of length `part_len`, on candle's
     /// CPU worker threads.
@@ -1263,19 +1255,24 @@ mod fused {
             _res: &Tensor,
             grad: &Tensor,
         ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-            let sums = grad.contiguous()?.apply_op1_no_bwd(&ChannelSum)?;
-            let d_bias = if bias.dim(0)? == 1 {
-                sums.sum_keepdim(0)?
-            } else {
-                sums
-            };
-            Ok((Some(grad.clone()), Some(d_bias)))
+            Ok((Some(grad.clone()), Some(channel_bias_grad(grad, bias)?)))
+        }
+    }
+
+    /// The gradient of a per-channel bias `[1 or B, C]` added to `[B, C, …]`, from the output
+    /// gradient: its per-sample channel sums, summed over the batch for a shared bias.
+    pub(crate) fn channel_bias_grad(grad: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+        let sums = grad.contiguous()?.apply_op1_no_bwd(&ChannelSum)?;
+        if bias.dim(0)? == 1 {
+            sums.sum_keepdim(0)
+        } else {
+            Ok(sums)
         }
     }
 
     /// Per-sample, per-channel sums of a contiguous `[B, C, …]` tensor, `[B, C]`.
     #[derive(Clone, Copy, Debug)]
-    pub(crate) struct ChannelSum;
+    struct ChannelSum;
 
     impl CustomOp1 for ChannelSum {
         fn name(&self) -> &'static str {

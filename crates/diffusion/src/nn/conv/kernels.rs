@@ -6,6 +6,8 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, bail};
 
+use crate::nn::cpu::{SendPtr, f32_data};
+
 /// The sizes of one convolution.
 #[derive(Clone, Copy, Debug)]
 struct Geom {
@@ -72,16 +74,6 @@ fn geom(x: &[usize], k: usize, p: usize, s: usize) -> candle_core::Result<Geom> 
         ho,
         wo,
     })
-}
-
-pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!("conv: only f32 is supported")
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&v[start..end]),
-        None => bail!("conv: the input must be contiguous"),
-    }
 }
 
 thread_local! {
@@ -158,21 +150,6 @@ fn col2im(cols: &[f32], g: &Geom, img: &mut [f32]) {
                 }
             }
         }
-    }
-}
-
-/// A raw pointer that may cross to the worker threads (each task writes a disjoint part).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the tasks that share it write disjoint elements and the owner waits for them.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so that closures capture the whole `SendPtr`).
-    fn ptr(self) -> *mut f32 {
-        self.0
     }
 }
 
@@ -431,14 +408,7 @@ impl CustomOp3 for ConvBias {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (grad_x, grad_w) = conv_grads(self.0, x, w, grad)?;
-        let sums = grad
-            .contiguous()?
-            .apply_op1_no_bwd(&crate::nn::unet::ChannelSum)?;
-        let d_bias = if bias.dim(0)? == 1 {
-            sums.sum_keepdim(0)?
-        } else {
-            sums
-        };
+        let d_bias = crate::nn::unet::channel_bias_grad(grad, bias)?;
         Ok((Some(grad_x), Some(grad_w), Some(d_bias)))
     }
 }
