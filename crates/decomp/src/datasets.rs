@@ -97,6 +97,9 @@ pub struct Scene {
     pub image: Vec<f32>,
     /// One `H × W` mask per object (empty for [`Kind::FalcorLite`]).
     pub masks: Vec<Vec<bool>>,
+    /// `[3, H, W]`: the same scene without its objects and their shadows (the floor alone;
+    /// black for [`Kind::Tetrominoes`]). What a factor render is told apart from.
+    pub background: Vec<f32>,
     /// Object attributes or global factors, as JSON.
     pub labels: Value,
 }
@@ -105,6 +108,8 @@ pub struct Scene {
 struct Canvas {
     rgb: Vec<[f32; 3]>,
     owner: Vec<Option<usize>>,
+    /// The colours before anything was painted.
+    background: Vec<[f32; 3]>,
 }
 
 /// Samples per pixel side.
@@ -121,8 +126,9 @@ impl Canvas {
                     (y as f32 + 0.5) / IMAGE_SIZE as f32,
                 )
             })
-            .collect();
+            .collect::<Vec<_>>();
         Self {
+            background: rgb.clone(),
             rgb,
             owner: vec![None; n],
         }
@@ -169,19 +175,25 @@ impl Canvas {
     }
 
     fn into_scene(self, objects: usize, labels: Value) -> Scene {
-        let n = IMAGE_SIZE * IMAGE_SIZE;
-        let mut image = vec![0.0f32; 3 * n];
-        for (i, c) in self.rgb.iter().enumerate() {
-            for k in 0..3 {
-                image[k * n + i] = c[k].clamp(0.0, 1.0);
+        let planar = |rgb: &[[f32; 3]]| {
+            let n = rgb.len();
+            let mut out = vec![0.0f32; 3 * n];
+            for (i, c) in rgb.iter().enumerate() {
+                for k in 0..3 {
+                    out[k * n + i] = c[k].clamp(0.0, 1.0);
+                }
             }
-        }
+            out
+        };
+        let image = planar(&self.rgb);
+        let background = planar(&self.background);
         let masks = (0..objects)
             .map(|o| self.owner.iter().map(|w| *w == Some(o)).collect())
             .collect();
         Scene {
             image,
             masks,
+            background,
             labels,
         }
     }
@@ -596,6 +608,47 @@ mod tests {
                 counts[2] > 0 && counts[3] > 0 && counts[4] > 0,
                 "{counts:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_background_is_the_scene_without_its_objects() {
+        let n = IMAGE_SIZE * IMAGE_SIZE;
+        for kind in [Kind::Tetrominoes, Kind::MultiSprites, Kind::SpritesNight] {
+            for i in 0..20 {
+                let s = generate(kind, 3, i);
+                assert_eq!(s.background.len(), 3 * n);
+                if kind == Kind::Tetrominoes {
+                    assert!(s.background.iter().all(|&v| v == 0.0));
+                }
+                // Shadows and anti-aliased edges stay within 2 px of their object.
+                let near = |p: usize| {
+                    let (y, x) = ((p / IMAGE_SIZE) as isize, (p % IMAGE_SIZE) as isize);
+                    s.masks.iter().any(|m| {
+                        (-2..=2).any(|dy| {
+                            (-2..=2).any(|dx| {
+                                let (yy, xx) = (y + dy, x + dx);
+                                (0..IMAGE_SIZE as isize).contains(&yy)
+                                    && (0..IMAGE_SIZE as isize).contains(&xx)
+                                    && m[yy as usize * IMAGE_SIZE + xx as usize]
+                            })
+                        })
+                    })
+                };
+                let diff = |p: usize| {
+                    (0..3)
+                        .map(|k| (s.image[k * n + p] - s.background[k * n + p]).abs())
+                        .fold(0.0f32, f32::max)
+                };
+                for p in (0..n).filter(|&p| !near(p)) {
+                    assert_eq!(diff(p), 0.0, "{kind:?} image {i} pixel {p}");
+                }
+                for m in &s.masks {
+                    let on: Vec<f32> = (0..n).filter(|&p| m[p]).map(diff).collect();
+                    let mean = on.iter().sum::<f32>() / on.len() as f32;
+                    assert!(mean > 0.2, "{kind:?} image {i}: object {mean}");
+                }
+            }
         }
     }
 
