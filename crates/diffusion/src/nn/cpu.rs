@@ -1,6 +1,7 @@
 //! Small helpers for the CPU custom ops of this workspace (the convolution, group-norm and
-//! attention kernels here, the batch-norm kernel of `recompose-decomp`): the contiguous `f32`
-//! data of a candle storage, and a pointer that worker threads writing disjoint parts may share.
+//! attention kernels here, the batch-norm kernel of `recompose-decomp`, the host MLP): the
+//! contiguous `f32` data of a candle storage, a pointer that worker threads writing disjoint
+//! parts may share, and an exponential that loops can vectorize.
 
 use candle_core::{CpuStorage, Layout, bail};
 
@@ -34,5 +35,40 @@ impl SendPtr {
     /// The pointer (a method, so that closures capture the whole `SendPtr`).
     pub fn ptr(self) -> *mut f32 {
         self.0
+    }
+}
+
+/// e^x for f32 without a library call, so that loops over it vectorize: x = k ln 2 + r with
+/// |r| ≤ ln 2 / 2, e^r by its degree-6 Taylor polynomial (relative error < 2·10⁻⁷), 2^k from
+/// the exponent bits. Inputs are clamped to [−87, 88] (the normal range of f32).
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding and subtracting 1.5·2²³ rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let k = (x * LOG2E + ROUND) - ROUND;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        for i in -8700..=8800 {
+            let x = i as f32 / 100.0;
+            let (got, want) = (fast_exp(x), x.exp());
+            assert!((got - want).abs() <= 3e-7 * want, "{x}: {got} vs {want}");
+        }
+        assert_eq!(fast_exp(-1000.0), fast_exp(-87.0));
     }
 }

@@ -1004,7 +1004,7 @@ mod fused {
         CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Layout, Shape, Tensor, bail,
     };
 
-    use crate::nn::cpu::f32_data;
+    use crate::nn::cpu::{f32_data, fast_exp};
 
     /// Runs `f(i, part)` for the consecutive parts of `data` of length `part_len`, on candle's
     /// CPU worker threads.
@@ -1020,7 +1020,7 @@ mod fused {
     }
 
     fn silu(y: f32) -> f32 {
-        y / (1.0 + (-y).exp())
+        y / (1.0 + fast_exp(-y))
     }
 
     /// `act((x − μ_g)/√(σ²_g + eps) · a + b)` for `x` `[B, C, …]` with statistics per sample and
@@ -1174,19 +1174,29 @@ mod fused {
                     let (a, sh) = (scale[ch0 + cl], shift[ch0 + cl]);
                     let (src, gr) = (&xs[cl * s..][..s], &gs[cl * s..][..s]);
                     let out = &mut dst[cl * s..][..s];
-                    let (mut dsc, mut dsh) = (0f32, 0f32);
-                    for ((d, &v), &g) in out.iter_mut().zip(src).zip(gr) {
-                        let xh = (v - mean) * r;
-                        let dy = if act {
-                            let y = xh * a + sh;
-                            let sig = 1.0 / (1.0 + (-y).exp());
-                            g * sig * (1.0 + y * (1.0 - sig))
-                        } else {
-                            g
-                        };
-                        *d = dy;
-                        dsc += dy * xh;
-                        dsh += dy;
+                    if act {
+                        for ((d, &v), &g) in out.iter_mut().zip(src).zip(gr) {
+                            let y = (v - mean) * r * a + sh;
+                            let sig = 1.0 / (1.0 + fast_exp(-y));
+                            *d = g * sig * (1.0 + y * (1.0 - sig));
+                        }
+                    } else {
+                        out.copy_from_slice(gr);
+                    }
+                    // Σ dy·x̂ and Σ dy in eight lanes (so that the loop vectorizes).
+                    let (mut lsc, mut lsh) = ([0f32; 8], [0f32; 8]);
+                    let (od, xd) = (out.chunks_exact(8), src.chunks_exact(8));
+                    let (otail, xtail) = (od.remainder(), xd.remainder());
+                    for (o8, x8) in od.zip(xd) {
+                        for j in 0..8 {
+                            lsc[j] += o8[j] * ((x8[j] - mean) * r);
+                            lsh[j] += o8[j];
+                        }
+                    }
+                    let (mut dsc, mut dsh) = (lsc.iter().sum::<f32>(), lsh.iter().sum::<f32>());
+                    for (&o, &v) in otail.iter().zip(xtail) {
+                        dsc += o * ((v - mean) * r);
+                        dsh += o;
                     }
                     d_scale[cl] = dsc;
                     d_shift[cl] = dsh;
@@ -1349,12 +1359,10 @@ mod fused {
                 let src = &x[i * 64 * len..][..part.len()];
                 for (row, dst) in src.chunks(len).zip(part.chunks_mut(len)) {
                     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut total = 0f32;
                     for (d, &v) in dst.iter_mut().zip(row) {
-                        *d = (v - max).exp();
-                        total += *d;
+                        *d = fast_exp(v - max);
                     }
-                    let inv = 1.0 / total;
+                    let inv = (1.0 / sum_f64(dst)) as f32;
                     for d in dst.iter_mut() {
                         *d *= inv;
                     }
@@ -1383,12 +1391,10 @@ mod fused {
     fn softmax_rows(data: &mut [f32], len: usize, scale: f32) {
         for row in data.chunks_exact_mut(len) {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0f32;
             for d in row.iter_mut() {
-                *d = ((*d - max) * scale).exp();
-                total += *d;
+                *d = fast_exp((*d - max) * scale);
             }
-            let inv = 1.0 / total;
+            let inv = (1.0 / sum_f64(row)) as f32;
             for d in row.iter_mut() {
                 *d *= inv;
             }
