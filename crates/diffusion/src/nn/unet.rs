@@ -1000,9 +1000,7 @@ mod fused {
     use std::cell::RefCell;
     use std::sync::Mutex;
 
-    use candle_core::{
-        CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Layout, Shape, Tensor, bail,
-    };
+    use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, bail};
 
     use crate::nn::cpu::{f32_data, fast_exp};
 
@@ -1341,47 +1339,6 @@ mod fused {
         lanes.iter().sum::<f64>() + tail
     }
 
-    /// Softmax over the last dimension.
-    #[derive(Clone, Copy, Debug)]
-    pub(super) struct Softmax;
-
-    impl CustomOp1 for Softmax {
-        fn name(&self) -> &'static str {
-            "unet-softmax"
-        }
-
-        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            let x = f32_data(s, l)?;
-            let len = l.dims().last().copied().unwrap_or(1).max(1);
-            let mut out = vec![0f32; x.len()];
-            // Parts of up to 64 rows.
-            par_parts(&mut out, 64 * len, |i, part| {
-                let src = &x[i * 64 * len..][..part.len()];
-                for (row, dst) in src.chunks(len).zip(part.chunks_mut(len)) {
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    for (d, &v) in dst.iter_mut().zip(row) {
-                        *d = fast_exp(v - max);
-                    }
-                    let inv = (1.0 / sum_f64(dst)) as f32;
-                    for d in dst.iter_mut() {
-                        *d *= inv;
-                    }
-                }
-            });
-            Ok((CpuStorage::F32(out), l.shape().clone()))
-        }
-
-        fn bwd(
-            &self,
-            _arg: &Tensor,
-            res: &Tensor,
-            grad: &Tensor,
-        ) -> candle_core::Result<Option<Tensor>> {
-            let dot = (grad * res)?.sum_keepdim(D::Minus1)?;
-            Ok(Some((grad.broadcast_sub(&dot)? * res)?))
-        }
-    }
-
     thread_local! {
         /// The attention weights of the current task, reused across calls.
         static WEIGHTS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -1474,21 +1431,153 @@ mod fused {
             _res: &Tensor,
             grad: &Tensor,
         ) -> candle_core::Result<Option<Tensor>> {
+            let op = AttentionGrad {
+                head_ch: self.head_ch,
+            };
+            Ok(Some(
+                qkv.contiguous()?
+                    .apply_op2_no_bwd(&grad.contiguous()?, &op)?,
+            ))
+        }
+    }
+
+    thread_local! {
+        /// The gradient of the attention weights of the current task, reused across calls.
+        static WEIGHT_GRADS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// The backward pass of [`Attention`]: from `qkv` `[BH, 3d, L]` and the output gradient
+    /// `g` `[BH, d, L]`, the gradient `[BH, 3d, L]` (dq, dk, dv of each head). Each head's
+    /// weights P = softmax(s·qᵀk), s = 1/√d, are recomputed; then dv = g·P, dP = gᵀ·v,
+    /// dS = s·P ⊙ (dP − rowsum(dP ⊙ P)), dq = k·dSᵀ and dk = q·dS.
+    #[derive(Clone, Copy, Debug)]
+    struct AttentionGrad {
+        head_ch: usize,
+    }
+
+    impl CustomOp2 for AttentionGrad {
+        fn name(&self) -> &'static str {
+            "unet-attention-grad"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
             let d = self.head_ch;
-            let scale = 1.0 / (d as f64).sqrt();
-            let q = qkv.narrow(1, 0, d)?;
-            let k = qkv.narrow(1, d, d)?;
-            let v = qkv.narrow(1, 2 * d, d)?;
-            // P [BH, Lq, Lk] = softmax(s·qᵀk); out = v·Pᵀ.
-            let p = (q.t()?.matmul(&k)? * scale)?.apply_op1_no_bwd(&Softmax)?;
-            let grad = grad.contiguous()?;
-            let dv = grad.matmul(&p)?;
-            let dp = grad.t()?.matmul(&v)?;
-            let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
-            let ds = ((dp.broadcast_sub(&dot)? * &p)? * scale)?;
-            let dq = k.matmul(&ds.t()?)?;
-            let dk = q.matmul(&ds)?;
-            Ok(Some(Tensor::cat(&[&dq, &dk, &dv], 1)?))
+            let [bh, c3, len] = *l1.dims() else {
+                bail!("attention grad: expected [BH, 3d, L], got {:?}", l1.dims())
+            };
+            if c3 != 3 * d || d == 0 || l2.dims() != [bh, d, len] {
+                bail!(
+                    "attention grad: qkv {:?} and gradient {:?} do not fit heads of {d}",
+                    l1.dims(),
+                    l2.dims()
+                )
+            }
+            let (x, g) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+            let mut out = vec![0f32; bh * 3 * d * len];
+            let scale = (1.0 / (d as f64).sqrt()) as f32;
+            let dl = d * len;
+            par_parts(&mut out, 3 * dl, |i, dst| {
+                let (q, k, v) = (
+                    &x[i * 3 * dl..][..dl],
+                    &x[(i * 3 + 1) * dl..][..dl],
+                    &x[(i * 3 + 2) * dl..][..dl],
+                );
+                let g = &g[i * dl..][..dl];
+                let (dq, rest) = dst.split_at_mut(dl);
+                let (dk, dv) = rest.split_at_mut(dl);
+                let scratch = |cell: &RefCell<Vec<f32>>| {
+                    let mut b = cell.borrow_mut();
+                    if b.len() < len * len {
+                        b.resize(len * len, 0.0);
+                    }
+                    std::mem::take(&mut *b)
+                };
+                let mut p = WEIGHTS.with(scratch);
+                let mut ds = WEIGHT_GRADS.with(scratch);
+                // SAFETY (every product): the operands are the head's [d × L] slices and the two
+                // [L × L] buffers, all in bounds for the sizes and strides given; each
+                // destination is distinct from its operands.
+                unsafe {
+                    // P = softmax(s·qᵀk)
+                    crate::nn::conv::gemm(
+                        (len, len, d),
+                        p.as_mut_ptr(),
+                        (len, 1),
+                        false,
+                        q.as_ptr(),
+                        (1, len),
+                        k.as_ptr(),
+                        (len, 1),
+                    );
+                }
+                softmax_rows(&mut p[..len * len], len, scale);
+                unsafe {
+                    // dv = g·P
+                    crate::nn::conv::gemm(
+                        (d, len, len),
+                        dv.as_mut_ptr(),
+                        (len, 1),
+                        false,
+                        g.as_ptr(),
+                        (len, 1),
+                        p.as_ptr(),
+                        (len, 1),
+                    );
+                    // dP = gᵀ·v
+                    crate::nn::conv::gemm(
+                        (len, len, d),
+                        ds.as_mut_ptr(),
+                        (len, 1),
+                        false,
+                        g.as_ptr(),
+                        (1, len),
+                        v.as_ptr(),
+                        (len, 1),
+                    );
+                }
+                for (dsr, pr) in ds[..len * len]
+                    .chunks_exact_mut(len)
+                    .zip(p[..len * len].chunks_exact(len))
+                {
+                    let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                    for (a, &b) in dsr.iter_mut().zip(pr) {
+                        *a = scale * b * (*a - dot);
+                    }
+                }
+                unsafe {
+                    // dq = k·dSᵀ
+                    crate::nn::conv::gemm(
+                        (d, len, len),
+                        dq.as_mut_ptr(),
+                        (len, 1),
+                        false,
+                        k.as_ptr(),
+                        (len, 1),
+                        ds.as_ptr(),
+                        (1, len),
+                    );
+                    // dk = q·dS
+                    crate::nn::conv::gemm(
+                        (d, len, len),
+                        dk.as_mut_ptr(),
+                        (len, 1),
+                        false,
+                        q.as_ptr(),
+                        (len, 1),
+                        ds.as_ptr(),
+                        (len, 1),
+                    );
+                }
+                WEIGHTS.with(|c| *c.borrow_mut() = p);
+                WEIGHT_GRADS.with(|c| *c.borrow_mut() = ds);
+            });
+            Ok((CpuStorage::F32(out), l1.shape().clone()))
         }
     }
 }
@@ -1630,26 +1719,6 @@ mod tests {
     }
 
     #[test]
-    fn fused_softmax_matches_candle() -> Result<()> {
-        let dev = Device::Cpu;
-        let mut rng = crate::random::seeded(12);
-        let x = candle_core::Var::from_tensor(
-            &(crate::random::normal_tensor(&mut rng, &[3, 70, 33], DType::F32, &dev)? * 4.0)?,
-        )?;
-        let probe = crate::random::normal_tensor(&mut rng, &[3, 70, 33], DType::F32, &dev)?;
-        let fused = x.as_tensor().apply_op1(fused::Softmax)?;
-        let reference = candle_nn::ops::softmax(&x, D::Minus1)?;
-        assert!(max_diff(&fused, &reference)? < 1e-6);
-        let gf = (fused * &probe)?.sum_all()?.backward()?;
-        let gr = (reference * &probe)?.sum_all()?.backward()?;
-        let (Some(a), Some(b)) = (gf.get(&x), gr.get(&x)) else {
-            panic!("missing gradient")
-        };
-        assert!(max_diff(a, b)? < 1e-5);
-        Ok(())
-    }
-
-    #[test]
     fn fused_bias_add_matches_broadcast_add() -> Result<()> {
         let dev = Device::Cpu;
         let mut rng = crate::random::seeded(14);
@@ -1681,24 +1750,27 @@ mod tests {
     fn fused_attention_matches_tensor_ops() -> Result<()> {
         let dev = Device::Cpu;
         let mut rng = crate::random::seeded(13);
-        let (bh, d, len) = (3, 5, 11);
-        let qkv = candle_core::Var::from_tensor(
-            &(crate::random::normal_tensor(&mut rng, &[bh, 3 * d, len], DType::F32, &dev)? * 1.5)?,
-        )?;
-        let probe = crate::random::normal_tensor(&mut rng, &[bh, d, len], DType::F32, &dev)?;
-        let fused = qkv.as_tensor().apply_op1(fused::Attention { head_ch: d })?;
-        let q = (qkv.narrow(1, 0, d)? * (1.0 / (d as f64).sqrt()))?;
-        let k = qkv.narrow(1, d, d)?;
-        let v = qkv.narrow(1, 2 * d, d)?;
-        let weights = candle_nn::ops::softmax(&q.t()?.matmul(&k)?, D::Minus1)?;
-        let reference = v.matmul(&weights.t()?)?;
-        assert!(max_diff(&fused, &reference)? < 1e-5);
-        let gf = (fused * &probe)?.sum_all()?.backward()?;
-        let gr = (reference * &probe)?.sum_all()?.backward()?;
-        let (Some(a), Some(b)) = (gf.get(&qkv), gr.get(&qkv)) else {
-            panic!("missing gradient")
-        };
-        assert!(max_diff(a, b)? < 1e-5, "{}", max_diff(a, b)?);
+        // Odd sizes, and one large enough for the products' blocking.
+        for (bh, d, len) in [(3, 5, 11), (2, 16, 100)] {
+            let qkv = candle_core::Var::from_tensor(
+                &(crate::random::normal_tensor(&mut rng, &[bh, 3 * d, len], DType::F32, &dev)?
+                    * 1.5)?,
+            )?;
+            let probe = crate::random::normal_tensor(&mut rng, &[bh, d, len], DType::F32, &dev)?;
+            let fused = qkv.as_tensor().apply_op1(fused::Attention { head_ch: d })?;
+            let q = (qkv.narrow(1, 0, d)? * (1.0 / (d as f64).sqrt()))?;
+            let k = qkv.narrow(1, d, d)?;
+            let v = qkv.narrow(1, 2 * d, d)?;
+            let weights = candle_nn::ops::softmax(&q.t()?.matmul(&k)?, D::Minus1)?;
+            let reference = v.matmul(&weights.t()?)?;
+            assert!(max_diff(&fused, &reference)? < 1e-5);
+            let gf = (fused * &probe)?.sum_all()?.backward()?;
+            let gr = (reference * &probe)?.sum_all()?.backward()?;
+            let (Some(a), Some(b)) = (gf.get(&qkv), gr.get(&qkv)) else {
+                panic!("missing gradient")
+            };
+            assert!(max_diff(a, b)? < 1e-5, "{}", max_diff(a, b)?);
+        }
         Ok(())
     }
 
