@@ -213,6 +213,10 @@ mod tests {
             (1, 2, 9, 7, 3, 3, 2, 3),
             (2, 3, 6, 5, 2, 1, 0, 2),
             (3, 2, 4, 4, 3, 3, 0, 2),
+            // Column matrices of 64 and 256 columns (padded row stride), one image per
+            // thread and one image in bands of rows.
+            (2, 3, 8, 8, 4, 3, 1, 1),
+            (1, 5, 16, 16, 6, 3, 1, 1),
         ] {
             let spec = ConvSpec {
                 kernel: k,

@@ -92,16 +92,29 @@ fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+/// The row stride of a column matrix of `n` columns: `n` plus one cache line when `n` is a
+/// multiple of 16, so that consecutive rows never fall into the same cache set (with rows of
+/// 256 or 1024 floats they all would, and the products reading a few values of each row would
+/// miss the L1 cache on every row).
+fn col_stride(n: usize) -> usize {
+    if n >= 64 && n.is_multiple_of(16) {
+        n + 16
+    } else {
+        n
+    }
+}
+
 /// Output rows `y0..y1` of one image `img` (`[C, H, W]`) as the column matrix
-/// `[C·k·k, (y1 − y0)·Wo]` (row `(ci·k + ky)·k + kx`), zero where a tap falls outside.
-fn im2col(img: &[f32], g: &Geom, y0: usize, y1: usize, dst: &mut [f32]) {
+/// `[C·k·k, (y1 − y0)·Wo]` (row `(ci·k + ky)·k + kx`) with row stride `ld`, zero where a tap
+/// falls outside.
+fn im2col(img: &[f32], g: &Geom, y0: usize, y1: usize, ld: usize, dst: &mut [f32]) {
     let (k, p, s, h, w, wo) = (g.k, g.p, g.s, g.h, g.w, g.wo);
     let n = (y1 - y0) * wo;
     for ci in 0..g.c {
         let plane = &img[ci * h * w..][..h * w];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &mut dst[((ci * k + ky) * k + kx) * n..][..n];
+                let row = &mut dst[((ci * k + ky) * k + kx) * ld..][..n];
                 let (x_lo, x_hi) = g.columns(kx);
                 for (yi, line) in row.chunks_exact_mut(wo).enumerate() {
                     let sy = (y0 + yi) * s + ky;
@@ -279,9 +292,10 @@ fn conv_forward(
             }
             return;
         }
-        with_cols(kk * n, |cols| {
-            im2col(img, &g, y0, y1, cols);
-            // SAFETY: as above, with the column matrix [kk × n].
+        let ld = col_stride(n);
+        with_cols(kk * ld, |cols| {
+            im2col(img, &g, y0, y1, ld, cols);
+            // SAFETY: as above, with the column matrix [kk × n] of row stride ld.
             unsafe {
                 gemm(
                     (co, n, kk),
@@ -291,7 +305,7 @@ fn conv_forward(
                     wm.as_ptr(),
                     (kk, 1),
                     cols.as_ptr(),
-                    (n, 1),
+                    (ld, 1),
                 );
             }
         });
@@ -543,8 +557,9 @@ impl CustomOp2 for KernelGrad {
                 for bi in gi * g.b / groups..(gi + 1) * g.b / groups {
                     let img = &x[bi * g.c * g.h * g.w..][..g.c * g.h * g.w];
                     let gr = &grad[bi * co * hw..][..co * hw];
-                    let accumulate = |cols: &[f32]| {
-                        // SAFETY: dst [co × kk] += grad [co × hw] · colsᵀ, cols [kk × hw].
+                    let accumulate = |cols: &[f32], ld: usize| {
+                        // SAFETY: dst [co × kk] += grad [co × hw] · colsᵀ, cols [kk × hw]
+                        // with row stride ld.
                         unsafe {
                             gemm(
                                 (co, kk, hw),
@@ -554,16 +569,17 @@ impl CustomOp2 for KernelGrad {
                                 gr.as_ptr(),
                                 (hw, 1),
                                 cols.as_ptr(),
-                                (1, hw),
+                                (1, ld),
                             );
                         }
                     };
                     if g.direct() {
-                        accumulate(img);
+                        accumulate(img, hw);
                     } else {
-                        with_cols(kk * hw, |cols| {
-                            im2col(img, &g, 0, g.ho, cols);
-                            accumulate(cols);
+                        let ld = col_stride(hw);
+                        with_cols(kk * ld, |cols| {
+                            im2col(img, &g, 0, g.ho, ld, cols);
+                            accumulate(cols, ld);
                         });
                     }
                 }
