@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::Linear;
 
 use crate::nn::conv::gemm;
-use crate::nn::cpu::fast_exp;
+use crate::nn::cpu::{fast_exp, vectorized};
 use crate::nn::energy::EnergyForm;
 use crate::nn::mlp::ResidualMlp;
 use crate::{Error, Result};
@@ -140,6 +140,14 @@ fn swish_and_deriv(p: f32) -> (f32, f32) {
 /// In place `z ← swish(z + bias)` (rows of the bias's width; no bias: plain swish); with
 /// `deriv`, also store swish′ there.
 fn bias_swish(z: &mut [f32], bias: Option<&[f32]>, deriv: Option<&mut Vec<f32>>) {
+    vectorized(
+        #[inline(always)]
+        || bias_swish_loops(z, bias, deriv),
+    )
+}
+
+#[inline(always)]
+fn bias_swish_loops(z: &mut [f32], bias: Option<&[f32]>, deriv: Option<&mut Vec<f32>>) {
     if let Some(b) = bias {
         for row in z.chunks_mut(b.len()) {
             for (v, bv) in row.iter_mut().zip(b) {

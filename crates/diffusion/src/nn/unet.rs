@@ -1002,21 +1002,28 @@ mod fused {
 
     use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, bail};
 
-    use crate::nn::cpu::{f32_data, fast_exp};
+    use crate::nn::cpu::{f32_data, fast_exp, vectorized};
 
     /// Runs `f(i, part)` for the consecutive parts of `data` of length `part_len`, on candle's
-    /// CPU worker threads.
+    /// CPU worker threads, each compiled for the CPU's widest vectors ([`vectorized`]; pass
+    /// `f` as an `#[inline(always)]` closure).
     fn par_parts(data: &mut [f32], part_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
         let parts: Vec<Mutex<&mut [f32]>> =
             data.chunks_mut(part_len.max(1)).map(Mutex::new).collect();
         candle_core::utils::barrier_pool().execute_chunked(parts.len(), |range| {
-            for i in range {
-                let mut part = parts[i].lock().unwrap_or_else(|e| e.into_inner());
-                f(i, &mut part);
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for i in range {
+                        let mut part = parts[i].lock().unwrap_or_else(|e| e.into_inner());
+                        f(i, &mut part);
+                    }
+                },
+            )
         });
     }
 
+    #[inline(always)]
     fn silu(y: f32) -> f32 {
         y / (1.0 + fast_exp(-y))
     }
@@ -1072,24 +1079,29 @@ mod fused {
             let mut out = vec![0f32; x.len()];
             let eps = self.eps;
             let act = self.silu;
-            par_parts(&mut out, n, |i, part| {
-                let xs = &x[i * n..][..n];
-                let (mean, r) = moments(xs, eps);
-                let bi = i / self.groups;
-                for (cl, (src, dst)) in xs.chunks(s).zip(part.chunks_mut(s)).enumerate() {
-                    let ch = bi * c + (i % self.groups) * cg + cl;
-                    let (a, sh) = (scale[ch] * r, shift[ch]);
-                    if act {
-                        for (d, &v) in dst.iter_mut().zip(src) {
-                            *d = silu((v - mean) * a + sh);
-                        }
-                    } else {
-                        for (d, &v) in dst.iter_mut().zip(src) {
-                            *d = (v - mean) * a + sh;
+            par_parts(
+                &mut out,
+                n,
+                #[inline(always)]
+                |i, part| {
+                    let xs = &x[i * n..][..n];
+                    let (mean, r) = moments(xs, eps);
+                    let bi = i / self.groups;
+                    for (cl, (src, dst)) in xs.chunks(s).zip(part.chunks_mut(s)).enumerate() {
+                        let ch = bi * c + (i % self.groups) * cg + cl;
+                        let (a, sh) = (scale[ch] * r, shift[ch]);
+                        if act {
+                            for (d, &v) in dst.iter_mut().zip(src) {
+                                *d = silu((v - mean) * a + sh);
+                            }
+                        } else {
+                            for (d, &v) in dst.iter_mut().zip(src) {
+                                *d = (v - mean) * a + sh;
+                            }
                         }
                     }
-                }
-            });
+                },
+            );
             Ok((CpuStorage::F32(out), l1.shape().clone()))
         }
 
@@ -1159,58 +1171,63 @@ mod fused {
             let stats: Vec<Mutex<&mut [f32]>> = stats.chunks_mut(2 * cg).map(Mutex::new).collect();
             let eps = self.norm.eps;
             let act = self.norm.silu;
-            par_parts(dx, n, |i, dst| {
-                let mut st = stats[i].lock().unwrap_or_else(|e| e.into_inner());
-                let (d_scale, d_shift) = st.split_at_mut(cg);
-                let xs = &x[i * n..][..n];
-                let gs = &grad[i * n..][..n];
-                let (mean, r) = moments(xs, eps);
-                let ch0 = (i / groups) * c + (i % groups) * cg;
-                // dy (after the activation's derivative) into dst, and the per-channel sums.
-                let (mut m1, mut m2) = (0f64, 0f64);
-                for cl in 0..cg {
-                    let (a, sh) = (scale[ch0 + cl], shift[ch0 + cl]);
-                    let (src, gr) = (&xs[cl * s..][..s], &gs[cl * s..][..s]);
-                    let out = &mut dst[cl * s..][..s];
-                    if act {
-                        for ((d, &v), &g) in out.iter_mut().zip(src).zip(gr) {
-                            let y = (v - mean) * r * a + sh;
-                            let sig = 1.0 / (1.0 + fast_exp(-y));
-                            *d = g * sig * (1.0 + y * (1.0 - sig));
+            par_parts(
+                dx,
+                n,
+                #[inline(always)]
+                |i, dst| {
+                    let mut st = stats[i].lock().unwrap_or_else(|e| e.into_inner());
+                    let (d_scale, d_shift) = st.split_at_mut(cg);
+                    let xs = &x[i * n..][..n];
+                    let gs = &grad[i * n..][..n];
+                    let (mean, r) = moments(xs, eps);
+                    let ch0 = (i / groups) * c + (i % groups) * cg;
+                    // dy (after the activation's derivative) into dst, and the per-channel sums.
+                    let (mut m1, mut m2) = (0f64, 0f64);
+                    for cl in 0..cg {
+                        let (a, sh) = (scale[ch0 + cl], shift[ch0 + cl]);
+                        let (src, gr) = (&xs[cl * s..][..s], &gs[cl * s..][..s]);
+                        let out = &mut dst[cl * s..][..s];
+                        if act {
+                            for ((d, &v), &g) in out.iter_mut().zip(src).zip(gr) {
+                                let y = (v - mean) * r * a + sh;
+                                let sig = 1.0 / (1.0 + fast_exp(-y));
+                                *d = g * sig * (1.0 + y * (1.0 - sig));
+                            }
+                        } else {
+                            out.copy_from_slice(gr);
                         }
-                    } else {
-                        out.copy_from_slice(gr);
+                        // Σ dy·x̂ and Σ dy in eight lanes (so that the loop vectorizes).
+                        let (mut lsc, mut lsh) = ([0f32; 8], [0f32; 8]);
+                        let (od, xd) = (out.chunks_exact(8), src.chunks_exact(8));
+                        let (otail, xtail) = (od.remainder(), xd.remainder());
+                        for (o8, x8) in od.zip(xd) {
+                            for j in 0..8 {
+                                lsc[j] += o8[j] * ((x8[j] - mean) * r);
+                                lsh[j] += o8[j];
+                            }
+                        }
+                        let (mut dsc, mut dsh) = (lsc.iter().sum::<f32>(), lsh.iter().sum::<f32>());
+                        for (&o, &v) in otail.iter().zip(xtail) {
+                            dsc += o * ((v - mean) * r);
+                            dsh += o;
+                        }
+                        d_scale[cl] = dsc;
+                        d_shift[cl] = dsh;
+                        m1 += f64::from(a) * f64::from(dsh);
+                        m2 += f64::from(a) * f64::from(dsc);
                     }
-                    // Σ dy·x̂ and Σ dy in eight lanes (so that the loop vectorizes).
-                    let (mut lsc, mut lsh) = ([0f32; 8], [0f32; 8]);
-                    let (od, xd) = (out.chunks_exact(8), src.chunks_exact(8));
-                    let (otail, xtail) = (od.remainder(), xd.remainder());
-                    for (o8, x8) in od.zip(xd) {
-                        for j in 0..8 {
-                            lsc[j] += o8[j] * ((x8[j] - mean) * r);
-                            lsh[j] += o8[j];
+                    let (m1, m2) = ((m1 / n as f64) as f32, (m2 / n as f64) as f32);
+                    for cl in 0..cg {
+                        let a = scale[ch0 + cl];
+                        let src = &xs[cl * s..][..s];
+                        for (d, &v) in dst[cl * s..][..s].iter_mut().zip(src) {
+                            let xh = (v - mean) * r;
+                            *d = (*d * a - m1 - xh * m2) * r;
                         }
                     }
-                    let (mut dsc, mut dsh) = (lsc.iter().sum::<f32>(), lsh.iter().sum::<f32>());
-                    for (&o, &v) in otail.iter().zip(xtail) {
-                        dsc += o * ((v - mean) * r);
-                        dsh += o;
-                    }
-                    d_scale[cl] = dsc;
-                    d_shift[cl] = dsh;
-                    m1 += f64::from(a) * f64::from(dsh);
-                    m2 += f64::from(a) * f64::from(dsc);
-                }
-                let (m1, m2) = ((m1 / n as f64) as f32, (m2 / n as f64) as f32);
-                for cl in 0..cg {
-                    let a = scale[ch0 + cl];
-                    let src = &xs[cl * s..][..s];
-                    for (d, &v) in dst[cl * s..][..s].iter_mut().zip(src) {
-                        let xh = (v - mean) * r;
-                        *d = (*d * a - m1 - xh * m2) * r;
-                    }
-                }
-            });
+                },
+            );
             drop(stats);
             Ok((CpuStorage::F32(out), Shape::from(total + 2 * b * c)))
         }
@@ -1243,16 +1260,21 @@ mod fused {
             let s: usize = dims[2..].iter().product();
             let mut out = vec![0f32; x.len()];
             let rows = (4096 / s.max(1)).max(1);
-            par_parts(&mut out, rows * s.max(1), |i, part| {
-                for (j, dst) in part.chunks_mut(s.max(1)).enumerate() {
-                    let plane = i * rows + j;
-                    let (bi, ch) = (plane / c, plane % c);
-                    let v = bias[if bb == 1 { ch } else { bi * c + ch }];
-                    for (d, &xv) in dst.iter_mut().zip(&x[plane * s..][..s]) {
-                        *d = xv + v;
+            par_parts(
+                &mut out,
+                rows * s.max(1),
+                #[inline(always)]
+                |i, part| {
+                    for (j, dst) in part.chunks_mut(s.max(1)).enumerate() {
+                        let plane = i * rows + j;
+                        let (bi, ch) = (plane / c, plane % c);
+                        let v = bias[if bb == 1 { ch } else { bi * c + ch }];
+                        for (d, &xv) in dst.iter_mut().zip(&x[plane * s..][..s]) {
+                            *d = xv + v;
+                        }
                     }
-                }
-            });
+                },
+            );
             Ok((CpuStorage::F32(out), l1.shape().clone()))
         }
 
@@ -1296,16 +1318,22 @@ mod fused {
             let (b, c) = (dims[0], dims[1]);
             let sp: usize = dims[2..].iter().product();
             let mut out = vec![0f32; b * c];
-            par_parts(&mut out, c.max(1), |bi, part| {
-                for (ch, d) in part.iter_mut().enumerate() {
-                    *d = sum_f64(&x[(bi * c + ch) * sp..][..sp]) as f32;
-                }
-            });
+            par_parts(
+                &mut out,
+                c.max(1),
+                #[inline(always)]
+                |bi, part| {
+                    for (ch, d) in part.iter_mut().enumerate() {
+                        *d = sum_f64(&x[(bi * c + ch) * sp..][..sp]) as f32;
+                    }
+                },
+            );
             Ok((CpuStorage::F32(out), Shape::from((b, c))))
         }
     }
 
     /// The mean of `xs` and `1/√(variance + eps)` (two passes, accumulated in `f64`).
+    #[inline(always)]
     fn moments(xs: &[f32], eps: f64) -> (f32, f32) {
         let n = xs.len().max(1) as f64;
         let mean = (sum_f64(xs) / n) as f32;
@@ -1327,6 +1355,7 @@ mod fused {
     }
 
     /// A sum in `f64` over eight `f32` lanes (vectorizable, accurate enough for the mean).
+    #[inline(always)]
     fn sum_f64(xs: &[f32]) -> f64 {
         let mut lanes = [0f64; 8];
         let mut chunks = xs.chunks_exact(8);
@@ -1345,6 +1374,7 @@ mod fused {
     }
 
     /// Softmax in place over rows of `len` of `x · scale`.
+    #[inline(always)]
     fn softmax_rows(data: &mut [f32], len: usize, scale: f32) {
         for row in data.chunks_exact_mut(len) {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -1382,46 +1412,54 @@ mod fused {
             let x = f32_data(s, l)?;
             let mut out = vec![0f32; bh * d * len];
             let scale = (1.0 / (d as f64).sqrt()) as f32;
-            par_parts(&mut out, d * len, |i, dst| {
-                let q = &x[i * 3 * d * len..][..d * len];
-                let k = &x[(i * 3 + 1) * d * len..][..d * len];
-                let v = &x[(i * 3 + 2) * d * len..][..d * len];
-                WEIGHTS.with(|w| {
-                    let mut w = w.borrow_mut();
-                    if w.len() < len * len {
-                        w.resize(len * len, 0.0);
-                    }
-                    let w = &mut w[..len * len];
-                    // SAFETY: w [L × L] = qᵀ [L × d] · k [d × L]; dst [d × L] = v [d × L] · wᵀ;
-                    // all in bounds, dst and w distinct from the inputs.
-                    unsafe {
-                        crate::nn::conv::gemm(
-                            (len, len, d),
-                            w.as_mut_ptr(),
-                            (len, 1),
-                            false,
-                            q.as_ptr(),
-                            (1, len),
-                            k.as_ptr(),
-                            (len, 1),
+            par_parts(
+                &mut out,
+                d * len,
+                #[inline(always)]
+                |i, dst| {
+                    let q = &x[i * 3 * d * len..][..d * len];
+                    let k = &x[(i * 3 + 1) * d * len..][..d * len];
+                    let v = &x[(i * 3 + 2) * d * len..][..d * len];
+                    WEIGHTS.with(|w| {
+                        let mut w = w.borrow_mut();
+                        if w.len() < len * len {
+                            w.resize(len * len, 0.0);
+                        }
+                        let w = &mut w[..len * len];
+                        // SAFETY: w [L × L] = qᵀ [L × d] · k [d × L]; dst [d × L] = v [d × L] · wᵀ;
+                        // all in bounds, dst and w distinct from the inputs.
+                        unsafe {
+                            crate::nn::conv::gemm(
+                                (len, len, d),
+                                w.as_mut_ptr(),
+                                (len, 1),
+                                false,
+                                q.as_ptr(),
+                                (1, len),
+                                k.as_ptr(),
+                                (len, 1),
+                            );
+                        }
+                        vectorized(
+                            #[inline(always)]
+                            || softmax_rows(w, len, scale),
                         );
-                    }
-                    softmax_rows(w, len, scale);
-                    // SAFETY: as above.
-                    unsafe {
-                        crate::nn::conv::gemm(
-                            (d, len, len),
-                            dst.as_mut_ptr(),
-                            (len, 1),
-                            false,
-                            v.as_ptr(),
-                            (len, 1),
-                            w.as_ptr(),
-                            (1, len),
-                        );
-                    }
-                });
-            });
+                        // SAFETY: as above.
+                        unsafe {
+                            crate::nn::conv::gemm(
+                                (d, len, len),
+                                dst.as_mut_ptr(),
+                                (len, 1),
+                                false,
+                                v.as_ptr(),
+                                (len, 1),
+                                w.as_ptr(),
+                                (1, len),
+                            );
+                        }
+                    });
+                },
+            );
             Ok((CpuStorage::F32(out), Shape::from((bh, d, len))))
         }
 
@@ -1482,101 +1520,106 @@ mod fused {
             let mut out = vec![0f32; bh * 3 * d * len];
             let scale = (1.0 / (d as f64).sqrt()) as f32;
             let dl = d * len;
-            par_parts(&mut out, 3 * dl, |i, dst| {
-                let (q, k, v) = (
-                    &x[i * 3 * dl..][..dl],
-                    &x[(i * 3 + 1) * dl..][..dl],
-                    &x[(i * 3 + 2) * dl..][..dl],
-                );
-                let g = &g[i * dl..][..dl];
-                let (dq, rest) = dst.split_at_mut(dl);
-                let (dk, dv) = rest.split_at_mut(dl);
-                let scratch = |cell: &RefCell<Vec<f32>>| {
-                    let mut b = cell.borrow_mut();
-                    if b.len() < len * len {
-                        b.resize(len * len, 0.0);
+            par_parts(
+                &mut out,
+                3 * dl,
+                #[inline(always)]
+                |i, dst| {
+                    let (q, k, v) = (
+                        &x[i * 3 * dl..][..dl],
+                        &x[(i * 3 + 1) * dl..][..dl],
+                        &x[(i * 3 + 2) * dl..][..dl],
+                    );
+                    let g = &g[i * dl..][..dl];
+                    let (dq, rest) = dst.split_at_mut(dl);
+                    let (dk, dv) = rest.split_at_mut(dl);
+                    let scratch = |cell: &RefCell<Vec<f32>>| {
+                        let mut b = cell.borrow_mut();
+                        if b.len() < len * len {
+                            b.resize(len * len, 0.0);
+                        }
+                        std::mem::take(&mut *b)
+                    };
+                    let mut p = WEIGHTS.with(scratch);
+                    let mut ds = WEIGHT_GRADS.with(scratch);
+                    // SAFETY (every product): the operands are the head's [d × L] slices and the two
+                    // [L × L] buffers, all in bounds for the sizes and strides given; each
+                    // destination is distinct from its operands.
+                    unsafe {
+                        // P = softmax(s·qᵀk)
+                        crate::nn::conv::gemm(
+                            (len, len, d),
+                            p.as_mut_ptr(),
+                            (len, 1),
+                            false,
+                            q.as_ptr(),
+                            (1, len),
+                            k.as_ptr(),
+                            (len, 1),
+                        );
                     }
-                    std::mem::take(&mut *b)
-                };
-                let mut p = WEIGHTS.with(scratch);
-                let mut ds = WEIGHT_GRADS.with(scratch);
-                // SAFETY (every product): the operands are the head's [d × L] slices and the two
-                // [L × L] buffers, all in bounds for the sizes and strides given; each
-                // destination is distinct from its operands.
-                unsafe {
-                    // P = softmax(s·qᵀk)
-                    crate::nn::conv::gemm(
-                        (len, len, d),
-                        p.as_mut_ptr(),
-                        (len, 1),
-                        false,
-                        q.as_ptr(),
-                        (1, len),
-                        k.as_ptr(),
-                        (len, 1),
-                    );
-                }
-                softmax_rows(&mut p[..len * len], len, scale);
-                unsafe {
-                    // dv = g·P
-                    crate::nn::conv::gemm(
-                        (d, len, len),
-                        dv.as_mut_ptr(),
-                        (len, 1),
-                        false,
-                        g.as_ptr(),
-                        (len, 1),
-                        p.as_ptr(),
-                        (len, 1),
-                    );
-                    // dP = gᵀ·v
-                    crate::nn::conv::gemm(
-                        (len, len, d),
-                        ds.as_mut_ptr(),
-                        (len, 1),
-                        false,
-                        g.as_ptr(),
-                        (1, len),
-                        v.as_ptr(),
-                        (len, 1),
-                    );
-                }
-                for (dsr, pr) in ds[..len * len]
-                    .chunks_exact_mut(len)
-                    .zip(p[..len * len].chunks_exact(len))
-                {
-                    let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                    for (a, &b) in dsr.iter_mut().zip(pr) {
-                        *a = scale * b * (*a - dot);
+                    softmax_rows(&mut p[..len * len], len, scale);
+                    unsafe {
+                        // dv = g·P
+                        crate::nn::conv::gemm(
+                            (d, len, len),
+                            dv.as_mut_ptr(),
+                            (len, 1),
+                            false,
+                            g.as_ptr(),
+                            (len, 1),
+                            p.as_ptr(),
+                            (len, 1),
+                        );
+                        // dP = gᵀ·v
+                        crate::nn::conv::gemm(
+                            (len, len, d),
+                            ds.as_mut_ptr(),
+                            (len, 1),
+                            false,
+                            g.as_ptr(),
+                            (1, len),
+                            v.as_ptr(),
+                            (len, 1),
+                        );
                     }
-                }
-                unsafe {
-                    // dq = k·dSᵀ
-                    crate::nn::conv::gemm(
-                        (d, len, len),
-                        dq.as_mut_ptr(),
-                        (len, 1),
-                        false,
-                        k.as_ptr(),
-                        (len, 1),
-                        ds.as_ptr(),
-                        (1, len),
-                    );
-                    // dk = q·dS
-                    crate::nn::conv::gemm(
-                        (d, len, len),
-                        dk.as_mut_ptr(),
-                        (len, 1),
-                        false,
-                        q.as_ptr(),
-                        (len, 1),
-                        ds.as_ptr(),
-                        (len, 1),
-                    );
-                }
-                WEIGHTS.with(|c| *c.borrow_mut() = p);
-                WEIGHT_GRADS.with(|c| *c.borrow_mut() = ds);
-            });
+                    for (dsr, pr) in ds[..len * len]
+                        .chunks_exact_mut(len)
+                        .zip(p[..len * len].chunks_exact(len))
+                    {
+                        let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                        for (a, &b) in dsr.iter_mut().zip(pr) {
+                            *a = scale * b * (*a - dot);
+                        }
+                    }
+                    unsafe {
+                        // dq = k·dSᵀ
+                        crate::nn::conv::gemm(
+                            (d, len, len),
+                            dq.as_mut_ptr(),
+                            (len, 1),
+                            false,
+                            k.as_ptr(),
+                            (len, 1),
+                            ds.as_ptr(),
+                            (1, len),
+                        );
+                        // dk = q·dS
+                        crate::nn::conv::gemm(
+                            (d, len, len),
+                            dk.as_mut_ptr(),
+                            (len, 1),
+                            false,
+                            q.as_ptr(),
+                            (len, 1),
+                            ds.as_ptr(),
+                            (len, 1),
+                        );
+                    }
+                    WEIGHTS.with(|c| *c.borrow_mut() = p);
+                    WEIGHT_GRADS.with(|c| *c.borrow_mut() = ds);
+                },
+            );
             Ok((CpuStorage::F32(out), l1.shape().clone()))
         }
     }
