@@ -110,11 +110,18 @@ fn col_stride(n: usize) -> usize {
 fn im2col(img: &[f32], g: &Geom, y0: usize, y1: usize, ld: usize, dst: &mut [f32]) {
     let (k, p, s, h, w, wo) = (g.k, g.p, g.s, g.h, g.w, g.wo);
     let n = (y1 - y0) * wo;
+    // Stride 1 with "same" padding: output rows are input rows, so a tap's row of the column
+    // matrix is one shifted copy of the input plane (long copies instead of one per line).
+    let same = s == 1 && wo == w;
     for ci in 0..g.c {
         let plane = &img[ci * h * w..][..h * w];
         for ky in 0..k {
             for kx in 0..k {
                 let row = &mut dst[((ci * k + ky) * k + kx) * ld..][..n];
+                if same {
+                    shifted_rows(plane, g, (y0, y1), (ky, kx), row);
+                    continue;
+                }
                 let (x_lo, x_hi) = g.columns(kx);
                 for (yi, line) in row.chunks_exact_mut(wo).enumerate() {
                     let sy = (y0 + yi) * s + ky;
@@ -135,6 +142,47 @@ fn im2col(img: &[f32], g: &Geom, y0: usize, y1: usize, ld: usize, dst: &mut [f32
                     }
                 }
             }
+        }
+    }
+}
+
+/// One row of the column matrix of a stride-1 "same" convolution: output rows `y0..y1` of
+/// tap `(ky, kx)`, i.e. `plane[(y + ky − p)·W + x + kx − p]`, zero outside the plane.
+fn shifted_rows(
+    plane: &[f32],
+    g: &Geom,
+    (y0, y1): (usize, usize),
+    (ky, kx): (usize, usize),
+    row: &mut [f32],
+) {
+    let (h, w, p) = (g.h, g.w, g.p);
+    // Output rows whose source row y + ky − p lies inside the plane.
+    let ya = y0.max(p.saturating_sub(ky)).min(y1);
+    let yb = y1.min((h + p).saturating_sub(ky)).max(ya);
+    let (body_lo, body_hi) = ((ya - y0) * w, (yb - y0) * w);
+    row[..body_lo].fill(0.0);
+    row[body_hi..].fill(0.0);
+    if ya == yb {
+        return;
+    }
+    let body = &mut row[body_lo..body_hi];
+    // body[i] reads plane[base + i]: a flat shift by the column offset d = kx − p.
+    let d = kx as isize - p as isize;
+    let base = ((ya + ky - p) * w) as isize + d;
+    let len = body.len() as isize;
+    let lo = (-base).clamp(0, len) as usize;
+    let hi = ((h * w) as isize - base).clamp(lo as isize, len) as usize;
+    body[..lo].fill(0.0);
+    body[hi..].fill(0.0);
+    let start = (base + lo as isize) as usize;
+    body[lo..hi].copy_from_slice(&plane[start..start + (hi - lo)]);
+    // The shift wrapped the first (d < 0) or last (d > 0) |d| columns of each line around
+    // to the neighbouring input row: those taps fall outside the image.
+    let count = d.unsigned_abs().min(w);
+    let from = if d < 0 { 0 } else { w - count };
+    for x in from..from + count {
+        for v in body[x..].iter_mut().step_by(w) {
+            *v = 0.0;
         }
     }
 }
