@@ -999,6 +999,7 @@ pub(crate) use fused::channel_bias_grad;
 mod fused {
     use std::cell::RefCell;
     use std::sync::Mutex;
+    use std::thread::LocalKey;
 
     use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, bail};
 
@@ -1388,6 +1389,47 @@ mod fused {
         }
     }
 
+    /// This thread's buffer `key` taken out, resized to `len` elements; hand it back with
+    /// [`restore_scratch`] so that the next task reuses its memory.
+    fn take_scratch(key: &'static LocalKey<RefCell<Vec<f32>>>, len: usize) -> Vec<f32> {
+        let mut buf = key.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        buf.resize(len, 0.0);
+        buf
+    }
+
+    /// Puts a buffer taken by [`take_scratch`] back.
+    fn restore_scratch(key: &'static LocalKey<RefCell<Vec<f32>>>, buf: Vec<f32>) {
+        key.with(|b| *b.borrow_mut() = buf);
+    }
+
+    /// One head's attention weights P = softmax(s·qᵀk) into `w` (`[L × L]`), from `q` and `k`
+    /// (`[d × L]` each).
+    #[inline(always)]
+    fn attention_weights(
+        q: &[f32],
+        k: &[f32],
+        (d, len): (usize, usize),
+        scale: f32,
+        w: &mut [f32],
+    ) {
+        assert!(q.len() >= d * len && k.len() >= d * len && w.len() >= len * len);
+        // SAFETY: w [L × L] = qᵀ [L × d] · k [d × L], in bounds by the assertion, w distinct
+        // from q and k.
+        unsafe {
+            crate::nn::conv::gemm(
+                (len, len, d),
+                w.as_mut_ptr(),
+                (len, 1),
+                false,
+                q.as_ptr(),
+                (1, len),
+                k.as_ptr(),
+                (len, 1),
+            );
+        }
+        softmax_rows(&mut w[..len * len], len, scale);
+    }
+
     /// Self-attention of the legacy head layout: `qkv` `[BH, 3d, L]` (q, k, v of `d` channels
     /// each) to `v · softmax(qᵀk / √d)ᵀ`, `[BH, d, L]`. Each head's `L × L` weights live in a
     /// per-thread buffer; the backward pass recomputes them with tensor ops.
@@ -1420,44 +1462,23 @@ mod fused {
                     let q = &x[i * 3 * d * len..][..d * len];
                     let k = &x[(i * 3 + 1) * d * len..][..d * len];
                     let v = &x[(i * 3 + 2) * d * len..][..d * len];
-                    WEIGHTS.with(|w| {
-                        let mut w = w.borrow_mut();
-                        if w.len() < len * len {
-                            w.resize(len * len, 0.0);
-                        }
-                        let w = &mut w[..len * len];
-                        // SAFETY: w [L × L] = qᵀ [L × d] · k [d × L]; dst [d × L] = v [d × L] · wᵀ;
-                        // all in bounds, dst and w distinct from the inputs.
-                        unsafe {
-                            crate::nn::conv::gemm(
-                                (len, len, d),
-                                w.as_mut_ptr(),
-                                (len, 1),
-                                false,
-                                q.as_ptr(),
-                                (1, len),
-                                k.as_ptr(),
-                                (len, 1),
-                            );
-                        }
-                        vectorized(
-                            #[inline(always)]
-                            || softmax_rows(w, len, scale),
+                    let mut w = take_scratch(&WEIGHTS, len * len);
+                    attention_weights(q, k, (d, len), scale, &mut w);
+                    // SAFETY: dst [d × L] = v [d × L] · wᵀ, all in bounds, dst distinct from the
+                    // inputs.
+                    unsafe {
+                        crate::nn::conv::gemm(
+                            (d, len, len),
+                            dst.as_mut_ptr(),
+                            (len, 1),
+                            false,
+                            v.as_ptr(),
+                            (len, 1),
+                            w.as_ptr(),
+                            (1, len),
                         );
-                        // SAFETY: as above.
-                        unsafe {
-                            crate::nn::conv::gemm(
-                                (d, len, len),
-                                dst.as_mut_ptr(),
-                                (len, 1),
-                                false,
-                                v.as_ptr(),
-                                (len, 1),
-                                w.as_ptr(),
-                                (1, len),
-                            );
-                        }
-                    });
+                    }
+                    restore_scratch(&WEIGHTS, w);
                 },
             );
             Ok((CpuStorage::F32(out), Shape::from((bh, d, len))))
@@ -1533,32 +1554,12 @@ mod fused {
                     let g = &g[i * dl..][..dl];
                     let (dq, rest) = dst.split_at_mut(dl);
                     let (dk, dv) = rest.split_at_mut(dl);
-                    let scratch = |cell: &RefCell<Vec<f32>>| {
-                        let mut b = cell.borrow_mut();
-                        if b.len() < len * len {
-                            b.resize(len * len, 0.0);
-                        }
-                        std::mem::take(&mut *b)
-                    };
-                    let mut p = WEIGHTS.with(scratch);
-                    let mut ds = WEIGHT_GRADS.with(scratch);
+                    let mut p = take_scratch(&WEIGHTS, len * len);
+                    let mut ds = take_scratch(&WEIGHT_GRADS, len * len);
+                    attention_weights(q, k, (d, len), scale, &mut p);
                     // SAFETY (every product): the operands are the head's [d × L] slices and the two
                     // [L × L] buffers, all in bounds for the sizes and strides given; each
                     // destination is distinct from its operands.
-                    unsafe {
-                        // P = softmax(s·qᵀk)
-                        crate::nn::conv::gemm(
-                            (len, len, d),
-                            p.as_mut_ptr(),
-                            (len, 1),
-                            false,
-                            q.as_ptr(),
-                            (1, len),
-                            k.as_ptr(),
-                            (len, 1),
-                        );
-                    }
-                    softmax_rows(&mut p[..len * len], len, scale);
                     unsafe {
                         // dv = g·P
                         crate::nn::conv::gemm(
@@ -1583,10 +1584,7 @@ mod fused {
                             (len, 1),
                         );
                     }
-                    for (dsr, pr) in ds[..len * len]
-                        .chunks_exact_mut(len)
-                        .zip(p[..len * len].chunks_exact(len))
-                    {
+                    for (dsr, pr) in ds.chunks_exact_mut(len).zip(p.chunks_exact(len)) {
                         let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
                         for (a, &b) in dsr.iter_mut().zip(pr) {
                             *a = scale * b * (*a - dot);
@@ -1616,8 +1614,8 @@ mod fused {
                             (len, 1),
                         );
                     }
-                    WEIGHTS.with(|c| *c.borrow_mut() = p);
-                    WEIGHT_GRADS.with(|c| *c.borrow_mut() = ds);
+                    restore_scratch(&WEIGHTS, p);
+                    restore_scratch(&WEIGHT_GRADS, ds);
                 },
             );
             Ok((CpuStorage::F32(out), l1.shape().clone()))
