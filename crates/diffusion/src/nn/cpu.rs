@@ -3,6 +3,8 @@
 //! contiguous `f32` data of a candle storage, a pointer that worker threads writing disjoint
 //! parts may share, and an exponential that loops can vectorize.
 
+use std::sync::Mutex;
+
 use candle_core::{CpuStorage, Layout, bail};
 
 /// The contiguous `f32` elements of `s` that layout `l` covers.
@@ -60,6 +62,24 @@ pub fn fast_exp(x: f32) -> f32 {
     // that vectorizes, unlike a float-to-int cast); k + 127 is the biased exponent.
     let biased = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);
     p * f32::from_bits(biased << 23)
+}
+
+/// Runs `f(i, part)` for the consecutive parts of `data` of length `part_len`, on candle's CPU
+/// worker threads, each compiled for the CPU's widest vectors ([`vectorized`]; pass `f` as an
+/// `#[inline(always)]` closure).
+pub fn par_parts(data: &mut [f32], part_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let parts: Vec<Mutex<&mut [f32]>> = data.chunks_mut(part_len.max(1)).map(Mutex::new).collect();
+    candle_core::utils::barrier_pool().execute_chunked(parts.len(), |range| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for i in range {
+                    let mut part = parts[i].lock().unwrap_or_else(|e| e.into_inner());
+                    f(i, &mut part);
+                }
+            },
+        )
+    });
 }
 
 /// Runs `f`, compiled for AVX2 and FMA where the CPU has them.

@@ -9,13 +9,16 @@
 //! - [`group_norm`] uses candle's differentiable `GroupNorm` (weight one, bias zero).
 //! - [`timestep_embedding`] is the sinusoidal embedding of improved-diffusion / GLIDE, `[cos | sin]`.
 //! - [`dropout`] draws its mask from a caller-supplied [`SeededRng`] (candle's is unseedable).
-//! - [`upsample_nearest2x`] is nearest-neighbour ×2 upsampling written as broadcast + reshape,
-//!   differentiable (unlike candle's `upsample_nearest2d` backward for some sizes).
+//! - [`upsample_nearest2x`] and [`avg_pool2x`] are nearest-neighbour ×2 upsampling and 2×2
+//!   average pooling with one-pass CPU kernels for both directions (candle's backward of
+//!   `upsample_nearest2d` fails for some sizes, and its pooling and broadcast sums are
+//!   single-threaded strided loops).
 
-use candle_core::{D, Module, Tensor};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, GroupNorm, Init, Linear, VarBuilder};
 use rand_distr::{Bernoulli, Distribution};
 
+use crate::nn::cpu::{f32_data, par_parts};
 use crate::random::SeededRng;
 use crate::{Error, Result};
 
@@ -313,8 +316,9 @@ pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut SeededRng>) -> Result<Tensor
     Ok(x.mul(&mask)?)
 }
 
-/// Nearest-neighbour ×2 upsampling of `[B, C, H, W]` to `[B, C, 2H, 2W]`, written as broadcast
-/// and reshape so that it is differentiable.
+/// Nearest-neighbour ×2 upsampling of `[B, C, H, W]` to `[B, C, 2H, 2W]`, differentiable: one
+/// pass over the output on the CPU for `f32` (its gradient sums each 2×2 block in one pass),
+/// broadcast and reshape elsewhere.
 ///
 /// # Errors
 ///
@@ -326,9 +330,119 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
             x.dims()
         ))
     })?;
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return Ok(x.contiguous()?.apply_op1(Resample2x::UP)?);
+    }
     Ok(x.reshape((b, c, h, 1, w, 1))?
         .broadcast_as((b, c, h, 2, w, 2))?
         .reshape((b, c, 2 * h, 2 * w))?)
+}
+
+/// 2×2 average pooling with stride 2 of `[B, C, H, W]` to `[B, C, H/2, W/2]` (the last row or
+/// column dropped when odd, as `avg_pool2d(2)`), differentiable: one pass on the CPU for `f32`
+/// with even sizes, candle's pooling elsewhere.
+///
+/// # Errors
+///
+/// [`Error::Shape`] if the input is not 4-D or smaller than 2×2.
+pub fn avg_pool2x(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x
+        .dims4()
+        .map_err(|_| Error::Shape(format!("pooling expects [B, C, H, W], got {:?}", x.dims())))?;
+    if h < 2 || w < 2 {
+        return Err(Error::Shape(format!(
+            "2×2 pooling needs at least 2×2 pixels, got {h}×{w}"
+        )));
+    }
+    if x.device().is_cpu() && x.dtype() == DType::F32 && h % 2 == 0 && w % 2 == 0 {
+        return Ok(x.contiguous()?.apply_op1(Resample2x::DOWN)?);
+    }
+    Ok(x.avg_pool2d(2)?)
+}
+
+/// Nearest ×2 upsampling (`up`: every pixel copied to a 2×2 block) or 2×2 block sums (each
+/// block to one pixel) of contiguous `f32` `[B, C, H, W]` planes, times `scale`. The two are
+/// adjoint, so each one's gradient is the other with the same scale: upsampling is
+/// `{up, 1}` with gradient `{down, 1}`, average pooling `{down, ¼}` with gradient `{up, ¼}`.
+#[derive(Clone, Copy, Debug)]
+struct Resample2x {
+    up: bool,
+    scale: f32,
+}
+
+impl Resample2x {
+    const UP: Self = Self {
+        up: true,
+        scale: 1.0,
+    };
+    const DOWN: Self = Self {
+        up: false,
+        scale: 0.25,
+    };
+}
+
+impl CustomOp1 for Resample2x {
+    fn name(&self) -> &'static str {
+        "resample-2x"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let [b, c, h, w] = *l.dims() else {
+            candle_core::bail!("resample: expected [B, C, H, W], got {:?}", l.dims())
+        };
+        if !self.up && (h % 2 != 0 || w % 2 != 0) {
+            candle_core::bail!("resample: 2×2 blocks need even sizes, got {h}×{w}")
+        }
+        let x = f32_data(s, l)?;
+        let (ho, wo) = if self.up {
+            (2 * h, 2 * w)
+        } else {
+            (h / 2, w / 2)
+        };
+        let mut out = vec![0f32; b * c * ho * wo];
+        let (up, scale) = (self.up, self.scale);
+        par_parts(
+            &mut out,
+            (ho * wo).max(1),
+            #[inline(always)]
+            |plane, dst| {
+                let src = &x[plane * h * w..][..h * w];
+                if up {
+                    for (y, row) in dst.chunks_exact_mut(wo).enumerate() {
+                        for (d, v) in row.chunks_exact_mut(2).zip(&src[(y / 2) * w..][..w]) {
+                            d[0] = v * scale;
+                            d[1] = v * scale;
+                        }
+                    }
+                } else {
+                    for (y, row) in dst.chunks_exact_mut(wo).enumerate() {
+                        let (r0, r1) = (&src[2 * y * w..][..w], &src[(2 * y + 1) * w..][..w]);
+                        for ((d, a), bb) in row
+                            .iter_mut()
+                            .zip(r0.chunks_exact(2))
+                            .zip(r1.chunks_exact(2))
+                        {
+                            *d = (a[0] + a[1] + bb[0] + bb[1]) * scale;
+                        }
+                    }
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((b, c, ho, wo))))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let adjoint = Self {
+            up: !self.up,
+            scale: self.scale,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&adjoint)?))
+    }
 }
 
 /// The SiLU / swish activation `x · sigmoid(x)` (differentiable in candle).
@@ -391,6 +505,94 @@ mod tests {
                 1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.
             ]
         );
+        Ok(())
+    }
+
+    /// The CPU kernels against their definitions: upsampling copies each pixel to its 2×2
+    /// block and its gradient sums the block; pooling averages the block (as candle's
+    /// `avg_pool2d`) and its gradient spreads a quarter to each pixel of the block. The f64
+    /// path (candle's ops) gives the same values and gradients.
+    #[test]
+    fn resampling_matches_its_definition_and_gradients() -> Result<()> {
+        let mut rng = crate::random::seeded(5);
+        let dims = [2usize, 3, 4, 6];
+        let x = crate::random::normal_tensor(&mut rng, &dims, DType::F32, &Device::Cpu)?;
+        let r_up =
+            crate::random::normal_tensor(&mut rng, &[2, 3, 8, 12], DType::F32, &Device::Cpu)?;
+        let r_down =
+            crate::random::normal_tensor(&mut rng, &[2, 3, 2, 3], DType::F32, &Device::Cpu)?;
+        let xv = candle_core::Var::from_tensor(&x)?;
+        let up = upsample_nearest2x(xv.as_tensor())?;
+        let down = avg_pool2x(xv.as_tensor())?;
+        let (xs, us, ds) = (
+            x.flatten_all()?.to_vec1::<f32>()?,
+            up.flatten_all()?.to_vec1::<f32>()?,
+            down.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let (ru, rd) = (
+            r_up.flatten_all()?.to_vec1::<f32>()?,
+            r_down.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let g_up = (&up * &r_up)?.sum_all()?.backward()?;
+        let g_up = g_up
+            .get(xv.as_tensor())
+            .expect("gradient")
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let g_down = (&down * &r_down)?.sum_all()?.backward()?;
+        let g_down = g_down
+            .get(xv.as_tensor())
+            .expect("gradient")
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let (h, w) = (dims[2], dims[3]);
+        for plane in 0..dims[0] * dims[1] {
+            for y in 0..h {
+                for x in 0..w {
+                    let i = plane * h * w + y * w + x;
+                    let block = |yy: usize, xx: usize| plane * 4 * h * w + yy * 2 * w + xx;
+                    let mut sum = 0.0;
+                    for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        assert_eq!(us[block(2 * y + a, 2 * x + b)], xs[i]);
+                        sum += ru[block(2 * y + a, 2 * x + b)];
+                    }
+                    assert!((g_up[i] - sum).abs() < 1e-5);
+                    let j = plane * (h / 2) * (w / 2) + (y / 2) * (w / 2) + x / 2;
+                    assert!((g_down[i] - rd[j] / 4.0).abs() < 1e-6);
+                }
+            }
+            for y in 0..h / 2 {
+                for x in 0..w / 2 {
+                    let at = |yy: usize, xx: usize| xs[plane * h * w + yy * w + xx];
+                    let mean = (at(2 * y, 2 * x)
+                        + at(2 * y, 2 * x + 1)
+                        + at(2 * y + 1, 2 * x)
+                        + at(2 * y + 1, 2 * x + 1))
+                        / 4.0;
+                    assert!((ds[plane * (h / 2) * (w / 2) + y * (w / 2) + x] - mean).abs() < 1e-6);
+                }
+            }
+        }
+        // candle's path (f64) agrees, values and gradients.
+        let x64 = candle_core::Var::from_tensor(&x.to_dtype(DType::F64)?)?;
+        let up64 = upsample_nearest2x(x64.as_tensor())?;
+        let down64 = avg_pool2x(x64.as_tensor())?;
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f64> {
+            Ok((a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?)
+        };
+        assert!(diff(&up, &up64)? < 1e-6 && diff(&down, &down64)? < 1e-6);
+        let g64 = (up64 * r_up.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
+        let g64 = g64.get(x64.as_tensor()).expect("gradient").flatten_all()?;
+        let g32 = Tensor::new(g_up.as_slice(), &Device::Cpu)?;
+        assert!(diff(&g32, &g64)? < 1e-5);
+        // Odd sizes pool through candle (last row and column dropped); too small is an error.
+        let odd = Tensor::ones((1, 1, 5, 5), DType::F32, &Device::Cpu)?;
+        assert_eq!(avg_pool2x(&odd)?.dims(), [1, 1, 2, 2]);
+        let tiny = Tensor::ones((1, 1, 1, 4), DType::F32, &Device::Cpu)?;
+        assert!(matches!(avg_pool2x(&tiny), Err(Error::Shape(_))));
         Ok(())
     }
 

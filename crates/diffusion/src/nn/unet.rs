@@ -79,7 +79,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::denoiser::Denoiser;
 use crate::nn::conv::{Conv2d, ConvBias, ConvOp};
-use crate::nn::layers::{ConvSpec, conv2d, conv2d_zeroed, dropout, linear, upsample_nearest2x};
+use crate::nn::layers::{
+    ConvSpec, avg_pool2x, conv2d, conv2d_zeroed, dropout, linear, upsample_nearest2x,
+};
 use crate::param::Parameterization;
 use crate::random::SeededRng;
 use crate::{Error, Result};
@@ -648,7 +650,7 @@ impl ResBlock {
         let h = self.in_norm.forward(x, None, true)?;
         let (h, x) = match self.resample {
             Resample::Keep => (h, x.clone()),
-            Resample::Down => (h.avg_pool2d(2)?, x.avg_pool2d(2)?),
+            Resample::Down => (avg_pool2x(&h)?, avg_pool2x(x)?),
             Resample::Up => (upsample_nearest2x(&h)?, upsample_nearest2x(x)?),
         };
         let e = emb_act
@@ -1003,26 +1005,7 @@ mod fused {
 
     use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, bail};
 
-    use crate::nn::cpu::{f32_data, fast_exp, vectorized};
-
-    /// Runs `f(i, part)` for the consecutive parts of `data` of length `part_len`, on candle's
-    /// CPU worker threads, each compiled for the CPU's widest vectors ([`vectorized`]; pass
-    /// `f` as an `#[inline(always)]` closure).
-    fn par_parts(data: &mut [f32], part_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-        let parts: Vec<Mutex<&mut [f32]>> =
-            data.chunks_mut(part_len.max(1)).map(Mutex::new).collect();
-        candle_core::utils::barrier_pool().execute_chunked(parts.len(), |range| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for i in range {
-                        let mut part = parts[i].lock().unwrap_or_else(|e| e.into_inner());
-                        f(i, &mut part);
-                    }
-                },
-            )
-        });
-    }
+    use crate::nn::cpu::{f32_data, fast_exp, par_parts};
 
     #[inline(always)]
     fn silu(y: f32) -> f32 {
