@@ -64,6 +64,26 @@ pub fn fast_exp(x: f32) -> f32 {
     p * f32::from_bits(biased << 23)
 }
 
+/// A kernel's output buffer of `len` floats, left as the allocator hands it out (not zeroed).
+///
+/// Zeroing a fresh output costs one serial pass over it before the kernel's parallel pass;
+/// candle's own CPU ops skip it the same way. The contents are unspecified bits (every bit
+/// pattern is a valid `f32`) until written.
+///
+/// # Safety
+///
+/// The caller must write every element before any is read, and must not let the buffer escape
+/// before then.
+pub unsafe fn output_buffer(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: the capacity is `len`; the caller writes every element before reading any.
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        v.set_len(len)
+    };
+    v
+}
+
 /// Runs `f(i, part)` for the consecutive parts of `data` of length `part_len`, on candle's CPU
 /// worker threads, each compiled for the CPU's widest vectors ([`vectorized`]; pass `f` as an
 /// `#[inline(always)]` closure).

@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Module, Shape, Tensor
 use candle_nn::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, GroupNorm, Init, Linear, VarBuilder};
 use rand_distr::{Bernoulli, Distribution};
 
-use crate::nn::cpu::{f32_data, par_parts};
+use crate::nn::cpu::{f32_data, output_buffer, par_parts};
 use crate::random::SeededRng;
 use crate::{Error, Result};
 
@@ -399,7 +399,8 @@ impl CustomOp1 for Resample2x {
         } else {
             (h / 2, w / 2)
         };
-        let mut out = vec![0f32; b * c * ho * wo];
+        // SAFETY: the planes below cover every output element.
+        let mut out = unsafe { output_buffer(b * c * ho * wo) };
         let (up, scale) = (self.up, self.scale);
         par_parts(
             &mut out,

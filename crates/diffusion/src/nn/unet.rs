@@ -1005,7 +1005,7 @@ mod fused {
 
     use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, bail};
 
-    use crate::nn::cpu::{f32_data, fast_exp, par_parts};
+    use crate::nn::cpu::{f32_data, fast_exp, output_buffer, par_parts};
 
     #[inline(always)]
     fn silu(y: f32) -> f32 {
@@ -1060,7 +1060,8 @@ mod fused {
             let (x, scale, shift) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
             let cg = c / self.groups;
             let n = cg * s;
-            let mut out = vec![0f32; x.len()];
+            // SAFETY: the parts below write every element.
+            let mut out = unsafe { output_buffer(x.len()) };
             let eps = self.eps;
             let act = self.silu;
             par_parts(
@@ -1150,7 +1151,8 @@ mod fused {
             let cg = c / groups;
             let n = cg * s;
             let total = b * c * s;
-            let mut out = vec![0f32; total + 2 * b * c];
+            // SAFETY: every group writes its dx part and its channels' two sums.
+            let mut out = unsafe { output_buffer(total + 2 * b * c) };
             let (dx, stats) = out.split_at_mut(total);
             let stats: Vec<Mutex<&mut [f32]>> = stats.chunks_mut(2 * cg).map(Mutex::new).collect();
             let eps = self.norm.eps;
@@ -1242,7 +1244,8 @@ mod fused {
             }
             let (x, bias) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
             let s: usize = dims[2..].iter().product();
-            let mut out = vec![0f32; x.len()];
+            // SAFETY: the parts below write every element.
+            let mut out = unsafe { output_buffer(x.len()) };
             let rows = (4096 / s.max(1)).max(1);
             par_parts(
                 &mut out,
@@ -1435,7 +1438,8 @@ mod fused {
                 bail!("attention: {c3} channels are not 3 × {d}")
             }
             let x = f32_data(s, l)?;
-            let mut out = vec![0f32; bh * d * len];
+            // SAFETY: every head's product writes its whole part.
+            let mut out = unsafe { output_buffer(bh * d * len) };
             let scale = (1.0 / (d as f64).sqrt()) as f32;
             par_parts(
                 &mut out,
@@ -1521,7 +1525,8 @@ mod fused {
                 )
             }
             let (x, g) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
-            let mut out = vec![0f32; bh * 3 * d * len];
+            // SAFETY: every head's three products write its whole part.
+            let mut out = unsafe { output_buffer(bh * 3 * d * len) };
             let scale = (1.0 / (d as f64).sqrt()) as f32;
             let dl = d * len;
             par_parts(
