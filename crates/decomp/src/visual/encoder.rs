@@ -28,7 +28,7 @@
 use candle_core::{D, DType, Module, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 use recompose_diffusion::nn::conv::Conv2d;
-use recompose_diffusion::nn::layers::{ConvSpec, linear};
+use recompose_diffusion::nn::layers::{ConvSpec, linear, relu};
 
 use crate::{Error, Result};
 
@@ -173,9 +173,9 @@ impl BasicBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let y = relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
         let y = self.bn2.forward_t(&self.conv2.forward(&y)?, train)?;
-        Ok((y + x)?.relu()?)
+        Ok(relu(&(y + x)?)?)
     }
 
     /// The block's two batch norms.
@@ -299,13 +299,15 @@ impl LatentEncoder {
                 )));
             }
         }
-        let mut h = self.stem.forward(x)?.relu()?;
+        let mut h = relu(&self.stem.forward(x)?)?;
         for (block, down) in &self.levels {
-            h = block.forward_t(&h, train)?.relu()?;
-            h = down.forward(&h)?.relu()?;
+            // The reference applies a second ReLU after the block's own; ReLU is idempotent
+            // (values and gradient), so the block's output is used as is.
+            h = block.forward_t(&h, train)?;
+            h = relu(&down.forward(&h)?)?;
         }
         let h = h.flatten_from(1)?;
-        Ok(self.head.forward(&h)?.relu()?)
+        Ok(relu(&self.head.forward(&h)?)?)
     }
 }
 

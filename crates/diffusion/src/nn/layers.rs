@@ -9,12 +9,12 @@
 //! - [`group_norm`] uses candle's differentiable `GroupNorm` (weight one, bias zero).
 //! - [`timestep_embedding`] is the sinusoidal embedding of improved-diffusion / GLIDE, `[cos | sin]`.
 //! - [`dropout`] draws its mask from a caller-supplied [`SeededRng`] (candle's is unseedable).
-//! - [`upsample_nearest2x`] and [`avg_pool2x`] are nearest-neighbour ×2 upsampling and 2×2
-//!   average pooling with one-pass CPU kernels for both directions (candle's backward of
-//!   `upsample_nearest2d` fails for some sizes, and its pooling and broadcast sums are
-//!   single-threaded strided loops).
+//! - [`relu`], [`upsample_nearest2x`] (nearest-neighbour ×2) and [`avg_pool2x`] (2×2 average
+//!   pooling) have one-pass CPU kernels for both directions: candle's backward of
+//!   `upsample_nearest2d` fails for some sizes, and its ReLU gradient, pooling and broadcast
+//!   sums are single-threaded loops.
 
-use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, GroupNorm, Init, Linear, VarBuilder};
 use rand_distr::{Bernoulli, Distribution};
 
@@ -360,6 +360,91 @@ pub fn avg_pool2x(x: &Tensor) -> Result<Tensor> {
     Ok(x.avg_pool2d(2)?)
 }
 
+/// ReLU `max(x, 0)`, differentiable: on the CPU for contiguous `f32` one pass each way (the
+/// gradient passes where the output is positive, as PyTorch's), candle's `relu` elsewhere
+/// (whose backward is four passes, three of them single-threaded).
+///
+/// # Errors
+///
+/// [`Error::Candle`] from candle.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return Ok(x.contiguous()?.apply_op1(Relu)?);
+    }
+    Ok(x.relu()?)
+}
+
+/// The CPU kernel of [`relu`]; its gradient is [`ReluGrad`].
+#[derive(Clone, Copy, Debug)]
+struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_data(s, l)?;
+        // SAFETY: the parts below cover every element.
+        let mut out = unsafe { output_buffer(x.len()) };
+        par_parts(
+            &mut out,
+            ELEMENTWISE_PART,
+            #[inline(always)]
+            |i, dst| {
+                for (d, &v) in dst.iter_mut().zip(&x[i * ELEMENTWISE_PART..]) {
+                    *d = v.max(0.0);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(res, &ReluGrad)?))
+    }
+}
+
+/// `grad · 1[y > 0]` for the output gradient `grad` and ReLU output `y`.
+#[derive(Clone, Copy, Debug)]
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, y) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        if g.len() != y.len() {
+            candle_core::bail!("relu grad: {:?} does not fit {:?}", l1.dims(), l2.dims())
+        }
+        // SAFETY: the parts below cover every element.
+        let mut out = unsafe { output_buffer(g.len()) };
+        par_parts(
+            &mut out,
+            ELEMENTWISE_PART,
+            #[inline(always)]
+            |i, dst| {
+                let at = i * ELEMENTWISE_PART;
+                for ((d, &gv), &yv) in dst.iter_mut().zip(&g[at..]).zip(&y[at..]) {
+                    *d = if yv > 0.0 { gv } else { 0.0 };
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Elements per task of the elementwise kernels.
+const ELEMENTWISE_PART: usize = 16 * 1024;
+
 /// Nearest ×2 upsampling (`up`: every pixel copied to a 2×2 block) or 2×2 block sums (each
 /// block to one pixel) of contiguous `f32` `[B, C, H, W]` planes, times `scale`. The two are
 /// adjoint, so each one's gradient is the other with the same scale: upsampling is
@@ -594,6 +679,41 @@ mod tests {
         assert_eq!(avg_pool2x(&odd)?.dims(), [1, 1, 2, 2]);
         let tiny = Tensor::ones((1, 1, 1, 4), DType::F32, &Device::Cpu)?;
         assert!(matches!(avg_pool2x(&tiny), Err(Error::Shape(_))));
+        Ok(())
+    }
+
+    /// The ReLU kernel: `max(x, 0)`, gradient passed where the output is positive; candle's
+    /// path (f64) agrees away from 0.
+    #[test]
+    fn relu_matches_its_definition_and_gradient() -> Result<()> {
+        let mut rng = crate::random::seeded(6);
+        let x = crate::random::normal_tensor(&mut rng, &[3, 40_000], DType::F32, &Device::Cpu)?;
+        let r = crate::random::normal_tensor(&mut rng, &[3, 40_000], DType::F32, &Device::Cpu)?;
+        let xv = candle_core::Var::from_tensor(&x)?;
+        let y = relu(xv.as_tensor())?;
+        let grads = (&y * &r)?.sum_all()?.backward()?;
+        let g = grads.get(xv.as_tensor()).expect("gradient");
+        let (xs, ys) = (
+            x.flatten_all()?.to_vec1::<f32>()?,
+            y.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let (rs, gs) = (
+            r.flatten_all()?.to_vec1::<f32>()?,
+            g.flatten_all()?.to_vec1::<f32>()?,
+        );
+        for i in 0..xs.len() {
+            assert_eq!(ys[i], xs[i].max(0.0));
+            assert_eq!(gs[i], if xs[i] > 0.0 { rs[i] } else { 0.0 });
+        }
+        let x64 = candle_core::Var::from_tensor(&x.to_dtype(DType::F64)?)?;
+        let y64 = relu(x64.as_tensor())?;
+        let g64 = (&y64 * r.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
+        let g64 = g64
+            .get(x64.as_tensor())
+            .expect("gradient")
+            .to_dtype(DType::F32)?;
+        let diff = (g64 - g)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "{diff}");
         Ok(())
     }
 
