@@ -13,6 +13,9 @@
 //! candle's own optimizers have neither schedules nor clipping nor EMA, and their state cannot be
 //! saved; here every piece of state is a named tensor, so a checkpoint can hold it and a resumed
 //! run continues bit for bit.
+//!
+//! For contiguous `f32` tensors on the CPU the update, the gradient norm and the EMA each run
+//! as one parallel pass per variable; elsewhere they are written with tensor ops.
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
@@ -197,11 +200,15 @@ impl AdamW {
         let mut sq = 0.0f64;
         for (_, var) in &self.vars {
             if let Some(g) = grads.get(var.as_tensor()) {
-                sq += g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(candle_core::DType::F64)?
-                    .to_scalar::<f64>()?;
+                let (gs, gl) = g.storage_and_layout();
+                sq += match cpu_f32(&gs, gl) {
+                    Some(data) => sum_of_squares(data),
+                    None => g
+                        .sqr()?
+                        .sum_all()?
+                        .to_dtype(candle_core::DType::F64)?
+                        .to_scalar::<f64>()?,
+                };
             }
         }
         Ok(sq.sqrt())
@@ -271,6 +278,59 @@ impl AdamW {
     }
 }
 
+/// The elements of a contiguous CPU `f32` storage, `None` for any other.
+fn cpu_f32<'a>(s: &'a candle_core::Storage, l: &candle_core::Layout) -> Option<&'a [f32]> {
+    match s {
+        candle_core::Storage::Cpu(c) => crate::nn::cpu::f32_data(c, l).ok(),
+        _ => None,
+    }
+}
+
+/// Elements per task of the one-pass CPU updates.
+const CHUNK: usize = 16 * 1024;
+
+/// `Σ x²` in `f64`: per chunk on candle's worker threads, the chunks' sums added in order (the
+/// same result for any thread count).
+fn sum_of_squares(x: &[f32]) -> f64 {
+    let sums: Vec<std::sync::Mutex<f64>> = (0..x.len().div_ceil(CHUNK))
+        .map(|_| std::sync::Mutex::new(0.0))
+        .collect();
+    candle_core::utils::barrier_pool().execute_chunked(sums.len(), |range| {
+        for c in range {
+            let part = &x[c * CHUNK..((c + 1) * CHUNK).min(x.len())];
+            let s: f64 = part.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+            *sums[c].lock().unwrap_or_else(|e| e.into_inner()) = s;
+        }
+    });
+    sums.into_iter()
+        .map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .sum()
+}
+
+/// `d·s + (1 − d)·x` in one pass over CPU `f32` tensors (`None` for any others).
+fn blend(s: &Tensor, x: &Tensor, d: f32) -> Option<Vec<f32>> {
+    let (ss, sl) = s.storage_and_layout();
+    let (xs, xl) = x.storage_and_layout();
+    let (a, b) = (cpu_f32(&ss, sl)?, cpu_f32(&xs, xl)?);
+    if a.len() != b.len() {
+        return None;
+    }
+    // SAFETY: the parts below cover every element.
+    let mut out = unsafe { crate::nn::cpu::output_buffer(a.len()) };
+    crate::nn::cpu::par_parts(
+        &mut out,
+        CHUNK,
+        #[inline(always)]
+        |c, dst| {
+            let at = c * CHUNK;
+            for ((o, &sv), &xv) in dst.iter_mut().zip(&a[at..]).zip(&b[at..]) {
+                *o = d * sv + (1.0 - d) * xv;
+            }
+        },
+    );
+    Some(out)
+}
+
 /// The per-step constants of one AdamW update, in `f32`.
 #[derive(Clone, Copy, Debug)]
 struct Coefficients {
@@ -295,23 +355,16 @@ fn fused_update(
     v: &Tensor,
     k: Coefficients,
 ) -> Option<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    use crate::nn::cpu::{SendPtr, f32_data, output_buffer, vectorized};
-    use candle_core::Storage;
+    use crate::nn::cpu::{SendPtr, output_buffer, vectorized};
     let (ts, tl) = theta.storage_and_layout();
     let (gs, gl) = g.storage_and_layout();
     let (ms, ml) = m.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
-    fn data<'a>(s: &'a Storage, l: &candle_core::Layout) -> Option<&'a [f32]> {
-        match s {
-            Storage::Cpu(c) => f32_data(c, l).ok(),
-            _ => None,
-        }
-    }
     let (th, gr, m0, v0) = (
-        data(&ts, tl)?,
-        data(&gs, gl)?,
-        data(&ms, ml)?,
-        data(&vs, vl)?,
+        cpu_f32(&ts, tl)?,
+        cpu_f32(&gs, gl)?,
+        cpu_f32(&ms, ml)?,
+        cpu_f32(&vs, vl)?,
     );
     let n = th.len();
     if gr.len() != n || m0.len() != n || v0.len() != n {
@@ -325,7 +378,6 @@ fn fused_update(
         SendPtr(m1.as_mut_ptr()),
         SendPtr(v1.as_mut_ptr()),
     );
-    const CHUNK: usize = 16 * 1024;
     candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(CHUNK), |range| {
         vectorized(
             #[inline(always)]
@@ -405,7 +457,10 @@ impl Ema {
     pub fn update(&mut self, vars: &[(String, Var)]) -> Result<()> {
         let d = self.decay;
         for ((_, s), (_, v)) in self.shadow.iter_mut().zip(vars) {
-            *s = ((&*s * d)? + (v.as_tensor() * (1.0 - d))?)?.detach();
+            *s = match blend(s, v.as_tensor(), d as f32) {
+                Some(data) => Tensor::from_vec(data, s.shape().clone(), s.device())?,
+                None => ((&*s * d)? + (v.as_tensor() * (1.0 - d))?)?.detach(),
+            };
         }
         Ok(())
     }
@@ -485,7 +540,8 @@ mod tests {
 
     /// The one-pass CPU update (f32) follows the tensor-op form (run here in f64) over several
     /// steps with weight decay and a gradient scale, on a variable large enough to be split
-    /// across threads; a variable without a gradient is left alone.
+    /// across threads; a variable without a gradient is left alone; the gradient norm is
+    /// 2‖w − y‖ for the loss ‖w − y‖², in both forms.
     #[test]
     fn fused_update_follows_the_tensor_form() -> Result<()> {
         let dev = Device::Cpu;
@@ -508,8 +564,19 @@ mod tests {
             ];
             let mut opt = AdamW::new(vars, config)?;
             for (i, y) in targets.iter().enumerate() {
-                let loss = (w.as_tensor() - y.to_dtype(dtype)?)?.sqr()?.sum_all()?;
-                opt.step(&loss.backward()?, 0.01 * (i + 1) as f64, 0.5)?;
+                let diff = (w.as_tensor() - y.to_dtype(dtype)?)?;
+                let grads = diff.sqr()?.sum_all()?.backward()?;
+                // ‖∇‖ = 2‖w − y‖.
+                let want = 2.0
+                    * diff
+                        .to_dtype(DType::F64)?
+                        .sqr()?
+                        .sum_all()?
+                        .to_scalar::<f64>()?
+                        .sqrt();
+                let norm = opt.grad_norm(&grads)?;
+                assert!((norm - want).abs() < 1e-9 * want, "{norm} vs {want}");
+                opt.step(&grads, 0.01 * (i + 1) as f64, 0.5)?;
             }
             assert_eq!(
                 idle.as_tensor().to_dtype(DType::F64)?.to_vec1::<f64>()?,
@@ -541,6 +608,17 @@ mod tests {
         ema.update(&vars)?;
         let v = ema.values()[0].1.to_vec1::<f32>()?;
         assert!((v[0] - 0.19).abs() < 1e-6, "{v:?}");
+        // The same in f64 (the tensor-op form) and on a variable split across threads.
+        for (dtype, n) in [(DType::F64, 2), (DType::F32, 50_000)] {
+            let w = Var::from_tensor(&Tensor::zeros(n, dtype, &dev)?)?;
+            let vars = vec![("w".to_string(), w.clone())];
+            let mut ema = Ema::new(&vars, 0.9)?;
+            w.set(&Tensor::ones(n, dtype, &dev)?)?;
+            ema.update(&vars)?;
+            ema.update(&vars)?;
+            let v = ema.values()[0].1.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            assert!(v.iter().all(|x| (x - 0.19).abs() < 1e-6), "{dtype:?}");
+        }
         assert!(Ema::new(&vars, 1.5).is_err());
         Ok(())
     }
