@@ -299,25 +299,18 @@ fn conv_forward(
     let x = f32_data(s1, l1)?;
     let wm = f32_data(s2, l2)?;
     let (kk, hw) = (g.kk(), g.hw_out());
-    // SAFETY: written whole below: filled with the bias, or by the products of every band of
-    // every image without reading it.
-    let mut out = unsafe { output_buffer(g.b * co * hw) };
-    let accumulate = match bias {
-        Some((bias, bb)) => {
-            if bias.len() != bb * co || (bb != 1 && bb != g.b) {
-                bail!(
-                    "conv: a bias of {} values does not fit {co} channels",
-                    bias.len()
-                )
-            }
-            for (plane, dst) in out.chunks_mut(hw.max(1)).enumerate() {
-                let (bi, o) = (plane / co, plane % co);
-                dst.fill(bias[if bb == 1 { o } else { bi * co + o }]);
-            }
-            true
+    if let Some((bias, bb)) = bias {
+        if bias.len() != bb * co || (bb != 1 && bb != g.b) {
+            bail!(
+                "conv: a bias of {} values does not fit {co} channels",
+                bias.len()
+            )
         }
-        None => false,
-    };
+    }
+    // SAFETY: written whole below: every band of every image is filled with the bias or
+    // written by its product without being read.
+    let mut out = unsafe { output_buffer(g.b * co * hw) };
+    let accumulate = bias.is_some();
     if out.is_empty() {
         return Ok((CpuStorage::F32(out), Shape::from((g.b, co, g.ho, g.wo))));
     }
@@ -336,6 +329,13 @@ fn conv_forward(
         // SAFETY: rows y0..y1 of every output channel of image bi belong to this task
         // only; `out` outlives the pool call.
         let d = unsafe { dst.ptr().add(bi * co * hw + y0 * g.wo) };
+        if let Some((bias, bb)) = bias {
+            for o in 0..co {
+                // SAFETY: as above, the band of channel o.
+                let band = unsafe { std::slice::from_raw_parts_mut(d.add(o * hw), n) };
+                band.fill(bias[if bb == 1 { o } else { bi * co + o }]);
+            }
+        }
         if g.direct() {
             // SAFETY: lhs [co × kk], rhs rows of the image, dst [co × n] with row
             // stride hw, all in bounds.
@@ -603,23 +603,26 @@ impl CustomOp2 for KernelGrad {
         let size = co * kk;
         // One accumulator per group of images, summed at the end.
         let groups = candle_core::utils::get_num_threads().clamp(1, g.b.max(1));
-        let mut acc = vec![0f32; groups * size];
-        if size == 0 || hw == 0 {
+        if size == 0 || hw == 0 || g.b == 0 {
             return Ok((
                 CpuStorage::F32(vec![0f32; size]),
                 Shape::from((co, g.c, g.k, g.k)),
             ));
         }
+        // SAFETY: every group has at least one image (groups ≤ B), whose product overwrites
+        // the group's accumulator before the others add to it.
+        let mut acc = unsafe { output_buffer(groups * size) };
         let parts: Vec<Mutex<&mut [f32]>> = acc.chunks_mut(size).map(Mutex::new).collect();
         candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
             for gi in range {
                 let mut part = parts[gi].lock().unwrap_or_else(|e| e.into_inner());
                 let dst = part.as_mut_ptr();
-                for bi in gi * g.b / groups..(gi + 1) * g.b / groups {
+                let first = gi * g.b / groups;
+                for bi in first..(gi + 1) * g.b / groups {
                     let img = &x[bi * g.c * g.h * g.w..][..g.c * g.h * g.w];
                     let gr = &grad[bi * co * hw..][..co * hw];
                     let accumulate = |cols: &[f32], ld: usize| {
-                        // SAFETY: dst [co × kk], stored column by column, += grad [co × hw] ·
+                        // SAFETY: dst [co × kk], stored column by column, (+)= grad [co × hw] ·
                         // colsᵀ, cols [kk × hw] with row stride ld. (Column-major output keeps
                         // the column matrix in place: only the small gradient is repacked.)
                         unsafe {
@@ -627,7 +630,7 @@ impl CustomOp2 for KernelGrad {
                                 (co, kk, hw),
                                 dst,
                                 (1, co),
-                                true,
+                                bi != first,
                                 gr.as_ptr(),
                                 (hw, 1),
                                 cols.as_ptr(),
