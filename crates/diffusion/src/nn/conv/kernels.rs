@@ -79,17 +79,45 @@ fn geom(x: &[usize], k: usize, p: usize, s: usize) -> candle_core::Result<Geom> 
 thread_local! {
     /// The column matrix of the current task, reused across calls.
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The product of a task that gathers several images, before it is scattered to them.
+    static PRODUCT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with this thread's column buffer of at least `len` elements.
 fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    COLS.with(|cols| {
-        let mut cols = cols.borrow_mut();
-        if cols.len() < len {
-            cols.resize(len, 0.0);
+    with_scratch(&COLS, len, f)
+}
+
+/// Runs `f` with this thread's buffer `key` grown to at least `len` elements.
+fn with_scratch<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if buf.len() < len {
+            buf.resize(len, 0.0);
         }
-        f(&mut cols[..len])
+        f(&mut buf[..len])
     })
+}
+
+/// Products narrower than this many columns gather several images into one: a product over
+/// the 64 or 16 pixels of one small feature map leaves most of the microkernel's rows empty.
+const GROUP_COLUMNS: usize = 256;
+
+/// Images per task for output maps of `hw` pixels: enough for [`GROUP_COLUMNS`] columns, but no
+/// fewer tasks than threads.
+fn images_per_task(hw: usize, b: usize, threads: usize) -> usize {
+    if hw >= GROUP_COLUMNS || hw == 0 {
+        1
+    } else {
+        GROUP_COLUMNS
+            .div_ceil(hw)
+            .min(b.div_ceil(threads.max(1)))
+            .max(1)
+    }
 }
 
 /// The row stride of a column matrix of `n` columns: `n` plus one cache line when `n` is a
@@ -189,14 +217,14 @@ fn shifted_rows(
 
 /// The adjoint of [`im2col`] over a whole image: adds every entry of the column matrix
 /// `[C·k·k, Ho·Wo]` to the input pixel its tap reads (`img` `[C, H, W]`, zeroed by the caller).
-fn col2im(cols: &[f32], g: &Geom, img: &mut [f32]) {
+fn col2im(cols: &[f32], ld: usize, g: &Geom, img: &mut [f32]) {
     let (k, p, s, h, w, wo) = (g.k, g.p, g.s, g.h, g.w, g.wo);
     let n = g.hw_out();
     for ci in 0..g.c {
         let plane = &mut img[ci * h * w..][..h * w];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &cols[((ci * k + ky) * k + kx) * n..][..n];
+                let row = &cols[((ci * k + ky) * k + kx) * ld..][..n];
                 let (x_lo, x_hi) = g.columns(kx);
                 for (y, line) in row.chunks_exact(wo).enumerate() {
                     let sy = y * s + ky;
@@ -299,25 +327,79 @@ fn conv_forward(
     let x = f32_data(s1, l1)?;
     let wm = f32_data(s2, l2)?;
     let (kk, hw) = (g.kk(), g.hw_out());
-    if let Some((bias, bb)) = bias {
-        if bias.len() != bb * co || (bb != 1 && bb != g.b) {
-            bail!(
-                "conv: a bias of {} values does not fit {co} channels",
-                bias.len()
-            )
-        }
+    if let Some((bias, bb)) = bias
+        && (bias.len() != bb * co || (bb != 1 && bb != g.b))
+    {
+        bail!(
+            "conv: a bias of {} values does not fit {co} channels",
+            bias.len()
+        )
     }
     // SAFETY: written whole below: every band of every image is filled with the bias or
-    // written by its product without being read.
+    // written by its product without being read (or copied from a gathered product).
     let mut out = unsafe { output_buffer(g.b * co * hw) };
     let accumulate = bias.is_some();
     if out.is_empty() {
         return Ok((CpuStorage::F32(out), Shape::from((g.b, co, g.ho, g.wo))));
     }
-    // Bands of output rows per image, so that every thread has work.
     let threads = candle_core::utils::get_num_threads().max(1);
-    let bands = threads.div_ceil(g.b).clamp(1, g.ho);
     let dst = SendPtr(out.as_mut_ptr());
+    let per_task = images_per_task(hw, g.b, threads);
+    if per_task > 1 {
+        // Small maps: the columns of several images side by side, one product, scattered.
+        candle_core::utils::barrier_pool().execute_chunked(g.b.div_ceil(per_task), |range| {
+            for t in range {
+                let (i0, i1) = (t * per_task, ((t + 1) * per_task).min(g.b));
+                let n = (i1 - i0) * hw;
+                let ld = col_stride(n);
+                with_cols(kk * ld, |cols| {
+                    for (j, bi) in (i0..i1).enumerate() {
+                        let img = &x[bi * g.c * g.h * g.w..][..g.c * g.h * g.w];
+                        im2col(img, &g, 0, g.ho, ld, &mut cols[j * hw..]);
+                    }
+                    with_scratch(&PRODUCT, co * n, |prod| {
+                        // SAFETY: prod [co × n] = W [co × kk] · cols [kk × n] (row stride ld).
+                        unsafe {
+                            gemm(
+                                (co, n, kk),
+                                prod.as_mut_ptr(),
+                                (n, 1),
+                                false,
+                                wm.as_ptr(),
+                                (kk, 1),
+                                cols.as_ptr(),
+                                (ld, 1),
+                            );
+                        }
+                        for (j, bi) in (i0..i1).enumerate() {
+                            for o in 0..co {
+                                let src = &prod[o * n + j * hw..][..hw];
+                                // SAFETY: channel o of image bi belongs to this task only.
+                                let d = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        dst.ptr().add((bi * co + o) * hw),
+                                        hw,
+                                    )
+                                };
+                                match bias {
+                                    Some((bias, bb)) => {
+                                        let v = bias[if bb == 1 { o } else { bi * co + o }];
+                                        for (d, s) in d.iter_mut().zip(src) {
+                                            *d = s + v;
+                                        }
+                                    }
+                                    None => d.copy_from_slice(src),
+                                }
+                            }
+                        }
+                    });
+                });
+            }
+        });
+        return Ok((CpuStorage::F32(out), Shape::from((g.b, co, g.ho, g.wo))));
+    }
+    // Bands of output rows per image, so that every thread has work.
+    let bands = threads.div_ceil(g.b).clamp(1, g.ho);
     let task = |t: usize| {
         let (bi, band) = (t / bands, t % bands);
         let (y0, y1) = (band * g.ho / bands, (band + 1) * g.ho / bands);
@@ -539,26 +621,51 @@ impl CustomOp2 for InputGrad {
             return Ok((CpuStorage::F32(out), Shape::from((b, ci, self.h, self.w))));
         }
         let dst = SendPtr(out.as_mut_ptr());
-        candle_core::utils::barrier_pool().execute_chunked(b, |range| {
-            for bi in range {
-                let gr = &grad[bi * co * hw..][..co * hw];
-                // SAFETY: image bi of `out` belongs to this task only; `out` outlives the call.
-                let img = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(bi * chw), chw) };
-                with_cols(kk * hw, |cols| {
-                    // SAFETY: cols [kk × hw] = Wᵀ (W [co × kk] read transposed) · grad [co × hw].
+        let per = images_per_task(hw, b, candle_core::utils::get_num_threads());
+        candle_core::utils::barrier_pool().execute_chunked(b.div_ceil(per), |range| {
+            for t in range {
+                let (i0, i1) = (t * per, ((t + 1) * per).min(b));
+                let n = (i1 - i0) * hw;
+                // SAFETY: images i0..i1 of `out` belong to this task only; `out` outlives the
+                // call.
+                let imgs = unsafe {
+                    std::slice::from_raw_parts_mut(dst.ptr().add(i0 * chw), (i1 - i0) * chw)
+                };
+                // cols [kk × n] = Wᵀ (W [co × kk] read transposed) · grad [co × n], the
+                // gradients of several images side by side on small maps; then each image's
+                // block of columns scattered back.
+                let mut scatter = |gr: &[f32], cols: &mut [f32]| {
+                    // SAFETY: the operands hold [co × kk], [co × n] and [kk × n].
                     unsafe {
                         gemm(
-                            (kk, hw, co),
+                            (kk, n, co),
                             cols.as_mut_ptr(),
-                            (hw, 1),
+                            (n, 1),
                             false,
                             wm.as_ptr(),
                             (1, kk),
                             gr.as_ptr(),
-                            (hw, 1),
+                            (n, 1),
                         );
                     }
-                    col2im(cols, &g, img);
+                    for (j, img) in imgs.chunks_exact_mut(chw).enumerate() {
+                        col2im(&cols[j * hw..], n, &g, img);
+                    }
+                };
+                with_cols(kk * n, |cols| {
+                    if i1 - i0 == 1 {
+                        scatter(&grad[i0 * co * hw..][..co * hw], cols);
+                    } else {
+                        with_scratch(&PRODUCT, co * n, |gr| {
+                            for (j, bi) in (i0..i1).enumerate() {
+                                for o in 0..co {
+                                    gr[o * n + j * hw..][..hw]
+                                        .copy_from_slice(&grad[(bi * co + o) * hw..][..hw]);
+                                }
+                            }
+                            scatter(gr, cols);
+                        });
+                    }
                 });
             }
         });
@@ -617,36 +724,63 @@ impl CustomOp2 for KernelGrad {
             for gi in range {
                 let mut part = parts[gi].lock().unwrap_or_else(|e| e.into_inner());
                 let dst = part.as_mut_ptr();
-                let first = gi * g.b / groups;
-                for bi in first..(gi + 1) * g.b / groups {
-                    let img = &x[bi * g.c * g.h * g.w..][..g.c * g.h * g.w];
-                    let gr = &grad[bi * co * hw..][..co * hw];
-                    let accumulate = |cols: &[f32], ld: usize| {
-                        // SAFETY: dst [co × kk], stored column by column, (+)= grad [co × hw] ·
-                        // colsᵀ, cols [kk × hw] with row stride ld. (Column-major output keeps
-                        // the column matrix in place: only the small gradient is repacked.)
+                let (first, last) = (gi * g.b / groups, (gi + 1) * g.b / groups);
+                // Images gathered per product on small maps (the reduction runs over pixels).
+                let per = if hw >= GROUP_COLUMNS {
+                    1
+                } else {
+                    GROUP_COLUMNS.div_ceil(hw)
+                };
+                let mut i0 = first;
+                while i0 < last {
+                    let i1 = (i0 + per).min(last);
+                    let n = (i1 - i0) * hw;
+                    // dst [co × kk], stored column by column, (+)= grad [co × n] · colsᵀ, cols
+                    // [kk × n] with row stride ld. (Column-major output keeps the column
+                    // matrix in place: only the small gradient is repacked.)
+                    let product = |gr: &[f32], cols: &[f32], ld: usize| {
+                        // SAFETY: the operands hold [co × n] and [kk × n] (row stride ld).
                         unsafe {
                             gemm(
-                                (co, kk, hw),
+                                (co, kk, n),
                                 dst,
                                 (1, co),
-                                bi != first,
+                                i0 != first,
                                 gr.as_ptr(),
-                                (hw, 1),
+                                (n, 1),
                                 cols.as_ptr(),
                                 (1, ld),
                             );
                         }
                     };
-                    if g.direct() {
-                        accumulate(img, hw);
+                    let img = |bi: usize| &x[bi * g.c * g.h * g.w..][..g.c * g.h * g.w];
+                    if i1 - i0 == 1 {
+                        let gr = &grad[i0 * co * hw..][..co * hw];
+                        if g.direct() {
+                            product(gr, img(i0), hw);
+                        } else {
+                            let ld = col_stride(hw);
+                            with_cols(kk * ld, |cols| {
+                                im2col(img(i0), &g, 0, g.ho, ld, cols);
+                                product(gr, cols, ld);
+                            });
+                        }
                     } else {
-                        let ld = col_stride(hw);
+                        let ld = col_stride(n);
                         with_cols(kk * ld, |cols| {
-                            im2col(img, &g, 0, g.ho, ld, cols);
-                            accumulate(cols, ld);
+                            with_scratch(&PRODUCT, co * n, |gr| {
+                                for (j, bi) in (i0..i1).enumerate() {
+                                    im2col(img(bi), &g, 0, g.ho, ld, &mut cols[j * hw..]);
+                                    for o in 0..co {
+                                        gr[o * n + j * hw..][..hw]
+                                            .copy_from_slice(&grad[(bi * co + o) * hw..][..hw]);
+                                    }
+                                }
+                                product(gr, cols, ld);
+                            });
                         });
                     }
+                    i0 = i1;
                 }
             }
         });
