@@ -487,24 +487,50 @@ impl Pointwise {
         })
     }
 
-    /// `W x + bias` for `x` of shape `[B, in, N]`; on the CPU for `f32` a kernel-1
-    /// `ConvBias` (one product per image, starting from the bias).
+    /// `W x + bias` for `x` of shape `[B, in, N]` or `[B, in, H, W]` (the output keeps the
+    /// trailing dims); on the CPU for `f32` a kernel-1 `ConvBias` (one product per image,
+    /// starting from the bias), on a 4-D input without reshaping it (every reshape is one more
+    /// full-size gradient pass in the backward).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, ci, n) = x.dims3()?;
+        let dims = x.dims().to_vec();
+        let (b, ci, n) = match dims[..] {
+            [b, ci, n] => (b, ci, n),
+            [b, ci, h, w] => (b, ci, h * w),
+            _ => {
+                return Err(Error::Shape(format!(
+                    "a projection takes [B, C, N] or [B, C, H, W], got {dims:?}"
+                )));
+            }
+        };
         let co = self.weight.dim(0)?;
+        let mut out_dims = dims.clone();
+        out_dims[1] = co;
         if x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
             let op = ConvBias(ConvOp {
                 padding: 0,
                 stride: 1,
             });
-            let y = x.contiguous()?.reshape((b, ci, n, 1))?.apply_op3(
+            let x4 = if dims.len() == 4 {
+                x.contiguous()?
+            } else {
+                x.contiguous()?.reshape((b, ci, n, 1))?
+            };
+            let y = x4.apply_op3(
                 &self.weight.reshape((co, ci, 1, 1))?,
                 &self.bias.reshape((1, co))?,
                 op,
             )?;
-            Ok(y.reshape((b, co, n))?)
+            Ok(if dims.len() == 4 {
+                y
+            } else {
+                y.reshape(out_dims)?
+            })
         } else {
-            add_channel_bias(&self.weight.broadcast_left(b)?.matmul(x)?, &self.bias)
+            let y = self
+                .weight
+                .broadcast_left(b)?
+                .matmul(&x.reshape((b, ci, n))?)?;
+            Ok(add_channel_bias(&y, &self.bias)?.reshape(out_dims)?)
         }
     }
 }
@@ -674,11 +700,7 @@ impl ResBlock {
         let h = self.out_conv.forward(&h)?;
         let skip = match &self.skip {
             None => x,
-            Some(p) => {
-                let (b, ci, hh, ww) = x.dims4()?;
-                p.forward(&x.reshape((b, ci, hh * ww))?)?
-                    .reshape((b, c, hh, ww))?
-            }
+            Some(p) => p.forward(&x)?,
         };
         Ok((skip + h)?)
     }
@@ -707,14 +729,15 @@ impl AttentionBlock {
         let (b, c, hh, ww) = x.dims4()?;
         let len = hh * ww;
         let head_ch = c / self.heads;
-        let xn = self.norm.forward(x, None, false)?.reshape((b, c, len))?;
-        let qkv = self
-            .qkv
-            .forward(&xn)?
-            .reshape((b * self.heads, 3 * head_ch, len))?;
-        let attended = if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
-            qkv.apply_op1(fused::Attention { head_ch })?
-        } else {
+        let xn = self.norm.forward(x, None, false)?;
+        let qkv = self.qkv.forward(&xn)?;
+        if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
+            // [B, 3C, H, W] in, [B, C, H, W] out: no reshape nodes in the graph.
+            let attended = qkv.contiguous()?.apply_op1(fused::Attention { head_ch })?;
+            return Ok((x + self.proj_out.forward(&attended)?)?);
+        }
+        let qkv = qkv.reshape((b * self.heads, 3 * head_ch, len))?;
+        let attended = {
             // (q/√√d)ᵀ(k/√√d) = qᵀk/√d: scale q once.
             let q = (qkv.narrow(1, 0, head_ch)? * (1.0 / (head_ch as f64).sqrt()))?;
             let k = qkv.narrow(1, head_ch, head_ch)?;
@@ -1416,8 +1439,24 @@ mod fused {
         softmax_rows(&mut w[..len * len], len, scale);
     }
 
+    /// The heads of an attention input of `dims`: `[BH, 3d, L]`, or `[B, 3C, H, W]` read as
+    /// `[B·3C/3d, 3d, H·W]` (the same memory). The number of heads, the length and the output
+    /// shape (`[BH, d, L]` or `[B, C, H, W]`).
+    fn heads(dims: &[usize], d: usize) -> candle_core::Result<(usize, usize, Shape)> {
+        match *dims {
+            [bh, c3, len] if d > 0 && c3 == 3 * d => Ok((bh, len, Shape::from((bh, d, len)))),
+            [b, c3, h, w] if d > 0 && c3 % (3 * d) == 0 => {
+                Ok((b * c3 / (3 * d), h * w, Shape::from((b, c3 / 3, h, w))))
+            }
+            _ => bail!(
+                "attention: expected [BH, 3d, L] or [B, 3C, H, W] with heads of d = {d}, got {dims:?}"
+            ),
+        }
+    }
+
     /// Self-attention of the legacy head layout: `qkv` `[BH, 3d, L]` (q, k, v of `d` channels
-    /// each) to `v · softmax(qᵀk / √d)ᵀ`, `[BH, d, L]`. Each head's `L × L` weights live in a
+    /// each; or `[B, 3C, H, W]`, see [`heads`]) to `v · softmax(qᵀk / √d)ᵀ`, `[BH, d, L]` (or
+    /// `[B, C, H, W]`). Each head's `L × L` weights live in a
     /// per-thread buffer; the backward pass recomputes them with tensor ops.
     #[derive(Clone, Copy, Debug)]
     pub(super) struct Attention {
@@ -1431,12 +1470,7 @@ mod fused {
 
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
             let d = self.head_ch;
-            let [bh, c3, len] = *l.dims() else {
-                bail!("attention: expected [BH, 3d, L], got {:?}", l.dims())
-            };
-            if c3 != 3 * d || d == 0 {
-                bail!("attention: {c3} channels are not 3 × {d}")
-            }
+            let (bh, len, out_shape) = heads(l.dims(), d)?;
             let x = f32_data(s, l)?;
             // SAFETY: every head's product writes its whole part.
             let mut out = unsafe { output_buffer(bh * d * len) };
@@ -1468,7 +1502,7 @@ mod fused {
                     restore_scratch(&WEIGHTS, w);
                 },
             );
-            Ok((CpuStorage::F32(out), Shape::from((bh, d, len))))
+            Ok((CpuStorage::F32(out), out_shape))
         }
 
         fn bwd(
@@ -1514,10 +1548,8 @@ mod fused {
             l2: &Layout,
         ) -> candle_core::Result<(CpuStorage, Shape)> {
             let d = self.head_ch;
-            let [bh, c3, len] = *l1.dims() else {
-                bail!("attention grad: expected [BH, 3d, L], got {:?}", l1.dims())
-            };
-            if c3 != 3 * d || d == 0 || l2.dims() != [bh, d, len] {
+            let (bh, len, out_shape) = heads(l1.dims(), d)?;
+            if l2.shape() != &out_shape {
                 bail!(
                     "attention grad: qkv {:?} and gradient {:?} do not fit heads of {d}",
                     l1.dims(),
@@ -1794,11 +1826,20 @@ mod tests {
             let reference = v.matmul(&weights.t()?)?;
             assert!(max_diff(&fused, &reference)? < 1e-5);
             let gf = (fused * &probe)?.sum_all()?.backward()?;
-            let gr = (reference * &probe)?.sum_all()?.backward()?;
+            let gr = (&reference * &probe)?.sum_all()?.backward()?;
             let (Some(a), Some(b)) = (gf.get(&qkv), gr.get(&qkv)) else {
                 panic!("missing gradient")
             };
             assert!(max_diff(a, b)? < 1e-5, "{}", max_diff(a, b)?);
+            // The same heads read from a [B, 3C, H, W] image (B = 1, C = BH·d, H = 1).
+            let image = qkv.as_tensor().reshape((1, bh * 3 * d, 1, len))?;
+            let fused4 = image.apply_op1(fused::Attention { head_ch: d })?;
+            assert_eq!(fused4.dims(), [1, bh * d, 1, len]);
+            let probe4 = probe.reshape((1, bh * d, 1, len))?;
+            assert!(max_diff(&fused4.reshape((bh, d, len))?, &reference)? < 1e-5);
+            let g4 = (fused4 * probe4)?.sum_all()?.backward()?;
+            let a4 = g4.get(&qkv).expect("gradient");
+            assert!(max_diff(a4, b)? < 1e-5);
         }
         Ok(())
     }
