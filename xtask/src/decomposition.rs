@@ -61,16 +61,20 @@ pub struct DecompositionArgs {
     pub steps: Option<usize>,
     /// Held-out images to evaluate per object dataset.
     pub images: usize,
+    /// Only these models (by key); the report then goes to
+    /// `target/reproduce-decomposition/partial/` instead of `docs/results/`.
+    pub only: Option<Vec<String>>,
 }
 
 impl DecompositionArgs {
-    /// Parses `[--quick] [--reuse-models] [--steps N] [--images N]`.
+    /// Parses `[--quick] [--reuse-models] [--steps N] [--images N] [--only KEY,…]`.
     pub fn parse(args: &[&str]) -> Result<Self> {
         let mut out = Self {
             quick: false,
             reuse_models: false,
             steps: None,
             images: 32,
+            only: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -89,8 +93,14 @@ impl DecompositionArgs {
                         out.images = v;
                     }
                 }
+                "--only" => {
+                    let keys = it
+                        .next()
+                        .context("--only takes model keys, comma-separated")?;
+                    out.only = Some(keys.split(',').map(str::to_string).collect());
+                }
                 other => bail!(
-                    "unknown option '{other}' (expected --quick, --reuse-models, --steps N, --images N)"
+                    "unknown option '{other}' (expected --quick, --reuse-models, --steps N, --images N, --only KEY,…)"
                 ),
             }
         }
@@ -174,6 +184,16 @@ fn variants(args: &DecompositionArgs) -> Result<Vec<Variant>> {
             cfg: falcor_size(128),
         },
     ];
+    if let Some(only) = &args.only {
+        let known: Vec<&str> = out
+            .iter()
+            .map(|v| v.key)
+            .chain(["tetrominoes-fixture"])
+            .collect();
+        if let Some(bad) = only.iter().find(|k| !known.contains(&k.as_str())) {
+            bail!("unknown model '{bad}' (models: {})", known.join(", "));
+        }
+    }
     let fixture_cfg = out[0].cfg.clone();
     for v in &mut out {
         if let Some(s) = args.steps {
@@ -196,6 +216,9 @@ fn variants(args: &DecompositionArgs) -> Result<Vec<Variant>> {
             label: "tetrominoes, x₀, K = 3, fixtures/decomp-tetrominoes",
             cfg: fixture_cfg,
         });
+    }
+    if let Some(only) = &args.only {
+        out.retain(|v| only.iter().any(|k| k == v.key));
     }
     Ok(out)
 }
@@ -547,7 +570,12 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
     let started = Instant::now();
     let work = root.join("target/reproduce-decomposition");
     std::fs::create_dir_all(&work)?;
-    let out_dir = root.join("docs/results");
+    // A partial run must not replace the committed report.
+    let out_dir = if args.only.is_some() {
+        work.join("partial")
+    } else {
+        root.join("docs/results")
+    };
     let img_dir = out_dir.join("decomposition");
     // Only this run's images (the README's example is written by `fixtures decomp`).
     if img_dir.exists() {
