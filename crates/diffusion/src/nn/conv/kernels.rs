@@ -120,6 +120,17 @@ fn images_per_task(hw: usize, b: usize, threads: usize) -> usize {
     }
 }
 
+/// Images `i0..i1` of `src` (`[B, C, HW]`) side by side as one matrix `[C × (i1 − i0)·HW]`
+/// in `dst`.
+fn gather(src: &[f32], (i0, i1): (usize, usize), (c, hw): (usize, usize), dst: &mut [f32]) {
+    let n = (i1 - i0) * hw;
+    for (j, bi) in (i0..i1).enumerate() {
+        for ch in 0..c {
+            dst[ch * n + j * hw..][..hw].copy_from_slice(&src[(bi * c + ch) * hw..][..hw]);
+        }
+    }
+}
+
 /// The row stride of a column matrix of `n` columns: `n` plus one cache line when `n` is a
 /// multiple of 16, so that consecutive rows never fall into the same cache set (with rows of
 /// 256 or 1024 floats they all would, and the products reading a few values of each row would
@@ -657,12 +668,7 @@ impl CustomOp2 for InputGrad {
                         scatter(&grad[i0 * co * hw..][..co * hw], cols);
                     } else {
                         with_scratch(&PRODUCT, co * n, |gr| {
-                            for (j, bi) in (i0..i1).enumerate() {
-                                for o in 0..co {
-                                    gr[o * n + j * hw..][..hw]
-                                        .copy_from_slice(&grad[(bi * co + o) * hw..][..hw]);
-                                }
-                            }
+                            gather(grad, (i0, i1), (co, hw), gr);
                             scatter(gr, cols);
                         });
                     }
@@ -771,11 +777,8 @@ impl CustomOp2 for KernelGrad {
                             with_scratch(&PRODUCT, co * n, |gr| {
                                 for (j, bi) in (i0..i1).enumerate() {
                                     im2col(img(bi), &g, 0, g.ho, ld, &mut cols[j * hw..]);
-                                    for o in 0..co {
-                                        gr[o * n + j * hw..][..hw]
-                                            .copy_from_slice(&grad[(bi * co + o) * hw..][..hw]);
-                                    }
                                 }
+                                gather(grad, (i0, i1), (co, hw), gr);
                                 product(gr, cols, ld);
                             });
                         });
