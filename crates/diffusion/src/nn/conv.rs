@@ -21,7 +21,7 @@
 mod kernels;
 
 pub(crate) use kernels::gemm;
-pub(crate) use kernels::{Conv as ConvOp, ConvBias};
+pub(crate) use kernels::{Conv as ConvOp, ConvBias, ConvResidual};
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -162,6 +162,71 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// `residual + conv(x) + bias` (the layer's own bias, `[out]`): the last convolution of a
+    /// residual branch and the sum with the skip path in one step; on the CPU for `f32` one
+    /// graph node whose product starts from `residual + bias` (its backward pass hands the
+    /// output gradient to `residual` as it is, with no intermediate gradient buffer).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a layer without bias; [`Error::Shape`] for a residual that is not
+    /// of the output's shape; [`Error::Candle`] for an input that does not fit the kernel.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let bias = self
+            .bias
+            .as_ref()
+            .ok_or_else(|| Error::Config("conv2d: a residual sum needs the bias".into()))?;
+        residual_conv(x, &self.weight, bias, self.spec, residual)
+    }
+}
+
+/// `residual + x ⋆ weight + bias` (`bias` `[out]`) with the kernel spec `spec`: one
+/// [`ConvResidual`] node on the CPU for `f32`, candle's convolution and sums otherwise.
+pub(crate) fn residual_conv(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    spec: ConvSpec,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    let &[o, i, k, k2] = weight.dims() else {
+        return Err(Error::Shape(format!(
+            "conv2d: a kernel must be [out, in, k, k], got {:?}",
+            weight.dims()
+        )));
+    };
+    let (b, _, h, w) = x.dims4()?;
+    let size = |n: usize| (n + 2 * spec.padding).saturating_sub(k) / spec.stride.max(1) + 1;
+    let want = [b, o, size(h), size(w)];
+    if residual.dims() != want || bias.dims() != [o] {
+        return Err(Error::Shape(format!(
+            "conv2d: residual {:?} / bias {:?} do not fit the output {want:?}",
+            residual.dims(),
+            bias.dims()
+        )));
+    }
+    let fast = x.device().is_cpu()
+        && [x, weight, bias, residual]
+            .iter()
+            .all(|t| t.dtype() == DType::F32);
+    if fast {
+        let packed = Tensor::cat(&[&weight.flatten_all()?, bias], 0)?;
+        let op = ConvResidual {
+            conv: ConvOp {
+                padding: spec.padding,
+                stride: spec.stride,
+            },
+            kernel: [o, i, k, k2],
+        };
+        Ok(x.contiguous()?
+            .apply_op3(&packed, &residual.contiguous()?, op)?)
+    } else {
+        let y = x.conv2d(weight, spec.padding, spec.stride, 1, 1)?;
+        Ok((y.broadcast_add(&bias.reshape((1, o, 1, 1))?)? + residual)?)
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let out = match &self.bias {
@@ -273,6 +338,61 @@ mod tests {
         // Two cases (a remainder the transposed convolution cannot place) are beyond candle's
         // backward pass; the identity above checked them.
         assert_eq!(skipped.len(), 2, "{skipped:?}");
+        Ok(())
+    }
+
+    /// `forward_residual` equals the convolution plus bias plus residual, values and the
+    /// gradients of input, kernel, bias and residual, on the grouped (small maps) and banded
+    /// paths, strides 1 and 2, kernels 1 and 3.
+    #[test]
+    fn residual_sum_matches_the_separate_ops() -> Result<()> {
+        let mut rng = crate::random::seeded(5);
+        for (b, c, h, w, o, spec) in [
+            (5, 3, 7, 6, 4, ConvSpec::SAME3),
+            (1, 5, 16, 16, 6, ConvSpec::SAME3),
+            (3, 4, 8, 8, 5, ConvSpec::DOWN3),
+            (2, 6, 20, 20, 3, ConvSpec::POINTWISE),
+            (4, 2, 5, 9, 2, ConvSpec::POINTWISE),
+        ] {
+            let k = spec.kernel;
+            let x = randn(&mut rng, &[b, c, h, w])?;
+            let wt = randn(&mut rng, &[o, c, k, k])?;
+            let bias = randn(&mut rng, &[o])?;
+            let layer =
+                Conv2d::from_tensors(wt.as_tensor().clone(), Some(bias.as_tensor().clone()), spec)?;
+            let plain = x.conv2d(&wt, spec.padding, spec.stride, 1, 1)?;
+            let r = randn(&mut rng, plain.dims())?;
+            let want = (plain.broadcast_add(&bias.reshape((1, o, 1, 1))?)? + r.as_tensor())?;
+            let got = layer.forward_residual(x.as_tensor(), r.as_tensor())?;
+            assert!(diff(&want, &got)? < 1e-4, "{spec:?}");
+            let probe =
+                crate::random::normal_tensor(&mut rng, want.dims(), DType::F32, &Device::Cpu)?;
+            let gw = (want * &probe)?.sum_all()?.backward()?;
+            let gg = (got * &probe)?.sum_all()?.backward()?;
+            for v in [&x, &wt, &bias, &r] {
+                let (Some(a), Some(g)) = (gw.get(v.as_tensor()), gg.get(v.as_tensor())) else {
+                    panic!("missing gradient")
+                };
+                assert!(diff(a, g)? < 1e-3, "{spec:?}: {}", diff(a, g)?);
+            }
+            let wrong = randn(&mut rng, &[b, o + 1, h, w])?;
+            assert!(
+                layer
+                    .forward_residual(x.as_tensor(), wrong.as_tensor())
+                    .is_err()
+            );
+        }
+        let no_bias = Conv2d::from_tensors(
+            randn(&mut rng, &[2, 2, 3, 3])?.as_tensor().clone(),
+            None,
+            ConvSpec::SAME3,
+        )?;
+        let x = randn(&mut rng, &[1, 2, 4, 4])?;
+        assert!(
+            no_bias
+                .forward_residual(x.as_tensor(), x.as_tensor())
+                .is_err()
+        );
         Ok(())
     }
 

@@ -535,6 +535,24 @@ impl Pointwise {
     }
 }
 
+impl Pointwise {
+    /// `residual + W x + bias` for a 4-D `x` `[B, in, H, W]` (one graph node on the CPU, see
+    /// [`Conv2d::forward_residual`]); any other input as [`Pointwise::forward`] plus the sum.
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if x.rank() != 4 {
+            return Ok((self.forward(x)? + residual)?);
+        }
+        let (co, ci) = self.weight.dims2()?;
+        crate::nn::conv::residual_conv(
+            x,
+            &self.weight.reshape((co, ci, 1, 1))?,
+            &self.bias.reshape(co)?,
+            ConvSpec::POINTWISE,
+            residual,
+        )
+    }
+}
+
 /// GroupNorm with its affine map folded into one per-sample scale and shift, optionally
 /// modulated (scale-shift norm) and followed by SiLU.
 #[derive(Clone, Debug)]
@@ -697,12 +715,11 @@ impl ResBlock {
             self.out_norm.forward(&h, None, true)?
         };
         let h = dropout(&h, self.dropout, rng)?;
-        let h = self.out_conv.forward(&h)?;
         let skip = match &self.skip {
             None => x,
             Some(p) => p.forward(&x)?,
         };
-        Ok((skip + h)?)
+        self.out_conv.forward_residual(&h, &skip)
     }
 }
 
@@ -734,7 +751,7 @@ impl AttentionBlock {
         if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
             // [B, 3C, H, W] in, [B, C, H, W] out: no reshape nodes in the graph.
             let attended = qkv.contiguous()?.apply_op1(fused::Attention { head_ch })?;
-            return Ok((x + self.proj_out.forward(&attended)?)?);
+            return self.proj_out.forward_residual(&attended, x);
         }
         let qkv = qkv.reshape((b * self.heads, 3 * head_ch, len))?;
         let attended = {

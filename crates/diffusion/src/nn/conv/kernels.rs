@@ -316,29 +316,33 @@ pub(crate) struct Conv {
     pub(crate) stride: usize,
 }
 
-/// The convolution of [`Conv`], plus a bias `[1 or B, O]` (flattened, with its batch size)
-/// the output starts from.
+/// What the output of [`conv_forward`] starts from before the product is added: a bias
+/// `[1 or B, O]` (flattened, with its batch size) and a tensor of the output's shape (a
+/// residual branch), each optional.
+#[derive(Clone, Copy, Default)]
+struct Start<'a> {
+    bias: Option<(&'a [f32], usize)>,
+    residual: Option<&'a [f32]>,
+}
+
+/// The convolution of [`Conv`] of `x` with the kernel `wm` of dims `[O, C, k, k]`, plus
+/// `start`.
 fn conv_forward(
     conv: Conv,
     (s1, l1): (&CpuStorage, &Layout),
-    (s2, l2): (&CpuStorage, &Layout),
-    bias: Option<(&[f32], usize)>,
+    (wm, wdims): (&[f32], &[usize]),
+    start: Start,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
-    let [co, ci, k, k2] = *l2.dims() else {
-        bail!("conv: expected a 4-D kernel, got {:?}", l2.dims())
+    let [co, ci, k, k2] = *wdims else {
+        bail!("conv: expected a 4-D kernel, got {wdims:?}")
     };
     let g = geom(l1.dims(), k, conv.padding, conv.stride)?;
-    if ci != g.c || k != k2 {
-        bail!(
-            "conv: kernel {:?} does not fit input {:?}",
-            l2.dims(),
-            l1.dims()
-        );
+    if ci != g.c || k != k2 || wm.len() != co * ci * k * k {
+        bail!("conv: kernel {wdims:?} does not fit input {:?}", l1.dims())
     }
     let x = f32_data(s1, l1)?;
-    let wm = f32_data(s2, l2)?;
     let (kk, hw) = (g.kk(), g.hw_out());
-    if let Some((bias, bb)) = bias
+    if let Some((bias, bb)) = start.bias
         && (bias.len() != bb * co || (bb != 1 && bb != g.b))
     {
         bail!(
@@ -346,10 +350,27 @@ fn conv_forward(
             bias.len()
         )
     }
-    // SAFETY: written whole below: every band of every image is filled with the bias or
+    if let Some(r) = start.residual
+        && r.len() != g.b * co * hw
+    {
+        bail!(
+            "conv: a residual of {} values does not fit the output [{}, {co}, {}, {}]",
+            r.len(),
+            g.b,
+            g.ho,
+            g.wo
+        )
+    }
+    // The start value of output element `i` (flat) of channel `o` of image `bi`.
+    let bias_of = |bi: usize, o: usize| match start.bias {
+        Some((bias, 1)) => bias[o],
+        Some((bias, _)) => bias[bi * co + o],
+        None => 0.0,
+    };
+    // SAFETY: written whole below: every band of every image is filled with its start or
     // written by its product without being read (or copied from a gathered product).
     let mut out = unsafe { output_buffer(g.b * co * hw) };
-    let accumulate = bias.is_some();
+    let accumulate = start.bias.is_some() || start.residual.is_some();
     if out.is_empty() {
         return Ok((CpuStorage::F32(out), Shape::from((g.b, co, g.ho, g.wo))));
     }
@@ -392,9 +413,15 @@ fn conv_forward(
                                         hw,
                                     )
                                 };
-                                match bias {
-                                    Some((bias, bb)) => {
-                                        let v = bias[if bb == 1 { o } else { bi * co + o }];
+                                let v = bias_of(bi, o);
+                                match start.residual {
+                                    Some(r) => {
+                                        let r = &r[(bi * co + o) * hw..][..hw];
+                                        for ((d, s), r) in d.iter_mut().zip(src).zip(r) {
+                                            *d = s + v + r;
+                                        }
+                                    }
+                                    None if start.bias.is_some() => {
                                         for (d, s) in d.iter_mut().zip(src) {
                                             *d = s + v;
                                         }
@@ -422,11 +449,20 @@ fn conv_forward(
         // SAFETY: rows y0..y1 of every output channel of image bi belong to this task
         // only; `out` outlives the pool call.
         let d = unsafe { dst.ptr().add(bi * co * hw + y0 * g.wo) };
-        if let Some((bias, bb)) = bias {
+        if accumulate {
             for o in 0..co {
                 // SAFETY: as above, the band of channel o.
                 let band = unsafe { std::slice::from_raw_parts_mut(d.add(o * hw), n) };
-                band.fill(bias[if bb == 1 { o } else { bi * co + o }]);
+                let v = bias_of(bi, o);
+                match start.residual {
+                    Some(r) => {
+                        let r = &r[(bi * co + o) * hw + y0 * g.wo..][..n];
+                        for (d, r) in band.iter_mut().zip(r) {
+                            *d = r + v;
+                        }
+                    }
+                    None => band.fill(v),
+                }
             }
         }
         if g.direct() {
@@ -526,7 +562,12 @@ impl CustomOp2 for Conv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        conv_forward(*self, (s1, l1), (s2, l2), None)
+        conv_forward(
+            *self,
+            (s1, l1),
+            (f32_data(s2, l2)?, l2.dims()),
+            Start::default(),
+        )
     }
 
     fn bwd(
@@ -563,8 +604,11 @@ impl CustomOp3 for ConvBias {
         let [bb, _] = *l3.dims() else {
             bail!("conv: expected a [1 or B, O] bias, got {:?}", l3.dims())
         };
-        let bias = f32_data(s3, l3)?;
-        conv_forward(self.0, (s1, l1), (s2, l2), Some((bias, bb)))
+        let start = Start {
+            bias: Some((f32_data(s3, l3)?, bb)),
+            residual: None,
+        };
+        conv_forward(self.0, (s1, l1), (f32_data(s2, l2)?, l2.dims()), start)
     }
 
     fn bwd(
@@ -578,6 +622,75 @@ impl CustomOp3 for ConvBias {
         let (grad_x, grad_w) = conv_grads(self.0, x, w, grad)?;
         let d_bias = crate::nn::unet::channel_bias_grad(grad, bias)?;
         Ok((Some(grad_x), Some(grad_w), Some(d_bias)))
+    }
+}
+
+/// [`Conv`] plus a bias plus a residual branch: `x ⋆ w + b + r`, the product added to the
+/// sum the output starts from. Inputs: `x` `[B, C, H, W]`; the kernel and the bias packed as
+/// one vector (`[O·C·k·k]` then `[O]` or `[B·O]`), so that one graph node replaces the
+/// convolution and the residual sum (whose backward pass would cost a full-size gradient
+/// buffer of its own); `r` of the output's shape.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvResidual {
+    pub(crate) conv: Conv,
+    /// The kernel's dims `[O, C, k, k]`.
+    pub(crate) kernel: [usize; 4],
+}
+
+impl ConvResidual {
+    fn split(&self, packed: usize) -> candle_core::Result<(usize, usize)> {
+        let nw: usize = self.kernel.iter().product();
+        let co = self.kernel[0];
+        if packed < nw + co || !(packed - nw).is_multiple_of(co) {
+            bail!(
+                "conv: {packed} packed parameters do not fit a kernel {:?} and its bias",
+                self.kernel
+            )
+        }
+        Ok((nw, (packed - nw) / co))
+    }
+}
+
+impl CustomOp3 for ConvResidual {
+    fn name(&self) -> &'static str {
+        "recompose-conv2d-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let packed = f32_data(s2, l2)?;
+        let (nw, bb) = self.split(packed.len())?;
+        let start = Start {
+            bias: Some((&packed[nw..], bb)),
+            residual: Some(f32_data(s3, l3)?),
+        };
+        conv_forward(self.conv, (s1, l1), (&packed[..nw], &self.kernel), start)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        _residual: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (nw, bb) = self.split(packed.elem_count())?;
+        let w = packed.narrow(0, 0, nw)?.reshape(self.kernel.as_slice())?;
+        let bias = packed
+            .narrow(0, nw, packed.elem_count() - nw)?
+            .reshape((bb, self.kernel[0]))?;
+        let (grad_x, grad_w) = conv_grads(self.conv, x, &w, grad)?;
+        let d_bias = crate::nn::unet::channel_bias_grad(grad, &bias)?;
+        let d_packed = Tensor::cat(&[grad_w.flatten_all()?, d_bias.flatten_all()?], 0)?;
+        Ok((Some(grad_x), Some(d_packed), Some(grad.clone())))
     }
 }
 
