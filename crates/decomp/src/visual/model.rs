@@ -148,11 +148,10 @@ impl DecompModel {
             return Ok(self.denoiser.forward_with(x_t, t, Some(&zk), None)?);
         }
         // One batch of B·K, image-major.
-        let (xs, ts) = repeat_rows(x_t, t, k, true)?;
         let mut rep_dims = vec![b, k];
         rep_dims.extend(&x_t.dims()[1..]);
         let zs = z.reshape((b * k, d))?;
-        let out = self.denoiser.forward_with(&xs, &ts, Some(&zs), None)?;
+        let out = self.denoiser.forward_repeated(x_t, t, Some(&zs), k, None)?;
         Ok(out.reshape(rep_dims.as_slice())?.mean(1)?)
     }
 
@@ -181,29 +180,6 @@ impl DecompModel {
             .target(x0, noise, alpha, sigma)?;
         Ok((out - target)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?)
     }
-}
-
-/// The inputs `x` (`[B, …]`) and timesteps `t` (`[B]`) repeated `n` times as one batch of
-/// `n·B` rows: image-major (b0r0, b0r1, …) or repeat-major (r0b0, r0b1, …).
-pub(crate) fn repeat_rows(
-    x: &Tensor,
-    t: &Tensor,
-    n: usize,
-    image_major: bool,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    let (b, rest) = (x.dim(0)?, &x.dims()[1..]);
-    let axis = usize::from(image_major);
-    let mut rep = if image_major { vec![b, n] } else { vec![n, b] };
-    rep.extend(rest);
-    let mut flat = vec![n * b];
-    flat.extend(rest);
-    let xs = x
-        .unsqueeze(axis)?
-        .broadcast_as(rep.as_slice())?
-        .reshape(flat.as_slice())?;
-    let t_rep = if image_major { (b, n) } else { (n, b) };
-    let ts = t.unsqueeze(axis)?.broadcast_as(t_rep)?.reshape(n * b)?;
-    Ok((xs, ts))
 }
 
 /// A [`DecompModel`] with fixed latents read as a [`Denoiser`]: the composed prediction, or

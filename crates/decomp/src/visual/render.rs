@@ -115,13 +115,14 @@ impl Denoiser for FactorMix<'_> {
         let mut total: Option<Tensor> = None;
         for (model, zs) in &self.groups {
             let n = zs.len();
-            // Factor-major batch of n·B rows.
-            let (xs, ts) = crate::visual::model::repeat_rows(x_t, t, n, false)?;
-            let mut rep = vec![n, b];
+            // One batch of B·n rows, image-major: the n factors of each image side by side.
+            let mut rep = vec![b, n];
             rep.extend(&x_t.dims()[1..]);
-            let z = Tensor::cat(zs, 0)?;
-            let out = model.denoiser().forward_with(&xs, &ts, Some(&z), None)?;
-            let sum = out.reshape(rep.as_slice())?.sum(0)?;
+            let z = Tensor::stack(zs, 1)?.flatten_to(1)?;
+            let out = model
+                .denoiser()
+                .forward_repeated(x_t, t, Some(&z), n, None)?;
+            let sum = out.reshape(rep.as_slice())?.sum(1)?;
             total = Some(match total {
                 Some(acc) => (acc + sum)?,
                 None => sum,

@@ -91,27 +91,52 @@ const NORM_EPS: f64 = 1e-5;
 /// The max period of the sinusoidal timestep embedding.
 const MAX_PERIOD: f64 = 10_000.0;
 
-/// `x + bias` for `x` `[B, C, …]` and a per-channel bias of `C` elements (shared by the batch)
-/// or `B·C` (per sample); a fused kernel on the CPU for `f32`, whose backward sums the gradient
-/// per channel in one parallel pass.
-fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+/// Every row of `x` (`[B, C, …]`) repeated `n` times, image-major (row `b·n + r` is image
+/// `b`), plus an optional per-channel bias of `C` elements (shared) or `B·n·C` (one per output
+/// row): `[B·n, C, …]`. A fused kernel on the CPU for `f32`, whose backward pass sums the
+/// repeats and the bias gradient per channel in one parallel pass each.
+fn repeat_rows(x: &Tensor, n: usize, bias: Option<&Tensor>) -> Result<Tensor> {
     let (b, c) = (x.dim(0)?, x.dim(1)?);
-    let bb = bias.elem_count() / c.max(1);
-    if bias.elem_count() != bb * c || (bb != 1 && bb != b) {
-        return Err(Error::Shape(format!(
-            "unet: a bias of shape {:?} does not fit {:?}",
-            bias.dims(),
-            x.dims()
-        )));
+    let rows = b * n;
+    let bias = match bias {
+        Some(bias) => {
+            let bb = bias.elem_count() / c.max(1);
+            if bias.elem_count() != bb * c || (bb != 1 && bb != rows) {
+                return Err(Error::Shape(format!(
+                    "unet: a bias of shape {:?} does not fit {:?} repeated {n} times",
+                    bias.dims(),
+                    x.dims()
+                )));
+            }
+            Some(bias.reshape((bb, c))?)
+        }
+        None => None,
+    };
+    let fast = x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+    if fast {
+        let x = x.contiguous()?;
+        let op = fused::Repeat { n };
+        return Ok(match bias {
+            Some(bias) => x.apply_op2(&bias.contiguous()?, op)?,
+            None if n == 1 => x,
+            None => x.apply_op1(op)?,
+        });
     }
-    if x.device().is_cpu() && x.dtype() == DType::F32 && bias.dtype() == DType::F32 {
-        let bias = bias.reshape((bb, c))?.contiguous()?;
-        Ok(x.contiguous()?.apply_op2(&bias, fused::BiasAdd)?)
-    } else {
-        let mut dims = vec![bb, c];
-        dims.resize(x.rank(), 1);
-        Ok(x.broadcast_add(&bias.reshape(dims)?)?)
-    }
+    let mut rep = vec![b, n];
+    rep.extend(&x.dims()[1..]);
+    let mut flat = vec![rows];
+    flat.extend(&x.dims()[1..]);
+    let y = x.unsqueeze(1)?.broadcast_as(rep)?.reshape(flat)?;
+    Ok(match bias {
+        Some(bias) => {
+            let mut dims = bias.dims().to_vec();
+            dims.resize(x.rank(), 1);
+            y.broadcast_add(&bias.reshape(dims)?)?
+        }
+        None => y,
+    })
 }
 
 /// The shape of a [`UNet`]. The default is [`UNetConfig::decomp_small`].
@@ -530,7 +555,7 @@ impl Pointwise {
                 .weight
                 .broadcast_left(b)?
                 .matmul(&x.reshape((b, ci, n))?)?;
-            Ok(add_channel_bias(&y, &self.bias)?.reshape(out_dims)?)
+            Ok(repeat_rows(&y, 1, Some(&self.bias))?.reshape(out_dims)?)
         }
     }
 }
@@ -697,27 +722,68 @@ impl ResBlock {
             Resample::Down => (avg_pool2x(&h)?, avg_pool2x(x)?),
             Resample::Up => (upsample_nearest2x(&h)?, upsample_nearest2x(x)?),
         };
-        let e = emb_act
-            .matmul(&self.emb_weight.t()?)?
-            .broadcast_add(&self.emb_bias)?;
-        let c = self.out_ch;
+        let e = self.emb_projection(emb_act)?;
         let h = if self.scale_shift {
             let h = self.in_conv.forward(&h)?;
             self.out_norm.forward(&h, Some(&e), true)?
         } else {
-            // The conv bias and the embedding projection are both per-channel: add them at once.
-            let own = self
-                .in_conv
-                .bias()
-                .ok_or_else(|| Error::Config("residual-block convolution without bias".into()))?;
-            let bias = e.broadcast_add(&own.reshape((1, c))?)?;
-            let h = self.in_conv.forward_bias(&h, &bias)?;
+            let h = self.in_conv.forward_bias(&h, &self.merged_bias(&e)?)?;
             self.out_norm.forward(&h, None, true)?
         };
-        let h = dropout(&h, self.dropout, rng)?;
+        self.finish(&h, &x, rng)
+    }
+
+    /// Whether the conditioning reaches the block only after its first convolution (no
+    /// resampling, no scale-shift norm): then rows whose inputs repeat share that convolution.
+    fn shares_input(&self) -> bool {
+        matches!(self.resample, Resample::Keep) && !self.scale_shift
+    }
+
+    /// [`ResBlock::forward`] for the input `x_rep` = each row of `x` repeated `n` times
+    /// (image-major), with `emb_act` one row per output row: the normalization and the first
+    /// convolution run once per distinct row, and the per-row conditioning is added as the
+    /// rows are repeated. Only for blocks that [share their input](ResBlock::shares_input).
+    fn forward_repeated(
+        &self,
+        x: &Tensor,
+        x_rep: &Tensor,
+        n: usize,
+        emb_act: &Tensor,
+        rng: Option<&mut SeededRng>,
+    ) -> Result<Tensor> {
+        debug_assert!(self.shares_input());
+        let h = self.in_norm.forward(x, None, true)?;
+        let h = self.in_conv.apply(&h)?;
+        let e = self.emb_projection(emb_act)?;
+        let h = repeat_rows(&h, n, Some(&self.merged_bias(&e)?))?;
+        let h = self.out_norm.forward(&h, None, true)?;
+        self.finish(&h, x_rep, rng)
+    }
+
+    /// `emb_layers.1` applied to `SiLU(emb)`: `[B, C]`, or `[B, 2C]` (scale, shift).
+    fn emb_projection(&self, emb_act: &Tensor) -> Result<Tensor> {
+        Ok(emb_act
+            .matmul(&self.emb_weight.t()?)?
+            .broadcast_add(&self.emb_bias)?)
+    }
+
+    /// The first convolution's bias plus the conditioning `e` (both per-channel, so they are
+    /// added at once): `[B, C]`.
+    fn merged_bias(&self, e: &Tensor) -> Result<Tensor> {
+        let own = self
+            .in_conv
+            .bias()
+            .ok_or_else(|| Error::Config("residual-block convolution without bias".into()))?;
+        Ok(e.broadcast_add(&own.reshape((1, self.out_ch))?)?)
+    }
+
+    /// Dropout, the last convolution and the skip path (`x`, projected where the channel
+    /// count changes), summed in the convolution's node.
+    fn finish(&self, h: &Tensor, x: &Tensor, rng: Option<&mut SeededRng>) -> Result<Tensor> {
+        let h = dropout(h, self.dropout, rng)?;
         let skip = match &self.skip {
-            None => x,
-            Some(p) => p.forward(&x)?,
+            None => x.clone(),
+            Some(p) => p.forward(x)?,
         };
         self.out_conv.forward_residual(&h, &skip)
     }
@@ -935,7 +1001,14 @@ impl UNet {
         Ok(self.time_embed_2.forward(&h)?)
     }
 
-    fn check_inputs(&self, x: &Tensor, t: &Tensor, cond: Option<&Tensor>) -> Result<usize> {
+    /// Checks `x` `[B, …]`, `t` `[B]` and `cond` `[B·n, cond_dim]`; returns `B`.
+    fn check_inputs(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: Option<&Tensor>,
+        n: usize,
+    ) -> Result<usize> {
         let c = &self.config;
         let want = [c.in_channels, c.image_size, c.image_size];
         let dims = x.dims();
@@ -962,13 +1035,20 @@ impl UNet {
             }
             (None, d) => {
                 return Err(Error::Shape(format!(
-                    "unet: the model needs a cond of shape [B, {d}], got none"
+                    "unet: the model needs a cond of shape [{}, {d}], got none",
+                    b * n
                 )));
             }
             (Some(z), d) => {
-                if z.dims() != [b, d] {
+                if z.dims() != [b * n, d] {
                     return Err(Error::Shape(format!(
-                        "unet: cond must be [B, cond_dim] = [{b}, {d}], got {:?}",
+                        "unet: cond must be [{}, cond_dim] = [{}, {d}], got {:?}",
+                        if n == 1 {
+                            "B".to_string()
+                        } else {
+                            format!("B·{n}")
+                        },
+                        b * n,
                         z.dims()
                     )));
                 }
@@ -991,30 +1071,86 @@ impl UNet {
         x: &Tensor,
         t: &Tensor,
         cond: Option<&Tensor>,
+        dropout_rng: Option<&mut SeededRng>,
+    ) -> Result<Tensor> {
+        self.check_inputs(x, t, cond, 1)?;
+        let emb_act = self.embedding(t, cond)?;
+        let h = self.input_conv.forward(x)?;
+        self.run_blocks(h.clone(), h, 0, &emb_act, dropout_rng)
+    }
+
+    /// [`UNet::forward_with`] of `x` and `t` with every row repeated `n` times, image-major
+    /// (output row `b·n + r` is image `b`), under `n` conditionings per image: `cond` is
+    /// `[B·n, cond_dim]`; the output is `[B·n, out_channels, …]`. Decomp Diffusion runs its
+    /// K factors of an image this way. The result is the repeated forward pass's, but the input
+    /// convolution and, where the first residual block takes the conditioning only after its
+    /// first convolution (no scale-shift norm), that block's normalization and convolution run
+    /// once per image instead of once per row (and so do their backward passes).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `n = 0`; as [`UNet::forward_with`] (with `cond` of `B·n` rows).
+    pub fn forward_repeated(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: Option<&Tensor>,
+        n: usize,
         mut dropout_rng: Option<&mut SeededRng>,
     ) -> Result<Tensor> {
-        self.check_inputs(x, t, cond)?;
+        if n == 0 {
+            return Err(Error::Config("unet: rows repeated 0 times".to_string()));
+        }
+        self.check_inputs(x, t, cond, n)?;
+        let t_rep = repeat_rows(&t.unsqueeze(1)?, n, None)?.flatten_all()?;
+        let emb_act = self.embedding(&t_rep, cond)?;
+        let h = self.input_conv.forward(x)?;
+        let h_rep = repeat_rows(&h, n, None)?;
+        match self.input_blocks.first().and_then(|seq| seq.first()) {
+            Some(Block::Res(first)) if first.shares_input() => {
+                let out =
+                    first.forward_repeated(&h, &h_rep, n, &emb_act, dropout_rng.as_deref_mut())?;
+                self.run_blocks(h_rep, out, 1, &emb_act, dropout_rng)
+            }
+            _ => self.run_blocks(h_rep.clone(), h_rep, 0, &emb_act, dropout_rng),
+        }
+    }
+
+    /// `SiLU(cat(cond, time embedding))`: `emb_layers.0` is the same SiLU in every block, so
+    /// it is applied once.
+    fn embedding(&self, t: &Tensor, cond: Option<&Tensor>) -> Result<Tensor> {
         let time_emb = self.time_embedding(t)?;
         let emb = match cond {
             Some(z) => Tensor::cat(&[&z.to_dtype(self.dtype)?, &time_emb], 1)?,
             None => time_emb,
         };
-        // emb_layers.0 (SiLU) is the same in every block: apply it once.
-        let emb_act = emb.silu()?;
-        let mut h = self.input_conv.forward(x)?;
+        Ok(emb.silu()?)
+    }
+
+    /// The network after the input convolution, whose output is `skip0`; `h` is the output of
+    /// the first `done` layers of the first input level.
+    fn run_blocks(
+        &self,
+        skip0: Tensor,
+        mut h: Tensor,
+        done: usize,
+        emb_act: &Tensor,
+        mut dropout_rng: Option<&mut SeededRng>,
+    ) -> Result<Tensor> {
         let mut skips = Vec::with_capacity(self.input_blocks.len() + 1);
-        skips.push(h.clone());
-        for block in &self.input_blocks {
-            h = run_seq(block, &h, &emb_act, dropout_rng.as_deref_mut())?;
+        skips.push(skip0);
+        for (i, block) in self.input_blocks.iter().enumerate() {
+            let from = if i == 0 { done.min(block.len()) } else { 0 };
+            h = run_seq(&block[from..], &h, emb_act, dropout_rng.as_deref_mut())?;
             skips.push(h.clone());
         }
-        h = run_seq(&self.middle_block, &h, &emb_act, dropout_rng.as_deref_mut())?;
+        h = run_seq(&self.middle_block, &h, emb_act, dropout_rng.as_deref_mut())?;
         for block in &self.output_blocks {
             let skip = skips
                 .pop()
                 .ok_or_else(|| Error::Config("unet: unbalanced skip connections".to_string()))?;
             h = Tensor::cat(&[&h, &skip], 1)?;
-            h = run_seq(block, &h, &emb_act, dropout_rng.as_deref_mut())?;
+            h = run_seq(block, &h, emb_act, dropout_rng.as_deref_mut())?;
         }
         let h = self.out_norm.forward(&h, None, true)?;
         Ok(self.out_conv.forward(&h)?)
@@ -1259,13 +1395,153 @@ mod fused {
         }
     }
 
-    /// `x + bias` for contiguous `x` `[B, C, …]` and `bias` `[1 or B, C]`.
+    /// The rows of a contiguous `x` `[B, C, …]` repeated `n` times, image-major, to
+    /// `[B·n, C, …]`: alone (as a [`CustomOp1`]) or plus a per-channel `bias` `[1 or B·n, C]`
+    /// (as a [`CustomOp2`]).
     #[derive(Clone, Copy, Debug)]
-    pub(super) struct BiasAdd;
+    pub(super) struct Repeat {
+        pub(super) n: usize,
+    }
 
-    impl CustomOp2 for BiasAdd {
+    impl Repeat {
+        fn run(
+            &self,
+            (s1, l1): (&CpuStorage, &Layout),
+            bias: Option<(&[f32], usize)>,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let dims = l1.dims();
+            if dims.len() < 2 || self.n == 0 {
+                bail!(
+                    "repeat: expected [B, C, …] and n ≥ 1, got {dims:?}, n = {}",
+                    self.n
+                )
+            }
+            let (b, c, n) = (dims[0], dims[1], self.n);
+            if let Some((bias, bb)) = bias
+                && (bias.len() != bb * c || (bb != 1 && bb != b * n))
+            {
+                bail!(
+                    "repeat: a bias of {} values does not fit {dims:?} × {n}",
+                    bias.len()
+                )
+            }
+            let x = f32_data(s1, l1)?;
+            let s: usize = dims[2..].iter().product::<usize>().max(1);
+            // SAFETY: the parts below write every element.
+            let mut out = unsafe { output_buffer(x.len() * n) };
+            let planes = (4096 / s).max(1);
+            par_parts(
+                &mut out,
+                planes * s,
+                #[inline(always)]
+                |i, part| {
+                    for (j, dst) in part.chunks_mut(s).enumerate() {
+                        // Output plane (row, ch); row = bi·n + r reads image bi.
+                        let plane = i * planes + j;
+                        let (row, ch) = (plane / c, plane % c);
+                        let src = &x[((row / n) * c + ch) * s..][..s];
+                        match bias {
+                            Some((bias, bb)) => {
+                                let v = bias[if bb == 1 { ch } else { row * c + ch }];
+                                for (d, &xv) in dst.iter_mut().zip(src) {
+                                    *d = xv + v;
+                                }
+                            }
+                            None => dst.copy_from_slice(src),
+                        }
+                    }
+                },
+            );
+            let mut shape = dims.to_vec();
+            shape[0] = b * n;
+            Ok((CpuStorage::F32(out), Shape::from(shape)))
+        }
+
+        /// The gradient of `x` from the output gradient: the sum of each row's repeats.
+        fn input_grad(&self, grad: &Tensor) -> candle_core::Result<Tensor> {
+            if self.n == 1 {
+                return Ok(grad.clone());
+            }
+            grad.contiguous()?
+                .apply_op1_no_bwd(&SumRepeats { n: self.n })
+        }
+    }
+
+    /// The sum of every `n` consecutive rows of a contiguous `[B·n, C, …]` tensor: `[B, C, …]`
+    /// (the adjoint of [`Repeat`]), in one parallel pass.
+    #[derive(Clone, Copy, Debug)]
+    struct SumRepeats {
+        n: usize,
+    }
+
+    impl CustomOp1 for SumRepeats {
         fn name(&self) -> &'static str {
-            "unet-bias-add"
+            "unet-sum-repeats"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            let dims = l.dims();
+            let n = self.n;
+            if dims.is_empty() || n == 0 || !dims[0].is_multiple_of(n) {
+                bail!("sum of repeats: {dims:?} is not a whole number of {n} repeats")
+            }
+            let g = f32_data(s, l)?;
+            let row: usize = dims[1..].iter().product();
+            let b = dims[0] / n;
+            // SAFETY: the parts below write every element.
+            let mut out = unsafe { output_buffer(b * row) };
+            const PART: usize = 4096;
+            par_parts(
+                &mut out,
+                PART,
+                #[inline(always)]
+                |i, part| {
+                    // The part covers output elements i·PART…, possibly across rows.
+                    let mut done = 0;
+                    while done < part.len() {
+                        let pos = i * PART + done;
+                        let (bi, off) = (pos / row, pos % row);
+                        let len = (row - off).min(part.len() - done);
+                        let dst = &mut part[done..done + len];
+                        let src = &g[bi * n * row + off..];
+                        dst.copy_from_slice(&src[..len]);
+                        for r in 1..n {
+                            for (d, &v) in dst.iter_mut().zip(&src[r * row..r * row + len]) {
+                                *d += v;
+                            }
+                        }
+                        done += len;
+                    }
+                },
+            );
+            let mut shape = dims.to_vec();
+            shape[0] = b;
+            Ok((CpuStorage::F32(out), Shape::from(shape)))
+        }
+    }
+
+    impl CustomOp1 for Repeat {
+        fn name(&self) -> &'static str {
+            "unet-repeat-rows"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            self.run((s, l), None)
+        }
+
+        fn bwd(
+            &self,
+            _x: &Tensor,
+            _res: &Tensor,
+            grad: &Tensor,
+        ) -> candle_core::Result<Option<Tensor>> {
+            Ok(Some(self.input_grad(grad)?))
+        }
+    }
+
+    impl CustomOp2 for Repeat {
+        fn name(&self) -> &'static str {
+            "unet-repeat-rows-bias"
         }
 
         fn cpu_fwd(
@@ -1275,34 +1551,10 @@ mod fused {
             s2: &CpuStorage,
             l2: &Layout,
         ) -> candle_core::Result<(CpuStorage, Shape)> {
-            let dims = l1.dims();
-            let [bb, c] = *l2.dims() else {
-                bail!("bias add: expected a [1 or B, C] bias, got {:?}", l2.dims())
+            let [bb, _] = *l2.dims() else {
+                bail!("repeat: expected a [1 or B·n, C] bias, got {:?}", l2.dims())
             };
-            if dims.len() < 2 || dims[1] != c || (bb != 1 && bb != dims[0]) {
-                bail!("bias add: bias {:?} does not fit {dims:?}", l2.dims())
-            }
-            let (x, bias) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
-            let s: usize = dims[2..].iter().product();
-            // SAFETY: the parts below write every element.
-            let mut out = unsafe { output_buffer(x.len()) };
-            let rows = (4096 / s.max(1)).max(1);
-            par_parts(
-                &mut out,
-                rows * s.max(1),
-                #[inline(always)]
-                |i, part| {
-                    for (j, dst) in part.chunks_mut(s.max(1)).enumerate() {
-                        let plane = i * rows + j;
-                        let (bi, ch) = (plane / c, plane % c);
-                        let v = bias[if bb == 1 { ch } else { bi * c + ch }];
-                        for (d, &xv) in dst.iter_mut().zip(&x[plane * s..][..s]) {
-                            *d = xv + v;
-                        }
-                    }
-                },
-            );
-            Ok((CpuStorage::F32(out), l1.shape().clone()))
+            self.run((s1, l1), Some((f32_data(s2, l2)?, bb)))
         }
 
         fn bwd(
@@ -1312,7 +1564,10 @@ mod fused {
             _res: &Tensor,
             grad: &Tensor,
         ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-            Ok((Some(grad.clone()), Some(channel_bias_grad(grad, bias)?)))
+            Ok((
+                Some(self.input_grad(grad)?),
+                Some(channel_bias_grad(grad, bias)?),
+            ))
         }
     }
 
@@ -1729,6 +1984,67 @@ mod tests {
         Ok(())
     }
 
+    /// `forward_repeated` equals the forward pass of the explicitly repeated batch: values and
+    /// the gradient of every parameter, in train mode with dropout (the same masks), with and
+    /// without scale-shift norm (the shared first convolution and the fallback), with
+    /// attention in the first level; and it rejects conditionings of the wrong row count.
+    #[test]
+    fn repeated_rows_match_the_repeated_forward_pass() -> Result<()> {
+        let dev = Device::Cpu;
+        for (scale_shift, attention) in [(false, vec![8]), (true, vec![8]), (false, vec![16, 8])] {
+            let cfg = UNetConfig {
+                image_size: 16,
+                use_scale_shift_norm: scale_shift,
+                attention_resolutions: attention,
+                dropout: 0.2,
+                ..UNetConfig::decomp_tiny()
+            };
+            let store = ParamStore::new(3);
+            let net = UNet::new(
+                &cfg,
+                Parameterization::X0,
+                store.var_builder(DType::F32, &dev),
+            )?;
+            let mut rng = crate::random::seeded(8);
+            // Off zero, so that every layer takes part in the gradients.
+            for (_, v) in store.vars() {
+                let noise = crate::random::normal_tensor(&mut rng, v.dims(), DType::F32, &dev)?;
+                v.set(&(v.as_tensor() + (noise * 0.05)?)?)?;
+            }
+            let (b, n, s) = (2, 3, cfg.image_size);
+            let x = crate::random::normal_tensor(&mut rng, &[b, 3, s, s], DType::F32, &dev)?;
+            let t = Tensor::new(&[120f32, 870.0], &dev)?;
+            let cond =
+                crate::random::normal_tensor(&mut rng, &[b * n, cfg.cond_dim], DType::F32, &dev)?;
+            let x_rep = x
+                .unsqueeze(1)?
+                .broadcast_as((b, n, 3, s, s))?
+                .reshape((b * n, 3, s, s))?;
+            let t_rep = Tensor::new(&[120f32, 120.0, 120.0, 870.0, 870.0, 870.0], &dev)?;
+            let (mut r1, mut r2) = (crate::random::seeded(5), crate::random::seeded(5));
+            let want = net.forward_with(&x_rep, &t_rep, Some(&cond), Some(&mut r1))?;
+            let got = net.forward_repeated(&x, &t, Some(&cond), n, Some(&mut r2))?;
+            assert!(max_diff(&want, &got)? < 1e-5, "{}", max_diff(&want, &got)?);
+            let probe = crate::random::normal_tensor(&mut rng, want.dims(), DType::F32, &dev)?;
+            let gw = (want * &probe)?.sum_all()?.backward()?;
+            let gg = (got * &probe)?.sum_all()?.backward()?;
+            for (name, v) in store.vars() {
+                let (Some(a), Some(g)) = (gw.get(v.as_tensor()), gg.get(v.as_tensor())) else {
+                    panic!("{name}: missing gradient")
+                };
+                let scale = a.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-3);
+                assert!(
+                    max_diff(a, g)? < 1e-4 * scale,
+                    "{name}: {}",
+                    max_diff(a, g)?
+                );
+            }
+            assert!(net.forward_repeated(&x, &t, Some(&cond), 2, None).is_err());
+            assert!(net.forward_repeated(&x, &t, Some(&cond), 0, None).is_err());
+        }
+        Ok(())
+    }
+
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
         assert_eq!(a.dims(), b.dims());
         Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
@@ -1796,30 +2112,49 @@ mod tests {
         Ok(())
     }
 
+    /// Repeated rows with and without a bias (shared or per output row) equal the broadcast
+    /// tensor ops, values and gradients.
     #[test]
-    fn fused_bias_add_matches_broadcast_add() -> Result<()> {
+    fn fused_repeat_matches_broadcast_ops() -> Result<()> {
         let dev = Device::Cpu;
         let mut rng = crate::random::seeded(14);
-        let (b, c, h, w) = (3, 4, 5, 2);
         let mut normal = |dims: &[usize]| -> Result<candle_core::Var> {
             let t = crate::random::normal_tensor(&mut rng, dims, DType::F32, &dev)?;
             Ok(candle_core::Var::from_tensor(&t)?)
         };
-        let x = normal(&[b, c, h, w])?;
-        let probe = normal(&[b, c, h, w])?;
-        for bb in [1, b] {
-            let bias = normal(&[bb, c])?;
-            let fused = add_channel_bias(&x, &bias)?;
-            let reference = x.broadcast_add(&bias.reshape((bb, c, 1, 1))?)?;
-            assert!(max_diff(&fused, &reference)? < 1e-6);
-            let gf = (fused * probe.as_tensor())?.sum_all()?.backward()?;
-            let gr = (reference * probe.as_tensor())?.sum_all()?.backward()?;
-            for v in [&x, &bias] {
-                let (Some(a), Some(b)) = (gf.get(v), gr.get(v)) else {
-                    panic!("missing gradient")
+        // Planes smaller than a kernel part (parts cross rows) and larger (rows span parts).
+        for (b, c, h, w, n) in [(3, 4, 5, 2, 1), (3, 4, 5, 2, 3), (2, 3, 40, 40, 2)] {
+            let x = normal(&[b, c, h, w])?;
+            let probe = normal(&[b * n, c, h, w])?;
+            let repeated =
+                x.unsqueeze(1)?
+                    .broadcast_as((b, n, c, h, w))?
+                    .reshape((b * n, c, h, w))?;
+            for bb in [0, 1, b * n] {
+                let bias = normal(&[bb.max(1), c])?;
+                let (fused, reference) = if bb == 0 {
+                    (repeat_rows(&x, n, None)?, repeated.clone())
+                } else {
+                    (
+                        repeat_rows(&x, n, Some(&bias))?,
+                        repeated.broadcast_add(&bias.reshape((bb, c, 1, 1))?)?,
+                    )
                 };
-                assert!(max_diff(a, b)? < 1e-5, "{}", max_diff(a, b)?);
+                assert!(max_diff(&fused, &reference)? < 1e-6);
+                let gf = (fused * probe.as_tensor())?.sum_all()?.backward()?;
+                let gr = (reference * probe.as_tensor())?.sum_all()?.backward()?;
+                let vars = if bb == 0 { vec![&x] } else { vec![&x, &bias] };
+                for v in vars {
+                    let (Some(a), Some(b)) = (gf.get(v), gr.get(v)) else {
+                        panic!("missing gradient")
+                    };
+                    // Sums of up to 6400 terms: relative to their size.
+                    let scale = a.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+                    assert!(max_diff(a, b)? < 1e-6 * scale, "{}", max_diff(a, b)?);
+                }
             }
+            let wrong = normal(&[2, c])?;
+            assert!(repeat_rows(&x, n, Some(&wrong)).is_err());
         }
         Ok(())
     }
