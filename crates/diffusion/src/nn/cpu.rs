@@ -102,6 +102,26 @@ pub fn par_parts(data: &mut [f32], part_len: usize, f: impl Fn(usize, &mut [f32]
     });
 }
 
+/// Elements per task of the flat elementwise kernels ([`elementwise`]).
+pub const ELEMENTWISE_PART: usize = 16 * 1024;
+
+/// A new buffer of `len` floats filled by `f(at, part)` for its consecutive parts of
+/// [`ELEMENTWISE_PART`] elements (`at` is the part's first index), in parallel as
+/// [`par_parts`]: one pass for an elementwise map, without zeroing the buffer first. Pass `f`
+/// as an `#[inline(always)]` closure that writes every element of its part.
+pub fn elementwise(len: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    // SAFETY: the parts of `par_parts` cover the buffer and `f` writes each of its part's
+    // elements (the contract stated above) before the buffer is returned.
+    let mut out = unsafe { output_buffer(len) };
+    par_parts(
+        &mut out,
+        ELEMENTWISE_PART,
+        #[inline(always)]
+        |i, dst| f(i * ELEMENTWISE_PART, dst),
+    );
+    out
+}
+
 /// Runs `f`, compiled for AVX2 and FMA where the CPU has them.
 ///
 /// The kernels' elementwise loops are written plainly so that the compiler vectorizes them;
@@ -144,6 +164,23 @@ mod tests {
         assert_eq!(fast_exp(-1000.0), fast_exp(-87.0));
         assert_eq!(fast_exp(1000.0), fast_exp(88.0));
         assert!(fast_exp(88.0).is_finite() && fast_exp(-87.0) > 0.0);
+    }
+
+    #[test]
+    fn elementwise_covers_every_element_once() {
+        for len in [0, 1, ELEMENTWISE_PART - 1, ELEMENTWISE_PART, 3 * ELEMENTWISE_PART + 7] {
+            let out = elementwise(
+                len,
+                #[inline(always)]
+                |at, dst| {
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = (at + j) as f32;
+                    }
+                },
+            );
+            assert_eq!(out.len(), len);
+            assert!(out.iter().enumerate().all(|(i, &v)| v == i as f32), "len {len}");
+        }
     }
 
     #[test]

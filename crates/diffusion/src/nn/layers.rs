@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Module, Sh
 use candle_nn::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, GroupNorm, Init, Linear, VarBuilder};
 use rand_distr::{Bernoulli, Distribution};
 
-use crate::nn::cpu::{f32_data, output_buffer, par_parts};
+use crate::nn::cpu::{elementwise, f32_data, output_buffer, par_parts};
 use crate::random::SeededRng;
 use crate::{Error, Result};
 
@@ -385,14 +385,11 @@ impl CustomOp1 for Relu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_data(s, l)?;
-        // SAFETY: the parts below cover every element.
-        let mut out = unsafe { output_buffer(x.len()) };
-        par_parts(
-            &mut out,
-            ELEMENTWISE_PART,
+        let out = elementwise(
+            x.len(),
             #[inline(always)]
-            |i, dst| {
-                for (d, &v) in dst.iter_mut().zip(&x[i * ELEMENTWISE_PART..]) {
+            |at, dst| {
+                for (d, &v) in dst.iter_mut().zip(&x[at..]) {
                     *d = v.max(0.0);
                 }
             },
@@ -425,14 +422,10 @@ impl CustomOp2 for ReluGrad {
         if g.len() != y.len() {
             candle_core::bail!("relu grad: {:?} does not fit {:?}", l1.dims(), l2.dims())
         }
-        // SAFETY: the parts below cover every element.
-        let mut out = unsafe { output_buffer(g.len()) };
-        par_parts(
-            &mut out,
-            ELEMENTWISE_PART,
+        let out = elementwise(
+            g.len(),
             #[inline(always)]
-            |i, dst| {
-                let at = i * ELEMENTWISE_PART;
+            |at, dst| {
                 for ((d, &gv), &yv) in dst.iter_mut().zip(&g[at..]).zip(&y[at..]) {
                     *d = if yv > 0.0 { gv } else { 0.0 };
                 }
@@ -441,9 +434,6 @@ impl CustomOp2 for ReluGrad {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
-
-/// Elements per task of the elementwise kernels.
-const ELEMENTWISE_PART: usize = 16 * 1024;
 
 /// Nearest ×2 upsampling (`up`: every pixel copied to a 2×2 block) or 2×2 block sums (each
 /// block to one pixel) of contiguous `f32` `[B, C, H, W]` planes, times `scale`. The two are

@@ -286,8 +286,8 @@ fn cpu_f32<'a>(s: &'a candle_core::Storage, l: &candle_core::Layout) -> Option<&
     }
 }
 
-/// Elements per task of the one-pass CPU updates.
-const CHUNK: usize = 16 * 1024;
+/// Elements per task of the one-pass CPU updates (those of the elementwise kernels).
+const CHUNK: usize = crate::nn::cpu::ELEMENTWISE_PART;
 
 /// `Σ x²` in `f64`: per chunk on candle's worker threads, the chunks' sums added in order (the
 /// same result for any thread count).
@@ -315,20 +315,15 @@ fn blend(s: &Tensor, x: &Tensor, d: f32) -> Option<Vec<f32>> {
     if a.len() != b.len() {
         return None;
     }
-    // SAFETY: the parts below cover every element.
-    let mut out = unsafe { crate::nn::cpu::output_buffer(a.len()) };
-    crate::nn::cpu::par_parts(
-        &mut out,
-        CHUNK,
+    Some(crate::nn::cpu::elementwise(
+        a.len(),
         #[inline(always)]
-        |c, dst| {
-            let at = c * CHUNK;
+        |at, dst| {
             for ((o, &sv), &xv) in dst.iter_mut().zip(&a[at..]).zip(&b[at..]) {
                 *o = d * sv + (1.0 - d) * xv;
             }
         },
-    );
-    Some(out)
+    ))
 }
 
 /// The per-step constants of one AdamW update, in `f32`.
