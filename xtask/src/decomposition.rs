@@ -720,6 +720,8 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
         }
         _ => None,
     };
+    // The presets' training recipe (the same for all three).
+    let preset = DecompRunConfig::preset("decomp-tetrominoes")?.train;
     let _ = writeln!(
         md,
         "# Decomp Diffusion on procedural data\n\n\
@@ -747,7 +749,7 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
          Falcor-lite: eval-mode latents of all {} images of the factor grid ({}), MIG with 20 \
          bins per latent dimension, MCC = mean |Pearson| after matching factors to latent \
          dimensions.\n",
-        args.batch.unwrap_or(16),
+        args.batch.unwrap_or(preset.batch_size),
         args.images,
         FALCOR_LEVELS.pow(5),
         FALCOR_FACTORS.join(", ")
@@ -756,9 +758,10 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
         let _ = writeln!(
             md,
             "**Budget.** This report was made with `--steps {steps}`: every model but the \
-             fixture trained for {steps} steps instead of the presets' 1500, so that all of them \
+             fixture trained for {steps} steps instead of the presets' {}, so that all of them \
              fit one sitting on two cores. At this length the models are early in training; \
-             compare the ablations with each other, not with the paper.\n"
+             compare the ablations with each other, not with the paper.\n",
+            preset.steps
         );
     }
     let _ = writeln!(
