@@ -168,7 +168,13 @@ mod tests {
 
     #[test]
     fn elementwise_covers_every_element_once() {
-        for len in [0, 1, ELEMENTWISE_PART - 1, ELEMENTWISE_PART, 3 * ELEMENTWISE_PART + 7] {
+        for len in [
+            0,
+            1,
+            ELEMENTWISE_PART - 1,
+            ELEMENTWISE_PART,
+            3 * ELEMENTWISE_PART + 7,
+        ] {
             let out = elementwise(
                 len,
                 #[inline(always)]
@@ -179,7 +185,10 @@ mod tests {
                 },
             );
             assert_eq!(out.len(), len);
-            assert!(out.iter().enumerate().all(|(i, &v)| v == i as f32), "len {len}");
+            assert!(
+                out.iter().enumerate().all(|(i, &v)| v == i as f32),
+                "len {len}"
+            );
         }
     }
 
