@@ -30,6 +30,14 @@
 //! flags PyTorch timings that stayed busy. Criterion's numbers carry no such check: run the
 //! suite on a quiet machine.
 //!
+//! The two sides run one after the other, minutes apart, and on a shared machine the speed of
+//! the cores drifts over such spans by more than the difference being measured (the same
+//! PyTorch step has measured 0.82 s and 1.02 s on the same machine on different runs). So the
+//! decomp suite then times its headline workload, the training step at configuration a, in
+//! [`PAIRED_ROUNDS`] paired rounds: each round one criterion run of that benchmark alone and
+//! one PyTorch timing of it, back to back, and the report gives every round's ratio and their
+//! median, which drift between rounds does not bias.
+//!
 //! PyTorch comes from a virtualenv at `target/torch-venv` (created with `python3 -m venv`, then
 //! `pip install torch==2.15.0 numpy` from PyPI unless `import torch` already works there).
 //! Set `RECOMPOSE_TORCH_PYTHON` to an interpreter that has torch to skip the virtualenv.
@@ -64,6 +72,20 @@ const FUNCTION: &str = "recompose";
 /// Timings of PyTorch workloads during which other processes kept more cores busy than this
 /// are flagged in the report (the script's `QUIET_CORES`: it retimes such workloads twice).
 const BUSY_CORES: f64 = 0.25;
+
+/// Rounds of the paired comparison of [`PAIRED_GROUP`].
+const PAIRED_ROUNDS: usize = 5;
+
+/// The workload the decomp suite also times in paired rounds: the training step at the
+/// reference configuration.
+const PAIRED_GROUP: &str = "decomp/train-step/a-32px-32ch/batch=16";
+
+/// One paired round: milliseconds per call of the Rust side and of PyTorch.
+#[derive(Clone, Copy, Debug)]
+struct Round {
+    rust_ms: f64,
+    torch_ms: f64,
+}
 
 /// One row of the comparison.
 struct Workload {
@@ -147,11 +169,15 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
     fs::create_dir_all(root.join("target")).context("creating target/")?;
     fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
     println!("torch: running {} with {threads} threads", script.display());
-    let torch = run_script(root, &python, &script, threads, suite)?;
+    let torch = run_script(root, &python, &script, threads, suite, None)?;
 
     let criterion = criterion_dir(root);
     let rust = criterion_medians(&criterion)?;
     let rows = table_rows(suite, &rust, &torch);
+    let rounds = match suite {
+        Suite::Decomp => paired_rounds(root, &python, &script, threads)?,
+        Suite::Diffusion => Vec::new(),
+    };
     let header = [
         "workload",
         "Rust ms",
@@ -176,7 +202,24 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
         );
     }
 
-    let md = markdown(suite, &header, &rows, &torch, threads, &busy);
+    if !rounds.is_empty() {
+        println!("\npaired rounds of {PAIRED_GROUP}:");
+        print!("{}", rounds_table(&rounds));
+    }
+
+    let mut md = markdown(suite, &header, &rows, &torch, threads, &busy);
+    if !rounds.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Paired rounds: `{PAIRED_GROUP}`\n\nThe two sides above ran minutes apart. \
+             Here the training step at configuration a ran in {} rounds, each one criterion \
+             run of that benchmark alone and then one PyTorch timing of it, back to back; \
+             the median of the rounds' ratios is the comparison that drift of the machine's \
+             speed between rounds does not bias.\n",
+            rounds.len()
+        );
+        md.push_str(&rounds_table(&rounds));
+    }
     let out = root.join(format!("docs/results/{}-bench.md", suite.name()));
     if let Some(dir) = out.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -258,6 +301,7 @@ fn run_script(
     script: &Path,
     threads: usize,
     suite: Suite,
+    only: Option<&str>,
 ) -> Result<TorchReport> {
     let mut cmd = Command::new(python);
     cmd.arg(script)
@@ -267,6 +311,9 @@ fn run_script(
         .arg(threads.to_string())
         .current_dir(root)
         .stderr(Stdio::inherit());
+    if let Some(only) = only {
+        cmd.arg("--only").arg(only);
+    }
     eprintln!("$ {cmd:?}");
     let out = cmd
         .output()
@@ -308,6 +355,85 @@ fn run_script(
         results: seconds("results")?,
         background: seconds("background_cores")?,
     })
+}
+
+/// [`PAIRED_ROUNDS`] rounds of [`PAIRED_GROUP`]: criterion on that benchmark alone, then the
+/// script on that workload alone.
+fn paired_rounds(root: &Path, python: &Path, script: &Path, threads: usize) -> Result<Vec<Round>> {
+    let key = format!("{PAIRED_GROUP}/{FUNCTION}");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut rounds = Vec::with_capacity(PAIRED_ROUNDS);
+    for round in 1..=PAIRED_ROUNDS {
+        println!("paired round {round} of {PAIRED_ROUNDS}: {PAIRED_GROUP}");
+        let mut cmd = Command::new(&cargo);
+        cmd.args([
+            "bench",
+            "-p",
+            "recompose-benches",
+            "--bench",
+            "decomp",
+            "--",
+        ])
+        .arg(PAIRED_GROUP);
+        run(&mut cmd, root)?;
+        let rust = criterion_medians(&criterion_dir(root))?;
+        let rust_ms = rust
+            .get(&key)
+            .copied()
+            .with_context(|| format!("criterion wrote no result for {key}"))?
+            / 1e6;
+        let torch = run_script(
+            root,
+            python,
+            script,
+            threads,
+            Suite::Decomp,
+            Some(PAIRED_GROUP),
+        )?;
+        let torch_ms = torch
+            .results
+            .get(&key)
+            .copied()
+            .with_context(|| format!("torchbench.py reported no result for {key}"))?
+            * 1e3;
+        rounds.push(Round { rust_ms, torch_ms });
+    }
+    Ok(rounds)
+}
+
+/// The rounds as a markdown table, then the median ratio.
+fn rounds_table(rounds: &[Round]) -> String {
+    let mut s =
+        String::from("| round | Rust ms | PyTorch ms | PyTorch / Rust |\n|---:|---:|---:|---:|\n");
+    let mut ratios: Vec<f64> = rounds.iter().map(|r| r.torch_ms / r.rust_ms).collect();
+    for (i, (r, q)) in rounds.iter().zip(&ratios).enumerate() {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {:.1} | {q:.2} |",
+            i + 1,
+            r.rust_ms,
+            r.torch_ms
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    let _ = writeln!(
+        s,
+        "\nMedian PyTorch / Rust over the rounds: **{:.2}** (range {:.2}–{:.2}).",
+        median(&ratios),
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
+    s
+}
+
+/// The median of sorted values (the mean of the middle two for an even count).
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
 }
 
 /// Where criterion writes: `$CRITERION_HOME`, `$CARGO_TARGET_DIR/criterion` or
@@ -570,6 +696,29 @@ fn civil_date(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paired_rounds_report_the_median_ratio() {
+        assert_eq!(median(&[1.0, 2.0, 7.0]), 2.0);
+        assert_eq!(median(&[1.0, 2.0, 3.0, 9.0]), 2.5);
+        let rounds = [
+            Round {
+                rust_ms: 100.0,
+                torch_ms: 120.0,
+            },
+            Round {
+                rust_ms: 200.0,
+                torch_ms: 180.0,
+            },
+            Round {
+                rust_ms: 100.0,
+                torch_ms: 100.0,
+            },
+        ];
+        let table = rounds_table(&rounds);
+        assert!(table.contains("| 2 | 200.0 | 180.0 | 0.90 |"), "{table}");
+        assert!(table.contains("**1.00** (range 0.90–1.20)"), "{table}");
+    }
 
     #[test]
     fn dates() {

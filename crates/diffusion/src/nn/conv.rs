@@ -282,6 +282,13 @@ mod tests {
             // thread and one image in bands of rows.
             (2, 3, 8, 8, 4, 3, 1, 1),
             (1, 5, 16, 16, 6, 3, 1, 1),
+            // Several images per task, odd sizes, padding 2 (output larger than the input),
+            // and a column matrix over the L2 budget (built in bands of rows).
+            (6, 7, 8, 8, 5, 3, 1, 1),
+            (3, 5, 9, 11, 4, 3, 1, 1),
+            (2, 3, 5, 4, 2, 3, 2, 1),
+            (2, 48, 12, 12, 40, 3, 1, 1),
+            (2, 96, 32, 32, 8, 3, 1, 1),
         ] {
             let spec = ConvSpec {
                 kernel: k,
@@ -293,7 +300,9 @@ mod tests {
             let layer = Conv2d::from_tensors(wt.as_tensor().clone(), None, spec)?;
             let want = x.conv2d(&wt, p, s, 1, 1)?;
             let got = layer.apply(x.as_tensor())?;
-            assert!(diff(&want, &got)? < 1e-4, "{spec:?}");
+            // f32 rounding grows with the number of terms per output, C·k².
+            let tol = 1e-4 * ((c * k * k) as f32 / 50.0).max(1.0);
+            assert!(diff(&want, &got)? < tol, "{spec:?}: {}", diff(&want, &got)?);
             let probe =
                 crate::random::normal_tensor(&mut rng, want.dims(), DType::F32, &Device::Cpu)?;
             // The convolution is linear in x and in w, so f = ⟨conv(x, w), probe⟩ equals
@@ -324,7 +333,7 @@ mod tests {
                 let bias = randn(&mut rng, &[bb, o])?;
                 let want = want.broadcast_add(&bias.reshape((bb, o, 1, 1))?)?;
                 let got = layer.forward_bias(x.as_tensor(), bias.as_tensor())?;
-                assert!(diff(&want, &got)? < 1e-4);
+                assert!(diff(&want, &got)? < tol);
                 let gw = (want * &probe)?.sum_all()?.backward()?;
                 let gg = (got * &probe)?.sum_all()?.backward()?;
                 for v in [&x, &wt, &bias] {
@@ -364,7 +373,9 @@ mod tests {
             let r = randn(&mut rng, plain.dims())?;
             let want = (plain.broadcast_add(&bias.reshape((1, o, 1, 1))?)? + r.as_tensor())?;
             let got = layer.forward_residual(x.as_tensor(), r.as_tensor())?;
-            assert!(diff(&want, &got)? < 1e-4, "{spec:?}");
+            // f32 rounding grows with the number of terms per output, C·k².
+            let tol = 1e-4 * ((c * k * k) as f32 / 50.0).max(1.0);
+            assert!(diff(&want, &got)? < tol, "{spec:?}: {}", diff(&want, &got)?);
             let probe =
                 crate::random::normal_tensor(&mut rng, want.dims(), DType::F32, &Device::Cpu)?;
             let gw = (want * &probe)?.sum_all()?.backward()?;

@@ -103,6 +103,19 @@ fn with_scratch<R>(
     })
 }
 
+/// The most bytes a column matrix of one task should take, so that it stays in the L2 cache
+/// beside the product's other operands: larger ones (many input channels on a large map) are
+/// built and multiplied in bands of output rows.
+const COLS_BYTES: usize = 3 << 19;
+
+/// Bands of output rows for a column matrix of `kk` rows over `ho × wo` output pixels: the
+/// fewest that keep each within [`COLS_BYTES`].
+fn cols_bands(kk: usize, ho: usize, wo: usize) -> usize {
+    (kk * ho * wo * std::mem::size_of::<f32>())
+        .div_ceil(COLS_BYTES)
+        .clamp(1, ho.max(1))
+}
+
 /// Products narrower than this many columns gather several images into one: a product over
 /// the 64 or 16 pixels of one small feature map leaves most of the microkernel's rows empty.
 const GROUP_COLUMNS: usize = 256;
@@ -437,7 +450,10 @@ fn conv_forward(
         return Ok((CpuStorage::F32(out), Shape::from((g.b, co, g.ho, g.wo))));
     }
     // Bands of output rows per image, so that every thread has work.
-    let bands = threads.div_ceil(g.b).clamp(1, g.ho);
+    let bands = threads
+        .div_ceil(g.b)
+        .max(cols_bands(kk, g.ho, g.wo))
+        .clamp(1, g.ho);
     let task = |t: usize| {
         let (bi, band) = (t / bands, t % bands);
         let (y0, y1) = (band * g.ho / bands, (band + 1) * g.ho / bands);
@@ -854,19 +870,24 @@ impl CustomOp2 for KernelGrad {
                 while i0 < last {
                     let i1 = (i0 + per).min(last);
                     let n = (i1 - i0) * hw;
-                    // dst [co × kk], stored column by column, (+)= grad [co × n] · colsᵀ, cols
-                    // [kk × n] with row stride ld. (Column-major output keeps the column
+                    // dst [co × kk], stored column by column, (+)= grad [co × m] · colsᵀ, the
+                    // gradient with row stride rs, cols [kk × m] with row stride ld; the first
+                    // product of the group overwrites. (Column-major output keeps the column
                     // matrix in place: only the small gradient is repacked.)
-                    let product = |gr: &[f32], cols: &[f32], ld: usize| {
-                        // SAFETY: the operands hold [co × n] and [kk × n] (row stride ld).
+                    let product = |(gr, rs): (&[f32], usize),
+                                   m: usize,
+                                   (cols, ld): (&[f32], usize),
+                                   add: bool| {
+                        // SAFETY: the operands hold [co × m] (row stride rs) and [kk × m] (row
+                        // stride ld).
                         unsafe {
                             gemm(
-                                (co, kk, n),
+                                (co, kk, m),
                                 dst,
                                 (1, co),
-                                i0 != first,
+                                add,
                                 gr.as_ptr(),
-                                (n, 1),
+                                (rs, 1),
                                 cols.as_ptr(),
                                 (1, ld),
                             );
@@ -876,13 +897,21 @@ impl CustomOp2 for KernelGrad {
                     if i1 - i0 == 1 {
                         let gr = &grad[i0 * co * hw..][..co * hw];
                         if g.direct() {
-                            product(gr, img(i0), hw);
+                            product((gr, hw), hw, (img(i0), hw), i0 != first);
                         } else {
-                            let ld = col_stride(hw);
-                            with_cols(kk * ld, |cols| {
-                                im2col(img(i0), &g, 0, g.ho, ld, cols);
-                                product(gr, cols, ld);
-                            });
+                            // Bands of output rows whose column matrix stays in the L2 cache,
+                            // each product adding to the kernel gradient.
+                            let bands = cols_bands(kk, g.ho, g.wo);
+                            for band in 0..bands {
+                                let (y0, y1) = (band * g.ho / bands, (band + 1) * g.ho / bands);
+                                let m = (y1 - y0) * g.wo;
+                                let ld = col_stride(m);
+                                with_cols(kk * ld, |cols| {
+                                    im2col(img(i0), &g, y0, y1, ld, cols);
+                                    let add = i0 != first || band > 0;
+                                    product((&gr[y0 * g.wo..], hw), m, (cols, ld), add);
+                                });
+                            }
                         }
                     } else {
                         let ld = col_stride(n);
@@ -892,7 +921,7 @@ impl CustomOp2 for KernelGrad {
                                     im2col(img(bi), &g, 0, g.ho, ld, &mut cols[j * hw..]);
                                 }
                                 gather(grad, (i0, i1), (co, hw), gr);
-                                product(gr, cols, ld);
+                                product((gr, n), n, (cols, ld), i0 != first);
                             });
                         });
                     }
