@@ -202,13 +202,14 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
         );
     }
 
-    if !rounds.is_empty() {
+    let rounds_md = (!rounds.is_empty()).then(|| rounds_table(&rounds));
+    if let Some(table) = &rounds_md {
         println!("\npaired rounds of {PAIRED_GROUP}:");
-        print!("{}", rounds_table(&rounds));
+        print!("{table}");
     }
 
     let mut md = markdown(suite, &header, &rows, &torch, threads, &busy);
-    if !rounds.is_empty() {
+    if let Some(table) = &rounds_md {
         let _ = writeln!(
             md,
             "\n## Paired rounds: `{PAIRED_GROUP}`\n\nThe two sides above ran minutes apart. \
@@ -218,7 +219,7 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
              speed between rounds does not bias.\n",
             rounds.len()
         );
-        md.push_str(&rounds_table(&rounds));
+        md.push_str(table);
     }
     let out = root.join(format!("docs/results/{}-bench.md", suite.name()));
     if let Some(dir) = out.parent() {
@@ -361,21 +362,18 @@ fn run_script(
 /// script on that workload alone.
 fn paired_rounds(root: &Path, python: &Path, script: &Path, threads: usize) -> Result<Vec<Round>> {
     let key = format!("{PAIRED_GROUP}/{FUNCTION}");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut rounds = Vec::with_capacity(PAIRED_ROUNDS);
     for round in 1..=PAIRED_ROUNDS {
         println!("paired round {round} of {PAIRED_ROUNDS}: {PAIRED_GROUP}");
-        let mut cmd = Command::new(&cargo);
-        cmd.args([
+        crate::cargo(&[
             "bench",
             "-p",
             "recompose-benches",
             "--bench",
             "decomp",
             "--",
-        ])
-        .arg(PAIRED_GROUP);
-        run(&mut cmd, root)?;
+            PAIRED_GROUP,
+        ])?;
         let rust = criterion_medians(&criterion_dir(root))?;
         let rust_ms = rust
             .get(&key)

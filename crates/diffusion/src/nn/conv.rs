@@ -254,6 +254,12 @@ mod tests {
         )?)?)
     }
 
+    /// The largest forward difference accepted for `c` input channels and kernel size `k`:
+    /// f32 rounding grows with the number of terms per output, C·k².
+    fn forward_tolerance(c: usize, k: usize) -> f32 {
+        1e-4 * ((c * k * k) as f32 / 50.0).max(1.0)
+    }
+
     fn diff(a: &Tensor, b: &Tensor) -> Result<f32> {
         assert_eq!(a.dims(), b.dims());
         Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
@@ -300,8 +306,7 @@ mod tests {
             let layer = Conv2d::from_tensors(wt.as_tensor().clone(), None, spec)?;
             let want = x.conv2d(&wt, p, s, 1, 1)?;
             let got = layer.apply(x.as_tensor())?;
-            // f32 rounding grows with the number of terms per output, C·k².
-            let tol = 1e-4 * ((c * k * k) as f32 / 50.0).max(1.0);
+            let tol = forward_tolerance(c, k);
             assert!(diff(&want, &got)? < tol, "{spec:?}: {}", diff(&want, &got)?);
             let probe =
                 crate::random::normal_tensor(&mut rng, want.dims(), DType::F32, &Device::Cpu)?;
@@ -373,8 +378,7 @@ mod tests {
             let r = randn(&mut rng, plain.dims())?;
             let want = (plain.broadcast_add(&bias.reshape((1, o, 1, 1))?)? + r.as_tensor())?;
             let got = layer.forward_residual(x.as_tensor(), r.as_tensor())?;
-            // f32 rounding grows with the number of terms per output, C·k².
-            let tol = 1e-4 * ((c * k * k) as f32 / 50.0).max(1.0);
+            let tol = forward_tolerance(c, k);
             assert!(diff(&want, &got)? < tol, "{spec:?}: {}", diff(&want, &got)?);
             let probe =
                 crate::random::normal_tensor(&mut rng, want.dims(), DType::F32, &Device::Cpu)?;
