@@ -225,7 +225,7 @@ fn variants(args: &DecompositionArgs) -> Result<Vec<Variant>> {
         if let Some(s) = args.steps {
             // The warm-up keeps its share of the run.
             let t = &mut v.cfg.train;
-            t.warmup_steps = t.warmup_steps * s / t.steps;
+            t.warmup_steps = scaled_warmup(t.warmup_steps, t.steps, s);
             t.steps = s;
         }
         if let Some(b) = args.batch {
@@ -250,6 +250,12 @@ fn variants(args: &DecompositionArgs) -> Result<Vec<Variant>> {
         out.retain(|v| only.iter().any(|k| k == v.key));
     }
     Ok(out)
+}
+
+/// The warm-up of a `warmup`-step schedule over `steps` steps, rescaled to `new_steps` so
+/// that it keeps its share of the run (rounded to the nearest step).
+fn scaled_warmup(warmup: usize, steps: usize, new_steps: usize) -> usize {
+    (warmup * new_steps + steps / 2) / steps.max(1)
 }
 
 /// Trains (or reuses) one model; returns its directory and training throughput.
@@ -279,12 +285,15 @@ fn train(root: &Path, work: &Path, v: &Variant, reuse: bool) -> Result<(PathBuf,
     }
     let dir = work.join(v.key);
     let timing_path = dir.join("timing.json");
-    if reuse && same(&dir) && timing_path.exists() {
+    if reuse && same(&dir) {
         eprintln!("{}: reusing {}", v.key, dir.display());
-        return Ok((
-            dir,
-            serde_json::from_str(&std::fs::read_to_string(&timing_path)?)?,
-        ));
+        // A model trained or resumed by `recompose train` has no timing record; its
+        // throughput is then reported as unknown.
+        let timing = match std::fs::read_to_string(&timing_path) {
+            Ok(t) => serde_json::from_str(&t)?,
+            Err(_) => Value::Null,
+        };
+        return Ok((dir, timing));
     }
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
@@ -627,14 +636,20 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
     for v in variants(args)? {
         let (dir, timing) = train(root, &work, &v, args.reuse_models)?;
         let run = DecompTrained::load(&dir, &Device::Cpu)?;
+        // A timing the model's directory does not record is shown as "—".
+        let field = |key: &str, digits: usize| {
+            timing[key]
+                .as_f64()
+                .map_or("—".to_string(), |x| format!("{x:.digits$}"))
+        };
         train_rows.push(format!(
-            "| {} | {} | {} | {:.1} | {:.2} | {:.4} |",
+            "| {} | {} | {} | {} | {} | {} |",
             v.label,
             v.cfg.train.steps,
             v.cfg.train.batch_size,
-            timing["seconds"].as_f64().unwrap_or(f64::NAN),
-            timing["steps_per_second"].as_f64().unwrap_or(f64::NAN),
-            timing["final_loss"].as_f64().unwrap_or(f64::NAN),
+            field("seconds", 1),
+            field("steps_per_second", 2),
+            field("final_loss", 4),
         ));
         let kind: Kind = v.cfg.data.dataset.parse()?;
         if kind != Kind::FalcorLite {
@@ -831,4 +846,20 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scaled_warmup;
+
+    #[test]
+    fn warmup_keeps_its_share_rounded() {
+        // 1333 of 10 000 steps is 13.33 %: 1999.5 → 2000 at 15 000 steps, 19.995 → 20 at 150;
+        // 2000 of 15 000 is 1333.3 at 10 000.
+        assert_eq!(scaled_warmup(1333, 10_000, 15_000), 2000);
+        assert_eq!(scaled_warmup(1333, 10_000, 150), 20);
+        assert_eq!(scaled_warmup(2000, 15_000, 10_000), 1333);
+        assert_eq!(scaled_warmup(2000, 15_000, 15_000), 2000);
+        assert_eq!(scaled_warmup(0, 10_000, 500), 0);
+    }
 }
