@@ -64,12 +64,17 @@ pub struct DecompositionArgs {
     /// Held-out images to evaluate per object dataset.
     pub images: usize,
     /// Only these models (by key); the report then goes to
-    /// `target/reproduce-decomposition/partial/` instead of `docs/results/`.
+    /// `target/reproduce-decomposition/partial/` instead of `docs/results/` (unless `report`
+    /// names it).
     pub only: Option<Vec<String>>,
+    /// Write the report as `docs/results/NAME.md` with its images in `docs/results/NAME/`
+    /// (a committed side report, e.g. a longer run of a few ablations).
+    pub report: Option<String>,
 }
 
 impl DecompositionArgs {
-    /// Parses `[--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,…]`.
+    /// Parses `[--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,…]
+    /// [--report NAME]`.
     pub fn parse(args: &[&str]) -> Result<Self> {
         let mut out = Self {
             quick: false,
@@ -78,6 +83,7 @@ impl DecompositionArgs {
             batch: None,
             images: 32,
             only: None,
+            report: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -102,8 +108,22 @@ impl DecompositionArgs {
                         .context("--only takes model keys, comma-separated")?;
                     out.only = Some(keys.split(',').map(str::to_string).collect());
                 }
+                "--report" => {
+                    let name = it.next().context("--report takes a file name")?;
+                    let valid = !name.is_empty()
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                    if !valid || *name == "decomposition" || name.starts_with('-') {
+                        bail!(
+                            "--report takes a new file name of lowercase letters, digits and '-' \
+                             (not 'decomposition', the full report's), got '{name}'"
+                        );
+                    }
+                    out.report = Some(name.to_string());
+                }
                 other => bail!(
-                    "unknown option '{other}' (expected --quick, --reuse-models, --steps N, --batch N, --images N, --only KEY,…)"
+                    "unknown option '{other}' (expected --quick, --reuse-models, --steps N, --batch N, --images N, --only KEY,…, --report NAME)"
                 ),
             }
         }
@@ -132,6 +152,9 @@ impl DecompositionArgs {
         }
         if let Some(only) = &self.only {
             f.push_str(&format!(" --only {}", only.join(",")));
+        }
+        if let Some(r) = &self.report {
+            f.push_str(&format!(" --report {r}"));
         }
         f
     }
@@ -609,12 +632,12 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
     let work = root.join("target/reproduce-decomposition");
     std::fs::create_dir_all(&work)?;
     // A partial run must not replace the committed report.
-    let out_dir = if args.only.is_some() {
-        work.join("partial")
-    } else {
-        root.join("docs/results")
+    let (out_dir, stem) = match (&args.report, &args.only) {
+        (Some(name), _) => (root.join("docs/results"), name.as_str()),
+        (None, Some(_)) => (work.join("partial"), "decomposition"),
+        (None, None) => (root.join("docs/results"), "decomposition"),
     };
-    let img_dir = out_dir.join("decomposition");
+    let img_dir = out_dir.join(stem);
     // Only this run's images (the README's example is written by `fixtures decomp`).
     if img_dir.exists() {
         for entry in std::fs::read_dir(&img_dir)? {
@@ -772,9 +795,9 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
     if let Some(steps) = args.steps {
         let _ = writeln!(
             md,
-            "**Budget.** This report was made with `--steps {steps}`: every model but the \
-             fixture trained for {steps} steps instead of the presets' {}, so that all of them \
-             fit one sitting on two cores. At this length the models are early in training; \
+            "**Budget.** This report was made with `--steps {steps}`: the models trained for \
+             {steps} steps instead of the presets' {} (the fixture, where listed, is the \
+             presets' full run), so that all of them fit one sitting on two cores. At this length the models are early in training; \
              compare the ablations with each other, not with the paper.\n",
             preset.steps
         );
@@ -784,13 +807,15 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
         "## Training\n\n| model | steps | batch | seconds | steps/s | final loss (mean of last 100) |\n|---|---:|---:|---:|---:|---:|\n{}\n",
         train_rows.join("\n")
     );
-    let _ = writeln!(
-        md,
-        "## Object datasets: reconstruction, object isolation, recombination\n\n\
-         | model | MSE | PSNR dB | objects isolated (IoU ≥ 0.5) | mean matched IoU | factor vs object MSE | swapped object follows | s / image (recon + K factors) |\n\
-         |---|---:|---:|---:|---:|---:|---|---:|\n{}\n",
-        object_rows.join("\n")
-    );
+    if !object_rows.is_empty() {
+        let _ = writeln!(
+            md,
+            "## Object datasets: reconstruction, object isolation, recombination\n\n\
+             | model | MSE | PSNR dB | objects isolated (IoU ≥ 0.5) | mean matched IoU | factor vs object MSE | swapped object follows | s / image (recon + K factors) |\n\
+             |---|---:|---:|---:|---:|---:|---|---:|\n{}\n",
+            object_rows.join("\n")
+        );
+    }
     if let Some((pairs, (f, c, te, ta))) = cross {
         let _ = writeln!(
             md,
@@ -800,18 +825,20 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
              the multi-sprites model's other factors of A (mean of the two models' x₀ \
              predictions). The swapped object follows in {f}/{c} checks ({:.0}%); on the two \
              objects' pixels, MSE to the expected image {te:.4}, to A {ta:.4}.\n\n\
-             ![cross-domain recombinations](decomposition/cross-domain-recombinations.png)\n",
+             ![cross-domain recombinations]({stem}/cross-domain-recombinations.png)\n",
             100.0 * f as f64 / c.max(1) as f64
         );
     }
-    let _ = writeln!(
-        md,
-        "## Falcor-lite: disentanglement by total latent size\n\n\
-         | model | MIG | MCC | reconstruction MSE |\n|---|---:|---:|---:|\n{}\n\n\
-         Published (Falcor3D, 64 px; MIG / MCC in %): K·d = 32 → 11.72 / 57.67; 64 → 26.45 / \
-         80.42; 128 → 12.97 / 80.27.\n",
-        factor_rows.join("\n")
-    );
+    if !factor_rows.is_empty() {
+        let _ = writeln!(
+            md,
+            "## Falcor-lite: disentanglement by total latent size\n\n\
+             | model | MIG | MCC | reconstruction MSE |\n|---|---:|---:|---:|\n{}\n\n\
+             Published (Falcor3D, 64 px; MIG / MCC in %): K·d = 32 → 11.72 / 57.67; 64 → 26.45 / \
+             80.42; 128 → 12.97 / 80.27.\n",
+            factor_rows.join("\n")
+        );
+    }
     let _ = writeln!(
         md,
         "## Images\n\n\
@@ -821,12 +848,12 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
     for (key, label) in &image_rows {
         let _ = writeln!(
             md,
-            "**{label}**\n\n![{key} decompositions](decomposition/{key}-decompositions.png)\n"
+            "**{label}**\n\n![{key} decompositions]({stem}/{key}-decompositions.png)\n"
         );
         if img_dir.join(format!("{key}-recombinations.png")).exists() {
             let _ = writeln!(
                 md,
-                "![{key} recombinations](decomposition/{key}-recombinations.png)\n"
+                "![{key} recombinations]({stem}/{key}-recombinations.png)\n"
             );
         }
     }
@@ -835,14 +862,14 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
         "Total time of the command: {:.0} s.",
         started.elapsed().as_secs_f64()
     );
-    std::fs::write(out_dir.join("decomposition.md"), md)?;
+    std::fs::write(out_dir.join(format!("{stem}.md")), md)?;
     std::fs::write(
-        out_dir.join("decomposition.json"),
+        out_dir.join(format!("{stem}.json")),
         serde_json::to_string_pretty(&json!({ "models": raw }))?,
     )?;
     eprintln!(
         "wrote {} in {:.0} s",
-        out_dir.join("decomposition.md").display(),
+        out_dir.join(format!("{stem}.md")).display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -850,7 +877,24 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::scaled_warmup;
+    use super::{DecompositionArgs, scaled_warmup};
+
+    #[test]
+    fn report_names_a_new_file() -> anyhow::Result<()> {
+        let args = DecompositionArgs::parse(&["--steps", "2000", "--report", "ablations-2000"])?;
+        assert_eq!(args.report.as_deref(), Some("ablations-2000"));
+        assert_eq!(args.flags(), " --steps 2000 --report ablations-2000");
+        for bad in [
+            &["--report"][..],
+            &["--report", "decomposition"],
+            &["--report", "Bad_Name"],
+            &["--report", "../x"],
+            &["--report", "--steps"],
+        ] {
+            assert!(DecompositionArgs::parse(bad).is_err(), "{bad:?}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn warmup_keeps_its_share_rounded() {
