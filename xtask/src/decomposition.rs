@@ -261,8 +261,12 @@ fn variants(args: &DecompositionArgs) -> Result<Vec<Variant>> {
         v.cfg.train.checkpoint_every = v.cfg.train.checkpoint_every.min(v.cfg.train.steps);
     }
     // With a shorter budget the ablations are compared among themselves; the full-length
-    // fixture model is evaluated alongside.
-    if (args.steps.is_some() || args.batch.is_some()) && !args.quick {
+    // fixture model is evaluated alongside (and whenever `--only` names it).
+    let fixture_named = args
+        .only
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|k| k == "tetrominoes-fixture"));
+    if ((args.steps.is_some() || args.batch.is_some()) && !args.quick) || fixture_named {
         out.push(Variant {
             key: "tetrominoes-fixture",
             label: "tetrominoes, x₀, K = 3, fixtures/decomp-tetrominoes",
