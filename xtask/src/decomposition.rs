@@ -2,7 +2,8 @@
 //! procedural datasets, with the paper's ablations at our scale.
 //!
 //! Models (all from the `decomp-*` presets: 32 px, 16 channels, attention in the middle block,
-//! batch 16, Adam with warm-up and cosine decay, EMA 0.995):
+//! 15 000 steps at batch 32, Adam with warm-up and cosine decay, EMA 0.995; `--steps` and
+//! `--batch` shorten every model but the fixture):
 //!
 //! - tetrominoes, x₀ prediction, K = 3, d = 16 — the main model (the repository's fixture
 //!   `fixtures/decomp-tetrominoes` is used as is when its configuration is the preset's);
@@ -30,6 +31,10 @@
 //!   composed with the multi-sprites model's factors of A;
 //! - MIG (20 bins) and MCC of the eval-mode latents of the whole Falcor-lite factor grid
 //!   (5⁵ = 3125 images) against the five factor indices.
+//!
+//! The full run writes `docs/results/decomposition.md`; `--only` runs write under
+//! `target/reproduce-decomposition/partial/` unless `--report NAME` names a committed side
+//! report, `docs/results/NAME.md`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
