@@ -411,6 +411,54 @@ mod tests {
         Ok(())
     }
 
+    /// An input that no variable reaches (a network's images) gets no gradient, and the
+    /// kernel, bias and residual gradients are those of the same input as a variable, for
+    /// stride 1 and 2 and all three ops (plain, bias, residual).
+    #[test]
+    fn untracked_inputs_get_no_gradient() -> Result<()> {
+        let mut rng = crate::random::seeded(6);
+        for spec in [ConvSpec::SAME3, ConvSpec::DOWN3] {
+            let x = randn(&mut rng, &[3, 4, 8, 8])?;
+            let plain = x.as_tensor().detach();
+            assert!(!plain.track_op());
+            let wt = randn(&mut rng, &[5, 4, 3, 3])?;
+            let bias = randn(&mut rng, &[5])?;
+            let layer =
+                Conv2d::from_tensors(wt.as_tensor().clone(), Some(bias.as_tensor().clone()), spec)?;
+            let out_dims = layer.apply(&plain)?.dims().to_vec();
+            let r = randn(&mut rng, &out_dims)?;
+            let probe =
+                crate::random::normal_tensor(&mut rng, &out_dims, DType::F32, &Device::Cpu)?;
+            type Run<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>;
+            let runs: [(Run, Vec<&Var>); 3] = [
+                (Box::new(|x| layer.apply(x)), vec![&wt]),
+                (
+                    Box::new(|x| layer.forward_bias(x, &bias.unsqueeze(0)?)),
+                    vec![&wt, &bias],
+                ),
+                (
+                    Box::new(|x| layer.forward_residual(x, r.as_tensor())),
+                    vec![&wt, &bias, &r],
+                ),
+            ];
+            for (run, vars) in runs {
+                let tracked = (run(x.as_tensor())? * &probe)?.sum_all()?.backward()?;
+                let untracked = (run(&plain)? * &probe)?.sum_all()?.backward()?;
+                assert!(tracked.get(x.as_tensor()).is_some());
+                assert!(untracked.get(&plain).is_none(), "{spec:?}");
+                for v in vars {
+                    let (Some(a), Some(b)) =
+                        (tracked.get(v.as_tensor()), untracked.get(v.as_tensor()))
+                    else {
+                        panic!("missing gradient")
+                    };
+                    assert_eq!(diff(a, b)?, 0.0, "{spec:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn rejects_shapes_that_do_not_fit() -> Result<()> {
         let mut rng = crate::random::seeded(4);

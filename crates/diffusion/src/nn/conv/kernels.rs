@@ -524,16 +524,21 @@ fn conv_forward(
     Ok((CpuStorage::F32(out), Shape::from((g.b, co, g.ho, g.wo))))
 }
 
-/// The input and kernel gradients of [`Conv`] for the output gradient `grad`.
+/// The input and kernel gradients of [`Conv`] for the output gradient `grad`; no input
+/// gradient for an input that no variable reaches (see [`Tensor::track_op`]).
 fn conv_grads(
     conv: Conv,
     x: &Tensor,
     w: &Tensor,
     grad: &Tensor,
-) -> candle_core::Result<(Tensor, Tensor)> {
+) -> candle_core::Result<(Option<Tensor>, Tensor)> {
     let (co, ci, k, _) = w.dims4()?;
     let grad = grad.contiguous()?;
-    let grad_x = if conv.stride == 1 {
+    let grad_x = if !x.track_op() {
+        // The network's input (images, noisy samples): nothing upstream takes a gradient, so
+        // the transposed convolution (and its full-size accumulation) is skipped.
+        None
+    } else if conv.stride == 1 {
         // The same convolution of the gradient with the flipped kernel, input and output
         // channels swapped: [C, O, k, k].
         let wv = w.flatten_all()?.to_vec1::<f32>()?;
@@ -549,16 +554,16 @@ fn conv_grads(
             }
         }
         let flipped = Tensor::from_vec(flipped, (ci, co, k, k), w.device())?;
-        grad.apply_op2_no_bwd(
+        Some(grad.apply_op2_no_bwd(
             &flipped,
             &Conv {
                 padding: k - 1 - conv.padding,
                 stride: 1,
             },
-        )?
+        )?)
     } else {
         let (_, _, h, wd) = x.dims4()?;
-        grad.apply_op2_no_bwd(&w.contiguous()?, &InputGrad { conv, h, w: wd })?
+        Some(grad.apply_op2_no_bwd(&w.contiguous()?, &InputGrad { conv, h, w: wd })?)
     };
     let grad_w = x
         .contiguous()?
@@ -594,7 +599,7 @@ impl CustomOp2 for Conv {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (grad_x, grad_w) = conv_grads(*self, x, w, grad)?;
-        Ok((Some(grad_x), Some(grad_w)))
+        Ok((grad_x, Some(grad_w)))
     }
 }
 
@@ -637,7 +642,7 @@ impl CustomOp3 for ConvBias {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (grad_x, grad_w) = conv_grads(self.0, x, w, grad)?;
         let d_bias = crate::nn::unet::channel_bias_grad(grad, bias)?;
-        Ok((Some(grad_x), Some(grad_w), Some(d_bias)))
+        Ok((grad_x, Some(grad_w), Some(d_bias)))
     }
 }
 
@@ -706,7 +711,7 @@ impl CustomOp3 for ConvResidual {
         let (grad_x, grad_w) = conv_grads(self.conv, x, &w, grad)?;
         let d_bias = crate::nn::unet::channel_bias_grad(grad, &bias)?;
         let d_packed = Tensor::cat(&[grad_w.flatten_all()?, d_bias.flatten_all()?], 0)?;
-        Ok((Some(grad_x), Some(d_packed), Some(grad.clone())))
+        Ok((grad_x, Some(d_packed), Some(grad.clone())))
     }
 }
 
