@@ -848,22 +848,24 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
             factor_rows.join("\n")
         );
     }
-    let _ = writeln!(
-        md,
-        "## Images\n\n\
-         Decompositions: each row is an input, its reconstruction and factors 0 … K−1 rendered \
-         alone. Recombinations: each row is A, B, then A with factor k taken from B, k = 0 … K−1.\n"
-    );
-    for (key, label) in &image_rows {
+    if !image_rows.is_empty() {
         let _ = writeln!(
             md,
-            "**{label}**\n\n![{key} decompositions]({stem}/{key}-decompositions.png)\n"
+            "## Images\n\n\
+             Decompositions: each row is an input, its reconstruction and factors 0 … K−1 rendered \
+             alone. Recombinations: each row is A, B, then A with factor k taken from B, k = 0 … K−1.\n"
         );
-        if img_dir.join(format!("{key}-recombinations.png")).exists() {
+        for (key, label) in &image_rows {
             let _ = writeln!(
                 md,
-                "![{key} recombinations]({stem}/{key}-recombinations.png)\n"
+                "**{label}**\n\n![{key} decompositions]({stem}/{key}-decompositions.png)\n"
             );
+            if img_dir.join(format!("{key}-recombinations.png")).exists() {
+                let _ = writeln!(
+                    md,
+                    "![{key} recombinations]({stem}/{key}-recombinations.png)\n"
+                );
+            }
         }
     }
     let _ = writeln!(
@@ -871,14 +873,15 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
         "Total time of the command: {:.0} s.",
         started.elapsed().as_secs_f64()
     );
-    std::fs::write(out_dir.join(format!("{stem}.md")), md)?;
+    let md_path = out_dir.join(format!("{stem}.md"));
+    std::fs::write(&md_path, md)?;
     std::fs::write(
         out_dir.join(format!("{stem}.json")),
         serde_json::to_string_pretty(&json!({ "models": raw }))?,
     )?;
     eprintln!(
         "wrote {} in {:.0} s",
-        out_dir.join(format!("{stem}.md")).display(),
+        md_path.display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
