@@ -1,4 +1,10 @@
 //! Criterion benchmark suites for recompose; the suites live in `benches/benches/`.
+//!
+//! The library holds what a suite shares with the other programs that time the same work:
+//! the process set-up ([`prepare_process`]) and the Decomp Diffusion workloads ([`decomp`]),
+//! which the criterion suite `decomp` and the `decomp-train-steps` timing server both run.
+
+pub mod decomp;
 
 /// Sets a benchmark process up the way the `recompose` binary sets itself up: candle's thread
 /// count pinned through `RAYON_NUM_THREADS` (the available cores unless already set; spares

@@ -32,11 +32,13 @@
 //!
 //! The two sides run one after the other, minutes apart, and on a shared machine the speed of
 //! the cores drifts over such spans by more than the difference being measured (the same
-//! PyTorch step has measured 0.82 s and 1.02 s on the same machine on different runs). So the
-//! decomp suite then times its headline workload, the training step at configuration a, in
-//! [`PAIRED_ROUNDS`] paired rounds: each round one criterion run of that benchmark alone and
-//! one PyTorch timing of it, back to back, and the report gives every round's ratio and their
-//! median, which drift between rounds does not bias.
+//! step has measured 0.65 s and 1.1 s within minutes on the same machine). So the decomp suite
+//! then times its headline workload, the training step at configuration a, interleaved: both
+//! sides run as warm timing servers (`decomp-train-steps` of the bench crate, the same step as
+//! criterion's, and `torchbench.py --serve`), and in each of [`INTERLEAVED_ROUNDS`] rounds each
+//! takes [`STEPS_PER_TURN`] steps, the two turns seconds apart and their order alternating
+//! between rounds. The report gives every round's medians and ratio, the median ratio, how many
+//! rounds the Rust side won, and the one-sided sign test of that count.
 //!
 //! PyTorch comes from a virtualenv at `target/torch-venv` (created with `python3 -m venv`, then
 //! `pip install torch==2.15.0 numpy` from PyPI unless `import torch` already works there).
@@ -45,8 +47,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -73,18 +76,31 @@ const FUNCTION: &str = "recompose";
 /// are flagged in the report (the script's `QUIET_CORES`: it retimes such workloads twice).
 const BUSY_CORES: f64 = 0.25;
 
-/// Rounds of the paired comparison of [`PAIRED_GROUP`].
-const PAIRED_ROUNDS: usize = 5;
+/// Rounds of the interleaved comparison of [`PAIRED_GROUP`].
+const INTERLEAVED_ROUNDS: usize = 20;
 
-/// The workload the decomp suite also times in paired rounds: the training step at the
-/// reference configuration.
+/// Steps each side takes per turn of a round (the round's time of a side is their median).
+const STEPS_PER_TURN: usize = 3;
+
+/// The workload the decomp suite also times interleaved: the training step at the reference
+/// configuration.
 const PAIRED_GROUP: &str = "decomp/train-step/a-32px-32ch/batch=16";
 
-/// One paired round: milliseconds per call of the Rust side and of PyTorch.
-#[derive(Clone, Copy, Debug)]
+/// [`PAIRED_GROUP`]'s configuration, as `decomp-train-steps` names it.
+const PAIRED_CONFIG: &str = "a-32px-32ch";
+
+/// One interleaved round: the per-step wall times (ms) of the Rust side's and PyTorch's turns.
+#[derive(Clone, Debug)]
 struct Round {
-    rust_ms: f64,
-    torch_ms: f64,
+    rust: Vec<f64>,
+    torch: Vec<f64>,
+}
+
+impl Round {
+    /// The median step of each side, in ms.
+    fn medians(&self) -> (f64, f64) {
+        (median_of(&self.rust), median_of(&self.torch))
+    }
 }
 
 /// One row of the comparison.
@@ -175,7 +191,7 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
     let rust = criterion_medians(&criterion)?;
     let rows = table_rows(suite, &rust, &torch);
     let rounds = match suite {
-        Suite::Decomp => paired_rounds(root, &python, &script, threads)?,
+        Suite::Decomp => interleaved_rounds(root, &python, &script, threads)?,
         Suite::Diffusion => Vec::new(),
     };
     let header = [
@@ -204,7 +220,7 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
 
     let rounds_md = (!rounds.is_empty()).then(|| rounds_table(&rounds));
     if let Some(table) = &rounds_md {
-        println!("\npaired rounds of {PAIRED_GROUP}:");
+        println!("\ninterleaved rounds of {PAIRED_GROUP}:");
         print!("{table}");
     }
 
@@ -212,11 +228,14 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
     if let Some(table) = &rounds_md {
         let _ = writeln!(
             md,
-            "\n## Paired rounds: `{PAIRED_GROUP}`\n\nThe two sides above ran minutes apart. \
-             Here the training step at configuration a ran in {} rounds, each one criterion \
-             run of that benchmark alone and then one PyTorch timing of it, back to back; \
-             the median of the rounds' ratios is the comparison that drift of the machine's \
-             speed between rounds does not bias.\n",
+            "\n## Interleaved rounds: `{PAIRED_GROUP}`\n\nThe two sides above ran minutes \
+             apart, and this machine's speed drifts over minutes by more than the difference \
+             measured. Here both sides ran the training step at configuration a as warm \
+             servers (`decomp-train-steps`, the step criterion times, and `torchbench.py \
+             --serve`), taking turns: in each of {} rounds each side took {STEPS_PER_TURN} \
+             steps (its time is their median), the two turns seconds apart and the side that \
+             goes first alternating between rounds. Drift then reaches both sides of a round \
+             alike.\n",
             rounds.len()
         );
         md.push_str(table);
@@ -358,70 +377,200 @@ fn run_script(
     })
 }
 
-/// [`PAIRED_ROUNDS`] rounds of [`PAIRED_GROUP`]: criterion on that benchmark alone, then the
-/// script on that workload alone.
-fn paired_rounds(root: &Path, python: &Path, script: &Path, threads: usize) -> Result<Vec<Round>> {
-    let key = format!("{PAIRED_GROUP}/{FUNCTION}");
-    let mut rounds = Vec::with_capacity(PAIRED_ROUNDS);
-    for round in 1..=PAIRED_ROUNDS {
-        println!("paired round {round} of {PAIRED_ROUNDS}: {PAIRED_GROUP}");
-        crate::cargo(&[
-            "bench",
-            "-p",
-            "recompose-benches",
-            "--bench",
-            "decomp",
-            "--",
-            PAIRED_GROUP,
-        ])?;
-        let rust = criterion_medians(&criterion_dir(root))?;
-        let rust_ms = rust
-            .get(&key)
-            .copied()
-            .with_context(|| format!("criterion wrote no result for {key}"))?
-            / 1e6;
-        let torch = run_script(
-            root,
-            python,
-            script,
-            threads,
-            Suite::Decomp,
-            Some(PAIRED_GROUP),
-        )?;
-        let torch_ms = torch
-            .results
-            .get(&key)
-            .copied()
-            .with_context(|| format!("torchbench.py reported no result for {key}"))?
-            * 1e3;
-        rounds.push(Round { rust_ms, torch_ms });
+/// A warm timing server (`decomp-train-steps` or `torchbench.py --serve`): the protocol of
+/// both is `ready` once warm, then one line of step times for each line holding a step count.
+struct Server {
+    name: &'static str,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Server {
+    /// Starts `cmd` (stderr passes through) and waits for its `ready`.
+    fn start(name: &'static str, mut cmd: Command) -> Result<Self> {
+        eprintln!("$ {cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("could not start {cmd:?}"))?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().context("no stdout pipe")?);
+        let mut server = Self {
+            name,
+            child,
+            stdin,
+            stdout,
+        };
+        let line = server.line()?;
+        if line.trim() != "ready" {
+            bail!("{name}: expected 'ready', got '{}'", line.trim());
+        }
+        Ok(server)
     }
+
+    fn line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        let n = self
+            .stdout
+            .read_line(&mut line)
+            .with_context(|| format!("reading from {}", self.name))?;
+        if n == 0 {
+            let status = self.child.wait()?;
+            bail!("{} ended ({status}) before answering", self.name);
+        }
+        Ok(line)
+    }
+
+    /// Takes `n` steps; their wall times in ms.
+    fn steps(&mut self, n: usize) -> Result<Vec<f64>> {
+        let stdin = self.stdin.as_mut().context("stdin already closed")?;
+        writeln!(stdin, "{n}").with_context(|| format!("writing to {}", self.name))?;
+        stdin.flush()?;
+        let line = self.line()?;
+        let times = line
+            .split_whitespace()
+            .map(|v| v.parse::<f64>().map(|s| s * 1e3))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{}: not a list of times: '{}'", self.name, line.trim()))?;
+        if times.len() != n {
+            bail!(
+                "{}: asked for {n} steps, got {} times",
+                self.name,
+                times.len()
+            );
+        }
+        Ok(times)
+    }
+
+    /// Closes the server's input and waits for it to exit.
+    fn finish(mut self) -> Result<()> {
+        drop(self.stdin.take());
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("{} exited with {status}", self.name);
+        }
+        Ok(())
+    }
+}
+
+/// [`INTERLEAVED_ROUNDS`] rounds of [`PAIRED_GROUP`], both sides as warm servers taking
+/// [`STEPS_PER_TURN`] steps a turn, the first turn alternating between the sides.
+fn interleaved_rounds(
+    root: &Path,
+    python: &Path,
+    script: &Path,
+    threads: usize,
+) -> Result<Vec<Round>> {
+    const BIN: &str = "decomp-train-steps";
+    crate::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "recompose-benches",
+        "--bin",
+        BIN,
+    ])?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
+    let mut rust_cmd = Command::new(target.join("release").join(BIN));
+    rust_cmd
+        .arg(PAIRED_CONFIG)
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .current_dir(root);
+    let mut torch_cmd = Command::new(python);
+    torch_cmd
+        .arg(script)
+        .args(["--suite", "decomp", "--threads", &threads.to_string()])
+        .args(["--only", &format!("{PAIRED_GROUP}/{FUNCTION}"), "--serve"])
+        .current_dir(root);
+    println!("interleaved rounds of {PAIRED_GROUP}: starting both servers");
+    let mut rust = Server::start("decomp-train-steps", rust_cmd)?;
+    let mut torch = Server::start("torchbench.py --serve", torch_cmd)?;
+    let mut rounds = Vec::with_capacity(INTERLEAVED_ROUNDS);
+    for round in 0..INTERLEAVED_ROUNDS {
+        let (r, t) = if round % 2 == 0 {
+            let r = rust.steps(STEPS_PER_TURN)?;
+            (r, torch.steps(STEPS_PER_TURN)?)
+        } else {
+            let t = torch.steps(STEPS_PER_TURN)?;
+            (rust.steps(STEPS_PER_TURN)?, t)
+        };
+        let r = Round { rust: r, torch: t };
+        let (rm, tm) = r.medians();
+        println!(
+            "round {} of {INTERLEAVED_ROUNDS}: Rust {rm:.1} ms, PyTorch {tm:.1} ms, ratio {:.2}",
+            round + 1,
+            tm / rm
+        );
+        rounds.push(r);
+    }
+    rust.finish()?;
+    torch.finish()?;
     Ok(rounds)
 }
 
-/// The rounds as a markdown table, then the median ratio.
-fn rounds_table(rounds: &[Round]) -> String {
-    let mut s =
-        String::from("| round | Rust ms | PyTorch ms | PyTorch / Rust |\n|---:|---:|---:|---:|\n");
-    let mut ratios: Vec<f64> = rounds.iter().map(|r| r.torch_ms / r.rust_ms).collect();
-    for (i, (r, q)) in rounds.iter().zip(&ratios).enumerate() {
-        let _ = writeln!(
-            s,
-            "| {} | {:.1} | {:.1} | {q:.2} |",
-            i + 1,
-            r.rust_ms,
-            r.torch_ms
-        );
+/// P(X ≥ k) for X ~ Binomial(n, 1/2): the one-sided sign test of k wins in n rounds.
+fn sign_test(k: usize, n: usize) -> f64 {
+    // C(n, i) / 2^n summed in f64 (n is small).
+    let mut c = 1.0f64;
+    let mut tail = 0.0;
+    for i in 0..=n {
+        if i >= k {
+            tail += c;
+        }
+        c = c * (n - i) as f64 / (i + 1) as f64;
     }
+    tail / 2f64.powi(n as i32)
+}
+
+/// The rounds as a markdown table, then the median ratio, the Rust side's wins with their sign
+/// test, and the medians over all steps.
+fn rounds_table(rounds: &[Round]) -> String {
+    let mut s = String::from(
+        "| round | first | Rust ms (median) | PyTorch ms (median) | PyTorch / Rust |\n\
+         |---:|---|---:|---:|---:|\n",
+    );
+    let mut ratios = Vec::with_capacity(rounds.len());
+    for (i, r) in rounds.iter().enumerate() {
+        let (rm, tm) = r.medians();
+        let q = tm / rm;
+        ratios.push(q);
+        let first = if i % 2 == 0 { "Rust" } else { "PyTorch" };
+        let _ = writeln!(s, "| {} | {first} | {rm:.1} | {tm:.1} | {q:.2} |", i + 1);
+    }
+    let wins = ratios.iter().filter(|&&q| q > 1.0).count();
     ratios.sort_by(f64::total_cmp);
+    let all = |side: fn(&Round) -> &Vec<f64>| -> Vec<f64> {
+        rounds
+            .iter()
+            .flat_map(|r| side(r).iter().copied())
+            .collect()
+    };
+    let (rust_all, torch_all) = (all(|r| &r.rust), all(|r| &r.torch));
     let _ = writeln!(
         s,
-        "\nMedian PyTorch / Rust over the rounds: **{:.2}** (range {:.2}–{:.2}).",
+        "\nMedian PyTorch / Rust over the rounds: **{:.2}** (range {:.2}–{:.2}). The Rust step \
+         was faster in {wins} of {} rounds (one-sided sign test against even odds: p = {:.2e}). \
+         Median over all steps: Rust {:.1} ms, PyTorch {:.1} ms.",
         median(&ratios),
         ratios[0],
-        ratios[ratios.len() - 1]
+        ratios[ratios.len() - 1],
+        rounds.len(),
+        sign_test(wins, rounds.len()),
+        median_of(&rust_all),
+        median_of(&torch_all),
     );
     s
+}
+
+/// The median of unsorted values.
+fn median_of(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    median(&v)
 }
 
 /// The median of sorted values (the mean of the middle two for an even count).
@@ -696,26 +845,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paired_rounds_report_the_median_ratio() {
+    fn interleaved_rounds_report_the_median_ratio_and_the_sign_test() {
         assert_eq!(median(&[1.0, 2.0, 7.0]), 2.0);
         assert_eq!(median(&[1.0, 2.0, 3.0, 9.0]), 2.5);
+        assert_eq!(median_of(&[9.0, 1.0, 3.0]), 3.0);
+        let round = |rust: [f64; 3], torch: [f64; 3]| Round {
+            rust: rust.to_vec(),
+            torch: torch.to_vec(),
+        };
         let rounds = [
-            Round {
-                rust_ms: 100.0,
-                torch_ms: 120.0,
-            },
-            Round {
-                rust_ms: 200.0,
-                torch_ms: 180.0,
-            },
-            Round {
-                rust_ms: 100.0,
-                torch_ms: 100.0,
-            },
+            round([100.0, 90.0, 500.0], [120.0, 130.0, 110.0]),
+            round([200.0, 200.0, 210.0], [180.0, 170.0, 190.0]),
+            round([100.0, 100.0, 100.0], [100.0, 100.0, 100.0]),
         ];
         let table = rounds_table(&rounds);
-        assert!(table.contains("| 2 | 200.0 | 180.0 | 0.90 |"), "{table}");
+        assert!(
+            table.contains("| 1 | Rust | 100.0 | 120.0 | 1.20 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 2 | PyTorch | 200.0 | 180.0 | 0.90 |"),
+            "{table}"
+        );
         assert!(table.contains("**1.00** (range 0.90–1.20)"), "{table}");
+        // Only round 1 is a win (a tie is not); P(X ≥ 1) = 1 − 1/8.
+        assert!(table.contains("faster in 1 of 3 rounds"), "{table}");
+        assert!(table.contains("p = 8.75e-1"), "{table}");
+        // All nine steps: medians 100 (Rust) and 120 (PyTorch).
+        assert!(table.contains("Rust 100.0 ms, PyTorch 120.0 ms"), "{table}");
+    }
+
+    #[test]
+    fn the_sign_test_is_the_binomial_tail() {
+        assert_eq!(sign_test(0, 5), 1.0);
+        assert_eq!(sign_test(5, 5), 1.0 / 32.0);
+        assert_eq!(sign_test(4, 5), 6.0 / 32.0);
+        // 15 of 20: (C(20,15) + … + C(20,20)) / 2^20 = 21700 / 1048576.
+        assert!((sign_test(15, 20) - 21_700.0 / 1_048_576.0).abs() < 1e-15);
     }
 
     #[test]

@@ -24,7 +24,14 @@ The last line of stdout is one JSON object:
 cores other processes kept busy while that workload was timed (from /proc/stat; a timing taken
 on a busy machine is repeated up to twice, and the quietest kept). Progress goes to stderr.
 
-Usage: python torchbench.py [--suite diffusion|decomp] [--threads N] [--only SUBSTRING]
+With `--serve`, the script instead serves the one workload `--only` selects (it must select
+exactly one), so that `cargo xtask bench decomp` can interleave it with the Rust side a few
+calls at a time while both processes stay warm: after 3 warm-up calls it prints `ready`, then
+for each line holding a call count n it makes n calls and prints their wall times in seconds,
+space-separated, on one line; it exits at the end of its input or on an empty line. This is
+the protocol of the Rust server `decomp-train-steps`.
+
+Usage: python torchbench.py [--suite diffusion|decomp] [--threads N] [--only SUBSTRING] [--serve]
 """
 
 import argparse
@@ -65,7 +72,35 @@ QUIET_CORES = 0.25
 ATTEMPTS = 3
 
 
+# Set by `--serve`: the workload `--only` selects is served instead of timed.
+SERVING = False
+SERVED = []
+
+
+def serve(fn):
+    """Makes calls of `fn` on request (the `--serve` protocol of the module docs)."""
+    for _ in range(WARMUP):
+        fn()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            break
+        times = []
+        for _ in range(int(line)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        print(" ".join(f"{t:.6f}" for t in times), flush=True)
+
+
 def median_seconds(key, fn):
+    if SERVING:
+        if SERVED:
+            sys.exit(f"--serve: more than one workload selected ({SERVED[0]}, {key})")
+        SERVED.append(key)
+        serve(fn)
+        return math.nan
     for _ in range(WARMUP):
         fn()
     best = None
@@ -503,7 +538,15 @@ def main():
     parser.add_argument("--suite", choices=("diffusion", "decomp"), default="diffusion")
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--only", default=None, help="run only workloads whose id contains this")
+    parser.add_argument(
+        "--serve", action="store_true", help="serve the one selected workload (module docs)"
+    )
     args = parser.parse_args()
+    if args.serve:
+        if args.only is None:
+            parser.error("--serve needs --only to select one workload")
+        global SERVING
+        SERVING = True
 
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
@@ -517,6 +560,10 @@ def main():
         bench_unet(results, gen, wanted)
     else:
         bench_decomp(results, gen, wanted)
+    if args.serve:
+        if not SERVED:
+            sys.exit(f"--serve: --only {args.only!r} selects no workload")
+        return
     report = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
