@@ -33,12 +33,13 @@
 //! The two sides run one after the other, minutes apart, and on a shared machine the speed of
 //! the cores drifts over such spans by more than the difference being measured (the same
 //! step has measured 0.65 s and 1.1 s within minutes on the same machine). So the decomp suite
-//! then times its headline workload, the training step at configuration a, interleaved: both
-//! sides run as warm timing servers (`decomp-train-steps` of the bench crate, the same step as
-//! criterion's, and `torchbench.py --serve`), and in each of [`INTERLEAVED_ROUNDS`] rounds each
-//! takes [`STEPS_PER_TURN`] steps, the two turns seconds apart and their order alternating
-//! between rounds. The report gives every round's medians and ratio, the median ratio, how many
-//! rounds the Rust side won, and the one-sided sign test of that count.
+//! then times the training step of each configuration interleaved: both sides run as warm
+//! timing servers (`decomp-train-steps` of the bench crate, the same step as criterion's, and
+//! `torchbench.py --serve`), and in each of [`INTERLEAVED_ROUNDS`] rounds each takes
+//! [`STEPS_PER_TURN`] steps, the two turns seconds apart and their order alternating between
+//! rounds. The report gives, per configuration, the median ratio, how many rounds the Rust side
+//! won with the one-sided sign test of that count, and the medians over all steps; for the
+//! reference configuration a, every round.
 //!
 //! PyTorch comes from a virtualenv at `target/torch-venv` (created with `python3 -m venv`, then
 //! `pip install torch==2.15.0 numpy` from PyPI unless `import torch` already works there).
@@ -76,18 +77,19 @@ const FUNCTION: &str = "recompose";
 /// are flagged in the report (the script's `QUIET_CORES`: it retimes such workloads twice).
 const BUSY_CORES: f64 = 0.25;
 
-/// Rounds of the interleaved comparison of [`PAIRED_GROUP`].
+/// Rounds of the interleaved comparison of each configuration's training step.
 const INTERLEAVED_ROUNDS: usize = 20;
 
 /// Steps each side takes per turn of a round (the round's time of a side is their median).
 const STEPS_PER_TURN: usize = 3;
 
-/// The workload the decomp suite also times interleaved: the training step at the reference
-/// configuration.
-const PAIRED_GROUP: &str = "decomp/train-step/a-32px-32ch/batch=16";
+/// The reference configuration, whose interleaved rounds the report lists one by one.
+const REFERENCE_CONFIG: &str = "a-32px-32ch";
 
-/// [`PAIRED_GROUP`]'s configuration, as `decomp-train-steps` names it.
-const PAIRED_CONFIG: &str = "a-32px-32ch";
+/// The criterion group of a configuration's training step (batch 16, as the suite has it).
+fn train_group(config: &str) -> String {
+    format!("decomp/train-step/{config}/batch=16")
+}
 
 /// One interleaved round: the per-step wall times (ms) of the Rust side's and PyTorch's turns.
 #[derive(Clone, Debug)]
@@ -190,8 +192,11 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
     let criterion = criterion_dir(root);
     let rust = criterion_medians(&criterion)?;
     let rows = table_rows(suite, &rust, &torch);
-    let rounds = match suite {
-        Suite::Decomp => interleaved_rounds(root, &python, &script, threads)?,
+    let interleaved = match suite {
+        Suite::Decomp => UNET_CONFIGS
+            .iter()
+            .map(|&c| Ok((c, interleaved_rounds(root, &python, &script, threads, c)?)))
+            .collect::<Result<Vec<_>>>()?,
         Suite::Diffusion => Vec::new(),
     };
     let header = [
@@ -218,27 +223,15 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
         );
     }
 
-    let rounds_md = (!rounds.is_empty()).then(|| rounds_table(&rounds));
-    if let Some(table) = &rounds_md {
-        println!("\ninterleaved rounds of {PAIRED_GROUP}:");
-        print!("{table}");
+    let interleaved_md = (!interleaved.is_empty()).then(|| interleaved_section(&interleaved));
+    if let Some(section) = &interleaved_md {
+        println!("\n{section}");
     }
 
     let mut md = markdown(suite, &header, &rows, &torch, threads, &busy);
-    if let Some(table) = &rounds_md {
-        let _ = writeln!(
-            md,
-            "\n## Interleaved rounds: `{PAIRED_GROUP}`\n\nThe two sides above ran minutes \
-             apart, and this machine's speed drifts over minutes by more than the difference \
-             measured. Here both sides ran the training step at configuration a as warm \
-             servers (`decomp-train-steps`, the step criterion times, and `torchbench.py \
-             --serve`), taking turns: in each of {} rounds each side took {STEPS_PER_TURN} \
-             steps (its time is their median), the two turns seconds apart and the side that \
-             goes first alternating between rounds. Drift then reaches both sides of a round \
-             alike.\n",
-            rounds.len()
-        );
-        md.push_str(table);
+    if let Some(section) = &interleaved_md {
+        md.push('\n');
+        md.push_str(section);
     }
     let out = root.join(format!("docs/results/{}-bench.md", suite.name()));
     if let Some(dir) = out.parent() {
@@ -456,14 +449,16 @@ impl Server {
     }
 }
 
-/// [`INTERLEAVED_ROUNDS`] rounds of [`PAIRED_GROUP`], both sides as warm servers taking
-/// [`STEPS_PER_TURN`] steps a turn, the first turn alternating between the sides.
+/// [`INTERLEAVED_ROUNDS`] rounds of the training step at `config`, both sides as warm servers
+/// taking [`STEPS_PER_TURN`] steps a turn, the first turn alternating between the sides.
 fn interleaved_rounds(
     root: &Path,
     python: &Path,
     script: &Path,
     threads: usize,
+    config: &str,
 ) -> Result<Vec<Round>> {
+    let group = train_group(config);
     const BIN: &str = "decomp-train-steps";
     crate::cargo(&[
         "build",
@@ -477,16 +472,16 @@ fn interleaved_rounds(
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
     let mut rust_cmd = Command::new(target.join("release").join(BIN));
     rust_cmd
-        .arg(PAIRED_CONFIG)
+        .arg(config)
         .env("RAYON_NUM_THREADS", threads.to_string())
         .current_dir(root);
     let mut torch_cmd = Command::new(python);
     torch_cmd
         .arg(script)
         .args(["--suite", "decomp", "--threads", &threads.to_string()])
-        .args(["--only", &format!("{PAIRED_GROUP}/{FUNCTION}"), "--serve"])
+        .args(["--only", &format!("{group}/{FUNCTION}"), "--serve"])
         .current_dir(root);
-    println!("interleaved rounds of {PAIRED_GROUP}: starting both servers");
+    println!("interleaved rounds of {group}: starting both servers");
     let mut rust = Server::start("decomp-train-steps", rust_cmd)?;
     let mut torch = Server::start("torchbench.py --serve", torch_cmd)?;
     let mut rounds = Vec::with_capacity(INTERLEAVED_ROUNDS);
@@ -501,7 +496,8 @@ fn interleaved_rounds(
         let r = Round { rust: r, torch: t };
         let (rm, tm) = r.medians();
         println!(
-            "round {} of {INTERLEAVED_ROUNDS}: Rust {rm:.1} ms, PyTorch {tm:.1} ms, ratio {:.2}",
+            "{config} round {} of {INTERLEAVED_ROUNDS}: Rust {rm:.1} ms, PyTorch {tm:.1} ms, \
+             ratio {:.2}",
             round + 1,
             tm / rm
         );
@@ -526,43 +522,113 @@ fn sign_test(k: usize, n: usize) -> f64 {
     tail / 2f64.powi(n as i32)
 }
 
-/// The rounds as a markdown table, then the median ratio, the Rust side's wins with their sign
-/// test, and the medians over all steps.
+/// What the interleaved rounds of one configuration show.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Summary {
+    /// Median of the rounds' PyTorch / Rust ratios, and their range.
+    median_ratio: f64,
+    min_ratio: f64,
+    max_ratio: f64,
+    /// Rounds with a ratio above 1 (a tie is not a win), of `rounds`.
+    wins: usize,
+    rounds: usize,
+    /// One-sided sign test of `wins` against even odds.
+    p: f64,
+    /// Median over every step of each side, ms.
+    rust_ms: f64,
+    torch_ms: f64,
+}
+
+impl Summary {
+    fn of(rounds: &[Round]) -> Self {
+        let mut ratios: Vec<f64> = rounds
+            .iter()
+            .map(|r| {
+                let (rm, tm) = r.medians();
+                tm / rm
+            })
+            .collect();
+        let wins = ratios.iter().filter(|&&q| q > 1.0).count();
+        ratios.sort_by(f64::total_cmp);
+        let all = |side: fn(&Round) -> &Vec<f64>| -> Vec<f64> {
+            rounds
+                .iter()
+                .flat_map(|r| side(r).iter().copied())
+                .collect()
+        };
+        Self {
+            median_ratio: median(&ratios),
+            min_ratio: ratios[0],
+            max_ratio: ratios[ratios.len() - 1],
+            wins,
+            rounds: rounds.len(),
+            p: sign_test(wins, rounds.len()),
+            rust_ms: median_of(&all(|r| &r.rust)),
+            torch_ms: median_of(&all(|r| &r.torch)),
+        }
+    }
+}
+
+/// The report section of the interleaved rounds: a summary row per configuration, then the
+/// rounds of [`REFERENCE_CONFIG`] one by one.
+fn interleaved_section(runs: &[(&str, Vec<Round>)]) -> String {
+    let mut s = format!(
+        "## Interleaved training steps\n\nThe two sides above ran minutes apart, and this \
+         machine's speed drifts over minutes by more than the difference measured. Here both \
+         sides ran each configuration's training step as warm servers \
+         (`decomp-train-steps`, the step criterion times, and `torchbench.py --serve`), taking \
+         turns: in each of {INTERLEAVED_ROUNDS} rounds each side took {STEPS_PER_TURN} steps \
+         (its time is their median), the two turns seconds apart and the side that goes first \
+         alternating between rounds, so that drift reaches both sides of a round alike. A round \
+         is a win for the Rust side when its time is lower; p is the one-sided sign test of the \
+         wins against even odds.\n\n\
+         | workload | median PyTorch / Rust (range) | Rust faster | p | Rust ms | PyTorch ms |\n\
+         |---|---:|---:|---:|---:|---:|\n"
+    );
+    for (config, rounds) in runs {
+        let m = Summary::of(rounds);
+        let _ = writeln!(
+            s,
+            "| {} | **{:.2}** ({:.2}–{:.2}) | {} of {} | {:.1e} | {:.1} | {:.1} |",
+            train_group(config),
+            m.median_ratio,
+            m.min_ratio,
+            m.max_ratio,
+            m.wins,
+            m.rounds,
+            m.p,
+            m.rust_ms,
+            m.torch_ms
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nRust ms and PyTorch ms: medians over all {} steps of a side.",
+        INTERLEAVED_ROUNDS * STEPS_PER_TURN
+    );
+    if let Some((config, rounds)) = runs.iter().find(|(c, _)| *c == REFERENCE_CONFIG) {
+        let _ = writeln!(s, "\n### Rounds: `{}`\n", train_group(config));
+        s.push_str(&rounds_table(rounds));
+    }
+    s
+}
+
+/// The rounds as a markdown table (each side's median step per round and their ratio).
 fn rounds_table(rounds: &[Round]) -> String {
     let mut s = String::from(
         "| round | first | Rust ms (median) | PyTorch ms (median) | PyTorch / Rust |\n\
          |---:|---|---:|---:|---:|\n",
     );
-    let mut ratios = Vec::with_capacity(rounds.len());
     for (i, r) in rounds.iter().enumerate() {
         let (rm, tm) = r.medians();
-        let q = tm / rm;
-        ratios.push(q);
         let first = if i % 2 == 0 { "Rust" } else { "PyTorch" };
-        let _ = writeln!(s, "| {} | {first} | {rm:.1} | {tm:.1} | {q:.2} |", i + 1);
+        let _ = writeln!(
+            s,
+            "| {} | {first} | {rm:.1} | {tm:.1} | {:.2} |",
+            i + 1,
+            tm / rm
+        );
     }
-    let wins = ratios.iter().filter(|&&q| q > 1.0).count();
-    ratios.sort_by(f64::total_cmp);
-    let all = |side: fn(&Round) -> &Vec<f64>| -> Vec<f64> {
-        rounds
-            .iter()
-            .flat_map(|r| side(r).iter().copied())
-            .collect()
-    };
-    let (rust_all, torch_all) = (all(|r| &r.rust), all(|r| &r.torch));
-    let _ = writeln!(
-        s,
-        "\nMedian PyTorch / Rust over the rounds: **{:.2}** (range {:.2}–{:.2}). The Rust step \
-         was faster in {wins} of {} rounds (one-sided sign test against even odds: p = {:.2e}). \
-         Median over all steps: Rust {:.1} ms, PyTorch {:.1} ms.",
-        median(&ratios),
-        ratios[0],
-        ratios[ratios.len() - 1],
-        rounds.len(),
-        sign_test(wins, rounds.len()),
-        median_of(&rust_all),
-        median_of(&torch_all),
-    );
     s
 }
 
@@ -853,26 +919,47 @@ mod tests {
             rust: rust.to_vec(),
             torch: torch.to_vec(),
         };
-        let rounds = [
+        let rounds = vec![
             round([100.0, 90.0, 500.0], [120.0, 130.0, 110.0]),
             round([200.0, 200.0, 210.0], [180.0, 170.0, 190.0]),
             round([100.0, 100.0, 100.0], [100.0, 100.0, 100.0]),
         ];
-        let table = rounds_table(&rounds);
-        assert!(
-            table.contains("| 1 | Rust | 100.0 | 120.0 | 1.20 |"),
-            "{table}"
-        );
-        assert!(
-            table.contains("| 2 | PyTorch | 200.0 | 180.0 | 0.90 |"),
-            "{table}"
-        );
-        assert!(table.contains("**1.00** (range 0.90–1.20)"), "{table}");
-        // Only round 1 is a win (a tie is not); P(X ≥ 1) = 1 − 1/8.
-        assert!(table.contains("faster in 1 of 3 rounds"), "{table}");
-        assert!(table.contains("p = 8.75e-1"), "{table}");
+        let m = Summary::of(&rounds);
+        // Ratios 1.2, 0.9, 1.0; only round 1 is a win (a tie is not): P(X ≥ 1) = 1 − 1/8.
         // All nine steps: medians 100 (Rust) and 120 (PyTorch).
-        assert!(table.contains("Rust 100.0 ms, PyTorch 120.0 ms"), "{table}");
+        assert_eq!(
+            m,
+            Summary {
+                median_ratio: 1.0,
+                min_ratio: 0.9,
+                max_ratio: 1.2,
+                wins: 1,
+                rounds: 3,
+                p: 0.875,
+                rust_ms: 100.0,
+                torch_ms: 120.0,
+            }
+        );
+        let section =
+            interleaved_section(&[("b-32px-16ch", rounds.clone()), (REFERENCE_CONFIG, rounds)]);
+        assert!(
+            section.contains(
+                "| decomp/train-step/b-32px-16ch/batch=16 | **1.00** (0.90–1.20) | 1 of 3 | \
+                 8.8e-1 | 100.0 | 120.0 |"
+            ),
+            "{section}"
+        );
+        // Only the reference configuration's rounds are listed.
+        assert_eq!(section.matches("### Rounds").count(), 1, "{section}");
+        assert!(section.contains("### Rounds: `decomp/train-step/a-32px-32ch/batch=16`"));
+        assert!(
+            section.contains("| 1 | Rust | 100.0 | 120.0 | 1.20 |"),
+            "{section}"
+        );
+        assert!(
+            section.contains("| 2 | PyTorch | 200.0 | 180.0 | 0.90 |"),
+            "{section}"
+        );
     }
 
     #[test]
