@@ -2,7 +2,7 @@
 //!
 //! The library holds what a suite shares with the other programs that time the same work:
 //! the process set-up ([`prepare_process`]) and the Decomp Diffusion workloads ([`decomp`]),
-//! which the criterion suite `decomp` and the `decomp-train-steps` timing server both run.
+//! which the criterion suite `decomp` and the `decomp-steps` timing server both run.
 
 pub mod decomp;
 

@@ -30,7 +30,11 @@
 //!   multi-sprites and B from sprites-night, B's factor read by the sprites-night model and
 //!   composed with the multi-sprites model's factors of A;
 //! - MIG (20 bins) and MCC of the eval-mode latents of the whole Falcor-lite factor grid
-//!   (5⁵ = 3125 images) against the five factor indices.
+//!   (5⁵ = 3125 images) against the five factor indices;
+//! - training and sampling throughput next to the released PyTorch code (full runs, unless
+//!   `--no-torch`): the training step and the composed prediction (one DDIM step) at the
+//!   reference benchmark's configuration a, both sides as warm servers taking turns
+//!   ([`crate::torch::interleaved_summaries`]).
 //!
 //! The full run writes `docs/results/decomposition.md`; `--only` runs write under
 //! `target/reproduce-decomposition/partial/` unless `--report NAME` names a committed side
@@ -75,11 +79,13 @@ pub struct DecompositionArgs {
     /// Write the report as `docs/results/NAME.md` with its images in `docs/results/NAME/`
     /// (a committed side report, e.g. a longer run of a few ablations).
     pub report: Option<String>,
+    /// Leave out the throughput comparison with PyTorch (which full runs make otherwise).
+    pub no_torch: bool,
 }
 
 impl DecompositionArgs {
     /// Parses `[--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,…]
-    /// [--report NAME]`.
+    /// [--report NAME] [--no-torch]`.
     pub fn parse(args: &[&str]) -> Result<Self> {
         let mut out = Self {
             quick: false,
@@ -89,12 +95,14 @@ impl DecompositionArgs {
             images: 32,
             only: None,
             report: None,
+            no_torch: false,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match *a {
                 "--quick" => out.quick = true,
                 "--reuse-models" => out.reuse_models = true,
+                "--no-torch" => out.no_torch = true,
                 "--steps" | "--batch" | "--images" => {
                     let v: usize = it
                         .next()
@@ -128,7 +136,7 @@ impl DecompositionArgs {
                     out.report = Some(name.to_string());
                 }
                 other => bail!(
-                    "unknown option '{other}' (expected --quick, --reuse-models, --steps N, --batch N, --images N, --only KEY,…, --report NAME)"
+                    "unknown option '{other}' (expected --quick, --reuse-models, --steps N, --batch N, --images N, --only KEY,…, --report NAME, --no-torch)"
                 ),
             }
         }
@@ -161,8 +169,71 @@ impl DecompositionArgs {
         if let Some(r) = &self.report {
             f.push_str(&format!(" --report {r}"));
         }
+        if self.no_torch {
+            f.push_str(" --no-torch");
+        }
         f
     }
+
+    /// Whether the run compares throughput with PyTorch: full runs (no `--only`, no `--quick`)
+    /// unless `--no-torch`.
+    fn compares_torch(&self) -> bool {
+        !self.quick && self.only.is_none() && !self.no_torch
+    }
+}
+
+/// The reference benchmark's configuration the throughput comparison runs at.
+const THROUGHPUT_CONFIG: &str = "a-32px-32ch";
+
+/// DDIM steps of the sampling run the throughput section prices.
+const THROUGHPUT_DDIM: usize = 50;
+
+/// The report section comparing training and sampling throughput with PyTorch, from the
+/// interleaved summaries of the training step and the composed prediction (in that order).
+fn throughput_section(
+    train: &crate::torch::Summary,
+    forward: &crate::torch::Summary,
+    threads: usize,
+) -> String {
+    let row = |label: &str, m: &crate::torch::Summary, rate: &dyn Fn(f64) -> String| {
+        format!(
+            "| {label} | {:.1} | {:.1} | {} | {} | **{:.2}** ({:.2}–{:.2}) | {} of {} | {:.1e} |",
+            m.rust_ms,
+            m.torch_ms,
+            rate(m.rust_ms),
+            rate(m.torch_ms),
+            m.median_ratio,
+            m.min_ratio,
+            m.max_ratio,
+            m.wins,
+            m.rounds,
+            m.p
+        )
+    };
+    let per_step = |ms: f64| format!("{:.1} img/s", 16.0 * 1e3 / ms);
+    let per_run = |ms: f64| format!("{:.1} s", THROUGHPUT_DDIM as f64 * ms / 1e3);
+    format!(
+        "## Throughput next to the released PyTorch code\n\n\
+         Measured in this run at the reference benchmark's configuration a (32 px, U-Net of 32 \
+         channels, latent encoder of 64 channels with batch norm, K = 3 factors of d = 32, batch \
+         16), float32 on the CPU with {threads} threads on both sides. The PyTorch models are \
+         the released code's module tree (parameter counts asserted; `cargo xtask bench decomp` \
+         and docs/results/decomp-bench.md have the other configurations). The two sides run as \
+         warm servers and take turns of {} calls for {} rounds, the side going first \
+         alternating, so that the machine's drift reaches both alike; times are medians over \
+         all calls of a side, the ratio the median of the rounds' ratios, p the one-sided sign \
+         test of the Rust side's wins.\n\n\
+         | workload | Rust ms | PyTorch ms | Rust | PyTorch | PyTorch / Rust (range) | Rust faster | p |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n{}\n{}\n\n\
+         Training: images per second at batch 16 (encoder in training mode, the 3 factors as 48 \
+         denoiser images, x₀ loss, backward, Adam). Sampling: the composed prediction of 16 \
+         images from their latents (48 denoiser images), one DDIM step; the throughput columns \
+         give a {THROUGHPUT_DDIM}-step DDIM run of the 16 images.\n",
+        crate::torch::STEPS_PER_TURN,
+        train.rounds,
+        row("training step", train, &per_step),
+        row("composed prediction (one DDIM step)", forward, &per_run),
+    )
 }
 
 /// DDIM steps of every render.
@@ -767,6 +838,28 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
         }
         _ => None,
     };
+    let throughput = if args.compares_torch() {
+        let s = crate::torch::interleaved_summaries(
+            root,
+            &[
+                ("train-step", THROUGHPUT_CONFIG),
+                ("forward", THROUGHPUT_CONFIG),
+            ],
+        )?;
+        let threads = crate::torch::threads();
+        raw.push(json!({
+            "model": "throughput",
+            "config": THROUGHPUT_CONFIG,
+            "threads": threads,
+            "workloads": s.iter().map(|(g, m)| json!({
+                "group": g, "rust_ms": m.rust_ms, "torch_ms": m.torch_ms,
+                "median_ratio": m.median_ratio, "wins": m.wins, "rounds": m.rounds, "p": m.p,
+            })).collect::<Vec<_>>(),
+        }));
+        Some(throughput_section(&s[0].1, &s[1].1, threads))
+    } else {
+        None
+    };
     // The presets' training recipe (the same for all three).
     let preset = DecompRunConfig::preset("decomp-tetrominoes")?.train;
     let _ = writeln!(
@@ -848,6 +941,9 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
             factor_rows.join("\n")
         );
     }
+    if let Some(section) = &throughput {
+        let _ = writeln!(md, "{section}");
+    }
     if !image_rows.is_empty() {
         let _ = writeln!(
             md,
@@ -889,7 +985,8 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{DecompositionArgs, scaled_warmup};
+    use super::{DecompositionArgs, scaled_warmup, throughput_section};
+    use crate::torch::Summary;
 
     #[test]
     fn report_names_a_new_file() -> anyhow::Result<()> {
@@ -906,6 +1003,52 @@ mod tests {
             assert!(DecompositionArgs::parse(bad).is_err(), "{bad:?}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn full_runs_compare_with_pytorch_unless_told_not_to() -> anyhow::Result<()> {
+        assert!(DecompositionArgs::parse(&[])?.compares_torch());
+        assert!(DecompositionArgs::parse(&["--steps", "150"])?.compares_torch());
+        for no in [
+            &["--no-torch"][..],
+            &["--quick"],
+            &["--only", "falcor-kd32"],
+        ] {
+            assert!(!DecompositionArgs::parse(no)?.compares_torch(), "{no:?}");
+        }
+        assert_eq!(
+            DecompositionArgs::parse(&["--no-torch"])?.flags(),
+            " --no-torch"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn throughput_section_prices_steps_and_ddim_runs() {
+        let summary = |rust_ms, torch_ms| Summary {
+            median_ratio: 1.1,
+            min_ratio: 0.9,
+            max_ratio: 1.3,
+            wins: 15,
+            rounds: 20,
+            p: 0.0207,
+            rust_ms,
+            torch_ms,
+        };
+        let s = throughput_section(&summary(1000.0, 1250.0), &summary(250.0, 300.0), 2);
+        // 16 images per training step; 50 composed predictions per DDIM run.
+        assert!(
+            s.contains(
+                "| training step | 1000.0 | 1250.0 | 16.0 img/s | 12.8 img/s | **1.10** (0.90–1.30) \
+                 | 15 of 20 | 2.1e-2 |"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("| composed prediction (one DDIM step) | 250.0 | 300.0 | 12.5 s | 15.0 s |"),
+            "{s}"
+        );
+        assert!(s.contains("with 2 threads") && s.contains("turns of 3 calls for 20 rounds"));
     }
 
     #[test]

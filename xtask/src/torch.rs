@@ -34,7 +34,7 @@
 //! the cores drifts over such spans by more than the difference being measured (the same
 //! step has measured 0.65 s and 1.1 s within minutes on the same machine). So the decomp suite
 //! then times the training step of each configuration interleaved: both sides run as warm
-//! timing servers (`decomp-train-steps` of the bench crate, the same step as criterion's, and
+//! timing servers (`decomp-steps` of the bench crate, the same step as criterion's, and
 //! `torchbench.py --serve`), and in each of [`INTERLEAVED_ROUNDS`] rounds each takes
 //! [`STEPS_PER_TURN`] steps, the two turns seconds apart and their order alternating between
 //! rounds. The report gives, per configuration, the median ratio, how many rounds the Rust side
@@ -81,7 +81,7 @@ const BUSY_CORES: f64 = 0.25;
 const INTERLEAVED_ROUNDS: usize = 20;
 
 /// Steps each side takes per turn of a round (the round's time of a side is their median).
-const STEPS_PER_TURN: usize = 3;
+pub const STEPS_PER_TURN: usize = 3;
 
 /// The reference configuration, whose interleaved rounds the report lists one by one.
 const REFERENCE_CONFIG: &str = "a-32px-32ch";
@@ -195,7 +195,10 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
     let interleaved = match suite {
         Suite::Decomp => UNET_CONFIGS
             .iter()
-            .map(|&c| Ok((c, interleaved_rounds(root, &python, &script, threads, c)?)))
+            .map(|&c| {
+                let rounds = interleaved_rounds(root, &python, &script, threads, "train-step", c)?;
+                Ok((c, rounds))
+            })
             .collect::<Result<Vec<_>>>()?,
         Suite::Diffusion => Vec::new(),
     };
@@ -243,7 +246,7 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
 }
 
 /// The thread count of both sides: `RAYON_NUM_THREADS` (candle's pool) or the available cores.
-fn threads() -> usize {
+pub fn threads() -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.trim().parse().ok())
@@ -370,7 +373,7 @@ fn run_script(
     })
 }
 
-/// A warm timing server (`decomp-train-steps` or `torchbench.py --serve`): the protocol of
+/// A warm timing server (`decomp-steps` or `torchbench.py --serve`): the protocol of
 /// both is `ready` once warm, then one line of step times for each line holding a step count.
 struct Server {
     name: &'static str,
@@ -449,17 +452,48 @@ impl Server {
     }
 }
 
-/// [`INTERLEAVED_ROUNDS`] rounds of the training step at `config`, both sides as warm servers
-/// taking [`STEPS_PER_TURN`] steps a turn, the first turn alternating between the sides.
+/// The interleaved comparison of Decomp Diffusion workloads at the reference benchmark's
+/// configurations, for `cargo xtask reproduce decomposition`: per `(workload, config)`
+/// (`workload` = `train-step` or `forward`, `config` as in the criterion ids), its criterion
+/// group and the [`Summary`] of [`INTERLEAVED_ROUNDS`] rounds.
+///
+/// # Errors
+///
+/// When PyTorch cannot be set up or a server fails.
+pub fn interleaved_summaries(
+    root: &Path,
+    workloads: &[(&str, &str)],
+) -> Result<Vec<(String, Summary)>> {
+    let threads = threads();
+    let python = python(root)?;
+    let script = root.join("target/torchbench.py");
+    fs::create_dir_all(root.join("target")).context("creating target/")?;
+    fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+    workloads
+        .iter()
+        .map(|&(workload, config)| {
+            let rounds = interleaved_rounds(root, &python, &script, threads, workload, config)?;
+            Ok((
+                format!("decomp/{workload}/{config}/batch=16"),
+                Summary::of(&rounds),
+            ))
+        })
+        .collect()
+}
+
+/// [`INTERLEAVED_ROUNDS`] rounds of `workload` (`train-step` or `forward`) at `config`, both
+/// sides as warm servers making [`STEPS_PER_TURN`] calls a turn, the first turn alternating
+/// between the sides.
 fn interleaved_rounds(
     root: &Path,
     python: &Path,
     script: &Path,
     threads: usize,
+    workload: &str,
     config: &str,
 ) -> Result<Vec<Round>> {
-    let group = train_group(config);
-    const BIN: &str = "decomp-train-steps";
+    let group = format!("decomp/{workload}/{config}/batch=16");
+    const BIN: &str = "decomp-steps";
     crate::cargo(&[
         "build",
         "--release",
@@ -472,7 +506,7 @@ fn interleaved_rounds(
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
     let mut rust_cmd = Command::new(target.join("release").join(BIN));
     rust_cmd
-        .arg(config)
+        .args([workload, config])
         .env("RAYON_NUM_THREADS", threads.to_string())
         .current_dir(root);
     let mut torch_cmd = Command::new(python);
@@ -482,7 +516,7 @@ fn interleaved_rounds(
         .args(["--only", &format!("{group}/{FUNCTION}"), "--serve"])
         .current_dir(root);
     println!("interleaved rounds of {group}: starting both servers");
-    let mut rust = Server::start("decomp-train-steps", rust_cmd)?;
+    let mut rust = Server::start("decomp-steps", rust_cmd)?;
     let mut torch = Server::start("torchbench.py --serve", torch_cmd)?;
     let mut rounds = Vec::with_capacity(INTERLEAVED_ROUNDS);
     for round in 0..INTERLEAVED_ROUNDS {
@@ -522,21 +556,25 @@ fn sign_test(k: usize, n: usize) -> f64 {
     tail / 2f64.powi(n as i32)
 }
 
-/// What the interleaved rounds of one configuration show.
+/// What the interleaved rounds of one workload show.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Summary {
-    /// Median of the rounds' PyTorch / Rust ratios, and their range.
-    median_ratio: f64,
-    min_ratio: f64,
-    max_ratio: f64,
+pub struct Summary {
+    /// Median of the rounds' PyTorch / Rust ratios.
+    pub median_ratio: f64,
+    /// The smallest round ratio.
+    pub min_ratio: f64,
+    /// The largest round ratio.
+    pub max_ratio: f64,
     /// Rounds with a ratio above 1 (a tie is not a win), of `rounds`.
-    wins: usize,
-    rounds: usize,
+    pub wins: usize,
+    /// Rounds run.
+    pub rounds: usize,
     /// One-sided sign test of `wins` against even odds.
-    p: f64,
-    /// Median over every step of each side, ms.
-    rust_ms: f64,
-    torch_ms: f64,
+    pub p: f64,
+    /// Median over every call of the Rust side, ms.
+    pub rust_ms: f64,
+    /// Median over every call of the PyTorch side, ms.
+    pub torch_ms: f64,
 }
 
 impl Summary {
@@ -576,7 +614,7 @@ fn interleaved_section(runs: &[(&str, Vec<Round>)]) -> String {
         "## Interleaved training steps\n\nThe two sides above ran minutes apart, and this \
          machine's speed drifts over minutes by more than the difference measured. Here both \
          sides ran each configuration's training step as warm servers \
-         (`decomp-train-steps`, the step criterion times, and `torchbench.py --serve`), taking \
+         (`decomp-steps`, the step criterion times, and `torchbench.py --serve`), taking \
          turns: in each of {INTERLEAVED_ROUNDS} rounds each side took {STEPS_PER_TURN} steps \
          (its time is their median), the two turns seconds apart and the side that goes first \
          alternating between rounds, so that drift reaches both sides of a round alike. A round \

@@ -29,7 +29,7 @@ exactly one), so that `cargo xtask bench decomp` can interleave it with the Rust
 calls at a time while both processes stay warm: after 3 warm-up calls it prints `ready`, then
 for each line holding a call count n it makes n calls and prints their wall times in seconds,
 space-separated, on one line; it exits at the end of its input or on an empty line. This is
-the protocol of the Rust server `decomp-train-steps`.
+the protocol of the Rust server `decomp-steps`.
 
 Usage: python torchbench.py [--suite diffusion|decomp] [--threads N] [--only SUBSTRING] [--serve]
 """
