@@ -730,6 +730,30 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
     std::fs::create_dir_all(&img_dir)?;
     let mut md = String::new();
     let mut raw = Vec::new();
+    // The throughput comparison first, before training and evaluation have filled this
+    // process's heap and fragmented the machine's memory.
+    let throughput = if args.compares_torch() {
+        let s = crate::torch::interleaved_summaries(
+            root,
+            &[
+                ("train-step", THROUGHPUT_CONFIG),
+                ("forward", THROUGHPUT_CONFIG),
+            ],
+        )?;
+        let threads = crate::torch::threads();
+        raw.push(json!({
+            "model": "throughput",
+            "config": THROUGHPUT_CONFIG,
+            "threads": threads,
+            "workloads": s.iter().map(|(g, m)| json!({
+                "group": g, "rust_ms": m.rust_ms, "torch_ms": m.torch_ms,
+                "median_ratio": m.median_ratio, "wins": m.wins, "rounds": m.rounds, "p": m.p,
+            })).collect::<Vec<_>>(),
+        }));
+        Some(throughput_section(&s[0].1, &s[1].1, threads))
+    } else {
+        None
+    };
     let mut object_rows = Vec::new();
     let mut factor_rows = Vec::new();
     let mut train_rows = Vec::new();
@@ -837,28 +861,6 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
             Some((pairs.len(), f))
         }
         _ => None,
-    };
-    let throughput = if args.compares_torch() {
-        let s = crate::torch::interleaved_summaries(
-            root,
-            &[
-                ("train-step", THROUGHPUT_CONFIG),
-                ("forward", THROUGHPUT_CONFIG),
-            ],
-        )?;
-        let threads = crate::torch::threads();
-        raw.push(json!({
-            "model": "throughput",
-            "config": THROUGHPUT_CONFIG,
-            "threads": threads,
-            "workloads": s.iter().map(|(g, m)| json!({
-                "group": g, "rust_ms": m.rust_ms, "torch_ms": m.torch_ms,
-                "median_ratio": m.median_ratio, "wins": m.wins, "rounds": m.rounds, "p": m.p,
-            })).collect::<Vec<_>>(),
-        }));
-        Some(throughput_section(&s[0].1, &s[1].1, threads))
-    } else {
-        None
     };
     // The presets' training recipe (the same for all three).
     let preset = DecompRunConfig::preset("decomp-tetrominoes")?.train;
