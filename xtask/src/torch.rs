@@ -530,7 +530,7 @@ fn interleaved_rounds(
         let r = Round { rust: r, torch: t };
         let (rm, tm) = r.medians();
         println!(
-            "{config} round {} of {INTERLEAVED_ROUNDS}: Rust {rm:.1} ms, PyTorch {tm:.1} ms, \
+            "{group} round {} of {INTERLEAVED_ROUNDS}: Rust {rm:.1} ms, PyTorch {tm:.1} ms, \
              ratio {:.2}",
             round + 1,
             tm / rm
