@@ -86,9 +86,10 @@ pub const STEPS_PER_TURN: usize = 3;
 /// The reference configuration, whose interleaved rounds the report lists one by one.
 const REFERENCE_CONFIG: &str = "a-32px-32ch";
 
-/// The criterion group of a configuration's training step (batch 16, as the suite has it).
-fn train_group(config: &str) -> String {
-    format!("decomp/train-step/{config}/batch=16")
+/// The criterion group of a decomp workload (`train-step`, `forward`) at a configuration (batch
+/// 16, as the suite has it).
+fn decomp_group(workload: &str, config: &str) -> String {
+    format!("decomp/{workload}/{config}/batch=16")
 }
 
 /// One interleaved round: the per-step wall times (ms) of the Rust side's and PyTorch's turns.
@@ -183,9 +184,7 @@ struct TorchReport {
 pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
     let threads = threads();
     let python = python(root)?;
-    let script = root.join("target/torchbench.py");
-    fs::create_dir_all(root.join("target")).context("creating target/")?;
-    fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+    let script = write_script(root)?;
     println!("torch: running {} with {threads} threads", script.display());
     let torch = run_script(root, &python, &script, threads, suite, None)?;
 
@@ -243,6 +242,14 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
     fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
     println!("\nwrote {}", out.display());
     Ok(())
+}
+
+/// Writes the benchmark script to `target/torchbench.py`; its path.
+fn write_script(root: &Path) -> Result<PathBuf> {
+    let script = root.join("target/torchbench.py");
+    fs::create_dir_all(root.join("target")).context("creating target/")?;
+    fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+    Ok(script)
 }
 
 /// The thread count of both sides: `RAYON_NUM_THREADS` (candle's pool) or the available cores.
@@ -466,17 +473,12 @@ pub fn interleaved_summaries(
 ) -> Result<Vec<(String, Summary)>> {
     let threads = threads();
     let python = python(root)?;
-    let script = root.join("target/torchbench.py");
-    fs::create_dir_all(root.join("target")).context("creating target/")?;
-    fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+    let script = write_script(root)?;
     workloads
         .iter()
         .map(|&(workload, config)| {
             let rounds = interleaved_rounds(root, &python, &script, threads, workload, config)?;
-            Ok((
-                format!("decomp/{workload}/{config}/batch=16"),
-                Summary::of(&rounds),
-            ))
+            Ok((decomp_group(workload, config), Summary::of(&rounds)))
         })
         .collect()
 }
@@ -492,7 +494,7 @@ fn interleaved_rounds(
     workload: &str,
     config: &str,
 ) -> Result<Vec<Round>> {
-    let group = format!("decomp/{workload}/{config}/batch=16");
+    let group = decomp_group(workload, config);
     const BIN: &str = "decomp-steps";
     crate::cargo(&[
         "build",
@@ -628,7 +630,7 @@ fn interleaved_section(runs: &[(&str, Vec<Round>)]) -> String {
         let _ = writeln!(
             s,
             "| {} | **{:.2}** ({:.2}–{:.2}) | {} of {} | {:.1e} | {:.1} | {:.1} |",
-            train_group(config),
+            decomp_group("train-step", config),
             m.median_ratio,
             m.min_ratio,
             m.max_ratio,
@@ -645,7 +647,11 @@ fn interleaved_section(runs: &[(&str, Vec<Round>)]) -> String {
         INTERLEAVED_ROUNDS * STEPS_PER_TURN
     );
     if let Some((config, rounds)) = runs.iter().find(|(c, _)| *c == REFERENCE_CONFIG) {
-        let _ = writeln!(s, "\n### Rounds: `{}`\n", train_group(config));
+        let _ = writeln!(
+            s,
+            "\n### Rounds: `{}`\n",
+            decomp_group("train-step", config)
+        );
         s.push_str(&rounds_table(rounds));
     }
     s
