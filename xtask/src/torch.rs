@@ -192,13 +192,24 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
     let rust = criterion_medians(&criterion)?;
     let rows = table_rows(suite, &rust, &torch);
     let interleaved = match suite {
-        Suite::Decomp => UNET_CONFIGS
-            .iter()
-            .map(|&c| {
-                let rounds = interleaved_rounds(root, &python, &script, threads, "train-step", c)?;
-                Ok((c, rounds))
-            })
-            .collect::<Result<Vec<_>>>()?,
+        Suite::Decomp => {
+            let server = build_server(root)?;
+            UNET_CONFIGS
+                .iter()
+                .map(|&c| {
+                    let rounds = interleaved_rounds(
+                        root,
+                        &server,
+                        &python,
+                        &script,
+                        threads,
+                        "train-step",
+                        c,
+                    )?;
+                    Ok((c, rounds))
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
         Suite::Diffusion => Vec::new(),
     };
     let header = [
@@ -474,27 +485,19 @@ pub fn interleaved_summaries(
     let threads = threads();
     let python = python(root)?;
     let script = write_script(root)?;
+    let server = build_server(root)?;
     workloads
         .iter()
         .map(|&(workload, config)| {
-            let rounds = interleaved_rounds(root, &python, &script, threads, workload, config)?;
+            let rounds =
+                interleaved_rounds(root, &server, &python, &script, threads, workload, config)?;
             Ok((decomp_group(workload, config), Summary::of(&rounds)))
         })
         .collect()
 }
 
-/// [`INTERLEAVED_ROUNDS`] rounds of `workload` (`train-step` or `forward`) at `config`, both
-/// sides as warm servers making [`STEPS_PER_TURN`] calls a turn, the first turn alternating
-/// between the sides.
-fn interleaved_rounds(
-    root: &Path,
-    python: &Path,
-    script: &Path,
-    threads: usize,
-    workload: &str,
-    config: &str,
-) -> Result<Vec<Round>> {
-    let group = decomp_group(workload, config);
+/// Builds the Rust timing server `decomp-steps` (release); its path.
+fn build_server(root: &Path) -> Result<PathBuf> {
     const BIN: &str = "decomp-steps";
     crate::cargo(&[
         "build",
@@ -506,7 +509,23 @@ fn interleaved_rounds(
     ])?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
-    let mut rust_cmd = Command::new(target.join("release").join(BIN));
+    Ok(target.join("release").join(BIN))
+}
+
+/// [`INTERLEAVED_ROUNDS`] rounds of `workload` (`train-step` or `forward`) at `config`, both
+/// sides as warm servers making [`STEPS_PER_TURN`] calls a turn, the first turn alternating
+/// between the sides.
+fn interleaved_rounds(
+    root: &Path,
+    server: &Path,
+    python: &Path,
+    script: &Path,
+    threads: usize,
+    workload: &str,
+    config: &str,
+) -> Result<Vec<Round>> {
+    let group = decomp_group(workload, config);
+    let mut rust_cmd = Command::new(server);
     rust_cmd
         .args([workload, config])
         .env("RAYON_NUM_THREADS", threads.to_string())
