@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use recompose_decomp::visual::{DecompConfig, DecompModel};
+use recompose_decomp_diffusion::{DecompConfig, DecompModel};
 use recompose_diffusion::nn::ParamStore;
 use recompose_diffusion::random::normal_tensor;
 use recompose_diffusion::train::{AdamW, AdamWConfig};

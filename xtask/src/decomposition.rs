@@ -46,13 +46,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
-use recompose_decomp::datasets::{
+use recompose_decomp_diffusion::datasets::{
     FALCOR_FACTORS, FALCOR_LEVELS, Kind, Scene, falcor_render, generate,
 };
-use recompose_decomp::visual::eval::{self, Matching};
-use recompose_decomp::visual::render::{self, FactorMix};
-use recompose_decomp::visual::run::train_decomp;
-use recompose_decomp::visual::{DecompRunConfig, DecompTrained};
+use recompose_decomp_diffusion::eval::{self, Matching};
+use recompose_decomp_diffusion::render::{self, FactorMix};
+use recompose_decomp_diffusion::run::train_decomp;
+use recompose_decomp_diffusion::{DecompRunConfig, DecompTrained};
 use recompose_diffusion::Parameterization;
 use recompose_diffusion::data::ValueRange;
 use recompose_diffusion::data::plot::save_png_grid;

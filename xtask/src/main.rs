@@ -201,9 +201,9 @@ fn fixtures(check: bool) -> Result<()> {
 /// configuration, loss log and timing into `fixtures/decomp-tetrominoes/`, with two held-out
 /// images (dataset seed 1) for the README's example.
 fn decomp_fixture() -> Result<()> {
-    use recompose_decomp::datasets::{IMAGE_SIZE, Kind, generate};
-    use recompose_decomp::visual::DecompRunConfig;
-    use recompose_decomp::visual::run::train_decomp;
+    use recompose_decomp_diffusion::DecompRunConfig;
+    use recompose_decomp_diffusion::datasets::{IMAGE_SIZE, Kind, generate};
+    use recompose_decomp_diffusion::run::train_decomp;
 
     let work = root().join("target/decomp-fixture");
     if work.exists() {
@@ -262,8 +262,8 @@ fn decomp_fixture() -> Result<()> {
 /// writes (50 DDIM steps, seed 0: the command's defaults), as
 /// `docs/results/decomposition/readme-example.png`.
 fn readme_example(fixture: &Path) -> Result<()> {
-    use recompose_decomp::visual::DecompTrained;
-    use recompose_decomp::visual::render::{decompose, load_rgb_png};
+    use recompose_decomp_diffusion::DecompTrained;
+    use recompose_decomp_diffusion::render::{decompose, load_rgb_png};
     use recompose_diffusion::data::{ValueRange, plot::save_png_grid};
 
     let run = DecompTrained::load(fixture, &Device::Cpu)?;

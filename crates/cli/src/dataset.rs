@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use recompose_decomp::datasets::{Kind, write_dataset};
+use recompose_decomp_diffusion::datasets::{Kind, write_dataset};
 
 use crate::{positive, usage};
 
@@ -28,7 +28,7 @@ pub fn run_dataset(a: DatasetArgs) -> Result<()> {
     let kind: Kind = a
         .name
         .parse()
-        .map_err(|e: recompose_decomp::Error| usage(e.to_string()))?;
+        .map_err(|e: recompose_decomp_diffusion::Error| usage(e.to_string()))?;
     let num = positive("num", a.num, 1)?;
     write_dataset(kind, num, a.seed, &a.out)?;
     outln!(

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use recompose_decomp::visual::run::train_decomp;
-use recompose_decomp::visual::{DECOMP_PRESET_NAMES, DecompRunConfig};
+use recompose_decomp_diffusion::run::train_decomp;
+use recompose_decomp_diffusion::{DECOMP_PRESET_NAMES, DecompRunConfig};
 use recompose_diffusion::data::ValueRange;
 use recompose_diffusion::data::plot::{ScatterConfig, save_png_grid, save_png_scatter};
 use recompose_diffusion::run::{PRESET_NAMES, RunConfig, Trained, train_run};

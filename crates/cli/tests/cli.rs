@@ -841,7 +841,7 @@ fn dataset_writes_images_masks_and_labels() {
 #[test]
 fn decomp_eval_reads_weights_and_writes_outputs() {
     use candle_core::{DType, Device, Tensor};
-    use recompose_decomp::visual::{DecompConfig, DecompModel};
+    use recompose_decomp_diffusion::{DecompConfig, DecompModel};
     use std::collections::HashMap;
 
     let dir = scratch("decomp-eval");

@@ -1,6 +1,7 @@
 //! # recompose-decomp
 //!
-//! Decomposition: recovering the factors of a composed representation.
+//! Factorization of compositional representations: recovering the factors of a bound
+//! hypervector s = x₁ ⊙ … ⊙ x_F from known codebooks.
 //!
 //! - [`problem`]: factorization problems — F codebooks, bound hypervectors s = x₁ ⊙ … ⊙ x_F and
 //!   their corruption by noise, all from one seed.
@@ -9,11 +10,6 @@
 //!   least squares, batched over trials.
 //! - [`coupled`]: coupled inference in diffusion models (Yeung et al. 2026) — one closed-form
 //!   diffusion per factor, coupled by guidance from a reconstruction energy, with restarts.
-//! - [`datasets`]: procedural image datasets with ground truth (masks, object attributes, global
-//!   factors) for image decomposition: tetrominoes, multi-sprites and its night domain,
-//!   Falcor-lite.
-//! - [`visual`]: Decomp Diffusion (Su et al. 2024) — latent encoder, shared denoiser, training
-//!   runs, decomposition and recombination, evaluation metrics.
 //! - [`capacity`]: the operational capacity of a method (Kent et al. 2020): the largest codebook
 //!   size still factorized with a target exact accuracy.
 //!
@@ -37,12 +33,10 @@
 
 pub mod capacity;
 pub mod coupled;
-pub mod datasets;
 pub mod error;
 pub mod factorize;
 mod linalg;
 pub mod problem;
-pub mod visual;
 
 pub use error::{Error, Result};
 

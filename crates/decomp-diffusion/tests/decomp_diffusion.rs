@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use recompose_decomp::datasets::{Kind, generate};
-use recompose_decomp::visual::render::load_rgb_png;
-use recompose_decomp::visual::{DecompRunConfig, DecompTrained};
+use recompose_decomp_diffusion::datasets::{Kind, generate};
+use recompose_decomp_diffusion::render::load_rgb_png;
+use recompose_decomp_diffusion::{DecompRunConfig, DecompTrained};
 use recompose_diffusion::seeded;
 
 fn fixture() -> PathBuf {

@@ -34,10 +34,10 @@ use recompose_diffusion::train::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::config::DecompConfig;
 use crate::datasets::{IMAGE_SIZE, Kind};
-use crate::visual::config::DecompConfig;
-use crate::visual::model::DecompModel;
-use crate::visual::train::{DecompLoss, SceneDataset};
+use crate::model::DecompModel;
+use crate::train::{DecompLoss, SceneDataset};
 use crate::{Error, Result};
 
 /// The training data of a run: the first `num_images` scenes of a procedural dataset.
@@ -160,7 +160,7 @@ impl DecompRunConfig {
     ///
     /// [`Error::Io`] if it cannot be read; as [`DecompRunConfig::from_toml`].
     pub fn from_file(path: &Path) -> Result<Self> {
-        crate::visual::config::read_toml_file(path, Self::from_toml)
+        crate::config::read_toml_file(path, Self::from_toml)
     }
 
     /// The configuration as TOML.

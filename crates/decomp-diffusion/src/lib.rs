@@ -1,5 +1,9 @@
-//! Decomp Diffusion (Su et al., ICML 2024): unsupervised decomposition of images into factors
-//! that each condition one shared denoiser.
+//! # recompose-decomp-diffusion
+//!
+//! Decomp Diffusion (Su, Liu, Wang, Tenenbaum, Du, *Compositional Image Decomposition with
+//! Diffusion Models*, ICML 2024): an encoder maps an image to K latent factors, each factor
+//! conditions one shared denoiser, and composing the K denoisers reconstructs the image; factors
+//! taken from different images (or models) recombine into new scenes. Training needs no labels.
 //!
 //! - [`encoder`]: the latent encoder (conv stem, three ResNet levels with batch norm, a linear
 //!   head with ReLU) under the released code's parameter names, with training and evaluation
@@ -14,9 +18,18 @@
 //! - [`eval`]: reconstruction error, object isolation (Hungarian IoU matching), MIG and MCC.
 //! - [`train`]: the training objective for the foundation's loop, and the procedural datasets as
 //!   training data.
+//! - [`datasets`]: procedural image datasets with ground truth (masks, object attributes, global
+//!   factors): tetrominoes, multi-sprites and its night domain, Falcor-lite.
+//!
+//! The U-Net, the noise schedule, the samplers and the training loop come from
+//! `recompose-diffusion`; this crate adds the encoder, the composition of the K conditioned
+//! predictions and everything specific to decomposition.
+#![warn(missing_docs)]
 
 pub mod config;
+pub mod datasets;
 pub mod encoder;
+pub mod error;
 pub mod eval;
 pub mod model;
 pub mod render;
@@ -25,6 +38,7 @@ pub mod train;
 
 pub use config::DecompConfig;
 pub use encoder::{BatchNorm2d, EncoderConfig, LatentEncoder};
+pub use error::{Error, Result};
 pub use model::{Conditioned, DecompModel};
 pub use render::{Factor, FactorMix};
 pub use run::{DECOMP_PRESET_NAMES, DecompRunConfig, DecompTrained, SceneData};

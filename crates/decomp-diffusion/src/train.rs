@@ -15,7 +15,7 @@ use recompose_diffusion::train::Objective;
 use recompose_diffusion::{DiscreteSchedule, SeededRng};
 
 use crate::datasets::{IMAGE_SIZE, Kind, generate};
-use crate::visual::model::DecompModel;
+use crate::model::DecompModel;
 
 /// The Decomp Diffusion training loss of a [`DecompModel`] (see the [module documentation](self)).
 pub struct DecompLoss<'a> {
@@ -106,7 +106,7 @@ impl Dataset for SceneDataset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::visual::DecompConfig;
+    use crate::DecompConfig;
     use candle_core::DType;
     use recompose_diffusion::nn::ParamStore;
     use recompose_diffusion::train::{TrainConfig, TrainOptions, train};

@@ -25,7 +25,7 @@ use recompose_diffusion::{
     Denoiser, DiscreteSchedule, Parameterization, Sampler, SamplerConfig, SamplerKind, SeededRng,
 };
 
-use crate::visual::model::DecompModel;
+use crate::model::DecompModel;
 use crate::{Error, Result};
 
 /// One factor of a composition: a latent `[B, d]` (one row per image being sampled) read by a
@@ -327,7 +327,7 @@ pub fn load_rgb_png(path: &Path, size: usize, device: &Device) -> Result<Tensor>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::visual::DecompConfig;
+    use crate::DecompConfig;
     use candle_core::DType;
     use recompose_diffusion::nn::ParamStore;
 

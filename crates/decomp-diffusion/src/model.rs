@@ -20,8 +20,8 @@ use candle_nn::VarBuilder;
 use recompose_diffusion::nn::{UNet, UNetConfig};
 use recompose_diffusion::{Denoiser, Parameterization};
 
-use crate::visual::config::DecompConfig;
-use crate::visual::encoder::{EncoderConfig, LatentEncoder};
+use crate::config::DecompConfig;
+use crate::encoder::{EncoderConfig, LatentEncoder};
 use crate::{Error, Result};
 
 /// Encoder and denoiser (see the [module documentation](self)).

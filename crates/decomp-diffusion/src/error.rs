@@ -1,0 +1,36 @@
+//! The error type of `recompose-decomp-diffusion`.
+
+/// Everything that can go wrong in `recompose-decomp-diffusion`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An error raised by candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// An error raised by the diffusion library (schedules, training, checkpoints).
+    #[error(transparent)]
+    Diffusion(#[from] recompose_diffusion::Error),
+    /// An invalid configuration value (a zero size, an unknown dataset, …).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A file that could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file that is malformed (an image that is not an RGB PNG of the right size, …); the
+    /// message names what is wrong.
+    #[error("{path}: {msg}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        msg: String,
+    },
+}
+
+/// The result type of `recompose-decomp-diffusion`.
+pub type Result<T> = std::result::Result<T, Error>;
