@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use recompose_decomp::capacity::{CapacityConfig, IterLimit, capacity};
-use recompose_decomp::coupled::{
+use recompose_decomp::factorize::coupled::{
     CoupledConfig, Guidance, PRESET_NAMES, PriorKind, Readout, RestartMode, Sampler,
 };
 use recompose_decomp::factorize::{
@@ -613,7 +613,7 @@ pub fn factorization(root: &Path, args: &ReproduceArgs) -> Result<()> {
          their rows are therefore equal. `coupled dps-*` presets are restricted to first-order \
          guidance through the denoiser Jacobian (diffusion posterior sampling, the paper's form), \
          each tuned separately; that is where the energies differ. `best` was searched with \
-         twice the budget of the other presets (see `crates/decomp/src/coupled/presets.rs`).\n"
+         twice the budget of the other presets (see `crates/decomp/src/factorize/coupled/presets.rs`).\n"
     );
     let _ = writeln!(
         md,

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use recompose_decomp::coupled::{
+use recompose_decomp::factorize::coupled::{
     CoupledConfig, Energy, Guidance, Integrator, PriorKind, Readout, RestartMode, Sampler, Space,
     TimeGrid,
 };

@@ -22,7 +22,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use recompose_decomp::capacity::{CapacityConfig, IterLimit, capacity};
-use recompose_decomp::coupled::{CoupledConfig, Energy, RestartMode, Sampler, Space};
+use recompose_decomp::factorize::coupled::{CoupledConfig, Energy, RestartMode, Sampler, Space};
 use recompose_decomp::factorize::{
     FactorizeConfig, FactorizeReport, METHOD_NAMES, Method, Progress, factorize,
 };

@@ -5,11 +5,13 @@
 //!
 //! - [`problem`]: factorization problems — F codebooks, bound hypervectors s = x₁ ⊙ … ⊙ x_F and
 //!   their corruption by noise, all from one seed.
-//! - [`factorize`]: resonator networks (classic with OP and OLS weights, sequential and
-//!   synchronous; the stochastic, sparse resonator; the attention resonator) and alternating
-//!   least squares, batched over trials.
-//! - [`coupled`]: coupled inference in diffusion models (Yeung et al. 2026) — one closed-form
-//!   diffusion per factor, coupled by guidance from a reconstruction energy, with restarts.
+//! - [`factorize`]: the methods, all batched over trials behind one entry point,
+//!   [`factorize::factorize`]:
+//!   - [`factorize::coupled`]: coupled inference in diffusion models (Yeung et al. 2026) — one
+//!     closed-form diffusion per factor, coupled by guidance from a reconstruction energy, with
+//!     restarts;
+//!   - resonator networks (classic with OP and OLS weights, sequential and synchronous; the
+//!     stochastic, sparse resonator; the attention resonator) and alternating least squares.
 //! - [`capacity`]: the operational capacity of a method (Kent et al. 2020): the largest codebook
 //!   size still factorized with a target exact accuracy.
 //!
@@ -31,12 +33,14 @@
 //! ```
 #![warn(missing_docs)]
 
+mod algebra;
 pub mod capacity;
-pub mod coupled;
 pub mod error;
 pub mod factorize;
+mod kernels;
 mod linalg;
 pub mod problem;
+mod trials;
 
 pub use error::{Error, Result};
 

@@ -7,9 +7,9 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::algebra::{self, Planes, PreparedCodebook};
-use super::{ActiveTrials, FactorizeConfig, Outcome, Progress};
+use crate::algebra::{self, Planes, PreparedCodebook};
 use crate::problem::{Problem, VsaKind};
+use crate::trials::{ActiveTrials, Budget, Outcome, Progress};
 use crate::{Result, linalg};
 
 /// Settings of alternating least squares.
@@ -37,7 +37,7 @@ const PAIR_LIMIT: usize = 1 << 26;
 pub(super) fn run(
     problem: &Problem,
     cfg: &AlsConfig,
-    fc: &FactorizeConfig,
+    fc: Budget,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Outcome> {
     let pc = &problem.config;

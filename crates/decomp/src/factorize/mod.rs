@@ -15,7 +15,9 @@
 //! | attention resonator (Yeung et al., arXiv 2403.13218) | softmax(β a / D) | sign or L2 |
 //!
 //! plus alternating least squares ([`AlsConfig`]; Kent et al., *Resonator Networks 2*, 2020,
-//! §3), which solves a least-squares problem for each factor in turn.
+//! §3), which solves a least-squares problem for each factor in turn, and coupled diffusion
+//! ([`coupled`]; Yeung et al. 2026), which replaces the activation by one reverse-diffusion step
+//! per factor under a codebook prior, coupled by a reconstruction energy.
 //!
 //! Updates are sequential (factor f uses the already-updated factors < f) or synchronous. The
 //! estimates start at the normalized superposition of each codebook. Every method runs all
@@ -27,9 +29,8 @@
 //! similarity, because flipping the signs of an even number of MAP factors (or rotating FHRR
 //! phases so that they cancel) leaves s unchanged.
 
-mod algebra;
 mod als;
-pub(crate) mod kernels;
+pub mod coupled;
 mod resonator;
 
 use std::time::Instant;
@@ -37,12 +38,14 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::coupled::CoupledConfig;
 use crate::problem::{Problem, VsaKind};
+use crate::trials::{Budget, Outcome};
 use crate::{Error, Result};
 
+pub use crate::trials::{Progress, Update};
 pub use als::AlsConfig;
-pub use resonator::{Activation, Normalization, ResonatorConfig, StopRule, Update, Weights};
+pub use coupled::CoupledConfig;
+pub use resonator::{Activation, Normalization, ResonatorConfig, StopRule, Weights};
 
 /// A factorization method and its settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,7 +55,7 @@ pub enum Method {
     Resonator(ResonatorConfig),
     /// Alternating least squares.
     Als(AlsConfig),
-    /// Coupled inference in diffusion models ([`crate::coupled`]).
+    /// Coupled inference in diffusion models ([`coupled`]).
     Coupled(CoupledConfig),
 }
 
@@ -152,103 +155,6 @@ pub struct FactorizeReport {
     pub matmul_flops: f64,
 }
 
-/// Progress of a running factorization: the iteration just finished and how many trials are
-/// still active.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    /// Iterations done.
-    pub iteration: usize,
-    /// Iteration limit.
-    pub max_iters: usize,
-    /// Trials not yet stopped.
-    pub active: usize,
-}
-
-/// Per-trial outcome collected by the solvers.
-#[derive(Debug, Clone)]
-pub(crate) struct Outcome {
-    pub predictions: Vec<u32>,
-    pub iterations: Vec<u32>,
-    pub converged: Vec<bool>,
-    pub limit_cycle: Vec<bool>,
-    pub matmul_flops: f64,
-}
-
-impl Outcome {
-    pub(crate) fn new(trials: usize, factors: usize) -> Self {
-        Outcome {
-            predictions: vec![0; trials * factors],
-            iterations: vec![0; trials],
-            converged: vec![false; trials],
-            limit_cycle: vec![false; trials],
-            matmul_flops: 0.0,
-        }
-    }
-}
-
-/// The state of the trials still running: their original indices, bound vectors and current
-/// estimates (one [`algebra::Planes`] per factor), all restricted to the active rows.
-pub(crate) struct ActiveTrials {
-    /// Original trial index of every active row.
-    pub ids: Vec<usize>,
-    /// Bound vectors of the active trials.
-    pub s: algebra::Planes,
-    /// Current estimate of every factor.
-    pub est: Vec<algebra::Planes>,
-}
-
-impl ActiveTrials {
-    /// Records the rows marked in `stop` (their answer, and the iteration `it`) and removes
-    /// them from the batch. A trial whose `out.converged` flag is set takes its answer from
-    /// `answer` (per factor, per active row) when given; the others are decoded from their
-    /// estimates by largest absolute similarity.
-    pub(crate) fn retire(
-        &mut self,
-        kind: VsaKind,
-        stop: &[bool],
-        answer: Option<&[Vec<u32>]>,
-        codebooks: &[&algebra::PreparedCodebook],
-        it: usize,
-        out: &mut Outcome,
-    ) -> Result<()> {
-        let nf = codebooks.len();
-        let device = self.s[0].device().clone();
-        let rows = |want: bool| -> Vec<u32> {
-            (0..stop.len())
-                .filter(|&i| stop[i] == want)
-                .map(|i| i as u32)
-                .collect()
-        };
-        let (done, keep) = (rows(true), rows(false));
-        let done_t = candle_core::Tensor::from_vec(done.clone(), done.len(), &device)?;
-        for (f, cb) in codebooks.iter().enumerate() {
-            let x = algebra::select_rows(&self.est[f], &done_t)?;
-            let idx = algebra::decode(kind, &x, cb)?;
-            for (k, &row) in done.iter().enumerate() {
-                let trial = self.ids[row as usize];
-                out.predictions[trial * nf + f] = match answer {
-                    Some(ans) if out.converged[trial] => ans[f][row as usize],
-                    _ => idx[k],
-                };
-            }
-        }
-        for &row in &done {
-            out.iterations[self.ids[row as usize]] = it as u32;
-        }
-        if keep.is_empty() {
-            self.ids.clear();
-            return Ok(());
-        }
-        let keep_t = candle_core::Tensor::from_vec(keep.clone(), keep.len(), &device)?;
-        self.ids = keep.iter().map(|&i| self.ids[i as usize]).collect();
-        self.s = algebra::select_rows(&self.s, &keep_t)?;
-        for e in self.est.iter_mut() {
-            *e = algebra::select_rows(e, &keep_t)?;
-        }
-        Ok(())
-    }
-}
-
 /// Factorizes every trial of `problem` with `config`, calling `progress` after each iteration.
 pub fn factorize(
     problem: &Problem,
@@ -258,18 +164,22 @@ pub fn factorize(
     if config.max_iters == 0 {
         return Err(Error::Config("iteration limit must be at least 1".into()));
     }
+    let budget = Budget {
+        max_iters: config.max_iters,
+        seed: config.seed,
+    };
     let start = Instant::now();
     let outcome = match &config.method {
         Method::Resonator(rc) => run_sharded(
             problem,
             config,
-            &|sub, offset, p| resonator::run(sub, rc, config, offset, p),
+            &|sub, offset, p| resonator::run(sub, rc, budget, offset, p),
             progress,
         )?,
         Method::Coupled(cc) => run_sharded(
             problem,
             config,
-            &|sub, offset, p| crate::coupled::run(sub, cc, config, offset, p),
+            &|sub, offset, p| coupled::run(sub, cc, budget, offset, p),
             progress,
         )?,
         Method::Als(ac) => {
@@ -279,7 +189,7 @@ pub fn factorize(
                     vsa: problem.config.vsa.name(),
                 });
             }
-            als::run(problem, ac, config, progress)?
+            als::run(problem, ac, budget, progress)?
         }
     };
     let wall = start.elapsed().as_secs_f64();

@@ -6,10 +6,10 @@ use candle_core::{DType, Device, Tensor};
 use recompose_vsa::random;
 use serde::{Deserialize, Serialize};
 
-use super::algebra::{self, Planes, PreparedCodebook};
-use super::kernels;
-use super::{ActiveTrials, FactorizeConfig, Outcome, Progress};
+use crate::algebra::{self, Planes, PreparedCodebook};
+use crate::kernels;
 use crate::problem::{Problem, VsaKind};
+use crate::trials::{ActiveTrials, Budget, Outcome, Progress, Update};
 use crate::{Error, Result, linalg};
 
 /// Which weight matrix maps the unbound vector back to a factor estimate.
@@ -21,16 +21,6 @@ pub enum Weights {
     /// Ordinary-least-squares weights W = Cᵀ(CCᵀ)⁻¹C, the projection onto the codebook's span
     /// (MAP only).
     Ols,
-}
-
-/// Order of the factor updates within one iteration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Update {
-    /// Factor f is updated from the already-updated estimates of factors < f.
-    Sequential,
-    /// All factors are updated from the previous iteration's estimates.
-    Synchronous,
 }
 
 /// Non-linearity applied to the codebook similarities before projecting back.
@@ -215,7 +205,7 @@ struct FactorData {
 pub(super) fn run(
     problem: &Problem,
     rc: &ResonatorConfig,
-    fc: &FactorizeConfig,
+    fc: Budget,
     trial_offset: usize,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Outcome> {

@@ -4,7 +4,7 @@
 
 use candle_core::Device;
 use recompose_decomp::Error;
-use recompose_decomp::coupled::{
+use recompose_decomp::factorize::coupled::{
     CodebookPrior, CoupledConfig, Energy, Guidance, PriorKind, Sampler, Space, attention_equivalent,
 };
 use recompose_decomp::factorize::{FactorizeConfig, FactorizeReport, Method, factorize};
@@ -356,7 +356,7 @@ fn coupled_is_seeded_and_independent_of_batching() {
 #[test]
 fn every_coupled_variant_runs_and_the_latent_space_solves_easy_problems() {
     let p = map_problem(800, 3, 10, 48, 2);
-    for name in recompose_decomp::coupled::PRESET_NAMES {
+    for name in recompose_decomp::factorize::coupled::PRESET_NAMES {
         let c = CoupledConfig::preset(name).unwrap();
         let r = run_coupled(&p, &c, 100, 1);
         // The first-order (DPS) presets are reported, not relied on: they stay far below.

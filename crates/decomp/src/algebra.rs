@@ -8,8 +8,8 @@
 
 use candle_core::Tensor;
 
-use super::kernels;
 use crate::Result;
+use crate::kernels;
 use crate::problem::VsaKind;
 
 /// One batch of hypervectors (or similarity vectors): one tensor per plane.

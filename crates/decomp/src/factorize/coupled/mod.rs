@@ -50,7 +50,8 @@ use serde::{Deserialize, Serialize};
 pub use energy::Energy;
 pub use prior::{CodebookPrior, Posterior, PriorKind};
 
-use crate::factorize::{Activation, Normalization, ResonatorConfig, StopRule, Update, Weights};
+use super::resonator::{Activation, Normalization, ResonatorConfig, StopRule, Weights};
+use crate::trials::Update;
 use crate::{Error, Result};
 
 pub(crate) use chain::run;

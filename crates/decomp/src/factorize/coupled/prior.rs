@@ -30,7 +30,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::factorize::kernels::gemm_host;
+use crate::kernels::gemm_host;
 
 /// Which mixture the factor prior is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

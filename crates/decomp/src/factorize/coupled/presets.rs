@@ -12,7 +12,7 @@ use super::{
     CoupledConfig, Energy, Guidance, Integrator, PriorKind, Readout, RestartMode, Sampler, Space,
     TimeGrid,
 };
-use crate::factorize::Update;
+use crate::trials::Update;
 
 /// `similarity-codebook-sde`: tuned by
 /// `cargo xtask tune coupled --variant similarity-codebook-sde --samples 300 --refine 120 --seed 2`

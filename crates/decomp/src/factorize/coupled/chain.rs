@@ -10,9 +10,9 @@ use recompose_vsa::random::{self, SeededRng};
 
 use super::prior::{CodebookPrior, Posterior, transpose};
 use super::{CoupledConfig, Guidance, Integrator, Readout, RestartMode, Sampler, Space, TimeGrid};
-use crate::factorize::kernels::gemm_host;
-use crate::factorize::{FactorizeConfig, Outcome, Progress, Update};
+use crate::kernels::gemm_host;
 use crate::problem::{Problem, VsaKind};
+use crate::trials::{Budget, Outcome, Progress, Update};
 use crate::{Error, Result};
 
 /// One point of a pass's time grid.
@@ -144,7 +144,7 @@ fn read_out(readout: Readout, r: &[f32], d: usize, out: &mut [f32]) {
 pub(crate) fn run(
     problem: &Problem,
     cc: &CoupledConfig,
-    fc: &FactorizeConfig,
+    fc: Budget,
     trial_offset: usize,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Outcome> {
