@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's automation.
 //!
 //! ```text
-//! cargo xtask ci                  fmt --check, clippy -D warnings, the test suite, docs, benches compile
+//! cargo xtask ci                  fmt --check, no unused dependencies, clippy -D warnings, the test suite,
+//!                                 docs, benches compile
 //! cargo xtask bench <suite>       run a criterion suite: vsa, factorization, diffusion, compose,
 //!                                 decomp or all; diffusion and decomp also time the same models
 //!                                 in PyTorch (local venv)
@@ -105,6 +106,8 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// What CI runs (see `.ci/run`).
 fn ci() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
+    // Unused dependencies (`cargo install cargo-machete` once).
+    cargo(&["machete"])?;
     cargo(&[
         "clippy",
         "--workspace",

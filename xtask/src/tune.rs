@@ -8,14 +8,14 @@
 
 use anyhow::{Result, bail};
 use candle_core::Device;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 use recompose_decomp::factorize::coupled::{
     CoupledConfig, Energy, Guidance, Integrator, PriorKind, Readout, RestartMode, Sampler, Space,
     TimeGrid,
 };
 use recompose_decomp::factorize::{FactorizeConfig, Method, factorize};
 use recompose_decomp::problem::{Problem, ProblemConfig};
+use recompose_diffusion::random::{SeededRng, seeded};
 
 /// Options of `cargo xtask tune coupled`.
 pub struct TuneArgs {
@@ -85,11 +85,11 @@ fn variant(name: &str) -> Result<(Energy, Space, Sampler)> {
     Ok((energy, space, sampler))
 }
 
-fn log_uniform(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
+fn log_uniform(rng: &mut SeededRng, lo: f64, hi: f64) -> f64 {
     (rng.random_range(lo.ln()..hi.ln())).exp()
 }
 
-fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
+fn pick<T: Copy>(rng: &mut SeededRng, xs: &[T]) -> T {
     xs[rng.random_range(0..xs.len())]
 }
 
@@ -107,7 +107,7 @@ const TOP_K: [Option<usize>; 8] = [
 const PATIENCE: [Option<usize>; 7] = [None, Some(2), Some(3), Some(4), Some(6), Some(8), Some(12)];
 
 /// Redraws parameter number `which` (0..16) of `c`.
-fn redraw(c: &mut CoupledConfig, which: usize, rng: &mut ChaCha8Rng) {
+fn redraw(c: &mut CoupledConfig, which: usize, rng: &mut SeededRng) {
     match which {
         0 => {
             c.prior = if rng.random_bool(0.85) {
@@ -191,7 +191,7 @@ fn redraw(c: &mut CoupledConfig, which: usize, rng: &mut ChaCha8Rng) {
 
 const PARAMS: usize = 16;
 
-fn random_config(base: &CoupledConfig, rng: &mut ChaCha8Rng) -> CoupledConfig {
+fn random_config(base: &CoupledConfig, rng: &mut SeededRng) -> CoupledConfig {
     let mut c = base.clone();
     for p in 0..PARAMS {
         redraw(&mut c, p, rng);
@@ -274,12 +274,12 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
     if sampler == Sampler::Ode {
         base.eta = 0.0;
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let mut rng = seeded(args.seed);
     let scorer = Scorer::new(&TUNE_SET)?;
     let mut pool: Vec<Candidate> = Vec::new();
     // Under a restriction every candidate is moved to the requested kind of guidance (a
     // Jacobian candidate keeps its drawn clip and scale).
-    let restrict = |c: &mut CoupledConfig, rng: &mut ChaCha8Rng| match args.guidance.as_deref() {
+    let restrict = |c: &mut CoupledConfig, rng: &mut SeededRng| match args.guidance.as_deref() {
         Some("posterior") if c.guidance != Guidance::Posterior => {
             c.guidance = Guidance::Posterior;
             redraw(c, 5, rng);

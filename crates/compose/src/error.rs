@@ -26,6 +26,9 @@ pub enum Error {
     /// An error of the diffusion models underneath.
     #[error(transparent)]
     Diffusion(#[from] recompose_diffusion::Error),
+    /// An error of the ground-floor crate `recompose-core` other than candle's own.
+    #[error(transparent)]
+    Core(recompose_core::Error),
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -33,3 +36,14 @@ pub enum Error {
 
 /// The result type of `recompose-compose`.
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<recompose_core::Error> for Error {
+    /// candle's errors stay [`Error::Candle`] and shape errors [`Error::Shape`], as if raised here.
+    fn from(e: recompose_core::Error) -> Self {
+        match e {
+            recompose_core::Error::Candle(c) => Self::Candle(c),
+            recompose_core::Error::Shape(msg) => Self::Shape(msg),
+            other => Self::Core(other),
+        }
+    }
+}

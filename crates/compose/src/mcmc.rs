@@ -43,8 +43,7 @@
 //! size too large for the sharpest level).
 
 use rand::Rng;
-use rand_distr::{Distribution, StandardNormal};
-use recompose_diffusion::SeededRng;
+use recompose_core::random::{SeededRng, normal_vec};
 
 use crate::component::{Component, Eval};
 use crate::{Error, Result};
@@ -346,10 +345,6 @@ impl Chains<'_> {
     }
 }
 
-fn normals(rng: &mut SeededRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| StandardNormal.sample(rng)).collect()
-}
-
 /// Runs n = `num` chains on `model` (see the [module documentation](self)).
 ///
 /// # Errors
@@ -375,7 +370,7 @@ pub fn anneal(
     let mut chains = Chains {
         model,
         d,
-        x: normals(rng, num * d),
+        x: normal_vec(rng, num * d),
         cache: None,
         evaluations: 0,
     };
@@ -424,7 +419,7 @@ pub fn anneal(
                 }
             } else {
                 let post = schedule.posterior(level);
-                let z = normals(rng, x.len());
+                let z = normal_vec(rng, x.len());
                 let sd = post.variance.sqrt();
                 for ((xv, sv), zv) in x.iter_mut().zip(&e.score).zip(&z) {
                     let xt = f64::from(*xv);
@@ -483,7 +478,7 @@ fn run_level(
         Mass::BetaScaled(c) => c * beta,
     };
     let mut momentum: Vec<f32> = if kernel.is_hamiltonian() {
-        normals(rng, chains.x.len())
+        normal_vec(rng, chains.x.len())
             .into_iter()
             .map(|z| z * mass as f32)
             .collect()
@@ -570,7 +565,7 @@ pub fn mcmc_at_level(
 
 fn ula_step(chains: &mut Chains, level: usize, eta: f64, rng: &mut SeededRng) -> Result<usize> {
     let e = chains.current(level, false)?;
-    let noise = normals(rng, chains.x.len());
+    let noise = normal_vec(rng, chains.x.len());
     let (eta32, sd) = (eta as f32, (2.0 * eta).sqrt() as f32);
     for ((x, s), z) in chains.x.iter_mut().zip(&e.score).zip(&noise) {
         *x += eta32 * s + sd * z;
@@ -599,7 +594,7 @@ fn density(e: &Eval) -> Result<&[f64]> {
 fn mala_step(chains: &mut Chains, level: usize, eta: f64, rng: &mut SeededRng) -> Result<usize> {
     let d = chains.d;
     let cur = chains.current(level, true)?;
-    let noise = normals(rng, chains.x.len());
+    let noise = normal_vec(rng, chains.x.len());
     let sd = (2.0 * eta).sqrt() as f32;
     let prop: Vec<f32> = chains
         .x
@@ -657,7 +652,7 @@ fn hmc_step(
     rng: &mut SeededRng,
 ) -> Result<usize> {
     let d = chains.d;
-    let noise = normals(rng, v.len());
+    let noise = normal_vec(rng, v.len());
     let keep = h.refresh as f32;
     let fresh = ((1.0 - h.refresh * h.refresh).sqrt() * h.mass) as f32;
     for (vi, z) in v.iter_mut().zip(&noise) {

@@ -22,8 +22,8 @@
 
 use std::path::Path;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
+use recompose_core::random::{SeededRng, seeded};
 use serde_json::{Value, json};
 
 use crate::{Error, Result};
@@ -238,7 +238,7 @@ fn tetrominoes() -> Vec<(&'static str, [(usize, usize); 4])> {
 const CELL: usize = 4;
 const BOARD: usize = IMAGE_SIZE / CELL;
 
-fn tetromino_scene(rng: &mut ChaCha8Rng) -> Scene {
+fn tetromino_scene(rng: &mut SeededRng) -> Scene {
     let shapes = tetrominoes();
     let mut taken = [[false; BOARD]; BOARD];
     let mut canvas = Canvas::new(|_, _| [0.0; 3]);
@@ -312,7 +312,7 @@ fn in_shape(shape: usize, cx: f32, cy: f32, r: f32, u: f32, v: f32) -> bool {
     }
 }
 
-fn sprite_scene(rng: &mut ChaCha8Rng, night: bool) -> Scene {
+fn sprite_scene(rng: &mut SeededRng, night: bool) -> Scene {
     let count = rng.random_range(2..=4);
     let floor_angle: f32 = rng.random_range(0.0..std::f32::consts::TAU);
     let (fx, fy) = (floor_angle.cos(), floor_angle.sin());
@@ -391,7 +391,7 @@ fn sprite_scene(rng: &mut ChaCha8Rng, night: bool) -> Scene {
     canvas.into_scene(n, json!({ "objects": labels }))
 }
 
-fn falcor_scene(rng: &mut ChaCha8Rng) -> Scene {
+fn falcor_scene(rng: &mut SeededRng) -> Scene {
     let mut idx = [0usize; 5];
     for v in &mut idx {
         *v = rng.random_range(0..FALCOR_LEVELS);
@@ -482,7 +482,7 @@ pub fn falcor_render(idx: [usize; 5]) -> Scene {
 
 /// Image `index` of the dataset `kind` drawn with `seed`.
 pub fn generate(kind: Kind, seed: u64, index: u64) -> Scene {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = seeded(seed);
     rng.set_stream(index);
     match kind {
         Kind::Tetrominoes => tetromino_scene(&mut rng),

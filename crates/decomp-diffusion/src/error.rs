@@ -7,6 +7,9 @@ pub enum Error {
     /// An error raised by candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// An error of the ground-floor crate `recompose-core` other than candle's own.
+    #[error(transparent)]
+    Core(recompose_core::Error),
     /// An error raised by the diffusion library (schedules, training, checkpoints).
     #[error(transparent)]
     Diffusion(#[from] recompose_diffusion::Error),
@@ -34,3 +37,13 @@ pub enum Error {
 
 /// The result type of `recompose-decomp-diffusion`.
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<recompose_core::Error> for Error {
+    /// candle's errors stay [`Error::Candle`], as if raised here.
+    fn from(e: recompose_core::Error) -> Self {
+        match e {
+            recompose_core::Error::Candle(c) => Self::Candle(c),
+            other => Self::Core(other),
+        }
+    }
+}

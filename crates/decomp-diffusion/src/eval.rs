@@ -272,7 +272,7 @@ pub fn mcc(latents: &[Vec<f64>], factors: &[Vec<usize>]) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{Rng, SeedableRng};
+    use rand::Rng;
 
     #[test]
     fn mse_and_psnr_follow_their_definitions() -> Result<()> {
@@ -323,12 +323,12 @@ mod tests {
     /// factors scores in between.
     #[test]
     fn mig_and_mcc_on_known_latents() -> Result<()> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut rng = recompose_core::random::seeded(3);
         let n = 3000;
         let factors: Vec<Vec<usize>> = (0..n)
             .map(|_| (0..3).map(|_| rng.random_range(0..5)).collect())
             .collect();
-        let noise = |rng: &mut rand_chacha::ChaCha8Rng| rng.random::<f64>();
+        let noise = |rng: &mut recompose_core::random::SeededRng| rng.random::<f64>();
         let perfect: Vec<Vec<f64>> = factors
             .iter()
             .map(|v| {

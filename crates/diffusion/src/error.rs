@@ -40,6 +40,9 @@ pub enum Error {
     /// A training run that cannot go on (for example a non-finite loss).
     #[error("training: {0}")]
     Training(String),
+    /// An error of the ground-floor crate `recompose-core` other than candle's own.
+    #[error(transparent)]
+    Core(recompose_core::Error),
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -47,3 +50,14 @@ pub enum Error {
 
 /// The result type of `recompose-diffusion`.
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<recompose_core::Error> for Error {
+    /// candle's errors stay [`Error::Candle`] and shape errors [`Error::Shape`], as if raised here.
+    fn from(e: recompose_core::Error) -> Self {
+        match e {
+            recompose_core::Error::Candle(c) => Self::Candle(c),
+            recompose_core::Error::Shape(msg) => Self::Shape(msg),
+            other => Self::Core(other),
+        }
+    }
+}

@@ -44,7 +44,8 @@
 //!   and loading a trained model back ([`run::Trained`]).
 //! - [`metrics`]: exact optimal assignment and the exact Wasserstein-2 distance between samples.
 //! - [`random`]: the seeded RNG ([`SeededRng`], ChaCha8) every random draw comes from, since
-//!   candle's CPU generator cannot be seeded.
+//!   candle's CPU generator cannot be seeded (re-exported from `recompose-core`, the one home of
+//!   the workspace's randomness).
 //! - [`Error`] and [`Result`], the crate's error type.
 //!
 //! Continuous-time samplers on [`VpSde`] time grids are not provided yet (the denoiser interface
@@ -74,7 +75,8 @@ pub mod host;
 pub mod metrics;
 pub mod nn;
 pub mod param;
-pub mod random;
+/// Seeded random draws: the workspace's one generator, from `recompose-core`.
+pub use recompose_core::random;
 pub mod run;
 pub mod sampler;
 pub mod schedule;

@@ -17,6 +17,9 @@ pub enum Error {
         /// The dimension it was given.
         got: usize,
     },
+    /// An error of the ground-floor crate `recompose-core` other than candle's own.
+    #[error(transparent)]
+    Core(recompose_core::Error),
     /// A shape that an operation cannot accept.
     #[error("invalid shape in {op}: {msg}")]
     Shape {
@@ -48,3 +51,14 @@ pub enum Error {
 
 /// The result type of `recompose-vsa`.
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<recompose_core::Error> for Error {
+    /// candle's errors stay [`Error::Candle`] and shape errors [`Error::Shape`], as if raised here.
+    fn from(e: recompose_core::Error) -> Self {
+        match e {
+            recompose_core::Error::Candle(c) => Self::Candle(c),
+            recompose_core::Error::Shape(msg) => Self::Shape { op: "kernel", msg },
+            other => Self::Core(other),
+        }
+    }
+}

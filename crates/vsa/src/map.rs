@@ -123,7 +123,11 @@ impl Vsa for Map {
     }
 
     fn random<R: Rng + ?Sized>(&self, batch: &[usize], rng: &mut R) -> Result<Tensor> {
-        random::bipolar(rng, &full_shape(batch, &self.feature()), &self.device)
+        Ok(random::bipolar(
+            rng,
+            &full_shape(batch, &self.feature()),
+            &self.device,
+        )?)
     }
 
     fn identity(&self, batch: &[usize]) -> Result<Tensor> {

@@ -544,7 +544,14 @@ mod tests {
         let n = 40_000;
         let x0 = crate::random::normal_tensor(&mut rng, &[n], DType::F32, &dev)?;
         let targets: Vec<Tensor> = (0..3)
-            .map(|_| crate::random::normal_tensor(&mut rng, &[n], DType::F32, &dev))
+            .map(|_| {
+                Ok(crate::random::normal_tensor(
+                    &mut rng,
+                    &[n],
+                    DType::F32,
+                    &dev,
+                )?)
+            })
             .collect::<Result<_>>()?;
         let config = AdamWConfig {
             weight_decay: 0.1,

@@ -1,10 +1,13 @@
-//! Seeded random draws.
+//! Seeded random draws: the one random generator of the workspace.
 //!
-//! candle's CPU generator cannot be seeded, so every random tensor in recompose is drawn here from
-//! a caller-supplied RNG and turned into a tensor with [`Tensor::from_vec`]. The same seed always
-//! gives the same values, on every device.
+//! candle's CPU generator cannot be seeded (`Device::Cpu.set_seed` fails and `randn` is seeded by
+//! the operating system), so every random number in recompose is drawn here from a
+//! caller-supplied RNG — in practice a [`SeededRng`] made by [`seeded`] — and turned into a
+//! tensor with [`Tensor::from_vec`]. The same seed always gives the same values, on every device.
+//! Values are drawn in row-major order, one at a time, so a draw of `n` values followed by one of
+//! `m` is the same stream as one draw of `n + m`.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
@@ -55,6 +58,17 @@ pub fn bipolar<R: Rng + ?Sized>(rng: &mut R, shape: &[usize], device: &Device) -
 pub fn normal<R: Rng + ?Sized>(rng: &mut R, shape: &[usize], device: &Device) -> Result<Tensor> {
     let n = shape.iter().product();
     Ok(Tensor::from_vec(normal_vec(rng, n), shape, device)?)
+}
+
+/// A tensor of standard normal values with the given shape and dtype: drawn as `f32` (the same
+/// values as [`normal`]) and converted.
+pub fn normal_tensor<R: Rng + ?Sized>(
+    rng: &mut R,
+    shape: &[usize],
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    Ok(normal(rng, shape, device)?.to_dtype(dtype)?)
 }
 
 /// A tensor of values uniform on `[lo, hi)` with the given shape.
