@@ -158,7 +158,7 @@ criterion_group!(benches, mlp, unet);
 
 fn main() {
     // SAFETY: first thing in `main`, before any other thread exists.
-    unsafe { recompose_benches::prepare_process() };
+    recompose_core::process::prepare();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

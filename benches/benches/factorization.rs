@@ -109,7 +109,7 @@ criterion_group!(benches, resonator_sweeps);
 
 fn main() {
     // SAFETY: first thing in `main`, before any other thread exists.
-    unsafe { recompose_benches::prepare_process() };
+    recompose_core::process::prepare();
     benches();
     Criterion::default().configure_from_args().final_summary();
     // `cargo bench` passes `--bench`; a plain test run (`cargo test --benches`) does not.

@@ -537,8 +537,9 @@ fn applicable(target: Target, param: Param) -> bool {
 pub fn composition(root: &Path, args: &CompositionArgs) -> Result<()> {
     // One thread per model or chain: two of them run side by side. Set before candle starts
     // its pool (it reads the variable once).
-    // SAFETY: no other thread has been started yet.
-    unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
+    if !recompose_core::process::pin_threads(Some(1)) {
+        bail!("could not pin candle to one thread (RAYON_NUM_THREADS=1): set it before running");
+    }
     let total = Instant::now();
     let work = root.join("target").join("reproduce-composition");
     std::fs::create_dir_all(&work)?;

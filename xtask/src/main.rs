@@ -53,7 +53,7 @@ const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion
 const SUITES: [&str; 5] = ["vsa", "factorization", "diffusion", "compose", "decomp"];
 
 fn main() -> Result<()> {
-    recompose_diffusion::host::keep_freed_memory();
+    recompose_core::process::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {

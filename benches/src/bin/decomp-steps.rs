@@ -29,7 +29,7 @@ const USAGE: &str = "usage: decomp-steps train-step|forward CONFIG";
 
 fn main() -> Result<(), Error> {
     // SAFETY: first thing in `main`, before any other thread exists.
-    unsafe { recompose_benches::prepare_process() };
+    recompose_core::process::prepare();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [workload, name] = args.as_slice() else {
         return Err(USAGE.into());

@@ -388,20 +388,9 @@ fn parse_vsa(s: &str) -> Result<VsaKind> {
     s.parse::<VsaKind>().map_err(|e| usage(e.to_string()))
 }
 
-/// candle sizes its CPU thread pool from `RAYON_NUM_THREADS` when set and otherwise reads
-/// `/proc/cpuinfo` on every matmul, which costs several percent of a resonator loop. Set it once,
-/// before any thread starts, to the available parallelism.
-fn pin_thread_count() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // SAFETY: called first thing in `main`, while the process is still single-threaded.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
-    }
-}
-
 fn main() -> ExitCode {
-    pin_thread_count();
-    recompose_diffusion::host::keep_freed_memory();
+    // Thread count pinned, freed buffers kept for reuse (see `recompose_core::process`).
+    recompose_core::process::prepare();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -1,13 +1,24 @@
 //! # recompose-core
 //!
-//! The ground floor of the recompose workspace: what every other crate builds on and nothing in
-//! it knows about hypervectors, diffusion or composition.
+//! The ground floor of the recompose workspace: what every other crate builds on. Nothing in it
+//! knows about hypervectors, diffusion or composition.
 //!
 //! - [`random`]: the one seeded random generator of the workspace ([`SeededRng`], ChaCha with 8
 //!   rounds) and the draws made from it (standard normal, uniform, bipolar values, as host
 //!   vectors or tensors). candle's CPU generator cannot be seeded, so every random number in
 //!   recompose comes from here and reaches a device through `Tensor::from_vec`: the same seed
 //!   gives the same numbers on every device.
+//! - [`host`]: host access to the contiguous `f32` data of CPU tensors, the entry of every fast
+//!   path.
+//! - [`gemm`]: single-threaded host matrix products.
+//! - [`ops`]: tensor operations with hand-written CPU fast paths and candle's ops as the
+//!   fallback on other devices, tested against those ops.
+//!
+//! - [`process`] (feature `process`, for binaries only): the thread count and allocator settings
+//!   CPU programs start with.
+//!
+//! This is the only crate of the workspace with `unsafe` code; each use carries a `SAFETY`
+//! comment that states why it holds.
 //!
 //! ## Example
 //!
@@ -18,11 +29,19 @@
 //! let a = normal(&mut seeded(7), &[2, 3], &Device::Cpu)?;
 //! let b = normal(&mut seeded(7), &[2, 3], &Device::Cpu)?;
 //! assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+//! // The product of three tensors in one pass on the CPU, candle's ops elsewhere.
+//! let p = recompose_core::ops::elementwise::product(&[&a, &b, &a])?;
+//! assert_eq!(p.dims(), &[2, 3]);
 //! # Ok::<(), recompose_core::Error>(())
 //! ```
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod gemm;
+pub mod host;
+pub mod ops;
+#[cfg(feature = "process")]
+pub mod process;
 pub mod random;
 
 pub use error::{Error, Result};

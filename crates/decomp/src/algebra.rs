@@ -9,8 +9,9 @@
 use candle_core::Tensor;
 
 use crate::Result;
-use crate::kernels;
 use crate::problem::VsaKind;
+use recompose_core::gemm;
+use recompose_core::ops::elementwise;
 
 /// One batch of hypervectors (or similarity vectors): one tensor per plane.
 pub type Planes = Vec<Tensor>;
@@ -42,7 +43,7 @@ impl PreparedCodebook {
 /// Element-wise product a ⊙ b (complex for FHRR).
 pub fn bind(kind: VsaKind, a: &Planes, b: &Planes) -> Result<Planes> {
     Ok(match kind {
-        VsaKind::Map => vec![kernels::product(&[&a[0], &b[0]])?],
+        VsaKind::Map => vec![elementwise::product(&[&a[0], &b[0]])?],
         VsaKind::Fhrr => vec![
             ((&a[0] * &b[0])? - (&a[1] * &b[1])?)?,
             ((&a[0] * &b[1])? + (&a[1] * &b[0])?)?,
@@ -61,7 +62,7 @@ pub fn unbind_others(kind: VsaKind, s: &Planes, est: &[Planes], f: usize) -> Res
                 .filter(|(g, _)| *g != f)
                 .map(|(_, x)| &x[0]),
         );
-        return Ok(vec![kernels::product(&xs)?]);
+        return Ok(vec![elementwise::product(&xs)?]);
     }
     let others = product_except(kind, est, Some(f))?.unwrap_or_else(|| s.clone());
     unbind(kind, s, &others)
@@ -70,7 +71,7 @@ pub fn unbind_others(kind: VsaKind, s: &Planes, est: &[Planes], f: usize) -> Res
 /// Unbinding a ⊙ conj(b) (for MAP, the same as binding).
 pub fn unbind(kind: VsaKind, a: &Planes, b: &Planes) -> Result<Planes> {
     Ok(match kind {
-        VsaKind::Map => vec![kernels::product(&[&a[0], &b[0]])?],
+        VsaKind::Map => vec![elementwise::product(&[&a[0], &b[0]])?],
         VsaKind::Fhrr => vec![
             ((&a[0] * &b[0])? + (&a[1] * &b[1])?)?,
             ((&a[1] * &b[0])? - (&a[0] * &b[1])?)?,
@@ -94,7 +95,7 @@ pub fn product_except(
         return Ok(if xs.is_empty() {
             None
         } else {
-            Some(vec![kernels::product(&xs)?])
+            Some(vec![elementwise::product(&xs)?])
         });
     }
     let mut acc: Option<Planes> = None;
@@ -113,10 +114,10 @@ pub fn product_except(
 /// Similarities `[T, M]` per plane between a batch `[T, D]` and a codebook.
 pub fn similarities(kind: VsaKind, u: &Planes, cb: &PreparedCodebook) -> Result<Planes> {
     Ok(match kind {
-        VsaKind::Map => vec![kernels::matmul(&u[0], &cb.ct[0])?],
+        VsaKind::Map => vec![gemm::matmul(&u[0], &cb.ct[0])?],
         VsaKind::Fhrr => vec![
-            (kernels::matmul(&u[0], &cb.ct[0])? + kernels::matmul(&u[1], &cb.ct[1])?)?,
-            (kernels::matmul(&u[1], &cb.ct[0])? - kernels::matmul(&u[0], &cb.ct[1])?)?,
+            (gemm::matmul(&u[0], &cb.ct[0])? + gemm::matmul(&u[1], &cb.ct[1])?)?,
+            (gemm::matmul(&u[1], &cb.ct[0])? - gemm::matmul(&u[0], &cb.ct[1])?)?,
         ],
     })
 }
@@ -124,15 +125,15 @@ pub fn similarities(kind: VsaKind, u: &Planes, cb: &PreparedCodebook) -> Result<
 /// Projection x = Σ_m a_m c_m of coefficients `[T, M]` per plane onto a codebook.
 pub fn project(kind: VsaKind, a: &Planes, cb: &PreparedCodebook) -> Result<Planes> {
     Ok(match kind {
-        VsaKind::Map => vec![kernels::matmul(&a[0], &cb.c[0])?],
+        VsaKind::Map => vec![gemm::matmul(&a[0], &cb.c[0])?],
         VsaKind::Fhrr => {
-            let re = kernels::matmul(&a[0], &cb.c[0])?;
+            let re = gemm::matmul(&a[0], &cb.c[0])?;
             match a.get(1) {
                 // Real coefficients (e.g. attention weights) need only two products.
-                None => vec![re, kernels::matmul(&a[0], &cb.c[1])?],
+                None => vec![re, gemm::matmul(&a[0], &cb.c[1])?],
                 Some(ai) => vec![
-                    (re - kernels::matmul(ai, &cb.c[1])?)?,
-                    (kernels::matmul(&a[0], &cb.c[1])? + kernels::matmul(ai, &cb.c[0])?)?,
+                    (re - gemm::matmul(ai, &cb.c[1])?)?,
+                    (gemm::matmul(&a[0], &cb.c[1])? + gemm::matmul(ai, &cb.c[0])?)?,
                 ],
             }
         }
@@ -149,7 +150,7 @@ pub fn magnitude(kind: VsaKind, a: &Planes) -> Result<Tensor> {
 
 /// Bipolar sign with ties broken towards +1.
 pub fn sign(x: &Tensor) -> Result<Tensor> {
-    kernels::sign(x)
+    Ok(elementwise::sign(x)?)
 }
 
 /// Scales every row of every plane to Euclidean norm √D (joint norm over planes).

@@ -37,7 +37,6 @@ mod algebra;
 pub mod capacity;
 pub mod error;
 pub mod factorize;
-mod kernels;
 mod linalg;
 pub mod problem;
 mod trials;

@@ -37,7 +37,6 @@
 //!   Decomp Diffusion weights unchanged) — on seeded, name-keyed parameters ([`nn::ParamStore`]).
 //!   The energy parameterization [`nn::EnergyMlp`] (ε̂ = ∇ₓE, trainable through its
 //!   hand-written input gradient) and [`nn::FrozenMlp`] (fast host inference for samplers).
-//! - [`host`]: [`host::keep_freed_memory`], the allocator setting the CPU binaries run with.
 //! - [`train`]: the denoising objective and a training loop with AdamW, warm-up and decay,
 //!   gradient clipping, EMA, loss logs and atomic checkpoints that resume bit for bit.
 //! - [`run`]: training runs as TOML configurations with named presets (the `toy2d-*` setups),
@@ -71,7 +70,6 @@
 pub mod data;
 pub mod denoiser;
 pub mod error;
-pub mod host;
 pub mod metrics;
 pub mod nn;
 pub mod param;

@@ -7,10 +7,11 @@ use recompose_vsa::random;
 use serde::{Deserialize, Serialize};
 
 use crate::algebra::{self, Planes, PreparedCodebook};
-use crate::kernels;
 use crate::problem::{Problem, VsaKind};
 use crate::trials::{ActiveTrials, Budget, Outcome, Progress, Update};
 use crate::{Error, Result, linalg};
+use recompose_core::gemm;
+use recompose_core::ops::{elementwise, sparse};
 
 /// Which weight matrix maps the unbound vector back to a factor estimate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,7 +300,7 @@ pub(super) fn run(
                 decoded.push(algebra::magnitude(kind, &a)?.argmax(1)?);
             }
             if let Some(gi) = &fd.gram_inv {
-                a = vec![kernels::matmul(&a[0], gi)?];
+                a = vec![gemm::matmul(&a[0], gi)?];
             }
             let a = activate(
                 kind,
@@ -323,7 +324,7 @@ pub(super) fn run(
                 out.matmul_flops += 2.0 * n * (m * m) as f64;
             }
             if kind == VsaKind::Map && rc.normalization == Normalization::Sign {
-                let (est, change) = kernels::sign_with_change(&x[0], &old[f][0])?;
+                let (est, change) = elementwise::sign_with_change(&x[0], &old[f][0])?;
                 act.est[f] = vec![est];
                 for (acc, c) in sweep_change.iter_mut().zip(change) {
                     *acc += c;
@@ -344,7 +345,7 @@ pub(super) fn run(
                 } else {
                     let new: Vec<&Tensor> = act.est.iter().flatten().collect();
                     let prev: Vec<&Tensor> = old.iter().flatten().collect();
-                    kernels::row_l1_change(&new, &prev)?
+                    elementwise::row_l1_change(&new, &prev)?
                 };
                 let tol = rc.tolerance * d as f32;
                 for (i, c) in change.iter().enumerate() {
@@ -361,7 +362,7 @@ pub(super) fn run(
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 let books: Vec<&Tensor> = factors.iter().map(|fd| &fd.cb.c[0]).collect();
                 let fast = match kind {
-                    VsaKind::Map => kernels::reconstruction_cosine_real(&books, &idx, &act.s[0])?,
+                    VsaKind::Map => sparse::reconstruction_cosine_real(&books, &idx, &act.s[0])?,
                     VsaKind::Fhrr => None,
                 };
                 let cos = match fast {
@@ -386,7 +387,7 @@ pub(super) fn run(
         if let Some(r) = &sig {
             let mut parts = Vec::with_capacity(nf);
             for x in &act.est {
-                parts.push(kernels::matmul(&x[0], r)?);
+                parts.push(gemm::matmul(&x[0], r)?);
             }
             let sigs = Tensor::cat(&parts, 1)?.to_vec2::<f32>()?;
             for (i, row) in sigs.into_iter().enumerate() {
@@ -470,7 +471,7 @@ fn activate(
             top_k, threshold, ..
         } => {
             if a.len() == 1
-                && let Some(out) = kernels::sparse_noisy_activation(
+                && let Some(out) = sparse::sparse_noisy_activation(
                     &a[0],
                     1.0 / d as f32,
                     noise_std,

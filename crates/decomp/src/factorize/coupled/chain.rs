@@ -10,10 +10,10 @@ use recompose_vsa::random::{self, SeededRng};
 
 use super::prior::{CodebookPrior, Posterior, transpose};
 use super::{CoupledConfig, Guidance, Integrator, Readout, RestartMode, Sampler, Space, TimeGrid};
-use crate::kernels::gemm_host;
 use crate::problem::{Problem, VsaKind};
 use crate::trials::{Budget, Outcome, Progress, Update};
 use crate::{Error, Result};
+use recompose_core::gemm::gemm_host;
 
 /// One point of a pass's time grid.
 #[derive(Debug, Clone, Copy)]

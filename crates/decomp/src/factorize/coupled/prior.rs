@@ -30,7 +30,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::gemm_host;
+use recompose_core::gemm::gemm_host;
 
 /// Which mixture the factor prior is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
