@@ -186,26 +186,6 @@ impl ScoreLeaf<ResidualMlp> {
     }
 }
 
-/// ε̂ in `p`'s parameterization converted to a score at level `level`, in place.
-fn output_to_score(
-    p: Parameterization,
-    out: &mut [f32],
-    x: &[f32],
-    schedule: &DiscreteSchedule,
-    level: usize,
-) {
-    let (a, s) = (schedule.sqrt_alpha_bar(level), schedule.sigma(level));
-    for (o, &xv) in out.iter_mut().zip(x) {
-        let y = f64::from(*o);
-        let eps = match p {
-            Parameterization::Epsilon => y,
-            Parameterization::X0 => (f64::from(xv) - a * y) / s,
-            Parameterization::V => s * f64::from(xv) + a * y,
-        };
-        *o = (-eps / s) as f32;
-    }
-}
-
 impl<D: Denoiser + Send + Sync> Component for ScoreLeaf<D> {
     fn dim(&self) -> usize {
         self.dim
@@ -241,7 +221,13 @@ impl<D: Denoiser + Send + Sync> Component for ScoreLeaf<D> {
                 y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?
             }
         };
-        output_to_score(self.parameterization, &mut out, x, &self.schedule, level);
+        // The model's output at each element, converted to the score in place.
+        let m = self.schedule.marginal(level);
+        for (o, &xv) in out.iter_mut().zip(x) {
+            *o = self
+                .parameterization
+                .score_at(f64::from(*o), f64::from(xv), m) as f32;
+        }
         Ok(Eval {
             log_density: None,
             score: out,

@@ -8,7 +8,9 @@
 //! with one reverse-diffusion (DDPM ancestral) step using the composed ε̂ = −σ_t s_t, or — in
 //! pure annealed MCMC — by keeping x. After level 0 every chain takes the same final denoising
 //! step, x̂₀ = (x + σ_0² s_0)/α_0 (Tweedie's formula). With no kernel this is plain reverse
-//! diffusion with the composed model.
+//! diffusion with the composed model. Both steps are the host form of the diffusion crate's
+//! shared sampling core (`recompose_diffusion::sampler::step`, DDPM with the fixed-small
+//! variance), fed the composed score.
 //!
 //! # Kernels (all per chain; η the step size, ξ ~ N(0, I))
 //!
@@ -44,6 +46,7 @@
 
 use rand::Rng;
 use recompose_core::random::{SeededRng, normal_vec};
+use recompose_diffusion::sampler::{DdpmVariance, StepRule, Transition};
 
 use crate::component::{Component, Eval};
 use crate::{Error, Result};
@@ -410,22 +413,20 @@ pub fn anneal(
             chain_steps += num;
         }
         if level == 0 || config.reverse_steps {
+            // The DDPM ancestral step with the composed score, to the clean data at level 0.
             let e = chains.current(level, false)?;
-            let (a, s) = (schedule.sqrt_alpha_bar(level), schedule.sigma(level));
+            let from = schedule.marginal(level);
+            let to = level.checked_sub(1).map(|l| schedule.marginal(l));
+            let c = StepRule::Ddpm(DdpmVariance::FixedSmall)
+                .coefficients(&Transition::between(from, to));
             let mut x = std::mem::take(&mut chains.x);
-            if level == 0 {
-                for (xv, sv) in x.iter_mut().zip(&e.score) {
-                    *xv = ((f64::from(*xv) + s * s * f64::from(*sv)) / a) as f32;
-                }
+            let z = if c.noise != 0.0 {
+                normal_vec(rng, x.len())
             } else {
-                let post = schedule.posterior(level);
-                let z = normal_vec(rng, x.len());
-                let sd = post.variance.sqrt();
-                for ((xv, sv), zv) in x.iter_mut().zip(&e.score).zip(&z) {
-                    let xt = f64::from(*xv);
-                    let x0 = (xt + s * s * f64::from(*sv)) / a;
-                    *xv = (post.coef_x0 * x0 + post.coef_xt * xt + sd * f64::from(*zv)) as f32;
-                }
+                vec![0.0; x.len()]
+            };
+            for ((xv, sv), zv) in x.iter_mut().zip(&e.score).zip(&z) {
+                *xv = c.apply_score(from, f64::from(*xv), f64::from(*sv), f64::from(*zv)) as f32;
             }
             chains.x = x;
         }

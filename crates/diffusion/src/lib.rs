@@ -23,12 +23,15 @@
 //!   operators and decomposition work on any model; [`NoiseLevels`], the map from a schedule's
 //!   time values to (α, σ); and the exact [`GaussianMixtureDenoiser`] for data distributed as an
 //!   isotropic [`GaussianMixture`], the ground truth of the sampler tests.
-//! - [`sampler`]: seeded samplers over a [`DiscreteSchedule`], all with per-sample timesteps and
-//!   returning both the next sample and x̂₀ ([`StepOutput`]): DDPM ancestral with fixed-small
-//!   and fixed-large variance (Ho et al. 2020), DDIM with η (Song, Meng, Ermon 2021), the
-//!   reverse-SDE Euler–Maruyama and probability-flow ODE (Euler and Heun) samplers (Song et al.
-//!   2021) with the schedule read as a VP-SDE in ρ = −ln ᾱ, optional x̂₀ clipping, and the
-//!   one-call [`sample`].
+//! - [`sampler`]: seeded samplers, all with per-sample timesteps and returning both the next
+//!   sample and x̂₀ ([`StepOutput`]): DDPM ancestral with fixed-small and fixed-large variance
+//!   (Ho et al. 2020), DDIM with η (Song, Meng, Ermon 2021), the reverse-SDE Euler–Maruyama and
+//!   probability-flow ODE (Euler and Heun) samplers (Song et al. 2021), over a
+//!   [`DiscreteSchedule`] ([`Sampler`], the schedule read as a VP-SDE in ρ = −ln ᾱ) or on
+//!   [`VpSde`] time grids ([`SdeSampler`]), with optional x̂₀ clipping, and the one-call
+//!   [`sample`]. Every update rule is written once, over noise levels (α, σ), in
+//!   [`sampler::step`] ([`StepRule`]), with a tensor form and a host form that composition and
+//!   factorization use for their own loops.
 //! - [`data`]: the [`data::Dataset`] interface, the 2-D toy distributions of Du et al. 2023
 //!   ([`data::Toy2d`]), PNG image folders ([`data::ImageFolder`]) and PNG grid and scatter plots.
 //! - [`nn`]: the models — [`nn::ResidualMlp`], the residual MLP of the 2-D experiments of Du et
@@ -46,9 +49,6 @@
 //!   candle's CPU generator cannot be seeded (re-exported from `recompose-core`, the one home of
 //!   the workspace's randomness).
 //! - [`Error`] and [`Result`], the crate's error type.
-//!
-//! Continuous-time samplers on [`VpSde`] time grids are not provided yet (the denoiser interface
-//! and [`GaussianMixtureDenoiser`] already accept continuous times).
 //!
 //! ## Example
 //!
@@ -84,5 +84,7 @@ pub use denoiser::{Denoiser, GaussianMixture, GaussianMixtureDenoiser, NoiseLeve
 pub use error::{Error, Result};
 pub use param::{Parameterization, add_noise, v_target};
 pub use random::{SeededRng, seeded};
-pub use sampler::{DdpmVariance, Sampler, SamplerConfig, SamplerKind, StepOutput, sample};
-pub use schedule::{DiscreteSchedule, Marginal, Posterior, Spacing, VpSde};
+pub use sampler::{
+    DdpmVariance, Sampler, SamplerConfig, SamplerKind, SdeSampler, StepOutput, StepRule, sample,
+};
+pub use schedule::{DiscreteSchedule, Marginal, Posterior, Spacing, TimeGrid, VpSde};

@@ -57,6 +57,7 @@
 
 use candle_core::Tensor;
 
+use crate::schedule::Marginal;
 use crate::{Error, Result};
 
 /// What a denoiser's output means (see the [module documentation](self) for the formulas).
@@ -162,6 +163,21 @@ impl Parameterization {
         let eps = self.to_epsilon(output, x_t, alpha, sigma)?;
         let s = per_sample(sigma, x_t, "sigma")?;
         Ok(eps.broadcast_div(&s)?.neg()?)
+    }
+
+    /// The host form of [`Parameterization::to_score`] for one element: the score −ε̂/σ from a
+    /// model `output` in this parameterization at `x_t`, at the noise level `level`, in `f64`.
+    #[inline]
+    pub fn score_at(self, output: f64, x_t: f64, level: Marginal) -> f64 {
+        let (a, s) = (level.alpha, level.sigma);
+        let eps = match self {
+            Self::Epsilon => output,
+            // ε = (x_t − α x₀)/σ
+            Self::X0 => (x_t - a * output) / s,
+            // ε = σ x_t + α v
+            Self::V => s * x_t + a * output,
+        };
+        -eps / s
     }
 
     /// A model `output` in this parameterization converted to the parameterization `to`.

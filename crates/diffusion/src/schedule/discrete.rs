@@ -371,6 +371,19 @@ impl DiscreteSchedule {
         (1.0 - self.alphas_cumprod[i]).sqrt()
     }
 
+    /// Both scales of step i, (α_i, σ_i) = (√ᾱ_i, √(1 − ᾱ_i)): the noise level the samplers
+    /// step from and to.
+    ///
+    /// # Panics
+    ///
+    /// If `i >= self.len()`.
+    pub fn marginal(&self, i: usize) -> super::Marginal {
+        super::Marginal {
+            alpha: self.sqrt_alpha_bar(i),
+            sigma: self.sigma(i),
+        }
+    }
+
     /// The log signal-to-noise ratio `λ_i = log(ᾱ_i/(1 − ᾱ_i))`, strictly decreasing in i;
     /// −∞ at the last step of a zero-terminal-SNR schedule.
     ///

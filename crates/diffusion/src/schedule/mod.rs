@@ -20,4 +20,4 @@ pub mod discrete;
 mod vp;
 
 pub use discrete::{DiscreteSchedule, Posterior, Spacing};
-pub use vp::{Marginal, VpSde};
+pub use vp::{Marginal, TimeGrid, VpSde};

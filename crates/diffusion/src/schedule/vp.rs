@@ -32,6 +32,18 @@ pub struct Marginal {
     pub sigma: f64,
 }
 
+/// How a sampler's times are spread over \[t_min, t_max\] ([`VpSde::grid`]).
+///
+/// In configuration files and JSON it is written `"linear"` or `"log-snr"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeGrid {
+    /// Equally spaced in t ([`VpSde::time_grid`]).
+    Linear,
+    /// Equally spaced in log-SNR ([`VpSde::time_grid_log_snr`]).
+    LogSnr,
+}
+
 /// The continuous variance-preserving SDE `dx = −½ β(t) x dt + √β(t) dw` with the linear rate
 /// `β(t) = β_min + t (β_max − β_min)` (Song et al. 2021), sampled on t ∈ \[t_min, t_max\].
 ///
@@ -272,6 +284,18 @@ impl VpSde {
             )));
         }
         Ok(t)
+    }
+
+    /// `steps + 1` times from `t_max` down to `t_min`, spread as `grid` says.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if `steps == 0`.
+    pub fn grid(&self, steps: usize, grid: TimeGrid) -> Result<Vec<f64>> {
+        match grid {
+            TimeGrid::Linear => self.time_grid(steps),
+            TimeGrid::LogSnr => self.time_grid_log_snr(steps),
+        }
     }
 
     /// `steps + 1` times decreasing linearly from `t_max` to `t_min`:

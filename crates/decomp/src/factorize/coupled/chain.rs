@@ -5,7 +5,8 @@
 //! run in parallel, see `factorize::run_sharded`). Every trial owns its random stream, keyed by
 //! its index in the caller's whole problem, so a trial's result does not depend on the batch.
 
-use recompose_diffusion::VpSde;
+use recompose_diffusion::sampler::{StepRule, Transition};
+use recompose_diffusion::{Marginal, VpSde};
 use recompose_vsa::random::{self, SeededRng};
 
 use super::prior::{CodebookPrior, Posterior, transpose};
@@ -26,10 +27,7 @@ struct Knot {
 
 fn knots(sde: &VpSde, t_hi: f64, t_lo: f64, steps: usize, grid: TimeGrid) -> Result<Vec<Knot>> {
     let sde = sde.with_time_range(t_lo, t_hi)?;
-    let times = match grid {
-        TimeGrid::Linear => sde.time_grid(steps)?,
-        TimeGrid::LogSnr => sde.time_grid_log_snr(steps)?,
-    };
+    let times = sde.grid(steps, grid)?;
     Ok(times
         .into_iter()
         .map(|t| Knot {
@@ -483,7 +481,10 @@ fn jacobian_guidance(
     g
 }
 
-/// Advances every row's chain state from `now` to `next`.
+/// Advances every row's chain state from `now` to `next`: the score of the codebook prior
+/// (plus the guidance) at the state, then one reverse step of the shared sampling core
+/// (`recompose_diffusion::sampler::step`): DDIM with η for the exponential integrator, the
+/// Euler–Maruyama step of length Δ = β(t)·(t − t') for the Euler integrator.
 #[allow(clippy::too_many_arguments)]
 fn step_states(
     y: &mut [f32],
@@ -497,58 +498,41 @@ fn step_states(
     rngs: &mut [SeededRng],
     sdim: usize,
 ) {
+    let rule = match integrator {
+        Integrator::Exponential => StepRule::Ddim { eta },
+        Integrator::Euler => StepRule::Euler { eta },
+    };
     for r in 0..now.len() {
         let (k, k2) = (now[r], next[r]);
         let var = prior.component_var(k.alpha, k.sigma);
-        let noise = if eta > 0.0 {
-            random::normal_vec(&mut rngs[r], sdim)
-        } else {
-            Vec::new()
+        let from = Marginal {
+            alpha: k.alpha,
+            sigma: k.sigma,
         };
+        let to = Marginal {
+            alpha: k2.alpha,
+            sigma: k2.sigma,
+        };
+        let transition = match integrator {
+            Integrator::Exponential => Transition::between(from, Some(to)),
+            Integrator::Euler => Transition::with_delta(from, Some(to), k.beta * (k.t - k2.t)),
+        };
+        let c = rule.coefficients(&transition);
+        let noise = rule
+            .is_stochastic()
+            .then(|| random::normal_vec(&mut rngs[r], sdim));
         let rg = r * sdim..(r + 1) * sdim;
         let yr = &mut y[rg.clone()];
         let mr = &mc[rg.clone()];
         let gr = guide.map(|g| &g[rg.clone()]);
-        match integrator {
-            Integrator::Exponential => {
-                let c = eta
-                    * (k2.sigma / k.sigma)
-                    * (1.0 - (k.alpha * k.alpha) / (k2.alpha * k2.alpha))
-                        .max(0.0)
-                        .sqrt();
-                let keep = (k2.sigma * k2.sigma - c * c).max(0.0).sqrt();
-                for i in 0..sdim {
-                    let yi = f64::from(yr[i]);
-                    let mut score = (k.alpha * f64::from(mr[i]) - yi) / var;
-                    if let Some(g) = gr {
-                        score += f64::from(g[i]);
-                    }
-                    let y0 = (yi + k.sigma * k.sigma * score) / k.alpha;
-                    let eps = -k.sigma * score;
-                    let mut v = k2.alpha * y0 + keep * eps;
-                    if eta > 0.0 {
-                        v += c * f64::from(noise[i]);
-                    }
-                    yr[i] = v as f32;
-                }
+        for i in 0..sdim {
+            let yi = f64::from(yr[i]);
+            let mut score = (k.alpha * f64::from(mr[i]) - yi) / var;
+            if let Some(g) = gr {
+                score += f64::from(g[i]);
             }
-            Integrator::Euler => {
-                let dt = k.t - k2.t;
-                let drift_w = 0.5 * (1.0 + eta * eta) * k.beta;
-                let diff = eta * (k.beta * dt).sqrt();
-                for i in 0..sdim {
-                    let yi = f64::from(yr[i]);
-                    let mut score = (k.alpha * f64::from(mr[i]) - yi) / var;
-                    if let Some(g) = gr {
-                        score += f64::from(g[i]);
-                    }
-                    let mut v = yi + (0.5 * k.beta * yi + drift_w * score) * dt;
-                    if eta > 0.0 {
-                        v += diff * f64::from(noise[i]);
-                    }
-                    yr[i] = v as f32;
-                }
-            }
+            let z = noise.as_ref().map_or(0.0, |n| f64::from(n[i]));
+            yr[i] = c.apply_score(from, yi, score, z) as f32;
         }
     }
 }

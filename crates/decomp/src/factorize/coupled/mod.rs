@@ -23,7 +23,8 @@
 //! - **samplers**: the probability-flow ODE and the reverse SDE, integrated either with the
 //!   exponential (DDIM-type) integrator — exact for a frozen denoiser and stable at the low-noise
 //!   end — or with plain Euler(–Maruyama); η ∈ \[0, 1\] interpolates between them (η = 0 ODE,
-//!   η = 1 reverse SDE);
+//!   η = 1 reverse SDE). Both are the shared reverse steps of
+//!   `recompose_diffusion::sampler::step` (DDIM with η; Euler–Maruyama of length β(t)·Δt);
 //! - **iterative sampling (restarts)**: after a pass, or as soon as a trial's estimates stall,
 //!   the trial re-noises its current decoded estimate to level ρ (or starts again from fresh
 //!   noise) and runs another pass, within the same iteration budget;
@@ -94,22 +95,16 @@ pub enum Sampler {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Integrator {
-    /// Exponential integrator (DDIM with η): y' = α' ŷ_0 + √(σ'² − c²) ε̂ + c ξ,
-    /// c = η (σ'/σ) √(1 − α²/α'²).
+    /// Exponential integrator (DDIM with η, `StepRule::Ddim` of the diffusion crate):
+    /// y' = α' ŷ_0 + √(σ'² − c²) ε̂ + c ξ, c = η (σ'/σ) √(1 − α²/α'²).
     Exponential,
-    /// Euler(–Maruyama): y' = y + (½β y + (1+η²)/2 · β ∇log p) Δt + η √(β Δt) ξ.
+    /// Euler(–Maruyama), `StepRule::Euler` of the diffusion crate with the step length β Δt:
+    /// y' = y + (½β y + (1+η²)/2 · β ∇log p) Δt + η √(β Δt) ξ.
     Euler,
 }
 
-/// The time grid of a pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TimeGrid {
-    /// Equally spaced in t.
-    Linear,
-    /// Equally spaced in log-SNR.
-    LogSnr,
-}
+/// The time grid of a pass: the VP-SDE's own grids, equally spaced in t or in log-SNR.
+pub use recompose_diffusion::TimeGrid;
 
 /// How a restart re-noises a trial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
