@@ -33,7 +33,6 @@
 //! ```
 #![warn(missing_docs)]
 
-mod algebra;
 pub mod capacity;
 pub mod error;
 pub mod factorize;

@@ -13,51 +13,15 @@
 
 use candle_core::{Device, Tensor};
 use rand::Rng;
+use recompose_vsa::planes::PlaneModel;
 use recompose_vsa::random::{self, SeededRng};
+use recompose_vsa::{Codebook, Fhrr, Map, Vsa};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// The VSA model a problem lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VsaKind {
-    /// Multiply–add–permute: bipolar ±1 vectors, binding by element-wise product.
-    Map,
-    /// Fourier holographic reduced representations: unit phasors, binding by complex product.
-    Fhrr,
-}
-
-impl VsaKind {
-    /// Number of real planes per hypervector (1 for MAP, 2 for FHRR).
-    pub fn planes(self) -> usize {
-        match self {
-            VsaKind::Map => 1,
-            VsaKind::Fhrr => 2,
-        }
-    }
-
-    /// The lower-case name used on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            VsaKind::Map => "map",
-            VsaKind::Fhrr => "fhrr",
-        }
-    }
-}
-
-impl std::str::FromStr for VsaKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "map" => Ok(VsaKind::Map),
-            "fhrr" => Ok(VsaKind::Fhrr),
-            other => Err(Error::Config(format!(
-                "unknown VSA model '{other}' (expected map or fhrr)"
-            ))),
-        }
-    }
-}
+/// The VSA model a problem lives in (MAP or FHRR, the models with a planes form).
+pub use recompose_vsa::planes::VsaKind;
 
 /// Corruption applied to the bound vectors.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -159,15 +123,25 @@ impl Problem {
             config.dim,
             config.trials,
         );
-        // Codewords, as plane-major host data: MAP signs, or FHRR phases.
-        let phases: Vec<f32> = match config.vsa {
-            VsaKind::Map => random::bipolar_vec(&mut rng, f * m * d),
-            VsaKind::Fhrr => random::uniform_vec(
-                &mut rng,
-                f * m * d,
-                -std::f32::consts::PI,
-                std::f32::consts::PI,
-            ),
+        // Codewords from the VSA models themselves: MAP signs, or FHRR phases (kept on the host
+        // too, to bind the truth below in double precision).
+        let (codebooks, phases) = match config.vsa {
+            VsaKind::Map => {
+                let words = Map::new(d, device)?.random(&[f * m], &mut rng)?;
+                let host = words.flatten_all()?.to_vec1::<f32>()?;
+                (words.reshape((f, 1, m, d))?, host)
+            }
+            VsaKind::Fhrr => {
+                let model = Fhrr::new(d, device)?;
+                let angles = model.random_angles(&[f * m], &mut rng)?;
+                let host = angles.flatten_all()?.to_vec1::<f32>()?;
+                let planes = model.to_planes(&model.from_angles(&angles)?)?;
+                let planes = planes
+                    .iter()
+                    .map(|p| p.reshape((f, m, d)))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                (Tensor::stack(&planes, 1)?, host)
+            }
         };
         let truth: Vec<u32> = (0..t * f).map(|_| rng.random_range(0..m as u32)).collect();
 
@@ -199,25 +173,118 @@ impl Problem {
         }
         corrupt(&mut bound, config, &mut rng);
 
-        let codebooks = match config.vsa {
-            VsaKind::Map => Tensor::from_vec(phases, (f, 1, m, d), device)?,
-            VsaKind::Fhrr => {
-                let mut planes = vec![0f32; 2 * f * m * d];
-                for fi in 0..f {
-                    for k in 0..m * d {
-                        let th = phases[fi * m * d + k];
-                        planes[(fi * 2) * m * d + k] = th.cos();
-                        planes[(fi * 2 + 1) * m * d + k] = th.sin();
-                    }
-                }
-                Tensor::from_vec(planes, (f, 2, m, d), device)?
-            }
-        };
         let bound = Tensor::from_vec(bound, (planes, t, d), device)?;
         Ok(Problem {
             config: config.clone(),
             codebooks,
             bound,
+            truth,
+        })
+    }
+
+    /// A problem from codebooks and bound vectors built with `recompose-vsa`, so that vectors
+    /// made elsewhere in a program can be factorized directly.
+    ///
+    /// `codebooks` holds one codebook per factor (at least two, all of the same size M, all of
+    /// `model`'s dimension), `bound` is a batch `[T, …]` of the model's vectors, and `truth` the
+    /// codeword index of every factor of every trial, trial-major (`truth[t * F + f]`), against
+    /// which [`factorize`](crate::factorize::factorize) scores its predictions. The
+    /// configuration records the shapes; its seed is 0 and its noise none, since nothing was drawn.
+    ///
+    /// ```
+    /// use candle_core::Device;
+    /// use recompose_decomp::factorize::{factorize, FactorizeConfig, Method};
+    /// use recompose_decomp::problem::Problem;
+    /// use recompose_vsa::{random::seeded, Codebook, Map, Vsa};
+    ///
+    /// let map = Map::new(1024, &Device::Cpu)?;
+    /// let mut rng = seeded(5);
+    /// let colours = Codebook::random_numbered(map.clone(), "colour", 10, &mut rng)?;
+    /// let shapes = Codebook::random_numbered(map.clone(), "shape", 10, &mut rng)?;
+    /// // One bound vector: colour 3 with shape 7.
+    /// let s = map.bind(&colours.vector(3)?, &shapes.vector(7)?)?.unsqueeze(0)?;
+    /// let problem = Problem::from_codebooks(&map, &[colours, shapes], &s, vec![3, 7])?;
+    /// let config = FactorizeConfig {
+    ///     method: Method::from_name("resonator")?,
+    ///     max_iters: 100,
+    ///     seed: 1,
+    ///     threads: 1,
+    /// };
+    /// let report = factorize(&problem, &config, &mut |_| {})?;
+    /// assert_eq!(report.predictions, vec![3, 7]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for fewer than two codebooks, codebooks of different sizes or
+    /// dimensions, a truth of the wrong length or with an index out of range; the VSA crate's
+    /// shape error for a `bound` that is not a batch of the model's vectors.
+    pub fn from_codebooks<M: PlaneModel>(
+        model: &M,
+        codebooks: &[Codebook<M>],
+        bound: &Tensor,
+        truth: Vec<u32>,
+    ) -> Result<Problem> {
+        let f = codebooks.len();
+        if f < 2 {
+            return Err(Error::Config(format!(
+                "a factorization needs at least 2 codebooks, got {f}"
+            )));
+        }
+        let m = codebooks[0].len();
+        let d = model.dim();
+        for (i, cb) in codebooks.iter().enumerate() {
+            if cb.len() != m {
+                return Err(Error::Config(format!(
+                    "all codebooks must have the same size: codebook 0 has {m} codewords, \
+                     codebook {i} has {}",
+                    cb.len()
+                )));
+            }
+            if cb.model().dim() != d {
+                return Err(Error::Config(format!(
+                    "codebook {i} has dimension {}, the model {d}",
+                    cb.model().dim()
+                )));
+            }
+        }
+        let bound = model.to_planes(&bound.to_dtype(candle_core::DType::F32)?)?;
+        let t = bound[0].dim(0)?;
+        if t == 0 {
+            return Err(Error::Config("give at least one bound vector".into()));
+        }
+        if truth.len() != t * f {
+            return Err(Error::Config(format!(
+                "truth must hold {} indices ({t} trials × {f} factors), got {}",
+                t * f,
+                truth.len()
+            )));
+        }
+        if let Some(&bad) = truth.iter().find(|&&i| i as usize >= m) {
+            return Err(Error::Config(format!(
+                "truth index {bad} out of range (codebooks have {m} codewords)"
+            )));
+        }
+        let books = codebooks
+            .iter()
+            .map(|cb| {
+                let planes = model.to_planes(&cb.tensor().to_dtype(candle_core::DType::F32)?)?;
+                Ok(Tensor::stack(&planes, 0)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Problem {
+            config: ProblemConfig {
+                vsa: model.kind(),
+                dim: d,
+                factors: f,
+                codebook_size: m,
+                trials: t,
+                noise: Noise::default(),
+                seed: 0,
+            },
+            codebooks: Tensor::stack(&books, 0)?,
+            bound: Tensor::stack(&bound, 0)?,
             truth,
         })
     }
@@ -648,5 +715,80 @@ mod tests {
         ] {
             assert!(Problem::generate(&bad, &Device::Cpu).is_err(), "{bad:?}");
         }
+    }
+
+    /// A problem built from `recompose-vsa` FHRR codebooks factorizes like a generated one, and
+    /// its planes are exactly the model's vectors.
+    #[test]
+    fn problems_from_vsa_codebooks_factorize() {
+        use crate::factorize::{FactorizeConfig, Method, factorize};
+        let fhrr = Fhrr::new(512, &Device::Cpu).unwrap();
+        let mut rng = random::seeded(9);
+        let books: Vec<Codebook<Fhrr>> = (0..3)
+            .map(|f| {
+                Codebook::random_numbered(fhrr.clone(), &format!("f{f}"), 8, &mut rng).unwrap()
+            })
+            .collect();
+        let truth = vec![1u32, 6, 2, 7, 0, 5];
+        let mut bound = Vec::new();
+        for t in 0..2 {
+            let mut s = books[0].vector(truth[t * 3] as usize).unwrap();
+            for f in 1..3 {
+                s = fhrr
+                    .bind(&s, &books[f].vector(truth[t * 3 + f] as usize).unwrap())
+                    .unwrap();
+            }
+            bound.push(s);
+        }
+        let bound = Tensor::stack(&bound, 0).unwrap();
+        let p = Problem::from_codebooks(&fhrr, &books, &bound, truth.clone()).unwrap();
+        assert_eq!(
+            (p.config.factors, p.config.codebook_size, p.config.trials),
+            (3, 8, 2)
+        );
+        assert_eq!(p.config.vsa, VsaKind::Fhrr);
+        let want = fhrr.to_planes(books[1].tensor()).unwrap();
+        let got = p.codebook(1).unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        }
+        let config = FactorizeConfig {
+            method: Method::from_name("resonator").unwrap(),
+            max_iters: 200,
+            seed: 0,
+            threads: 1,
+        };
+        let report = factorize(&p, &config, &mut |_| {}).unwrap();
+        assert_eq!(report.predictions, truth);
+        assert_eq!(report.exact_accuracy, 1.0);
+    }
+
+    #[test]
+    fn bad_vsa_inputs_are_errors() {
+        let map = Map::new(64, &Device::Cpu).unwrap();
+        let mut rng = random::seeded(10);
+        let a = Codebook::random_numbered(map.clone(), "a", 4, &mut rng).unwrap();
+        let b = Codebook::random_numbered(map.clone(), "b", 4, &mut rng).unwrap();
+        let short = Codebook::random_numbered(map.clone(), "c", 3, &mut rng).unwrap();
+        let other = Map::new(32, &Device::Cpu).unwrap();
+        let narrow = Codebook::random_numbered(other.clone(), "d", 4, &mut rng).unwrap();
+        let s = map
+            .bind(&a.vector(0).unwrap(), &b.vector(1).unwrap())
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let ok = |books: &[Codebook<Map>], s: &Tensor, truth: Vec<u32>| {
+            Problem::from_codebooks(&map, books, s, truth)
+        };
+        assert!(ok(&[a.clone(), b.clone()], &s, vec![0, 1]).is_ok());
+        let msg = |r: Result<Problem>| r.unwrap_err().to_string();
+        assert!(msg(ok(std::slice::from_ref(&a), &s, vec![0])).contains("at least 2 codebooks"));
+        assert!(msg(ok(&[a.clone(), short], &s, vec![0, 1])).contains("same size"));
+        assert!(msg(ok(&[a.clone(), narrow], &s, vec![0, 1])).contains("dimension"));
+        assert!(msg(ok(&[a.clone(), b.clone()], &s, vec![0])).contains("truth must hold 2"));
+        assert!(msg(ok(&[a.clone(), b.clone()], &s, vec![0, 4])).contains("out of range"));
+        let single = s.squeeze(0).unwrap();
+        assert!(ok(&[a, b], &single, vec![0, 1]).is_err());
     }
 }

@@ -12,8 +12,8 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
-use crate::algebra;
 use crate::problem::VsaKind;
+use recompose_vsa::planes;
 
 /// The budget and seed every solver receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,14 +69,14 @@ impl Outcome {
 }
 
 /// The state of the trials still running: their original indices, bound vectors and current
-/// estimates (one [`algebra::Planes`] per factor), all restricted to the active rows.
+/// estimates (one [`planes::Planes`] per factor), all restricted to the active rows.
 pub(crate) struct ActiveTrials {
     /// Original trial index of every active row.
     pub ids: Vec<usize>,
     /// Bound vectors of the active trials.
-    pub s: algebra::Planes,
+    pub s: planes::Planes,
     /// Current estimate of every factor.
-    pub est: Vec<algebra::Planes>,
+    pub est: Vec<planes::Planes>,
 }
 
 impl ActiveTrials {
@@ -89,7 +89,7 @@ impl ActiveTrials {
         kind: VsaKind,
         stop: &[bool],
         answer: Option<&[Vec<u32>]>,
-        codebooks: &[&algebra::PreparedCodebook],
+        codebooks: &[&planes::PreparedCodebook],
         it: usize,
         out: &mut Outcome,
     ) -> Result<()> {
@@ -104,8 +104,8 @@ impl ActiveTrials {
         let (done, keep) = (rows(true), rows(false));
         let done_t = Tensor::from_vec(done.clone(), done.len(), &device)?;
         for (f, cb) in codebooks.iter().enumerate() {
-            let x = algebra::select_rows(&self.est[f], &done_t)?;
-            let idx = algebra::decode(kind, &x, cb)?;
+            let x = planes::select_rows(&self.est[f], &done_t)?;
+            let idx = planes::decode(kind, &x, cb)?;
             for (k, &row) in done.iter().enumerate() {
                 let trial = self.ids[row as usize];
                 out.predictions[trial * nf + f] = match answer {
@@ -123,9 +123,9 @@ impl ActiveTrials {
         }
         let keep_t = Tensor::from_vec(keep.clone(), keep.len(), &device)?;
         self.ids = keep.iter().map(|&i| self.ids[i as usize]).collect();
-        self.s = algebra::select_rows(&self.s, &keep_t)?;
+        self.s = planes::select_rows(&self.s, &keep_t)?;
         for e in self.est.iter_mut() {
-            *e = algebra::select_rows(e, &keep_t)?;
+            *e = planes::select_rows(e, &keep_t)?;
         }
         Ok(())
     }

@@ -85,6 +85,20 @@ impl Fhrr {
         Ok(Tensor::stack(&[angles.cos()?, angles.sin()?], batch.len())?)
     }
 
+    /// The phases of random vectors: angles uniform in [-π, π), shape `[batch..., D]`.
+    /// [`Vsa::random`] is `from_angles(random_angles(..))` on the same stream of draws, so a
+    /// caller that needs the exact phases (to bind in higher precision, say) draws them here.
+    pub fn random_angles<R: Rng + ?Sized>(&self, batch: &[usize], rng: &mut R) -> Result<Tensor> {
+        let pi = std::f32::consts::PI;
+        Ok(random::uniform(
+            rng,
+            &full_shape(batch, &[self.dim]),
+            -pi,
+            pi,
+            &self.device,
+        )?)
+    }
+
     /// Vectors from real and imaginary parts, both `[..., D]` of equal shape. They are used as
     /// given (call [`Vsa::normalize`] to project onto unit phasors).
     pub fn from_parts(&self, re: &Tensor, im: &Tensor) -> Result<Tensor> {
@@ -177,9 +191,7 @@ impl Vsa for Fhrr {
 
     /// Phases uniform on `[−π, π)`.
     fn random<R: Rng + ?Sized>(&self, batch: &[usize], rng: &mut R) -> Result<Tensor> {
-        let pi = std::f32::consts::PI;
-        let angles = random::uniform(rng, &full_shape(batch, &[self.dim]), -pi, pi, &self.device)?;
-        self.from_angles(&angles)
+        self.from_angles(&self.random_angles(batch, rng)?)
     }
 
     /// All phases 0 (`1 + 0i`).

@@ -85,6 +85,7 @@ pub mod fhrr;
 pub mod hrr;
 pub mod map;
 pub mod model;
+pub mod planes;
 /// Seeded random draws: the workspace's one generator, from `recompose-core`.
 pub use recompose_core::random;
 pub mod structure;

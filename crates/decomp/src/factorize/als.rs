@@ -7,10 +7,10 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::algebra::{self, Planes, PreparedCodebook};
 use crate::problem::{Problem, VsaKind};
 use crate::trials::{ActiveTrials, Budget, Outcome, Progress};
 use crate::{Result, linalg};
+use recompose_vsa::planes::{self, Planes, PreparedCodebook};
 
 /// Settings of alternating least squares.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,7 +44,7 @@ pub(super) fn run(
     let (nf, m, d, t) = (pc.factors, pc.codebook_size, pc.dim, pc.trials);
     let device = super::device_of(problem);
     let cbs: Vec<PreparedCodebook> = (0..nf)
-        .map(|f| PreparedCodebook::new(problem.codebook(f)?))
+        .map(|f| Ok(PreparedCodebook::new(problem.codebook(f)?)?))
         .collect::<Result<_>>()?;
     // For moderate M, every Gram matrix C diag(w) Cᵀ is one row of W · Pᵀ, with P the
     // `[M², D]` matrix of codeword products c_m ⊙ c_n: a single large matmul for all trials.
@@ -63,7 +63,7 @@ pub(super) fn run(
     let mut s = problem.bound_planes()?;
     let mut est: Vec<Planes> = Vec::with_capacity(nf);
     for cb in &cbs {
-        let sup = algebra::l2_normalize(&vec![cb.c[0].sum_keepdim(0)?])?;
+        let sup = planes::l2_normalize(&vec![cb.c[0].sum_keepdim(0)?])?;
         est.push(vec![sup[0].broadcast_as((t, d))?.contiguous()?]);
     }
     let mut out = Outcome::new(t, nf);
@@ -71,7 +71,7 @@ pub(super) fn run(
         let old = est.clone();
         let n = ids.len();
         for f in 0..nf {
-            let p = algebra::product_except(VsaKind::Map, &est, Some(f))?
+            let p = planes::product_except(VsaKind::Map, &est, Some(f))?
                 .expect("at least two factors")[0]
                 .clone();
             let rhs = (&p * &s[0])?.matmul(&cbs[f].ct[0])?; // [n, M]
@@ -99,7 +99,7 @@ pub(super) fn run(
             // Right-hand side, batched Gram and projection products.
             let (nn, dd, mm) = (n as f64, d as f64, m as f64);
             out.matmul_flops += 2.0 * nn * dd * mm * (2.0 + mm);
-            est[f] = algebra::l2_normalize(&vec![coef.matmul(&cbs[f].c[0])?])?;
+            est[f] = planes::l2_normalize(&vec![coef.matmul(&cbs[f].c[0])?])?;
         }
         // Stop trials whose estimates no longer move (up to the sign ambiguity of each factor's
         // scale, which the L2 normalization fixes only up to ±).

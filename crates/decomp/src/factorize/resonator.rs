@@ -6,12 +6,12 @@ use candle_core::{DType, Device, Tensor};
 use recompose_vsa::random;
 use serde::{Deserialize, Serialize};
 
-use crate::algebra::{self, Planes, PreparedCodebook};
 use crate::problem::{Problem, VsaKind};
 use crate::trials::{ActiveTrials, Budget, Outcome, Progress, Update};
 use crate::{Error, Result, linalg};
 use recompose_core::gemm;
 use recompose_core::ops::{elementwise, sparse};
+use recompose_vsa::planes::{self, Planes, PreparedCodebook};
 
 /// Which weight matrix maps the unbound vector back to a factor estimate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,11 +293,11 @@ pub(super) fn run(
                 Update::Sequential => &act.est,
                 Update::Synchronous => &old,
             };
-            let u = algebra::unbind_others(kind, &act.s, source, f)?;
+            let u = planes::unbind_others(kind, &act.s, source, f)?;
             let fd = &factors[f];
-            let mut a = algebra::similarities(kind, &u, &fd.cb)?;
+            let mut a = planes::similarities(kind, &u, &fd.cb)?;
             if matches!(rc.stop, StopRule::Reconstruction { .. }) {
-                decoded.push(algebra::magnitude(kind, &a)?.argmax(1)?);
+                decoded.push(planes::magnitude(kind, &a)?.argmax(1)?);
             }
             if let Some(gi) = &fd.gram_inv {
                 a = vec![gemm::matmul(&a[0], gi)?];
@@ -312,7 +312,7 @@ pub(super) fn run(
                 &mut rngs,
                 &device,
             )?;
-            let x = algebra::project(kind, &a, &fd.cb)?;
+            let x = planes::project(kind, &a, &fd.cb)?;
             // Real matmul count: MAP 1 + 1; FHRR 4 for the similarities, 2 or 4 back.
             let n = act.ids.len() as f64;
             let per = 2.0 * n * d as f64 * m as f64;
@@ -371,7 +371,7 @@ pub(super) fn run(
                         let words = decoded
                             .iter()
                             .zip(&factors)
-                            .map(|(idx, fd)| algebra::select_rows(&fd.cb.c, idx))
+                            .map(|(idx, fd)| Ok(planes::select_rows(&fd.cb.c, idx)?))
                             .collect::<Result<Vec<_>>>()?;
                         reconstruction_cosine(kind, &words, &act.s)?
                     }
@@ -439,7 +439,7 @@ pub(super) fn run(
 
 /// cos(⊙_g x_g, s) per trial (the real part of the normalized inner product for FHRR).
 fn reconstruction_cosine(kind: VsaKind, xs: &[Planes], s: &Planes) -> Result<Vec<f32>> {
-    let prod = algebra::product_except(kind, xs, None)?
+    let prod = planes::product_except(kind, xs, None)?
         .ok_or_else(|| Error::Config("at least two factors are needed".into()))?;
     let mut dot = (&prod[0] * &s[0])?.sum(1)?;
     let mut pp = prod[0].sqr()?.sum(1)?;
@@ -504,25 +504,25 @@ fn activate(
                 }
             }
             if let Some(k) = top_k {
-                a = algebra::keep_top_k(kind, &a, *k)?;
+                a = planes::keep_top_k(kind, &a, *k)?;
             }
             if let Some(th) = threshold {
-                a = algebra::threshold(kind, &a, *th)?;
+                a = planes::threshold(kind, &a, *th)?;
             }
             a
         }
         Activation::Attention { beta } => {
             let logits = a[0].affine(*beta as f64 / d as f64, 0.0)?;
-            vec![algebra::softmax_rows(&logits)?]
+            vec![planes::softmax_rows(&logits)?]
         }
     })
 }
 
 fn normalize(kind: VsaKind, n: Normalization, x: &Planes) -> Result<Planes> {
     match (kind, n) {
-        (VsaKind::Map, Normalization::Sign) => Ok(vec![algebra::sign(&x[0])?]),
-        (VsaKind::Map, Normalization::L2) => algebra::l2_normalize(x),
-        (VsaKind::Fhrr, _) => algebra::phase_normalize(x),
+        (VsaKind::Map, Normalization::Sign) => Ok(vec![planes::sign(&x[0])?]),
+        (VsaKind::Map, Normalization::L2) => Ok(planes::l2_normalize(x)?),
+        (VsaKind::Fhrr, _) => Ok(planes::phase_normalize(x)?),
     }
 }
 

@@ -1,17 +1,137 @@
-//! Batched hypervector algebra on planes, for the factorizers.
+//! The batched "planes" form of MAP and FHRR, for solvers that work on many hypervectors at once
+//! with real matrix products (the factorizers of `recompose-decomp`).
 //!
 //! A batch of hypervectors is a list of real planes, each `[T, D]`: one plane for MAP (bipolar
 //! values), two for FHRR (real and imaginary parts). Binding is the element-wise product (complex
 //! for FHRR), unbinding multiplies by the conjugate, and the similarity with a codebook
 //! `C` (`[M, D]` per plane) is the complex inner product a_m = Σ_d conj(c_md)·u_d, computed with
-//! real matmuls. Projection back onto the codebook is x = Σ_m a_m c_m.
+//! real matmuls (Frady et al., *Resonator Networks 1*, Neural Computation 32(12), 2020, eqs. 5–6,
+//! for MAP; the same products over the complex field for FHRR). Projection back onto the codebook
+//! is x = Σ_m a_m c_m. The element-wise and product kernels come from `recompose-core`: one pass
+//! over host memory on the CPU, candle's ops elsewhere.
+//!
+//! [`PlaneModel`] converts the vectors of [`Map`] and [`Fhrr`] (and codebooks of them) to planes,
+//! so vectors built with this crate go straight into a solver.
+//!
+//! ```
+//! use candle_core::Device;
+//! use recompose_vsa::planes::{self, PlaneModel, PreparedCodebook, VsaKind};
+//! use recompose_vsa::{Codebook, Map, Vsa, random::seeded};
+//!
+//! let map = Map::new(1000, &Device::Cpu)?;
+//! let mut rng = seeded(3);
+//! let colours = Codebook::random_numbered(map.clone(), "colour", 8, &mut rng)?;
+//! let shapes = Codebook::random_numbered(map.clone(), "shape", 8, &mut rng)?;
+//! let s = map.bind(&colours.vector(2)?, &shapes.vector(5)?)?.unsqueeze(0)?;
+//! // Unbind the true shape and compare with the colours: codeword 2 stands out.
+//! let u = planes::unbind(VsaKind::Map, &map.to_planes(&s)?, &map.to_planes(&shapes.vector(5)?.unsqueeze(0)?)?)?;
+//! let book = PreparedCodebook::new(map.to_planes(colours.vectors())?)?;
+//! assert_eq!(planes::decode(VsaKind::Map, &u, &book)?, vec![2]);
+//! # Ok::<(), recompose_vsa::Error>(())
+//! ```
 
 use candle_core::Tensor;
-
-use crate::Result;
-use crate::problem::VsaKind;
 use recompose_core::gemm;
 use recompose_core::ops::elementwise;
+
+use crate::{Error, Fhrr, Map, Result, Vsa};
+
+/// The VSA models with a planes form.
+///
+/// In configuration files and JSON it is written `"map"` or `"fhrr"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VsaKind {
+    /// Multiply–add–permute: bipolar ±1 vectors, binding by element-wise product.
+    Map,
+    /// Fourier holographic reduced representations: unit phasors, binding by complex product.
+    Fhrr,
+}
+
+impl VsaKind {
+    /// Number of real planes per hypervector (1 for MAP, 2 for FHRR).
+    pub fn planes(self) -> usize {
+        match self {
+            VsaKind::Map => 1,
+            VsaKind::Fhrr => 2,
+        }
+    }
+
+    /// The lower-case name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            VsaKind::Map => "map",
+            VsaKind::Fhrr => "fhrr",
+        }
+    }
+}
+
+impl std::str::FromStr for VsaKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "map" => Ok(VsaKind::Map),
+            "fhrr" => Ok(VsaKind::Fhrr),
+            other => Err(Error::Config(format!(
+                "unknown VSA model '{other}' (expected map or fhrr)"
+            ))),
+        }
+    }
+}
+
+/// A model whose vectors have a planes form.
+pub trait PlaneModel: Vsa<Vector = Tensor> {
+    /// Which model this is.
+    fn kind(&self) -> VsaKind;
+
+    /// The planes of a batch `[N, …features]` of this model's vectors: `[N, D]` each.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shape`] unless `v` is a batch of exactly one leading axis of this model's vectors.
+    fn to_planes(&self, v: &Tensor) -> Result<Planes>;
+}
+
+/// Checks that `v` is one batch axis followed by the model's feature axes.
+fn check_batch<M: Vsa<Vector = Tensor>>(model: &M, v: &Tensor) -> Result<()> {
+    if model.batch_shape(v)?.len() != 1 {
+        return Err(Error::Shape {
+            op: "to_planes",
+            msg: format!(
+                "expected a batch [N, …] of {} vectors, got shape {:?}",
+                model.name(),
+                v.dims()
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl PlaneModel for Map {
+    fn kind(&self) -> VsaKind {
+        VsaKind::Map
+    }
+
+    fn to_planes(&self, v: &Tensor) -> Result<Planes> {
+        check_batch(self, v)?;
+        Ok(vec![v.contiguous()?])
+    }
+}
+
+impl PlaneModel for Fhrr {
+    fn kind(&self) -> VsaKind {
+        VsaKind::Fhrr
+    }
+
+    /// `[N, 2, D]` (real, imaginary) to the two planes `[N, D]`.
+    fn to_planes(&self, v: &Tensor) -> Result<Planes> {
+        check_batch(self, v)?;
+        Ok(vec![
+            v.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?,
+            v.narrow(1, 1, 1)?.squeeze(1)?.contiguous()?,
+        ])
+    }
+}
 
 /// One batch of hypervectors (or similarity vectors): one tensor per plane.
 pub type Planes = Vec<Tensor>;
