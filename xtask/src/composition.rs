@@ -384,7 +384,7 @@ fn train_models(work: &Path, args: &CompositionArgs) -> Result<Vec<Trained>> {
                     out_dir: dir.clone(),
                     ..Default::default()
                 };
-                let report = train_run(&cfg, &opts, &Device::Cpu)
+                let report = train_run(&cfg, &opts, &Device::Cpu, &mut |_| {})
                     .with_context(|| format!("training {} ({})", dist.name(), param.key()))?;
                 eprintln!(
                     "trained {} {} in {:.0} s (loss {:.4})",

@@ -405,8 +405,8 @@ fn train(root: &Path, work: &Path, v: &Variant, reuse: bool) -> Result<(PathBuf,
         out_dir: dir.clone(),
         ..Default::default()
     };
-    let report =
-        train_decomp(&v.cfg, &opts, &Device::Cpu).with_context(|| format!("training {}", v.key))?;
+    let report = train_decomp(&v.cfg, &opts, &Device::Cpu, &mut |_| {})
+        .with_context(|| format!("training {}", v.key))?;
     let timing = json!({
         "seconds": report.seconds,
         "steps_per_second": report.steps_per_second(),

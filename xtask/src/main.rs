@@ -217,7 +217,7 @@ fn decomp_fixture() -> Result<()> {
         out_dir: work.clone(),
         ..Default::default()
     };
-    let report = train_decomp(&cfg, &opts, &Device::Cpu)?;
+    let report = train_decomp(&cfg, &opts, &Device::Cpu, &mut |_| {})?;
     std::fs::write(
         work.join("timing.json"),
         serde_json::json!({

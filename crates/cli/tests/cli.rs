@@ -1121,3 +1121,36 @@ fn decomp_train_decompose_and_recombine() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn train_knows_every_preset_of_every_family() {
+    let out_dir =
+        std::env::temp_dir().join(format!("recompose-cli-presets-{}", std::process::id()));
+    let out = out_dir.to_str().unwrap();
+    let unknown = recompose(&["train", "--preset", "nope", "--out", out]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let err = String::from_utf8(unknown.stderr).unwrap();
+    for preset in [
+        "toy2d-ring",
+        "toy2d-box-small-energy",
+        "decomp-tetrominoes",
+        "decomp-falcor-lite",
+    ] {
+        assert!(err.contains(preset), "{preset} missing from: {err}");
+    }
+    let energy = recompose(&[
+        "train",
+        "--preset",
+        "decomp-tetrominoes",
+        "--energy",
+        "--out",
+        out,
+    ]);
+    assert_eq!(energy.status.code(), Some(2));
+    let err = String::from_utf8(energy.stderr).unwrap();
+    assert!(err.contains("--energy") && err.contains("decomp"), "{err}");
+    assert!(
+        !out_dir.exists(),
+        "a refused run must not create its directory"
+    );
+}

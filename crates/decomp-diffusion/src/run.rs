@@ -29,8 +29,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use recompose_diffusion::DiscreteSchedule;
 use recompose_diffusion::nn::ParamStore;
+use recompose_diffusion::run::{Run, RunFamily};
 use recompose_diffusion::train::{
-    LrDecay, TrainConfig, TrainOptions, TrainReport, read_model_weights,
+    LrDecay, TrainConfig, TrainOptions, TrainProgress, TrainReport, read_model_weights,
 };
 use serde::{Deserialize, Serialize};
 
@@ -134,14 +135,6 @@ impl DecompRunConfig {
         })
     }
 
-    /// Whether a TOML text is a Decomp Diffusion run (it has a `[decomp]` table) rather than a
-    /// plain diffusion run.
-    pub fn is_decomp_toml(text: &str) -> bool {
-        text.parse::<toml::Table>()
-            .map(|t| t.contains_key("decomp"))
-            .unwrap_or(false)
-    }
-
     /// Parses TOML.
     ///
     /// # Errors
@@ -234,6 +227,7 @@ pub fn train_decomp(
     cfg: &DecompRunConfig,
     opts: &TrainOptions,
     device: &Device,
+    progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<TrainReport> {
     cfg.validate()?;
     let store = ParamStore::new(cfg.train.seed);
@@ -245,8 +239,65 @@ pub fn train_decomp(
     opts.extra_files
         .push(("config.toml".to_string(), cfg.to_toml()?));
     Ok(recompose_diffusion::train::train(
-        &store, &objective, &data, &cfg.train, &opts,
+        &store, &objective, &data, &cfg.train, &opts, progress,
     )?)
+}
+
+impl DecompRunConfig {
+    /// The family of Decomp Diffusion runs (table `[decomp]`, presets
+    /// [`DECOMP_PRESET_NAMES`]), to register with a [`recompose_diffusion::run::Registry`].
+    pub const FAMILY: RunFamily = RunFamily {
+        name: "decomp",
+        table: "decomp",
+        presets: &DECOMP_PRESET_NAMES,
+        preset: |name| Ok(Box::new(DecompRunConfig::preset(name).map_err(run_error)?)),
+        from_toml: |text| {
+            Ok(Box::new(
+                DecompRunConfig::from_toml(text).map_err(run_error)?,
+            ))
+        },
+    };
+}
+
+/// This crate's error as the diffusion crate's: its own errors pass through, a configuration
+/// error stays one, and the rest are wrapped.
+fn run_error(e: Error) -> recompose_diffusion::Error {
+    match e {
+        Error::Diffusion(d) => d,
+        Error::Config(m) => recompose_diffusion::Error::Config(m),
+        other => recompose_diffusion::Error::Run(Box::new(other)),
+    }
+}
+
+impl Run for DecompRunConfig {
+    fn family(&self) -> &'static str {
+        Self::FAMILY.name
+    }
+
+    fn train_config(&self) -> &TrainConfig {
+        &self.train
+    }
+
+    fn train_config_mut(&mut self) -> &mut TrainConfig {
+        &mut self.train
+    }
+
+    fn validate(&self) -> recompose_diffusion::Result<()> {
+        DecompRunConfig::validate(self).map_err(run_error)
+    }
+
+    fn to_toml(&self) -> recompose_diffusion::Result<String> {
+        DecompRunConfig::to_toml(self).map_err(run_error)
+    }
+
+    fn train(
+        &self,
+        opts: &TrainOptions,
+        device: &Device,
+        progress: &mut dyn FnMut(TrainProgress),
+    ) -> recompose_diffusion::Result<TrainReport> {
+        train_decomp(self, opts, device, progress).map_err(run_error)
+    }
 }
 
 /// A trained Decomp Diffusion model read back from a run directory.
@@ -290,6 +341,7 @@ impl DecompTrained {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use recompose_diffusion::run::Registry;
 
     #[test]
     fn presets_validate_and_round_trip_through_toml() -> Result<()> {
@@ -297,12 +349,12 @@ mod tests {
             let cfg = DecompRunConfig::preset(name)?;
             cfg.validate()?;
             let text = cfg.to_toml()?;
-            assert!(DecompRunConfig::is_decomp_toml(&text));
             assert_eq!(DecompRunConfig::from_toml(&text)?, cfg);
+            // The registry sends the file to this family and the preset name too.
+            let registry = Registry::new().with(DecompRunConfig::FAMILY)?;
+            assert_eq!(registry.from_toml(&text)?.to_toml()?, text);
+            assert_eq!(registry.preset(name)?.to_toml()?, text);
         }
-        assert!(!DecompRunConfig::is_decomp_toml(
-            "[model]\nkind = \"mlp\"\n"
-        ));
         let err = DecompRunConfig::preset("decomp-clevr")
             .unwrap_err()
             .to_string();

@@ -149,7 +149,7 @@ mod tests {
             halt_after: halt,
             ..Default::default()
         };
-        train(&store, &loss, &data, &cfg, &opts)?;
+        train(&store, &loss, &data, &cfg, &opts, &mut |_| {})?;
         Ok(())
     }
 

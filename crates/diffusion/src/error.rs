@@ -17,6 +17,10 @@ pub enum Error {
     /// A denoiser implemented outside this crate failed with its own error.
     #[error("denoiser failed: {0}")]
     Denoiser(Box<dyn std::error::Error + Send + Sync>),
+    /// A training-run family implemented outside this crate failed with its own error (see
+    /// [`crate::run::Run`]).
+    #[error(transparent)]
+    Run(Box<dyn std::error::Error + Send + Sync>),
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

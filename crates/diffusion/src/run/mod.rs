@@ -41,9 +41,14 @@ use crate::param::Parameterization;
 use crate::random::SeededRng;
 use crate::schedule::DiscreteSchedule;
 use crate::train::{
-    DenoisingLoss, TrainConfig, TrainOptions, TrainReport, TrainableDenoiser, read_model_weights,
+    DenoisingLoss, TrainConfig, TrainOptions, TrainProgress, TrainReport, TrainableDenoiser,
+    read_model_weights,
 };
 use crate::{Error, Result};
+
+mod registry;
+
+pub use registry::{Registry, Run, RunFamily};
 
 /// Which network to train, with its settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -463,7 +468,12 @@ impl TrainableDenoiser for Model {
 /// # Errors
 ///
 /// As [`RunConfig::validate`], [`RunConfig::dataset`] and [`crate::train::train`].
-pub fn train_run(cfg: &RunConfig, opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
+pub fn train_run(
+    cfg: &RunConfig,
+    opts: &TrainOptions,
+    device: &Device,
+    progress: &mut dyn FnMut(TrainProgress),
+) -> Result<TrainReport> {
     cfg.validate()?;
     let store = ParamStore::new(cfg.train.seed);
     let model = cfg.build_model(store.var_builder(DType::F32, device))?;
@@ -473,7 +483,62 @@ pub fn train_run(cfg: &RunConfig, opts: &TrainOptions, device: &Device) -> Resul
     let mut opts = opts.clone();
     opts.extra_files
         .push(("config.toml".to_string(), cfg.to_toml()?));
-    crate::train::train(&store, &objective, data.as_ref(), &cfg.train, &opts)
+    crate::train::train(
+        &store,
+        &objective,
+        data.as_ref(),
+        &cfg.train,
+        &opts,
+        progress,
+    )
+}
+
+impl RunConfig {
+    /// The family of denoiser runs (table `[model]`, presets [`PRESET_NAMES`]) for a
+    /// [`Registry`].
+    pub const FAMILY: RunFamily = RunFamily {
+        name: "denoiser",
+        table: "model",
+        presets: &PRESET_NAMES,
+        preset: |name| Ok(Box::new(RunConfig::preset(name)?)),
+        from_toml: |text| Ok(Box::new(RunConfig::from_toml(text)?)),
+    };
+}
+
+impl Run for RunConfig {
+    fn family(&self) -> &'static str {
+        Self::FAMILY.name
+    }
+
+    fn train_config(&self) -> &TrainConfig {
+        &self.train
+    }
+
+    fn train_config_mut(&mut self) -> &mut TrainConfig {
+        &mut self.train
+    }
+
+    fn set_energy(&mut self, form: EnergyForm) -> Result<()> {
+        self.diffusion.energy = Some(form);
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<()> {
+        RunConfig::validate(self)
+    }
+
+    fn to_toml(&self) -> Result<String> {
+        RunConfig::to_toml(self)
+    }
+
+    fn train(
+        &self,
+        opts: &TrainOptions,
+        device: &Device,
+        progress: &mut dyn FnMut(TrainProgress),
+    ) -> Result<TrainReport> {
+        train_run(self, opts, device, progress)
+    }
 }
 
 /// A trained model read back from a `recompose train` output directory: its configuration

@@ -327,13 +327,26 @@ pub struct TrainOptions {
     pub out_dir: PathBuf,
     /// Continue from the checkpoint in `out_dir` instead of starting afresh.
     pub resume: bool,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
     /// Extra files written (atomically) into `out_dir` at the start, e.g. `config.toml`.
     pub extra_files: Vec<(String, String)>,
     /// End the run right after this global step **without** a final checkpoint, as an
     /// interruption would (for testing recovery); `None` runs to `steps`.
     pub halt_after: Option<usize>,
+}
+
+/// Progress of a running [`train`] call, reported after every optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainProgress {
+    /// Steps done (global, counting those before a resume).
+    pub step: usize,
+    /// The run's total number of steps.
+    pub steps: usize,
+    /// The step the run started from (0, or the checkpoint's step on resume).
+    pub start_step: usize,
+    /// Mean loss of the last (up to) 100 steps.
+    pub recent_loss: f64,
+    /// The learning rate of the step just taken.
+    pub lr: f64,
 }
 
 /// What a finished [`train`] call reports.
@@ -652,6 +665,7 @@ pub fn train(
     data: &dyn Dataset,
     cfg: &TrainConfig,
     opts: &TrainOptions,
+    progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<TrainReport> {
     cfg.validate()?;
     let vars = store.vars();
@@ -689,18 +703,6 @@ pub fn train(
     let mut log = LossLog::open(out, cfg.log_format, opts.resume.then_some(start))?;
     let schedule = cfg.schedule();
     let device = vars[0].1.device().clone();
-    let bar = if opts.progress {
-        indicatif::ProgressBar::new(cfg.steps as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_position(start as u64);
     let began = Instant::now();
     let mut recent: std::collections::VecDeque<f64> = std::collections::VecDeque::new();
     let mut last_loss = f64::NAN;
@@ -730,13 +732,13 @@ pub fn train(
         if step % cfg.log_every == 0 || step == cfg.steps {
             log.write(step, loss_value, lr, norm)?;
         }
-        bar.set_position(step as u64);
-        if step % 10 == 0 {
-            bar.set_message(format!(
-                "loss {:.4}",
-                recent.iter().sum::<f64>() / recent.len() as f64
-            ));
-        }
+        progress(TrainProgress {
+            step,
+            steps: cfg.steps,
+            start_step: start,
+            recent_loss: recent.iter().sum::<f64>() / recent.len() as f64,
+            lr,
+        });
         let periodic = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0;
         if periodic || step == cfg.steps {
             log.flush()?;
@@ -744,7 +746,6 @@ pub fn train(
         }
     }
     log.flush()?;
-    bar.finish_and_clear();
     Ok(TrainReport {
         start_step: start,
         end_step: step,

@@ -102,6 +102,7 @@ fn resume_after_interrupt_is_bit_exact() -> Result<()> {
             ..Default::default()
         },
         &Device::Cpu,
+        &mut |_| {},
     )?;
 
     let cut = scratch("cut");
@@ -110,7 +111,7 @@ fn resume_after_interrupt_is_bit_exact() -> Result<()> {
         halt_after: Some(17),
         ..Default::default()
     };
-    let report = train_run(&cfg, &opts, &Device::Cpu)?;
+    let report = train_run(&cfg, &opts, &Device::Cpu, &mut |_| {})?;
     assert_eq!(report.end_step, 17);
     // Starting afresh over a checkpoint is refused.
     let err = train_run(
@@ -120,6 +121,7 @@ fn resume_after_interrupt_is_bit_exact() -> Result<()> {
             ..Default::default()
         },
         &Device::Cpu,
+        &mut |_| {},
     )
     .unwrap_err()
     .to_string();
@@ -132,6 +134,7 @@ fn resume_after_interrupt_is_bit_exact() -> Result<()> {
             ..Default::default()
         },
         &Device::Cpu,
+        &mut |_| {},
     )?;
     assert_eq!((resumed.start_step, resumed.end_step), (10, 30));
     assert_eq!(
@@ -160,6 +163,7 @@ fn resume_after_interrupt_is_bit_exact() -> Result<()> {
             ..Default::default()
         },
         &Device::Cpu,
+        &mut |_| {},
     )
     .unwrap_err()
     .to_string();
@@ -181,6 +185,7 @@ fn bad_checkpoints_name_the_tensor() -> Result<()> {
             ..Default::default()
         },
         &Device::Cpu,
+        &mut |_| {},
     )?;
     let resume = |cfg: &RunConfig| {
         let mut c = cfg.clone();
@@ -193,6 +198,7 @@ fn bad_checkpoints_name_the_tensor() -> Result<()> {
                 ..Default::default()
             },
             &Device::Cpu,
+            &mut |_| {},
         )
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -276,6 +282,7 @@ fn mlp_learns_the_ring() -> Result<()> {
             ..Default::default()
         },
         &Device::Cpu,
+        &mut |_| {},
     )?;
     let trained = Trained::load(&dir, &Device::Cpu)?;
     let n = 500;
@@ -369,6 +376,7 @@ fn unet_trains_on_an_image_folder() -> Result<()> {
             ..Default::default()
         },
         &Device::Cpu,
+        &mut |_| {},
     )?;
     assert_eq!(report.end_step, 3);
     assert!(report.last_loss.is_finite());
