@@ -1,18 +1,16 @@
 //! `recompose train` and `recompose sample`: training diffusion models from a TOML configuration
 //! or a named preset, and sampling from what they wrote.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use recompose_decomp_diffusion::run::train_decomp;
-use recompose_decomp_diffusion::{DECOMP_PRESET_NAMES, DecompRunConfig};
+use recompose_decomp_diffusion::DecompRunConfig;
 use recompose_diffusion::data::ValueRange;
 use recompose_diffusion::data::plot::{ScatterConfig, save_png_grid, save_png_scatter};
-use recompose_diffusion::run::{PRESET_NAMES, RunConfig, Trained, train_run};
+use recompose_diffusion::run::{Registry, Trained};
 use recompose_diffusion::train::{TrainOptions, TrainReport};
-use recompose_diffusion::{DdpmVariance, Sampler, SamplerConfig, SamplerKind, seeded};
+use recompose_diffusion::{Sampler, SamplerConfig, SamplerKind, seeded};
 
 use crate::{positive, usage};
 
@@ -76,57 +74,19 @@ pub struct SampleArgs {
     seed: u64,
 }
 
-/// Reads a configuration file for `recompose train`.
-fn read_config(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| usage(format!("{}: {e}", path.display())))
-}
-
-/// The Decomp Diffusion run the arguments ask for, if they ask for one: a `decomp-*` preset or
-/// a configuration with a `[decomp]` table (given, or saved in --out when resuming).
-fn decomp_run(a: &TrainArgs) -> Result<Option<DecompRunConfig>> {
-    let text = match (&a.preset, &a.config) {
-        (Some(p), None) if p.starts_with("decomp-") => {
-            return DecompRunConfig::preset(p)
-                .map(Some)
-                .map_err(|e| usage(e.to_string()));
-        }
-        (None, Some(path)) => read_config(path)?,
-        (None, None) if a.resume && a.out.join("config.toml").is_file() => {
-            read_config(&a.out.join("config.toml"))?
-        }
-        _ => return Ok(None),
-    };
-    if !DecompRunConfig::is_decomp_toml(&text) {
-        return Ok(None);
-    }
-    DecompRunConfig::from_toml(&text)
-        .map(Some)
-        .map_err(|e| usage(e.to_string()))
+/// Every family of training runs the CLI knows: this workspace's denoisers and Decomp Diffusion.
+pub(crate) fn registry() -> Result<Registry> {
+    Ok(Registry::new().with(DecompRunConfig::FAMILY)?)
 }
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
-    if let Some(mut cfg) = decomp_run(&a)? {
-        if a.energy.is_some() {
-            return Err(usage(
-                "--energy applies to the 2-D MLP models, not to Decomp Diffusion",
-            ));
-        }
-        if let Some(s) = a.steps {
-            cfg.train.steps = positive("steps", s, 1)?;
-        }
-        if let Some(seed) = a.seed {
-            cfg.train.seed = seed;
-        }
-        cfg.validate().map_err(|e| usage(e.to_string()))?;
-        let report = train_decomp(&cfg, &train_options(&a), &crate::device())?;
-        return print_report(&report, &a.out);
-    }
-    let mut cfg = match (&a.preset, &a.config) {
-        (Some(p), None) => RunConfig::preset(p).map_err(|e| usage(e.to_string()))?,
-        (None, Some(path)) => RunConfig::from_file(path).map_err(|e| usage(e.to_string()))?,
+    let registry = registry()?;
+    let mut run = match (&a.preset, &a.config) {
+        (Some(p), None) => registry.preset(p).map_err(|e| usage(e.to_string()))?,
+        (None, Some(path)) => registry.from_file(path).map_err(|e| usage(e.to_string()))?,
         (None, None) if a.resume => {
             let saved = a.out.join("config.toml");
-            RunConfig::from_file(&saved).with_context(|| {
+            registry.from_file(&saved).with_context(|| {
                 format!(
                     "--resume without --preset/--config reads {}",
                     saved.display()
@@ -135,37 +95,40 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         }
         (None, None) => {
             return Err(usage(format!(
-                "give --preset NAME ({}, {}) or --config FILE.toml",
-                PRESET_NAMES.join(", "),
-                DECOMP_PRESET_NAMES.join(", ")
+                "give --preset NAME ({}) or --config FILE.toml",
+                registry.preset_names().join(", ")
             )));
         }
         (Some(_), Some(_)) => return Err(usage("--preset and --config exclude each other")),
     };
     if let Some(s) = a.steps {
-        cfg.train.steps = positive("steps", s, 1)?;
+        run.train_config_mut().steps = positive("steps", s, 1)?;
     }
     if let Some(seed) = a.seed {
-        cfg.train.seed = seed;
+        run.train_config_mut().seed = seed;
     }
     if let Some(form) = &a.energy {
-        cfg.diffusion.energy = Some(
-            form.parse()
-                .map_err(|e: recompose_diffusion::Error| usage(format!("--energy: {e}")))?,
-        );
+        let form = form
+            .parse()
+            .map_err(|e: recompose_diffusion::Error| usage(format!("--energy: {e}")))?;
+        run.set_energy(form)
+            .map_err(|e| usage(format!("--energy: {e}")))?;
     }
-    cfg.validate().map_err(|e| usage(e.to_string()))?;
-    let report = train_run(&cfg, &train_options(&a), &crate::device())?;
-    print_report(&report, &a.out)
-}
-
-fn train_options(a: &TrainArgs) -> TrainOptions {
-    TrainOptions {
+    run.validate().map_err(|e| usage(e.to_string()))?;
+    let opts = TrainOptions {
         out_dir: a.out.clone(),
         resume: a.resume,
-        progress: !a.quiet && std::io::stderr().is_terminal(),
         ..Default::default()
-    }
+    };
+    let bar = crate::progress_bar(run.train_config().steps as u64, a.quiet);
+    let report = run.train(&opts, &crate::device(), &mut |p| {
+        bar.set_position(p.step as u64);
+        if p.step % 10 == 0 {
+            bar.set_message(format!("loss {:.4}", p.recent_loss));
+        }
+    });
+    bar.finish_and_clear();
+    print_report(&report?, &a.out)
 }
 
 fn print_report(report: &TrainReport, out: &Path) -> Result<()> {
@@ -206,17 +169,12 @@ pub(crate) fn out_kind(path: &Path) -> Result<OutKind> {
 pub fn run_sample(a: SampleArgs) -> Result<()> {
     let num = positive("num", a.num, 1)?;
     let kind = out_kind(&a.out)?;
-    let sampler_kind = match a.sampler.as_str() {
-        "ddpm" => SamplerKind::Ddpm(DdpmVariance::FixedSmall),
-        "ddim" => SamplerKind::Ddim { eta: 0.0 },
-        "sde" => SamplerKind::ReverseSde,
-        "ode" => SamplerKind::OdeHeun,
-        o => {
-            return Err(usage(format!(
-                "--sampler must be ddpm, ddim, sde or ode, got '{o}'"
-            )));
-        }
-    };
+    let sampler_kind: SamplerKind = a.sampler.parse().map_err(|_| {
+        usage(format!(
+            "--sampler must be ddpm, ddim, sde or ode, got '{}'",
+            a.sampler
+        ))
+    })?;
     let device = crate::device();
     let trained = Trained::load(&a.checkpoint, &device)?;
     let t_max = trained.schedule.len();

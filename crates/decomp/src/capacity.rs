@@ -33,6 +33,22 @@ impl IterLimit {
     }
 }
 
+impl std::str::FromStr for IterLimit {
+    type Err = Error;
+    /// A positive integer, or `kent` for the published protocol.
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "kent" {
+            return Ok(IterLimit::Kent);
+        }
+        match s.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(IterLimit::Fixed(n)),
+            _ => Err(Error::Config(format!(
+                "iteration limit must be a positive integer or 'kent', got '{s}'"
+            ))),
+        }
+    }
+}
+
 /// What to search.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CapacityConfig {
@@ -254,6 +270,15 @@ pub fn fit_crossing(points: &[CapacityPoint], trials: usize, target: f64) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iteration_limits_parse() {
+        assert_eq!("kent".parse::<IterLimit>().unwrap(), IterLimit::Kent);
+        assert_eq!("250".parse::<IterLimit>().unwrap(), IterLimit::Fixed(250));
+        for bad in ["0", "-3", "many", ""] {
+            assert!(bad.parse::<IterLimit>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn logistic_fit_recovers_a_known_curve() {

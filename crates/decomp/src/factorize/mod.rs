@@ -44,7 +44,7 @@ use crate::{Error, Result};
 
 pub use crate::trials::{Progress, Update};
 pub use als::AlsConfig;
-pub use coupled::CoupledConfig;
+pub use coupled::{CoupledConfig, CoupledOverrides};
 pub use resonator::{Activation, Normalization, ResonatorConfig, StopRule, Weights};
 
 /// A factorization method and its settings.
@@ -97,6 +97,14 @@ impl Method {
                 )));
             }
         })
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    /// [`Method::from_name`].
+    fn from_str(s: &str) -> Result<Self> {
+        Method::from_name(s)
     }
 }
 

@@ -117,6 +117,23 @@ pub enum SamplerKind {
     OdeHeun,
 }
 
+impl std::str::FromStr for SamplerKind {
+    type Err = Error;
+    /// The command line's names: `ddpm` (ancestral, fixed small variance), `ddim` (η = 0),
+    /// `sde` (the reverse SDE) and `ode` (the probability-flow ODE with Heun's method).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ddpm" => Ok(Self::Ddpm(DdpmVariance::FixedSmall)),
+            "ddim" => Ok(Self::Ddim { eta: 0.0 }),
+            "sde" => Ok(Self::ReverseSde),
+            "ode" => Ok(Self::OdeHeun),
+            other => Err(Error::Config(format!(
+                "unknown sampler '{other}' (expected ddpm, ddim, sde or ode)"
+            ))),
+        }
+    }
+}
+
 impl SamplerKind {
     /// Whether the sampler draws noise during the chain (beyond the initial x ~ N(0, I)).
     pub fn is_stochastic(&self) -> bool {
@@ -557,7 +574,10 @@ impl SdeSampler {
         if times.is_empty() {
             return Err(Error::Config("a chain needs at least one time".to_string()));
         }
-        if let Some(w) = times.windows(2).find(|w| w[1].partial_cmp(&w[0]) != Some(std::cmp::Ordering::Less)) {
+        if let Some(w) = times
+            .windows(2)
+            .find(|w| w[1].partial_cmp(&w[0]) != Some(std::cmp::Ordering::Less))
+        {
             return Err(Error::Config(format!(
                 "chain times must be strictly descending, got {} then {}",
                 w[0], w[1]

@@ -1182,3 +1182,22 @@ fn continuous_time_sampler_checks_its_inputs() {
         .unwrap();
     assert!(max_abs_diff(&out, &want) < 1e-6);
 }
+
+#[test]
+fn sampler_names_parse() {
+    use recompose_diffusion::{DdpmVariance, SamplerKind};
+    let parsed: Vec<SamplerKind> = ["ddpm", "ddim", "sde", "ode"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(
+        parsed,
+        vec![
+            SamplerKind::Ddpm(DdpmVariance::FixedSmall),
+            SamplerKind::Ddim { eta: 0.0 },
+            SamplerKind::ReverseSde,
+            SamplerKind::OdeHeun,
+        ]
+    );
+    assert!("heun".parse::<SamplerKind>().is_err());
+}

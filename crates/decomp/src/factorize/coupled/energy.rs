@@ -33,6 +33,20 @@ pub enum Energy {
     },
 }
 
+impl std::str::FromStr for Energy {
+    type Err = crate::Error;
+    /// `similarity` (λ = 1) or `gaussian` (σ_y = 1), the command line's names.
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "similarity" => Ok(Energy::Similarity { lambda: 1.0 }),
+            "gaussian" => Ok(Energy::Gaussian { sigma_y: 1.0 }),
+            other => Err(crate::Error::Config(format!(
+                "unknown coupling energy '{other}' (expected similarity or gaussian)"
+            ))),
+        }
+    }
+}
+
 impl Energy {
     /// The energy's name on the command line: `similarity` or `gaussian`.
     pub fn name(&self) -> &'static str {

@@ -91,6 +91,34 @@ pub enum Sampler {
     Sde,
 }
 
+impl std::str::FromStr for Space {
+    type Err = Error;
+    /// `latent` or `codebook`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "latent" => Ok(Space::Latent),
+            "codebook" => Ok(Space::Codebook),
+            other => Err(Error::Config(format!(
+                "unknown chain space '{other}' (expected latent or codebook)"
+            ))),
+        }
+    }
+}
+
+impl std::str::FromStr for Sampler {
+    type Err = Error;
+    /// `ode` or `sde`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ode" => Ok(Sampler::Ode),
+            "sde" => Ok(Sampler::Sde),
+            other => Err(Error::Config(format!(
+                "unknown coupled sampler '{other}' (expected ode or sde)"
+            ))),
+        }
+    }
+}
+
 /// How each step is integrated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -336,6 +364,99 @@ impl CoupledConfig {
     }
 }
 
+/// Changes to a coupled preset, field by field, as the command line gives them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CoupledOverrides {
+    /// The preset to start from (see [`CoupledOverrides::resolve`] when `None`).
+    pub preset: Option<String>,
+    /// Coupling energy.
+    pub energy: Option<Energy>,
+    /// State space of the chains.
+    pub space: Option<Space>,
+    /// Reverse process.
+    pub sampler: Option<Sampler>,
+    /// Steps T of a pass.
+    pub steps: Option<usize>,
+    /// Restarts R after the first pass (0: none, and no patience).
+    pub restarts: Option<usize>,
+    /// Re-noise level ρ of the restarts; restarts then re-noise the current estimates.
+    pub renoise: Option<f64>,
+    /// Guidance scale ζ.
+    pub guidance: Option<f64>,
+    /// Codeword width (temperature) τ.
+    pub temperature: Option<f64>,
+}
+
+impl CoupledOverrides {
+    /// Whether no field is given.
+    pub fn is_empty(&self) -> bool {
+        *self == CoupledOverrides::default()
+    }
+
+    /// The settings these overrides ask for, and the name of the preset they start from.
+    ///
+    /// The preset is the one named; without a name, `best` when no energy, space or sampler is
+    /// given, else the tuned preset of the variant they select (the rest taken from `best`).
+    /// Every given field then replaces the preset's; changing the space also resets the
+    /// codeword scale to that space's (1 for latent chains, `best`'s for codebook chains).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an unknown preset.
+    pub fn resolve(&self) -> Result<(CoupledConfig, String)> {
+        let best = CoupledConfig::preset("best")?;
+        let name = match &self.preset {
+            Some(p) => p.clone(),
+            None if self.energy.is_none() && self.space.is_none() && self.sampler.is_none() => {
+                "best".into()
+            }
+            None => CoupledConfig {
+                energy: self.energy.unwrap_or(best.energy),
+                space: self.space.unwrap_or(best.space),
+                sampler: self.sampler.unwrap_or(best.sampler),
+                ..best.clone()
+            }
+            .variant(),
+        };
+        let mut c = CoupledConfig::preset(&name)?;
+        if let Some(e) = self.energy {
+            c.energy = e;
+        }
+        if let Some(s) = self.space
+            && s != c.space
+        {
+            c.space = s;
+            c.scale = match s {
+                Space::Latent => 1.0,
+                Space::Codebook => best.scale,
+            };
+        }
+        if let Some(m) = self.sampler {
+            c.sampler = m;
+        }
+        if let Some(t) = self.steps {
+            c.steps = t;
+        }
+        if let Some(r) = self.restarts {
+            c.restarts = Some(r);
+            if r == 0 {
+                c.patience = None;
+            }
+        }
+        if let Some(rho) = self.renoise {
+            c.renoise = rho;
+            c.restart_mode = RestartMode::Renoise;
+        }
+        if let Some(g) = self.guidance {
+            c.guidance_scale = g;
+        }
+        if let Some(t) = self.temperature {
+            c.temperature = t;
+        }
+        Ok((c, name))
+    }
+}
+
 /// The attention resonator that the coupled update reduces to in the special case of the module
 /// docs: codewords prior, codebook space, k = 0, similarity energy, posterior guidance with
 /// ζλ = β, no noise, no restarts, sign read-out, sequential updates.
@@ -364,3 +485,62 @@ pub fn attention_equivalent(beta: f64) -> (CoupledConfig, ResonatorConfig) {
 }
 
 mod presets;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_to_the_settings_they_name() -> Result<()> {
+        assert_eq!("latent".parse::<Space>()?, Space::Latent);
+        assert_eq!("codebook".parse::<Space>()?, Space::Codebook);
+        assert_eq!("ode".parse::<Sampler>()?, Sampler::Ode);
+        assert_eq!("sde".parse::<Sampler>()?, Sampler::Sde);
+        for name in ["similarity", "gaussian"] {
+            assert_eq!(name.parse::<Energy>()?.name(), name);
+        }
+        assert!("pixel".parse::<Space>().is_err());
+        assert!("heun".parse::<Sampler>().is_err());
+        assert!("quadratic".parse::<Energy>().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn overrides_start_from_the_preset_they_select() -> Result<()> {
+        let best = CoupledConfig::preset("best")?;
+        let (c, name) = CoupledOverrides::default().resolve()?;
+        assert_eq!((c, name.as_str()), (best.clone(), "best"));
+        // A variant without a preset name selects that variant's tuned preset.
+        let gaussian = CoupledOverrides {
+            energy: Some(Energy::Gaussian { sigma_y: 1.0 }),
+            ..Default::default()
+        };
+        let (c, name) = gaussian.resolve()?;
+        assert_eq!(name, format!("gaussian-{}-{}", "codebook", "sde"));
+        assert_eq!(c.energy, Energy::Gaussian { sigma_y: 1.0 });
+        // Field overrides replace the preset's values.
+        let o = CoupledOverrides {
+            preset: Some("similarity-latent-ode".into()),
+            space: Some(Space::Codebook),
+            steps: Some(7),
+            restarts: Some(0),
+            renoise: Some(0.25),
+            guidance: Some(2.0),
+            temperature: Some(3.0),
+            ..Default::default()
+        };
+        assert!(!o.is_empty());
+        let (c, name) = o.resolve()?;
+        assert_eq!(name, "similarity-latent-ode");
+        assert_eq!((c.space, c.scale), (Space::Codebook, best.scale));
+        assert_eq!((c.steps, c.restarts, c.patience), (7, Some(0), None));
+        assert_eq!((c.renoise, c.restart_mode), (0.25, RestartMode::Renoise));
+        assert_eq!((c.guidance_scale, c.temperature), (2.0, 3.0));
+        let unknown = CoupledOverrides {
+            preset: Some("fastest".into()),
+            ..Default::default()
+        };
+        assert!(unknown.resolve().is_err());
+        Ok(())
+    }
+}
