@@ -1,8 +1,24 @@
-//! Criterion benchmark suites for recompose; the suites live in `benches/benches/`.
+//! Criterion benchmark suites for recompose, and the measurement tasks `cargo xtask` runs.
 //!
-//! The library holds what a suite shares with the other programs that time the same work:
-//! the Decomp Diffusion workloads ([`decomp`]), which the criterion suite `decomp` and the
-//! `decomp-steps` timing server both run. Every program here starts with
-//! `recompose_core::process::prepare()`, the set-up of the `recompose` binary.
+//! The criterion suites live in `benches/benches/`. The library holds what they share with the
+//! other programs that time the same work: the Decomp Diffusion workloads ([`decomp`]), which
+//! the criterion suite `decomp` and the `decomp-steps` timing server both run. Every program
+//! here starts with `recompose_core::process::prepare()`, the set-up of the `recompose` binary.
+//!
+//! It also holds the tasks behind `cargo xtask` (a thin dispatcher): the reproductions that
+//! write `docs/results/` ([`reproduce`] for factorization, [`composition`], [`decomposition`]),
+//! the coupled-diffusion tuner ([`tune`]), the comparisons with the PyTorch reference
+//! ([`torch`], with its script `torchbench.py`), the chart writer ([`plot`]), the committed
+//! fixtures ([`fixtures`], [`reference`](mod@reference)) and the workspace's paths and commands
+//! ([`workspace`]). Like xtask, these tasks report errors with `anyhow`.
 
+pub mod composition;
 pub mod decomp;
+pub mod decomposition;
+pub mod fixtures;
+pub mod plot;
+pub mod reference;
+pub mod reproduce;
+pub mod torch;
+pub mod tune;
+pub mod workspace;

@@ -162,7 +162,7 @@ impl Registry {
         }
     }
 
-    /// The run a configuration text describes (see the [module documentation](self)).
+    /// The run a configuration text describes (see the [`run`](crate::run) module documentation).
     ///
     /// # Errors
     ///

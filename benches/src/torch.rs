@@ -78,7 +78,7 @@ const FUNCTION: &str = "recompose";
 const BUSY_CORES: f64 = 0.25;
 
 /// Rounds of the interleaved comparison of each configuration's training step.
-const INTERLEAVED_ROUNDS: usize = 20;
+pub const INTERLEAVED_ROUNDS: usize = 20;
 
 /// Steps each side takes per turn of a round (the round's time of a side is their median).
 pub const STEPS_PER_TURN: usize = 3;
@@ -499,7 +499,7 @@ pub fn interleaved_summaries(
 /// Builds the Rust timing server `decomp-steps` (release); its path.
 fn build_server(root: &Path) -> Result<PathBuf> {
     const BIN: &str = "decomp-steps";
-    crate::cargo(&[
+    crate::workspace::cargo(&[
         "build",
         "--release",
         "-p",
@@ -864,7 +864,7 @@ fn markdown(
     let _ = writeln!(
         s,
         "- Rust: criterion's median time per iteration (`benches/benches/{name}.rs`). \
-         PyTorch: median of 10 calls after 3 warm-up calls (`xtask/src/torchbench.py`), \
+         PyTorch: median of 10 calls after 3 warm-up calls (`benches/src/torchbench.py`), \
          the same models, shapes and optimizer (Adam, lr 1e-3)."
     );
     let throughput = match suite {
