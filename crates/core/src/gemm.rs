@@ -1,6 +1,6 @@
 //! Matrix products on the host with the `gemm` crate, single-threaded: callers that already
-//! run one shard of work per core (the factorizers) multiply small matrices without waking a
-//! thread pool for each.
+//! run one shard of work per core (the factorizers, the kernels of [`crate::ops`], the host
+//! MLP) multiply small matrices without waking a thread pool for each.
 
 use candle_core::Tensor;
 
@@ -67,6 +67,111 @@ pub fn gemm_host(x: &[f32], y: &[f32], n: usize, k: usize, m: usize) -> Vec<f32>
         }
     }
     out
+}
+
+/// Raises the `gemm` crate's single-thread threshold for repacking the left operand (once per
+/// process): from 8 to 64 microkernel columns of the product. Our products run one per thread,
+/// and their large operand is a column matrix already contiguous along the output rows; with 64
+/// or more output channels `gemm` would otherwise copy that whole matrix into panels first, which
+/// cost more than reading it in place (≈5% of a Decomp Diffusion training step).
+fn tune_gemm() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| gemm::set_lhs_packing_threshold_single_thread(64));
+}
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with the given (row, column) strides, on the calling
+/// thread: the product of the convolution, attention and host-MLP kernels.
+///
+/// # Safety
+///
+/// Every element addressed through the sizes and strides must lie in its buffer, and `dst`
+/// must not overlap `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn strided(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    tune_gemm();
+    // SAFETY: the caller guarantees that every addressed element lies in its buffer.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `y[m×out] (+)= x[m×in] · wᵀ` for a row-major weight `w` `[out, in]`: a dense layer on host
+/// rows, without bias, on the calling thread (added to `y` when `accumulate`).
+///
+/// # Panics
+/// If `x`, `w` or `y` hold fewer than m·in, out·in or m·out values (callers size them).
+pub fn dense_forward(
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    (m, inp, out): (usize, usize, usize),
+    accumulate: bool,
+) {
+    assert!(x.len() >= m * inp && w.len() >= out * inp && y.len() >= m * out);
+    // SAFETY: the assertion bounds every addressed element; `y` is a distinct mutable buffer.
+    unsafe {
+        strided(
+            (m, out, inp),
+            y.as_mut_ptr(),
+            (out, 1),
+            accumulate,
+            x.as_ptr(),
+            (inp, 1),
+            w.as_ptr(),
+            (1, inp),
+        );
+    }
+}
+
+/// `gx[m×in] = g[m×out] · w` for a row-major weight `w` `[out, in]`: the input gradient of
+/// [`dense_forward`], on the calling thread.
+///
+/// # Panics
+/// If `g`, `w` or `gx` hold fewer than m·out, out·in or m·in values (callers size them).
+pub fn dense_backward(g: &[f32], w: &[f32], gx: &mut [f32], (m, inp, out): (usize, usize, usize)) {
+    assert!(g.len() >= m * out && w.len() >= out * inp && gx.len() >= m * inp);
+    // SAFETY: as in `dense_forward`.
+    unsafe {
+        strided(
+            (m, inp, out),
+            gx.as_mut_ptr(),
+            (inp, 1),
+            false,
+            g.as_ptr(),
+            (out, 1),
+            w.as_ptr(),
+            (inp, 1),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -9,10 +9,15 @@
 //!   recompose comes from here and reaches a device through `Tensor::from_vec`: the same seed
 //!   gives the same numbers on every device.
 //! - [`host`]: host access to the contiguous `f32` data of CPU tensors, the entry of every fast
-//!   path.
-//! - [`gemm`]: single-threaded host matrix products.
-//! - [`ops`]: tensor operations with hand-written CPU fast paths and candle's ops as the
-//!   fallback on other devices, tested against those ops.
+//!   path, and the helpers the kernels share (output buffers, parallel parts on candle's worker
+//!   threads, vectorized loops, a fast exponential).
+//! - [`gemm`]: single-threaded host matrix products (whole, strided, dense layers).
+//! - [`ops`]: every hand-written CPU kernel of the workspace, each tested against the candle
+//!   ops it replaces (forward and backward): the factorizers' elementwise and sparse passes;
+//!   convolution, fused group norm + SiLU, attention, row repeats, ReLU, resampling and batch
+//!   normalization as candle custom ops for the denoisers and the Decomp Diffusion encoder; the
+//!   AdamW update, gradient norms and moving averages of training. Models dispatch to them for
+//!   `f32` tensors on the CPU and to candle's ops elsewhere.
 //!
 //! - [`process`] (feature `process`, for binaries only): the thread count and allocator settings
 //!   CPU programs start with.

@@ -1,30 +1,13 @@
-//! 2-D convolution on the CPU as matrix products written straight into NCHW, with exact
-//! backward passes, for any stride.
+//! The 2-D convolution layer of the denoisers.
 //!
-//! candle's CPU `conv2d` builds its im2col tiles element by element, needs transposes around
-//! its matrix product, and its backward pass (a transposed convolution and a convolution for
-//! the kernel) runs mostly on one thread. Here each task (an image, or a band of output rows of
-//! one image when there are fewer images than threads) copies the `k·k` shifted (and, for
-//! stride s > 1, strided) rows of every input channel into a per-thread column matrix
-//! `[C·k·k, rows·Wo]` (for a kernel-1, padding-0, stride-1 convolution the image itself is that
-//! matrix), and one `gemm` call multiplies the kernel `[O, C·k·k]` (the `[O, C, k, k]` layout
-//! as it is) by it into the output `[O, rows·Wo]` of that image, in place, starting from the
-//! bias. The backward pass is exact: the kernel gradient is the sum over images of the output
-//! gradient times the transposed column matrix; the input gradient is, for stride 1, the same
-//! convolution of the output gradient with the flipped, transposed kernel, and for larger
-//! strides the column gradient `Wᵀ · grad` scattered back onto the pixels its taps read (the
-//! adjoint of im2col).
-//!
-//! [`Conv2d`] takes these kernels for `f32` tensors on the CPU and candle's ops otherwise; the
-//! results agree to rounding (tested, gradients included).
-
-mod kernels;
-
-pub(crate) use kernels::gemm;
-pub(crate) use kernels::{Conv as ConvOp, ConvBias, ConvResidual};
+//! [`Conv2d`] runs the convolution kernels of [`recompose_core::ops::conv`] (matrix products
+//! written straight into NCHW, bias and residual branch fused, exact backward passes, any
+//! stride) for `f32` tensors on the CPU and candle's ops otherwise; the results agree to
+//! rounding (tested, gradients included).
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
+use recompose_core::ops::conv::{Conv as ConvOp, ConvBias, ConvResidual};
 
 use crate::nn::layers::{ConvSpec, conv2d, conv2d_no_bias, conv2d_zeroed};
 use crate::{Error, Result};
@@ -108,8 +91,8 @@ impl Conv2d {
         x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32
     }
 
-    fn op(&self) -> kernels::Conv {
-        kernels::Conv {
+    fn op(&self) -> ConvOp {
+        ConvOp {
             padding: self.spec.padding,
             stride: self.spec.stride,
         }

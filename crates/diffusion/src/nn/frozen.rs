@@ -16,11 +16,11 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Linear;
 
-use crate::nn::conv::gemm;
-use crate::nn::cpu::{fast_exp, vectorized};
 use crate::nn::energy::EnergyForm;
 use crate::nn::mlp::ResidualMlp;
 use crate::{Error, Result};
+use recompose_core::gemm::{dense_backward, dense_forward};
+use recompose_core::host::{fast_exp, vectorized};
 
 /// Rows per work chunk: the activations of a chunk stay in the L2 cache.
 pub const CHUNK_ROWS: usize = 256;
@@ -58,39 +58,12 @@ impl Dense {
 
     /// `y[m×out] = x[m×in] · Wᵀ` (added to y if `accumulate`), without the bias.
     fn apply(&self, x: &[f32], y: &mut [f32], m: usize, accumulate: bool) {
-        assert!(x.len() >= m * self.inp && y.len() >= m * self.out);
-        // SAFETY: the assertion bounds every addressed element; x, y and the weight are
-        // distinct buffers.
-        unsafe {
-            gemm(
-                (m, self.out, self.inp),
-                y.as_mut_ptr(),
-                (self.out, 1),
-                accumulate,
-                x.as_ptr(),
-                (self.inp, 1),
-                self.weight.as_ptr(),
-                (1, self.inp),
-            );
-        }
+        dense_forward(x, &self.weight, y, (m, self.inp, self.out), accumulate);
     }
 
     /// `gx[m×in] = g[m×out] · W`: the backward pass of [`Dense::apply`] for the input.
     fn back(&self, g: &[f32], gx: &mut [f32], m: usize) {
-        assert!(g.len() >= m * self.out && gx.len() >= m * self.inp);
-        // SAFETY: as in `apply`.
-        unsafe {
-            gemm(
-                (m, self.inp, self.out),
-                gx.as_mut_ptr(),
-                (self.inp, 1),
-                false,
-                g.as_ptr(),
-                (self.out, 1),
-                self.weight.as_ptr(),
-                (self.inp, 1),
-            );
-        }
+        dense_backward(g, &self.weight, gx, (m, self.inp, self.out));
     }
 }
 

@@ -10,15 +10,17 @@
 //! - [`timestep_embedding`] is the sinusoidal embedding of improved-diffusion / GLIDE, `[cos | sin]`.
 //! - [`dropout`] draws its mask from a caller-supplied [`SeededRng`] (candle's is unseedable).
 //! - [`relu`], [`upsample_nearest2x`] (nearest-neighbour ×2) and [`avg_pool2x`] (2×2 average
-//!   pooling) have one-pass CPU kernels for both directions: candle's backward of
+//!   pooling) run one-pass CPU kernels of [`recompose_core::ops`] in both directions: candle's backward of
 //!   `upsample_nearest2d` fails for some sizes, and its ReLU gradient, pooling and broadcast
 //!   sums are single-threaded loops.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Module, Shape, Tensor};
+use candle_core::{D, DType, Module, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, GroupNorm, Init, Linear, VarBuilder};
 use rand_distr::{Bernoulli, Distribution};
 
-use crate::nn::cpu::{elementwise, f32_data, output_buffer, par_parts};
+use recompose_core::ops::relu::Relu;
+use recompose_core::ops::resample::Resample2x;
+
 use crate::random::SeededRng;
 use crate::{Error, Result};
 
@@ -372,153 +374,6 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
         return Ok(x.contiguous()?.apply_op1(Relu)?);
     }
     Ok(x.relu()?)
-}
-
-/// The CPU kernel of [`relu`]; its gradient is [`ReluGrad`].
-#[derive(Clone, Copy, Debug)]
-struct Relu;
-
-impl CustomOp1 for Relu {
-    fn name(&self) -> &'static str {
-        "relu"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(s, l)?;
-        let out = elementwise(
-            x.len(),
-            #[inline(always)]
-            |at, dst| {
-                for (d, &v) in dst.iter_mut().zip(&x[at..]) {
-                    *d = v.max(0.0);
-                }
-            },
-        );
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(res, &ReluGrad)?))
-    }
-}
-
-/// `grad · 1[y > 0]` for the output gradient `grad` and ReLU output `y`.
-#[derive(Clone, Copy, Debug)]
-struct ReluGrad;
-
-impl CustomOp2 for ReluGrad {
-    fn name(&self) -> &'static str {
-        "relu-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (g, y) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
-        if g.len() != y.len() {
-            candle_core::bail!("relu grad: {:?} does not fit {:?}", l1.dims(), l2.dims())
-        }
-        let out = elementwise(
-            g.len(),
-            #[inline(always)]
-            |at, dst| {
-                for ((d, &gv), &yv) in dst.iter_mut().zip(&g[at..]).zip(&y[at..]) {
-                    *d = if yv > 0.0 { gv } else { 0.0 };
-                }
-            },
-        );
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
-/// Nearest ×2 upsampling (`up`: every pixel copied to a 2×2 block) or 2×2 block sums (each
-/// block to one pixel) of contiguous `f32` `[B, C, H, W]` planes, times `scale`. The two are
-/// adjoint, so each one's gradient is the other with the same scale: upsampling is
-/// `{up, 1}` with gradient `{down, 1}`, average pooling `{down, ¼}` with gradient `{up, ¼}`.
-#[derive(Clone, Copy, Debug)]
-struct Resample2x {
-    up: bool,
-    scale: f32,
-}
-
-impl Resample2x {
-    const UP: Self = Self {
-        up: true,
-        scale: 1.0,
-    };
-    const DOWN: Self = Self {
-        up: false,
-        scale: 0.25,
-    };
-}
-
-impl CustomOp1 for Resample2x {
-    fn name(&self) -> &'static str {
-        "resample-2x"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let [b, c, h, w] = *l.dims() else {
-            candle_core::bail!("resample: expected [B, C, H, W], got {:?}", l.dims())
-        };
-        if !self.up && (h % 2 != 0 || w % 2 != 0) {
-            candle_core::bail!("resample: 2×2 blocks need even sizes, got {h}×{w}")
-        }
-        let x = f32_data(s, l)?;
-        let (ho, wo) = if self.up {
-            (2 * h, 2 * w)
-        } else {
-            (h / 2, w / 2)
-        };
-        // SAFETY: the planes below cover every output element.
-        let mut out = unsafe { output_buffer(b * c * ho * wo) };
-        let (up, scale) = (self.up, self.scale);
-        par_parts(
-            &mut out,
-            (ho * wo).max(1),
-            #[inline(always)]
-            |plane, dst| {
-                let src = &x[plane * h * w..][..h * w];
-                if up {
-                    for (y, row) in dst.chunks_exact_mut(wo).enumerate() {
-                        for (d, v) in row.chunks_exact_mut(2).zip(&src[(y / 2) * w..][..w]) {
-                            d[0] = v * scale;
-                            d[1] = v * scale;
-                        }
-                    }
-                } else {
-                    for (y, row) in dst.chunks_exact_mut(wo).enumerate() {
-                        let (r0, r1) = (&src[2 * y * w..][..w], &src[(2 * y + 1) * w..][..w]);
-                        for ((d, a), bb) in row
-                            .iter_mut()
-                            .zip(r0.chunks_exact(2))
-                            .zip(r1.chunks_exact(2))
-                        {
-                            *d = (a[0] + a[1] + bb[0] + bb[1]) * scale;
-                        }
-                    }
-                }
-            },
-        );
-        Ok((CpuStorage::F32(out), Shape::from((b, c, ho, wo))))
-    }
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let adjoint = Self {
-            up: !self.up,
-            scale: self.scale,
-        };
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&adjoint)?))
-    }
 }
 
 /// The SiLU / swish activation `x · sigmoid(x)` (differentiable in candle).

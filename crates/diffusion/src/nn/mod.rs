@@ -6,7 +6,6 @@
 //!   [`LayerNorm`](layers::LayerNorm), the sinusoidal timestep embedding, seeded dropout.
 //! - [`conv`]: 2-D convolution ([`Conv2d`](conv::Conv2d)) as matrix products on the CPU, any
 //!   stride, exact backward passes.
-//! - [`cpu`]: helpers for CPU custom ops (contiguous `f32` data, a shareable output pointer).
 //! - [`mlp`]: the residual MLP denoiser of the 2-D experiments of Du et al. (2023).
 //! - [`energy`]: the energy parameterization of the residual MLP (ε̂ = ∇ₓE), with a
 //!   hand-written, differentiable input gradient for training.
@@ -14,7 +13,6 @@
 //!   2024), with the PyTorch state-dict names of the released code.
 
 pub mod conv;
-pub mod cpu;
 pub mod energy;
 pub mod frozen;
 pub mod layers;

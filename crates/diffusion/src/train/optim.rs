@@ -19,6 +19,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use recompose_core::ops::optim::{AdamWCoefficients, adamw_update, blend, sum_of_squares};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -200,9 +201,8 @@ impl AdamW {
         let mut sq = 0.0f64;
         for (_, var) in &self.vars {
             if let Some(g) = grads.get(var.as_tensor()) {
-                let (gs, gl) = g.storage_and_layout();
-                sq += match cpu_f32(&gs, gl) {
-                    Some(data) => sum_of_squares(data),
+                sq += match sum_of_squares(g) {
+                    Some(s) => s,
                     None => g
                         .sqr()?
                         .sum_all()?
@@ -235,7 +235,7 @@ impl AdamW {
             // them (for an energy model's loss, one built on the forward activations); the
             // moments must not keep that graph alive from step to step.
             let g = g.detach();
-            let k = Coefficients {
+            let k = AdamWCoefficients {
                 scale: grad_scale as f32,
                 beta1: c.beta1 as f32,
                 beta2: c.beta2 as f32,
@@ -246,7 +246,7 @@ impl AdamW {
                 decay: (1.0 - lr * c.weight_decay) as f32,
             };
             if let Some((theta, m, v)) =
-                fused_update(var.as_tensor(), &g, &self.m[i], &self.v[i], k)
+                adamw_update(var.as_tensor(), &g, &self.m[i], &self.v[i], k)
             {
                 let shape = var.as_tensor().shape().clone();
                 let dev = var.device().clone();
@@ -276,139 +276,6 @@ impl AdamW {
         }
         Ok(())
     }
-}
-
-/// The elements of a contiguous CPU `f32` storage, `None` for any other.
-fn cpu_f32<'a>(s: &'a candle_core::Storage, l: &candle_core::Layout) -> Option<&'a [f32]> {
-    match s {
-        candle_core::Storage::Cpu(c) => crate::nn::cpu::f32_data(c, l).ok(),
-        _ => None,
-    }
-}
-
-/// Elements per task of the one-pass CPU updates (those of the elementwise kernels).
-const CHUNK: usize = crate::nn::cpu::ELEMENTWISE_PART;
-
-/// `Σ x²` in `f64`: per chunk on candle's worker threads, the chunks' sums added in order (the
-/// same result for any thread count).
-fn sum_of_squares(x: &[f32]) -> f64 {
-    let sums: Vec<std::sync::Mutex<f64>> = (0..x.len().div_ceil(CHUNK))
-        .map(|_| std::sync::Mutex::new(0.0))
-        .collect();
-    candle_core::utils::barrier_pool().execute_chunked(sums.len(), |range| {
-        for c in range {
-            let part = &x[c * CHUNK..((c + 1) * CHUNK).min(x.len())];
-            let s: f64 = part.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-            *sums[c].lock().unwrap_or_else(|e| e.into_inner()) = s;
-        }
-    });
-    sums.into_iter()
-        .map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()))
-        .sum()
-}
-
-/// `d·s + (1 − d)·x` in one pass over CPU `f32` tensors (`None` for any others).
-fn blend(s: &Tensor, x: &Tensor, d: f32) -> Option<Vec<f32>> {
-    let (ss, sl) = s.storage_and_layout();
-    let (xs, xl) = x.storage_and_layout();
-    let (a, b) = (cpu_f32(&ss, sl)?, cpu_f32(&xs, xl)?);
-    if a.len() != b.len() {
-        return None;
-    }
-    Some(crate::nn::cpu::elementwise(
-        a.len(),
-        #[inline(always)]
-        |at, dst| {
-            for ((o, &sv), &xv) in dst.iter_mut().zip(&a[at..]).zip(&b[at..]) {
-                *o = d * sv + (1.0 - d) * xv;
-            }
-        },
-    ))
-}
-
-/// The per-step constants of one AdamW update, in `f32`.
-#[derive(Clone, Copy, Debug)]
-struct Coefficients {
-    scale: f32,
-    beta1: f32,
-    beta2: f32,
-    inv_bc1: f32,
-    inv_bc2: f32,
-    eps: f32,
-    lr: f32,
-    /// `1 − ηλ`.
-    decay: f32,
-}
-
-/// The AdamW update of one CPU `f32` variable in a single pass over its four tensors (the
-/// tensor-op form makes about twelve, most of them single-threaded): the new values, first and
-/// second moments. `None` when any of the tensors is not contiguous `f32` on the CPU.
-fn fused_update(
-    theta: &Tensor,
-    g: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
-    k: Coefficients,
-) -> Option<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    use crate::nn::cpu::{SendPtr, output_buffer, vectorized};
-    let (ts, tl) = theta.storage_and_layout();
-    let (gs, gl) = g.storage_and_layout();
-    let (ms, ml) = m.storage_and_layout();
-    let (vs, vl) = v.storage_and_layout();
-    let (th, gr, m0, v0) = (
-        cpu_f32(&ts, tl)?,
-        cpu_f32(&gs, gl)?,
-        cpu_f32(&ms, ml)?,
-        cpu_f32(&vs, vl)?,
-    );
-    let n = th.len();
-    if gr.len() != n || m0.len() != n || v0.len() != n {
-        return None;
-    }
-    // SAFETY: the chunks below cover every element of the three buffers.
-    let (mut t1, mut m1, mut v1) =
-        unsafe { (output_buffer(n), output_buffer(n), output_buffer(n)) };
-    let (tp, mp, vp) = (
-        SendPtr(t1.as_mut_ptr()),
-        SendPtr(m1.as_mut_ptr()),
-        SendPtr(v1.as_mut_ptr()),
-    );
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(CHUNK), |range| {
-        vectorized(
-            #[inline(always)]
-            || {
-                for c in range {
-                    let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
-                    // SAFETY: chunk c of each output belongs to this task only; the buffers
-                    // outlive the pool call.
-                    let (t_out, m_out, v_out) = unsafe {
-                        (
-                            std::slice::from_raw_parts_mut(tp.ptr().add(lo), hi - lo),
-                            std::slice::from_raw_parts_mut(mp.ptr().add(lo), hi - lo),
-                            std::slice::from_raw_parts_mut(vp.ptr().add(lo), hi - lo),
-                        )
-                    };
-                    let src = th[lo..hi]
-                        .iter()
-                        .zip(&gr[lo..hi])
-                        .zip(&m0[lo..hi])
-                        .zip(&v0[lo..hi]);
-                    for ((((&t, &g), &m), &v), ((to, mo), vo)) in
-                        src.zip(t_out.iter_mut().zip(m_out.iter_mut()).zip(v_out.iter_mut()))
-                    {
-                        let g = g * k.scale;
-                        let m = k.beta1 * m + (1.0 - k.beta1) * g;
-                        let v = k.beta2 * v + (1.0 - k.beta2) * (g * g);
-                        let update = (m * k.inv_bc1) / ((v * k.inv_bc2).sqrt() + k.eps);
-                        *to = t * k.decay - k.lr * update;
-                        *mo = m;
-                        *vo = v;
-                    }
-                }
-            },
-        )
-    });
-    Some((t1, m1, v1))
 }
 
 /// The factor by which [`AdamW::step`] should scale gradients of global norm `norm` so that it

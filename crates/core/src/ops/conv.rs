@@ -1,12 +1,33 @@
-//! The CPU kernels of [`super::Conv2d`]: forward, input gradient and kernel gradient, each an
-//! im2col (or col2im) pass and one `gemm` product per image or band of output rows.
+//! 2-D convolution on the CPU as matrix products: forward, input gradient and kernel gradient,
+//! each an im2col (or col2im) pass and one `gemm` product per image or band of output rows,
+//! any stride, zero padding below the kernel size. Three candle custom ops: [`Conv`] (no
+//! bias), [`ConvBias`] and [`ConvResidual`] (bias and residual branch in the same pass), each
+//! with an exact backward pass; tested against `Tensor::conv2d` and its gradients.
+//!
+//! candle's CPU `conv2d` builds its im2col tiles element by element, needs transposes around
+//! its matrix product, and its backward pass (a transposed convolution and a convolution for
+//! the kernel) runs mostly on one thread. Here each task (an image, or a band of output rows of
+//! one image when there are fewer images than threads) copies the `k·k` shifted (and, for
+//! stride s > 1, strided) rows of every input channel into a per-thread column matrix
+//! `[C·k·k, rows·Wo]` (for a kernel-1, padding-0, stride-1 convolution the image itself is that
+//! matrix), and one `gemm` call multiplies the kernel `[O, C·k·k]` (the `[O, C, k, k]` layout
+//! as it is) by it into the output `[O, rows·Wo]` of that image, in place, starting from the
+//! bias. The backward pass is exact: the kernel gradient is the sum over images of the output
+//! gradient times the transposed column matrix; the input gradient is, for stride 1, the same
+//! convolution of the output gradient with the flipped, transposed kernel, and for larger
+//! strides the column gradient `Wᵀ · grad` scattered back onto the pixels its taps read (the
+//! adjoint of im2col).
+//!
+//! They take contiguous `f32` tensors on the CPU only; a model dispatches to them there and to
+//! candle's convolution elsewhere (as `recompose_diffusion::nn::conv::Conv2d` does).
 
 use std::cell::RefCell;
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, bail};
 
-use crate::nn::cpu::{SendPtr, f32_data, output_buffer};
+use crate::gemm::strided;
+use crate::host::{SendPtr, f32_data, output_buffer};
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy, Debug)]
@@ -266,67 +287,14 @@ fn col2im(cols: &[f32], ld: usize, g: &Geom, img: &mut [f32]) {
     }
 }
 
-/// Raises the `gemm` crate's single-thread threshold for repacking the left operand (once per
-/// process): from 8 to 64 microkernel columns of the product. Our products run one per thread,
-/// and their large operand is a column matrix already contiguous along the output rows; with 64
-/// or more output channels `gemm` would otherwise copy that whole matrix into panels first, which
-/// cost more than reading it in place (≈5% of a Decomp Diffusion training step).
-fn tune_gemm() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| gemm::set_lhs_packing_threshold_single_thread(64));
-}
-
-/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with the given (row, column) strides, on the calling
-/// thread.
-///
-/// # Safety
-///
-/// Every element addressed through the sizes and strides must lie in its buffer, and `dst`
-/// must not overlap `lhs` or `rhs`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    (dst_rs, dst_cs): (usize, usize),
-    accumulate: bool,
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
-) {
-    tune_gemm();
-    // SAFETY: the caller guarantees that every addressed element lies in its buffer.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 /// `x ⋆ w` with zero padding `padding < k` and stride `stride` (input `[B, C, H, W]`, kernel
 /// `[O, C, k, k]`, both contiguous `f32`), without bias.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Conv {
-    pub(crate) padding: usize,
-    pub(crate) stride: usize,
+pub struct Conv {
+    /// Zero padding on each side (below the kernel size).
+    pub padding: usize,
+    /// The stride (at least 1).
+    pub stride: usize,
 }
 
 /// What the output of [`conv_forward`] starts from before the product is added: a bias
@@ -405,7 +373,7 @@ fn conv_forward(
                     with_scratch(&PRODUCT, co * n, |prod| {
                         // SAFETY: prod [co × n] = W [co × kk] · cols [kk × n] (row stride ld).
                         unsafe {
-                            gemm(
+                            strided(
                                 (co, n, kk),
                                 prod.as_mut_ptr(),
                                 (n, 1),
@@ -485,7 +453,7 @@ fn conv_forward(
             // SAFETY: lhs [co × kk], rhs rows of the image, dst [co × n] with row
             // stride hw, all in bounds.
             unsafe {
-                gemm(
+                strided(
                     (co, n, kk),
                     d,
                     (hw, 1),
@@ -503,7 +471,7 @@ fn conv_forward(
             im2col(img, &g, y0, y1, ld, cols);
             // SAFETY: as above, with the column matrix [kk × n] of row stride ld.
             unsafe {
-                gemm(
+                strided(
                     (co, n, kk),
                     d,
                     (hw, 1),
@@ -606,7 +574,7 @@ impl CustomOp2 for Conv {
 /// [`Conv`] plus a per-channel bias `[1 or B, O]` (shared by the batch or per sample),
 /// added by starting the product from it.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct ConvBias(pub(crate) Conv);
+pub struct ConvBias(pub Conv);
 
 impl CustomOp3 for ConvBias {
     fn name(&self) -> &'static str {
@@ -641,7 +609,7 @@ impl CustomOp3 for ConvBias {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (grad_x, grad_w) = conv_grads(self.0, x, w, grad)?;
-        let d_bias = crate::nn::unet::channel_bias_grad(grad, bias)?;
+        let d_bias = super::group_norm::channel_bias_grad(grad, bias)?;
         Ok((grad_x, Some(grad_w), Some(d_bias)))
     }
 }
@@ -652,10 +620,11 @@ impl CustomOp3 for ConvBias {
 /// convolution and the residual sum (whose backward pass would cost a full-size gradient
 /// buffer of its own); `r` of the output's shape.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct ConvResidual {
-    pub(crate) conv: Conv,
+pub struct ConvResidual {
+    /// The convolution.
+    pub conv: Conv,
     /// The kernel's dims `[O, C, k, k]`.
-    pub(crate) kernel: [usize; 4],
+    pub kernel: [usize; 4],
 }
 
 impl ConvResidual {
@@ -709,7 +678,7 @@ impl CustomOp3 for ConvResidual {
             .narrow(0, nw, packed.elem_count() - nw)?
             .reshape((bb, self.kernel[0]))?;
         let (grad_x, grad_w) = conv_grads(self.conv, x, &w, grad)?;
-        let d_bias = crate::nn::unet::channel_bias_grad(grad, &bias)?;
+        let d_bias = super::group_norm::channel_bias_grad(grad, &bias)?;
         let d_packed = Tensor::cat(&[grad_w.flatten_all()?, d_bias.flatten_all()?], 0)?;
         Ok((grad_x, Some(d_packed), Some(grad.clone())))
     }
@@ -782,7 +751,7 @@ impl CustomOp2 for InputGrad {
                 let mut scatter = |gr: &[f32], cols: &mut [f32]| {
                     // SAFETY: the operands hold [co × kk], [co × n] and [kk × n].
                     unsafe {
-                        gemm(
+                        strided(
                             (kk, n, co),
                             cols.as_mut_ptr(),
                             (n, 1),
@@ -886,7 +855,7 @@ impl CustomOp2 for KernelGrad {
                         // SAFETY: the operands hold [co × m] (row stride rs) and [kk × m] (row
                         // stride ld).
                         unsafe {
-                            gemm(
+                            strided(
                                 (co, kk, m),
                                 dst,
                                 (1, co),
