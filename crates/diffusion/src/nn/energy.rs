@@ -37,8 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::denoiser::Denoiser;
 use crate::nn::mlp::{MlpConfig, ResidualMlp};
 use crate::param::Parameterization;
-use crate::train::TrainableDenoiser;
-use crate::{Error, Result, SeededRng};
+use crate::{Error, Result};
 
 /// How the network output g(x, t) is reduced to a scalar energy.
 ///
@@ -247,18 +246,6 @@ impl Denoiser for EnergyMlp {
 
     fn forward(&self, x_t: &Tensor, t: &Tensor, _cond: Option<&Tensor>) -> Result<Tensor> {
         Ok(self.energy_and_grad(x_t, t)?.1)
-    }
-}
-
-impl TrainableDenoiser for EnergyMlp {
-    fn forward_train(
-        &self,
-        x_t: &Tensor,
-        t: &Tensor,
-        cond: Option<&Tensor>,
-        _rng: &mut SeededRng,
-    ) -> Result<Tensor> {
-        self.forward(x_t, t, cond)
     }
 }
 

@@ -20,8 +20,18 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
 use crate::random::SeededRng;
-use crate::train::checkpoint::fnv1a;
 use crate::{Error, Result};
+
+/// FNV-1a 64-bit hash of `bytes` (the per-name seeds of [`ParamStore`], and the tensor
+/// checksums of [`crate::train::checkpoint`]).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
 
 /// A named set of trainable variables, created on first use from a seeded stream per name.
 ///

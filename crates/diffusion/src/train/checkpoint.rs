@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::nn::store::fnv1a;
 use crate::{Error, Result};
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -86,17 +87,6 @@ pub struct TensorRecord {
 pub struct Manifest {
     /// The tensors by name.
     pub tensors: BTreeMap<String, TensorRecord>,
-}
-
-/// FNV-1a 64-bit hash of `bytes` (tensor checksums, and the per-name seeds of
-/// [`crate::nn::ParamStore`]).
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 /// The parsed header of a safetensors file: tensor name → (dtype, shape, data offsets), and the

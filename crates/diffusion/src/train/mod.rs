@@ -76,6 +76,18 @@ impl TrainableDenoiser for crate::nn::ResidualMlp {
     }
 }
 
+impl TrainableDenoiser for crate::nn::EnergyMlp {
+    fn forward_train(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: Option<&Tensor>,
+        _rng: &mut SeededRng,
+    ) -> Result<Tensor> {
+        self.forward(x_t, t, cond)
+    }
+}
+
 impl TrainableDenoiser for crate::nn::UNet {
     fn forward_train(
         &self,
