@@ -14,6 +14,7 @@
 //!   `box_large NOT box_small`) with reverse diffusion or annealed MCMC.
 //!
 //! Invalid arguments print one line on stderr and exit with status 2.
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -38,6 +38,7 @@
 //! ```
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod component;
 pub mod error;
@@ -56,3 +57,8 @@ pub use ops::{
     DEFAULT_NEGATION, Mixture, Product, classifier_free_guidance, classifier_guidance, negation,
 };
 pub use tree::build;
+
+/// The crate README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

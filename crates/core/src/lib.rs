@@ -51,3 +51,8 @@ pub mod random;
 
 pub use error::{Error, Result};
 pub use random::{SeededRng, seeded};
+
+/// The crate README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

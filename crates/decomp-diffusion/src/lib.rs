@@ -25,6 +25,7 @@
 //! `recompose-diffusion`; this crate adds the encoder, the composition of the K conditioned
 //! predictions and everything specific to decomposition.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod datasets;
@@ -43,3 +44,8 @@ pub use model::{Conditioned, DecompModel};
 pub use render::{Factor, FactorMix};
 pub use run::{DECOMP_PRESET_NAMES, DecompRunConfig, DecompTrained, SceneData};
 pub use train::{DecompLoss, SceneDataset};
+
+/// The crate README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

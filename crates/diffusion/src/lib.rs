@@ -66,6 +66,7 @@
 //! ```
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod data;
 pub mod denoiser;
@@ -88,3 +89,8 @@ pub use sampler::{
     DdpmVariance, Sampler, SamplerConfig, SamplerKind, SdeSampler, StepOutput, StepRule, sample,
 };
 pub use schedule::{DiscreteSchedule, Marginal, Posterior, Spacing, TimeGrid, VpSde};
+
+/// The crate README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

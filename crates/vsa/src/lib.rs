@@ -75,6 +75,7 @@
 //! # Ok::<(), recompose_vsa::Error>(())
 //! ```
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod bsc;
 pub mod codebook;
@@ -100,3 +101,8 @@ pub use hrr::Hrr;
 pub use map::{Map, MapBundling};
 pub use model::{Hamming, Phasor, Vsa};
 pub use structure::{RecordCodec, SequenceCodec};
+
+/// The crate README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
