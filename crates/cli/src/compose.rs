@@ -131,6 +131,9 @@ pub fn run_compose(a: ComposeArgs) -> Result<()> {
             a.expr
         )));
     }
+    for dir in dirs.values() {
+        crate::diffusion::expect_family(dir, RunConfig::FAMILY.name)?;
+    }
     let device = crate::device();
     let mut resolve = |name: &str| -> recompose_compose::Result<Box<dyn Component>> {
         load(name, &dirs[name], &device)

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use clap::Args;
 use recompose_decomp_diffusion::render::{self, load_rgb_png};
-use recompose_decomp_diffusion::{DecompConfig, DecompModel, DecompTrained};
+use recompose_decomp_diffusion::{DecompConfig, DecompModel, DecompRunConfig, DecompTrained};
 use recompose_diffusion::data::ValueRange;
 use recompose_diffusion::data::plot::{save_png_grid, save_png_image};
 use recompose_diffusion::seeded;
@@ -159,6 +159,7 @@ fn load_run(dir: &Path) -> Result<DecompTrained> {
             dir.display()
         )));
     }
+    crate::diffusion::expect_family(dir, DecompRunConfig::FAMILY.name)?;
     DecompTrained::load(dir, &Device::Cpu).map_err(|e| {
         let text = e.to_string();
         usage(format!(

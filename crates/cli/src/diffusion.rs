@@ -8,7 +8,7 @@ use clap::Args;
 use recompose_decomp_diffusion::DecompRunConfig;
 use recompose_diffusion::data::ValueRange;
 use recompose_diffusion::data::plot::{ScatterConfig, save_png_grid, save_png_scatter};
-use recompose_diffusion::run::{Registry, Trained};
+use recompose_diffusion::run::{Registry, RunConfig, Trained};
 use recompose_diffusion::train::{TrainOptions, TrainReport};
 use recompose_diffusion::{Sampler, SamplerConfig, SamplerKind, seeded};
 
@@ -75,6 +75,37 @@ pub struct SampleArgs {
 }
 
 /// Every family of training runs the CLI knows: this workspace's denoisers and Decomp Diffusion.
+/// Refuses a run directory whose saved configuration belongs to another family of runs than
+/// `want` (a Decomp Diffusion run given to `sample`, a denoiser run given to `decompose`),
+/// naming the kind it is and the commands that take it. Directories without a readable
+/// configuration are left to the loader, which says what is missing.
+pub(crate) fn expect_family(dir: &Path, want: &str) -> Result<()> {
+    let Ok(run) = registry()?.from_file(&dir.join("config.toml")) else {
+        return Ok(());
+    };
+    let (kind, commands) = match run.family() {
+        f if f == want => return Ok(()),
+        "decomp" => (
+            "a Decomp Diffusion checkpoint",
+            "`recompose decompose` and `recompose recombine`",
+        ),
+        "denoiser" => (
+            "a denoiser checkpoint",
+            "`recompose sample` and `recompose compose`",
+        ),
+        other => {
+            return Err(usage(format!(
+                "{} is a checkpoint of the `{other}` runs, not of the `{want}` runs",
+                dir.display()
+            )));
+        }
+    };
+    Err(usage(format!(
+        "{} is {kind}; {commands} take it",
+        dir.display()
+    )))
+}
+
 pub(crate) fn registry() -> Result<Registry> {
     Ok(Registry::new().with(DecompRunConfig::FAMILY)?)
 }
@@ -175,6 +206,7 @@ pub fn run_sample(a: SampleArgs) -> Result<()> {
             a.sampler
         ))
     })?;
+    expect_family(&a.checkpoint, RunConfig::FAMILY.name)?;
     let device = crate::device();
     let trained = Trained::load(&a.checkpoint, &device)?;
     let t_max = trained.schedule.len();

@@ -13,7 +13,9 @@
 //! - `compose`: sample a composition of trained models (`ring AND bar`, `left OR right`,
 //!   `box_large NOT box_small`) with reverse diffusion or annealed MCMC.
 //!
-//! Invalid arguments print one line on stderr and exit with status 2.
+//! Exit status: 0 on success; 2 for bad input (invalid arguments; a file that is missing,
+//! unreadable, malformed, mismatched or a checkpoint of another kind; an output that cannot be
+//! written); 1 for a failure inside the computation. Errors print one line on stderr.
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
@@ -29,9 +31,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The exit-status contract, shown by `recompose --help`.
+const EXIT_HELP: &str = "Exit status: 0 success; 2 bad input (invalid arguments; a file that is \
+missing, unreadable, malformed, mismatched or a checkpoint of another kind; an output that \
+cannot be written); 1 a failure inside the computation. Errors print one line on stderr.";
+
 /// Compositional inference with diffusion models and vector-symbolic architectures.
 #[derive(Debug, Parser)]
-#[command(name = "recompose", version, about)]
+#[command(name = "recompose", version, about, after_help = EXIT_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -88,6 +95,73 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
+/// Exit status of a failure inside the computation (the request itself was valid).
+const EXIT_INTERNAL: u8 = 1;
+/// Exit status of bad input: arguments, files that are missing, unreadable, malformed or of
+/// another kind, outputs that cannot be written.
+const EXIT_BAD_INPUT: u8 = 2;
+
+/// Whether anything in the chain of `e` is about the input (see [`EXIT_BAD_INPUT`]): a usage
+/// error, an I/O error, or a library error that says so.
+fn is_bad_input(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.is::<Usage>() || cause.is::<std::io::Error>() || library_bad_input(cause)
+    })
+}
+
+/// [`recompose_core::Error::is_bad_input`] and its kin, for whichever library raised `e`.
+fn library_bad_input(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(e) = e.downcast_ref::<recompose_diffusion::Error>() {
+        // A run family of another crate keeps its own error inside.
+        return match e {
+            recompose_diffusion::Error::Run(inner) => library_bad_input(inner.as_ref()),
+            e => e.is_bad_input(),
+        };
+    }
+    if let Some(e) = e.downcast_ref::<recompose_decomp::Error>() {
+        return e.is_bad_input();
+    }
+    if let Some(e) = e.downcast_ref::<recompose_decomp_diffusion::Error>() {
+        return e.is_bad_input();
+    }
+    if let Some(e) = e.downcast_ref::<recompose_compose::Error>() {
+        return e.is_bad_input();
+    }
+    e.downcast_ref::<recompose_core::Error>()
+        .is_some_and(recompose_core::Error::is_bad_input)
+}
+
+/// The message of `e` and its causes on one line, joined with ": ", leaving out a cause whose
+/// text the message already holds (errors that print their source would otherwise repeat it).
+/// A multi-line message (a TOML parser's) keeps its lines of text, not its source excerpts.
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('|') && !is_excerpt(l))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let text = text.as_str();
+        if text.is_empty() || msg.contains(text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(text);
+    }
+    msg
+}
+
+/// A line of a parser's source excerpt: `17 | [data]`.
+fn is_excerpt(line: &str) -> bool {
+    line.split_once('|')
+        .is_some_and(|(n, _)| !n.trim().is_empty() && n.trim().chars().all(|c| c.is_ascii_digit()))
+}
+
 fn usage(msg: impl Into<String>) -> anyhow::Error {
     Usage(msg.into()).into()
 }
@@ -134,13 +208,12 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            if e.downcast_ref::<Usage>().is_some() {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
+            eprintln!("error: {}", message(&e));
+            ExitCode::from(if is_bad_input(&e) {
+                EXIT_BAD_INPUT
             } else {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
+                EXIT_INTERNAL
+            })
         }
     }
 }

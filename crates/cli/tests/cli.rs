@@ -269,7 +269,7 @@ fn problem_files_round_trip_through_the_cli() {
     assert_eq!(b["dim"], 256);
     std::fs::write(&file, b"not a safetensors file").unwrap();
     let out = recompose(&["factorize", "--problem", f]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
         err.contains("p.safetensors") && err.lines().count() == 1,
@@ -610,7 +610,7 @@ fn bad_train_and_sample_arguments_exit_2() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
     }
-    // A missing checkpoint is a runtime error (status 1) naming the file.
+    // A missing checkpoint is bad input (status 2) naming the file.
     let o = recompose(&[
         "sample",
         "--checkpoint",
@@ -620,7 +620,7 @@ fn bad_train_and_sample_arguments_exit_2() {
         "--out",
         "a.csv",
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("config.toml"));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1153,4 +1153,112 @@ fn train_knows_every_preset_of_every_family() {
         !out_dir.exists(),
         "a refused run must not create its directory"
     );
+}
+
+/// The exit-status contract: bad input of every kind — a missing or malformed file, a
+/// checkpoint of the other kind, an output that cannot be written — exits with 2 and one line
+/// on stderr that names the file and does not repeat the operating system's message; a
+/// checkpoint of the other kind names its kind and the commands that take it.
+#[test]
+fn bad_input_exits_2_with_one_line() {
+    let dir = scratch("exit");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/decomp-tetrominoes"
+    );
+    let image = format!("{fixture}/example_a.png");
+    let cfg = small_config(&dir, "");
+    let run = dir.join("run");
+    let run = run.to_str().expect("utf-8");
+    ok(&recompose(&[
+        "train",
+        "--config",
+        cfg.to_str().expect("utf-8"),
+        "--out",
+        run,
+        "--steps",
+        "2",
+        "--quiet",
+    ]));
+    let junk = dir.join("junk.safetensors");
+    std::fs::write(&junk, b"not a safetensors file").expect("junk");
+    let junk = junk.to_str().expect("utf-8");
+    let missing = dir.join("missing");
+    let missing = missing.to_str().expect("utf-8");
+    let unwritable = format!("{missing}/out.csv");
+    let model_a = format!("a={fixture}");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["factorize", "--problem", missing],
+            "No such file or directory",
+        ),
+        (vec!["factorize", "--problem", junk], "junk.safetensors"),
+        (
+            vec![
+                "sample",
+                "--checkpoint",
+                missing,
+                "--num",
+                "2",
+                "--out",
+                "x.csv",
+            ],
+            "config.toml",
+        ),
+        (
+            vec![
+                "sample",
+                "--checkpoint",
+                fixture,
+                "--num",
+                "2",
+                "--out",
+                "x.csv",
+            ],
+            "is a Decomp Diffusion checkpoint; `recompose decompose` and `recompose recombine` take it",
+        ),
+        (
+            vec![
+                "compose", "--expr", "a", "--model", &model_a, "--num", "2", "--out", "x.csv",
+            ],
+            "is a Decomp Diffusion checkpoint",
+        ),
+        (
+            vec!["decompose", "--checkpoint", run, "--out", missing, &image],
+            "is a denoiser checkpoint; `recompose sample` and `recompose compose` take it",
+        ),
+        (
+            vec![
+                "sample",
+                "--checkpoint",
+                run,
+                "--num",
+                "2",
+                "--out",
+                &unwritable,
+            ],
+            "No such file or directory",
+        ),
+        (
+            vec!["decompose", "--checkpoint", fixture, "--out", missing, junk],
+            "junk.safetensors",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = recompose(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(
+            err.matches("(os error").count() <= 1,
+            "{args:?}: repeated OS message: {err}"
+        );
+    }
+    let help = ok(&recompose(&["--help"]));
+    assert!(
+        help.contains("Exit status: 0 success; 2 bad input"),
+        "{help}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -37,6 +37,20 @@ pub enum Error {
 /// The result type of `recompose-compose`.
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl Error {
+    /// Whether the error is about the caller's input — an argument, a setting, a shape, a file
+    /// that is missing, unreadable, malformed or does not match — rather than a failure inside
+    /// the computation. Programs map the two to different exit statuses.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Self::Config(_) | Self::Shape(_) | Self::NeedsDensity(_) | Self::Parse(_) => true,
+            Self::Diffusion(e) => e.is_bad_input(),
+            Self::Core(e) => e.is_bad_input(),
+            Self::Diverged(_) | Self::Candle(_) => false,
+        }
+    }
+}
+
 impl From<recompose_core::Error> for Error {
     /// candle's errors stay [`Error::Candle`] and shape errors [`Error::Shape`], as if raised here.
     fn from(e: recompose_core::Error) -> Self {

@@ -14,3 +14,15 @@ pub enum Error {
 
 /// The result type of `recompose-core`.
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Whether the error is about the caller's input — an argument, a setting, a shape, a file
+    /// that is missing, unreadable, malformed or does not match — rather than a failure inside
+    /// the computation. Programs map the two to different exit statuses.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Self::Shape(_) => true,
+            Self::Candle(_) => false,
+        }
+    }
+}

@@ -52,6 +52,24 @@ pub enum Error {
 /// The result type of `recompose-vsa`.
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl Error {
+    /// Whether the error is about the caller's input — an argument, a setting, a shape, a file
+    /// that is missing, unreadable, malformed or does not match — rather than a failure inside
+    /// the computation. Programs map the two to different exit statuses.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Self::DimMismatch { .. }
+            | Self::Shape { .. }
+            | Self::Config(_)
+            | Self::DType { .. }
+            | Self::UnknownName(_)
+            | Self::NotInvertible(_) => true,
+            Self::Core(e) => e.is_bad_input(),
+            Self::Candle(_) => false,
+        }
+    }
+}
+
 impl From<recompose_core::Error> for Error {
     /// candle's errors stay [`Error::Candle`] and shape errors [`Error::Shape`], as if raised here.
     fn from(e: recompose_core::Error) -> Self {
