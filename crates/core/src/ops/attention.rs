@@ -85,9 +85,9 @@ fn heads(dims: &[usize], d: usize) -> candle_core::Result<(usize, usize, Shape)>
 }
 
 /// Self-attention of the legacy head layout: `qkv` `[BH, 3d, L]` (q, k, v of `d` channels
-/// each; or `[B, 3C, H, W]`, see [`heads`]) to `v · softmax(qᵀk / √d)ᵀ`, `[BH, d, L]` (or
-/// `[B, C, H, W]`). Each head's `L × L` weights live in a
-/// per-thread buffer; the backward pass recomputes them with tensor ops.
+/// each; or `[B, 3C, H, W]`, read as `[B·3C/3d, 3d, H·W]` in the same memory) to
+/// `v · softmax(qᵀk / √d)ᵀ`, `[BH, d, L]` (or `[B, C, H, W]`). Each head's `L × L` weights
+/// live in a per-thread buffer; the backward pass recomputes them with tensor ops.
 #[derive(Clone, Copy, Debug)]
 pub struct Attention {
     /// The channels `d` of one head.
