@@ -45,6 +45,22 @@ pub use render::{Factor, FactorMix};
 pub use run::{DECOMP_PRESET_NAMES, DecompRunConfig, DecompTrained, SceneData};
 pub use train::{DecompLoss, SceneDataset};
 
+/// The folder of the released code's reference data for the comparison tests
+/// (`../shared/reference/decomp-diffusion` next to the workspace). Those tests are ignored by
+/// default; run with `--ignored`, they fail loudly here when the data is absent rather than
+/// pass without comparing anything.
+#[cfg(test)]
+fn reference_data() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/reference/decomp-diffusion");
+    assert!(
+        dir.join("small_model.safetensors").is_file(),
+        "the reference data is not at {} (see its README for how it is made)",
+        dir.display()
+    );
+    dir
+}
+
 /// The crate README's example, compiled and run as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
