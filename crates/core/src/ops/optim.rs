@@ -6,17 +6,9 @@
 //! `f32`. Each function returns `None` for tensors that are not contiguous `f32` on the CPU,
 //! and the caller then takes its tensor-op form.
 
-use candle_core::{Layout, Storage, Tensor};
+use candle_core::Tensor;
 
-use crate::host::{SendPtr, output_buffer, vectorized};
-
-/// The elements of a contiguous CPU `f32` storage, `None` for any other.
-fn cpu_f32<'a>(s: &'a Storage, l: &Layout) -> Option<&'a [f32]> {
-    match s {
-        Storage::Cpu(c) => crate::host::f32_data(c, l).ok(),
-        _ => None,
-    }
-}
+use crate::host::{SendPtr, output_buffer, vectorized, with_host_slices};
 
 /// Elements per task of the one-pass CPU updates (those of the elementwise kernels).
 const CHUNK: usize = crate::host::ELEMENTWISE_PART;
@@ -25,8 +17,7 @@ const CHUNK: usize = crate::host::ELEMENTWISE_PART;
 /// candle's worker threads, the chunks' sums added in order (the same result for any thread
 /// count). The squared gradient norm of gradient clipping.
 pub fn sum_of_squares(x: &Tensor) -> Option<f64> {
-    let (xs, xl) = x.storage_and_layout();
-    Some(sum_of_squares_host(cpu_f32(&xs, xl)?))
+    with_host_slices(&[x], |h| sum_of_squares_host(h[0]))
 }
 
 /// [`sum_of_squares`] of host data.
@@ -49,21 +40,21 @@ fn sum_of_squares_host(x: &[f32]) -> f64 {
 /// `d·s + (1 − d)·x` in one pass over contiguous CPU `f32` tensors of the same size (`None`
 /// for any others): the update of an exponential moving average.
 pub fn blend(s: &Tensor, x: &Tensor, d: f32) -> Option<Vec<f32>> {
-    let (ss, sl) = s.storage_and_layout();
-    let (xs, xl) = x.storage_and_layout();
-    let (a, b) = (cpu_f32(&ss, sl)?, cpu_f32(&xs, xl)?);
-    if a.len() != b.len() {
-        return None;
-    }
-    Some(crate::host::elementwise(
-        a.len(),
-        #[inline(always)]
-        |at, dst| {
-            for ((o, &sv), &xv) in dst.iter_mut().zip(&a[at..]).zip(&b[at..]) {
-                *o = d * sv + (1.0 - d) * xv;
-            }
-        },
-    ))
+    with_host_slices(&[s, x], |h| {
+        let (a, b) = (h[0], h[1]);
+        (a.len() == b.len()).then(|| {
+            crate::host::elementwise(
+                a.len(),
+                #[inline(always)]
+                |at, dst| {
+                    for ((o, &sv), &xv) in dst.iter_mut().zip(&a[at..]).zip(&b[at..]) {
+                        *o = d * sv + (1.0 - d) * xv;
+                    }
+                },
+            )
+        })
+    })
+    .flatten()
 }
 
 /// The per-step constants of one AdamW update, in `f32`.
@@ -101,16 +92,17 @@ pub fn adamw_update(
     v: &Tensor,
     k: AdamWCoefficients,
 ) -> Option<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let (ts, tl) = theta.storage_and_layout();
-    let (gs, gl) = g.storage_and_layout();
-    let (ms, ml) = m.storage_and_layout();
-    let (vs, vl) = v.storage_and_layout();
-    let (th, gr, m0, v0) = (
-        cpu_f32(&ts, tl)?,
-        cpu_f32(&gs, gl)?,
-        cpu_f32(&ms, ml)?,
-        cpu_f32(&vs, vl)?,
-    );
+    with_host_slices(&[theta, g, m, v], |h| adamw_host(h[0], h[1], h[2], h[3], k)).flatten()
+}
+
+/// [`adamw_update`] on host slices (`None` when their lengths differ).
+fn adamw_host(
+    th: &[f32],
+    gr: &[f32],
+    m0: &[f32],
+    v0: &[f32],
+    k: AdamWCoefficients,
+) -> Option<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let n = th.len();
     if gr.len() != n || m0.len() != n || v0.len() != n {
         return None;
