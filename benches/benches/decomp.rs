@@ -6,7 +6,7 @@
 //!
 //! `cargo xtask bench decomp` runs this suite and then the same workloads in PyTorch on the same
 //! machine and threads, and writes the comparison to `docs/results/decomp-bench.md`. The model
-//! and inputs come from [`recompose_benches::decomp`], which the `decomp-steps` timing
+//! and inputs come from [`recompose_benches::decomp`], which the `bench-steps` timing
 //! server shares.
 
 use std::hint::black_box;

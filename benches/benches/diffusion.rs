@@ -1,5 +1,5 @@
-//! Diffusion-model benchmarks: a training step of the 2-D residual MLP (Du et al. 2023) at batch
-//! 1000, and the improved-diffusion U-Net's forward pass (batch 48 = 16 images × 3 factors) and
+//! Diffusion-model benchmarks: a training step of the 2-D residual MLP (Du et al. 2023) and of
+//! its energy form at batch 1000, and the improved-diffusion U-Net's forward pass (batch 48 = 16 images × 3 factors) and
 //! training step (batch 16) at the small Decomp Diffusion configurations (decomp spec §4).
 //!
 //! `cargo xtask bench diffusion` runs this suite and then the same workloads in PyTorch on the
@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{Criterion, Throughput, criterion_group};
+use recompose_benches::mlp::{ENERGY_GROUP, MLP_GROUP, MlpWorkload};
 use recompose_diffusion::Denoiser;
-use recompose_diffusion::nn::{MlpConfig, ParamStore, ResidualMlp, UNet, UNetConfig};
+use recompose_diffusion::nn::{ParamStore, UNet, UNetConfig};
 use recompose_diffusion::random::normal_tensor;
 use recompose_diffusion::train::{AdamW, AdamWConfig};
 use recompose_diffusion::{Parameterization, SeededRng, seeded};
@@ -29,7 +30,7 @@ fn times(rng: &mut SeededRng, n: usize, steps: usize) -> Tensor {
     Tensor::from_vec(t, n, &Device::Cpu).expect("times")
 }
 
-/// One optimizer step: forward, MSE against `target`, backward, AdamW.
+/// One optimizer step: forward, MSE against `target`, backward (candle's autograd), AdamW.
 fn train_step(
     model: &dyn Denoiser,
     opt: &mut AdamW,
@@ -47,29 +48,19 @@ fn train_step(
     opt.step(&grads, 1e-3, 1.0).expect("adam");
 }
 
+/// The training steps of the 2-D MLP and its energy form, as `train` takes them
+/// ([`MlpWorkload`], shared with the `bench-steps` timing server).
 fn mlp(c: &mut Criterion) {
-    let batch = 1000;
-    let store = ParamStore::new(0);
-    let model = ResidualMlp::new(
-        &MlpConfig::default(),
-        Parameterization::Epsilon,
-        store.var_builder(DType::F32, &Device::Cpu),
-    )
-    .expect("mlp");
-    let mut opt = AdamW::new(store.vars(), AdamWConfig::default()).expect("adam");
-    let mut rng = seeded(1);
-    let x = randn(&mut rng, &[batch, 2]);
-    let target = randn(&mut rng, &[batch, 2]);
-    let t = times(&mut rng, batch, 100);
-    let mut g = c.benchmark_group(format!("mlp/train-step/batch={batch}"));
-    g.sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-        .throughput(Throughput::Elements(1));
-    g.bench_function("recompose", |b| {
-        b.iter(|| train_step(&model, &mut opt, &x, &t, None, &target))
-    });
-    g.finish();
+    for (group, energy) in [(MLP_GROUP, false), (ENERGY_GROUP, true)] {
+        let mut work = MlpWorkload::new(energy).expect("mlp workload");
+        let mut g = c.benchmark_group(group);
+        g.sample_size(20)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(4))
+            .throughput(Throughput::Elements(1));
+        g.bench_function("recompose", |b| b.iter(|| work.train_step().expect("step")));
+        g.finish();
+    }
 }
 
 /// The four small configurations of the decomp spec §4 / the reference benchmark.

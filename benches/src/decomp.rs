@@ -3,7 +3,7 @@
 //! shared U-Net, K = 3 factors of d = 32) with perturbed weights and fixed inputs, ready for a
 //! training step, a composed prediction or an encoding.
 //!
-//! The criterion suite `benches/benches/decomp.rs` and the `decomp-steps` timing server
+//! The criterion suite `benches/benches/decomp.rs` and the `bench-steps` timing server
 //! (which `cargo xtask bench decomp` interleaves with PyTorch) build their work here, so both
 //! time exactly the same step.
 

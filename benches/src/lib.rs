@@ -2,7 +2,7 @@
 //!
 //! The criterion suites live in `benches/benches/`. The library holds what they share with the
 //! other programs that time the same work: the Decomp Diffusion workloads ([`decomp`]), which
-//! the criterion suite `decomp` and the `decomp-steps` timing server both run. Every program
+//! the criterion suite `decomp` and the `bench-steps` timing server both run. Every program
 //! here starts with `recompose_core::process::prepare()`, the set-up of the `recompose` binary.
 //!
 //! It also holds the tasks behind `cargo xtask` (a thin dispatcher): the reproductions that
@@ -16,6 +16,7 @@ pub mod composition;
 pub mod decomp;
 pub mod decomposition;
 pub mod fixtures;
+pub mod mlp;
 pub mod plot;
 pub mod reference;
 pub mod reproduce;

@@ -5,6 +5,8 @@
 //! sides in one table (stdout and `docs/results/<suite>-bench.md`). Suite `diffusion`:
 //!
 //! * `mlp/train-step/batch=1000`: one Adam step of the 2-D residual MLP (Du et al. 2023);
+//! * `mlp-energy/train-step/batch=1000`: the same for its energy parameterization
+//!   (E = ‖g − x‖², ε̂ = ∇ₓE: a gradient of an input gradient);
 //! * `unet/forward/<cfg>/batch=48`: the Decomp Diffusion U-Net's forward pass, no grad, eval mode;
 //! * `unet/train-step/<cfg>/batch=16`: one Adam step of that U-Net (x0-prediction MSE).
 //!
@@ -32,14 +34,15 @@
 //!
 //! The two sides run one after the other, minutes apart, and on a shared machine the speed of
 //! the cores drifts over such spans by more than the difference being measured (the same
-//! step has measured 0.65 s and 1.1 s within minutes on the same machine). So the decomp suite
-//! then times the training step of each configuration interleaved: both sides run as warm
-//! timing servers (`decomp-steps` of the bench crate, the same step as criterion's, and
-//! `torchbench.py --serve`), and in each of [`INTERLEAVED_ROUNDS`] rounds each takes
-//! [`STEPS_PER_TURN`] steps, the two turns seconds apart and their order alternating between
-//! rounds. The report gives, per configuration, the median ratio, how many rounds the Rust side
-//! won with the one-sided sign test of that count, and the medians over all steps; for the
-//! reference configuration a, every round.
+//! step has measured 0.65 s and 1.1 s within minutes on the same machine). So each suite then
+//! times its training steps interleaved (the decomp suite each configuration's, the diffusion
+//! suite the two MLP steps'): both sides run as warm timing servers (`bench-steps` of the bench
+//! crate, the same step as criterion's, and `torchbench.py --serve`), and in each of
+//! [`INTERLEAVED_ROUNDS`] rounds each takes [`STEPS_PER_TURN`] steps, the two turns seconds
+//! apart and their order alternating between rounds. The report gives, per workload, the median
+//! ratio, how many rounds the Rust side won with the one-sided sign test of that count, and the
+//! medians over all steps; for the reference workload (configuration a; the ε-prediction MLP),
+//! every round.
 //!
 //! PyTorch comes from a virtualenv at `target/torch-venv` (created with `python3 -m venv`, then
 //! `pip install torch==2.15.0 numpy` from PyPI unless `import torch` already works there).
@@ -144,11 +147,13 @@ impl Suite {
         };
         match self {
             Self::Diffusion => {
-                let mut w = vec![Workload {
-                    group: "mlp/train-step/batch=1000".into(),
-                    items: 1,
-                    unit: "steps/s",
-                }];
+                let mut w: Vec<Workload> = [crate::mlp::MLP_GROUP, crate::mlp::ENERGY_GROUP]
+                    .map(|group| Workload {
+                        group: group.into(),
+                        items: 1,
+                        unit: "steps/s",
+                    })
+                    .into();
                 w.extend(per_config("unet/forward", 48, 48));
                 w.extend(per_config("unet/train-step", 16, 16));
                 w
@@ -191,27 +196,24 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
     let criterion = criterion_dir(root);
     let rust = criterion_medians(&criterion)?;
     let rows = table_rows(suite, &rust, &torch);
-    let interleaved = match suite {
-        Suite::Decomp => {
-            let server = build_server(root)?;
-            UNET_CONFIGS
-                .iter()
-                .map(|&c| {
-                    let rounds = interleaved_rounds(
-                        root,
-                        &server,
-                        &python,
-                        &script,
-                        threads,
-                        "train-step",
-                        c,
-                    )?;
-                    Ok((c, rounds))
-                })
-                .collect::<Result<Vec<_>>>()?
-        }
-        Suite::Diffusion => Vec::new(),
+    let groups: Vec<String> = match suite {
+        Suite::Decomp => UNET_CONFIGS
+            .iter()
+            .map(|&c| decomp_group("train-step", c))
+            .collect(),
+        Suite::Diffusion => vec![
+            crate::mlp::MLP_GROUP.into(),
+            crate::mlp::ENERGY_GROUP.into(),
+        ],
     };
+    let server = build_server(root)?;
+    let interleaved = groups
+        .into_iter()
+        .map(|group| {
+            let rounds = interleaved_rounds(root, &server, &python, &script, threads, &group)?;
+            Ok((group, rounds))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let header = [
         "workload",
         "Rust ms",
@@ -236,7 +238,12 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
         );
     }
 
-    let interleaved_md = (!interleaved.is_empty()).then(|| interleaved_section(&interleaved));
+    let reference = match suite {
+        Suite::Decomp => decomp_group("train-step", REFERENCE_CONFIG),
+        Suite::Diffusion => crate::mlp::MLP_GROUP.to_string(),
+    };
+    let interleaved_md =
+        (!interleaved.is_empty()).then(|| interleaved_section(&interleaved, &reference));
     if let Some(section) = &interleaved_md {
         println!("\n{section}");
     }
@@ -391,7 +398,7 @@ fn run_script(
     })
 }
 
-/// A warm timing server (`decomp-steps` or `torchbench.py --serve`): the protocol of
+/// A warm timing server (`bench-steps` or `torchbench.py --serve`): the protocol of
 /// both is `ready` once warm, then one line of step times for each line holding a step count.
 struct Server {
     name: &'static str,
@@ -489,16 +496,16 @@ pub fn interleaved_summaries(
     workloads
         .iter()
         .map(|&(workload, config)| {
-            let rounds =
-                interleaved_rounds(root, &server, &python, &script, threads, workload, config)?;
-            Ok((decomp_group(workload, config), Summary::of(&rounds)))
+            let group = decomp_group(workload, config);
+            let rounds = interleaved_rounds(root, &server, &python, &script, threads, &group)?;
+            Ok((group, Summary::of(&rounds)))
         })
         .collect()
 }
 
-/// Builds the Rust timing server `decomp-steps` (release); its path.
+/// Builds the Rust timing server `bench-steps` (release); its path.
 fn build_server(root: &Path) -> Result<PathBuf> {
-    const BIN: &str = "decomp-steps";
+    const BIN: &str = "bench-steps";
     crate::workspace::cargo(&[
         "build",
         "--release",
@@ -512,32 +519,34 @@ fn build_server(root: &Path) -> Result<PathBuf> {
     Ok(target.join("release").join(BIN))
 }
 
-/// [`INTERLEAVED_ROUNDS`] rounds of `workload` (`train-step` or `forward`) at `config`, both
-/// sides as warm servers making [`STEPS_PER_TURN`] calls a turn, the first turn alternating
-/// between the sides.
+/// [`INTERLEAVED_ROUNDS`] rounds of the workload of criterion group `group`, both sides as warm
+/// servers making [`STEPS_PER_TURN`] calls a turn, the first turn alternating between the sides.
 fn interleaved_rounds(
     root: &Path,
     server: &Path,
     python: &Path,
     script: &Path,
     threads: usize,
-    workload: &str,
-    config: &str,
+    group: &str,
 ) -> Result<Vec<Round>> {
-    let group = decomp_group(workload, config);
+    let suite = if group.starts_with("decomp/") {
+        Suite::Decomp
+    } else {
+        Suite::Diffusion
+    };
     let mut rust_cmd = Command::new(server);
     rust_cmd
-        .args([workload, config])
+        .arg(group)
         .env("RAYON_NUM_THREADS", threads.to_string())
         .current_dir(root);
     let mut torch_cmd = Command::new(python);
     torch_cmd
         .arg(script)
-        .args(["--suite", "decomp", "--threads", &threads.to_string()])
+        .args(["--suite", suite.name(), "--threads", &threads.to_string()])
         .args(["--only", &format!("{group}/{FUNCTION}"), "--serve"])
         .current_dir(root);
     println!("interleaved rounds of {group}: starting both servers");
-    let mut rust = Server::start("decomp-steps", rust_cmd)?;
+    let mut rust = Server::start("bench-steps", rust_cmd)?;
     let mut torch = Server::start("torchbench.py --serve", torch_cmd)?;
     let mut rounds = Vec::with_capacity(INTERLEAVED_ROUNDS);
     for round in 0..INTERLEAVED_ROUNDS {
@@ -628,14 +637,14 @@ impl Summary {
     }
 }
 
-/// The report section of the interleaved rounds: a summary row per configuration, then the
-/// rounds of [`REFERENCE_CONFIG`] one by one.
-fn interleaved_section(runs: &[(&str, Vec<Round>)]) -> String {
+/// The report section of the interleaved rounds: a summary row per workload, then the rounds of
+/// the `reference` group one by one.
+fn interleaved_section(runs: &[(String, Vec<Round>)], reference: &str) -> String {
     let mut s = format!(
         "## Interleaved training steps\n\nThe two sides above ran minutes apart, and this \
          machine's speed drifts over minutes by more than the difference measured. Here both \
-         sides ran each configuration's training step as warm servers \
-         (`decomp-steps`, the step criterion times, and `torchbench.py --serve`), taking \
+         sides ran each training step as warm servers \
+         (`bench-steps`, the step criterion times, and `torchbench.py --serve`), taking \
          turns: in each of {INTERLEAVED_ROUNDS} rounds each side took {STEPS_PER_TURN} steps \
          (its time is their median), the two turns seconds apart and the side that goes first \
          alternating between rounds, so that drift reaches both sides of a round alike. A round \
@@ -644,20 +653,12 @@ fn interleaved_section(runs: &[(&str, Vec<Round>)]) -> String {
          | workload | median PyTorch / Rust (range) | Rust faster | p | Rust ms | PyTorch ms |\n\
          |---|---:|---:|---:|---:|---:|\n"
     );
-    for (config, rounds) in runs {
+    for (group, rounds) in runs {
         let m = Summary::of(rounds);
         let _ = writeln!(
             s,
-            "| {} | **{:.2}** ({:.2}–{:.2}) | {} of {} | {:.1e} | {:.1} | {:.1} |",
-            decomp_group("train-step", config),
-            m.median_ratio,
-            m.min_ratio,
-            m.max_ratio,
-            m.wins,
-            m.rounds,
-            m.p,
-            m.rust_ms,
-            m.torch_ms
+            "| {group} | **{:.2}** ({:.2}–{:.2}) | {} of {} | {:.1e} | {:.1} | {:.1} |",
+            m.median_ratio, m.min_ratio, m.max_ratio, m.wins, m.rounds, m.p, m.rust_ms, m.torch_ms
         );
     }
     let _ = writeln!(
@@ -665,12 +666,8 @@ fn interleaved_section(runs: &[(&str, Vec<Round>)]) -> String {
         "\nRust ms and PyTorch ms: medians over all {} steps of a side.",
         INTERLEAVED_ROUNDS * STEPS_PER_TURN
     );
-    if let Some((config, rounds)) = runs.iter().find(|(c, _)| *c == REFERENCE_CONFIG) {
-        let _ = writeln!(
-            s,
-            "\n### Rounds: `{}`\n",
-            decomp_group("train-step", config)
-        );
+    if let Some((group, rounds)) = runs.iter().find(|(g, _)| g == reference) {
+        let _ = writeln!(s, "\n### Rounds: `{group}`\n");
         s.push_str(&rounds_table(rounds));
     }
     s
@@ -896,7 +893,10 @@ fn markdown(
                 s,
                 "\nWorkloads: `mlp/train-step/batch=1000` = one training step (forward, MSE, \
                  backward, Adam) of the 2-D residual MLP of Du et al. 2023 (4 blocks, width 128, \
-                 learned time embedding); `unet/forward/<cfg>/batch=48` = the Decomp Diffusion \
+                 learned time embedding); `mlp-energy/train-step/batch=1000` = the same network \
+                 as an energy model (E = ‖g − x‖², the loss on ε̂ = ∇ₓE, so the backward pass \
+                 differentiates an input gradient: PyTorch with `create_graph=True`); \
+                 `unet/forward/<cfg>/batch=48` = the Decomp Diffusion \
                  U-Net's forward pass without gradients; `unet/train-step/<cfg>/batch=16` = one \
                  x0-prediction training step of that U-Net. {configs}."
             );
@@ -1003,8 +1003,13 @@ mod tests {
                 torch_ms: 120.0,
             }
         );
-        let section =
-            interleaved_section(&[("b-32px-16ch", rounds.clone()), (REFERENCE_CONFIG, rounds)]);
+        let section = interleaved_section(
+            &[
+                (decomp_group("train-step", "b-32px-16ch"), rounds.clone()),
+                (decomp_group("train-step", REFERENCE_CONFIG), rounds),
+            ],
+            &decomp_group("train-step", REFERENCE_CONFIG),
+        );
         assert!(
             section.contains(
                 "| decomp/train-step/b-32px-16ch/batch=16 | **1.00** (0.90–1.20) | 1 of 3 | \
@@ -1046,6 +1051,7 @@ mod tests {
     fn the_script_times_every_workload() {
         for pattern in [
             "mlp/train-step/batch={batch}/recompose",
+            "mlp-energy/train-step/batch={batch}/recompose",
             "unet/forward/{name}/batch={batch}/recompose",
             "unet/train-step/{name}/batch={batch}/recompose",
         ] {
@@ -1066,7 +1072,7 @@ mod tests {
         }
         assert_eq!(
             Suite::Diffusion.workloads().len(),
-            1 + 2 * UNET_CONFIGS.len()
+            2 + 2 * UNET_CONFIGS.len()
         );
         assert_eq!(Suite::Decomp.workloads().len(), 3 * UNET_CONFIGS.len());
     }

@@ -5,6 +5,9 @@ Times the same workloads as `benches/benches/diffusion.rs` and `benches/benches/
 threads. Suite `diffusion`:
 
 * `mlp/train-step/batch=1000`: one Adam step of the 2-D residual MLP of Du et al. 2023;
+* `mlp-energy/train-step/batch=1000`: the same network as an energy model, E = |g(x, t) - x|^2,
+  with the MSE on eps_hat = dE/dx (`create_graph=True`: the backward pass differentiates an
+  input gradient);
 * `unet/forward/<cfg>/batch=48`: the improved-diffusion U-Net of Decomp Diffusion, forward
   pass under `torch.no_grad()` in eval mode (16 images x 3 components = 48 denoiser images);
 * `unet/train-step/<cfg>/batch=16`: one Adam step of that U-Net with an x0-prediction MSE loss.
@@ -29,7 +32,7 @@ exactly one), so that `cargo xtask bench decomp` can interleave it with the Rust
 calls at a time while both processes stay warm: after 3 warm-up calls it prints `ready`, then
 for each line holding a call count n it makes n calls and prints their wall times in seconds,
 space-separated, on one line; it exits at the end of its input or on an empty line. This is
-the protocol of the Rust server `decomp-steps`.
+the protocol of the Rust server `bench-steps`.
 
 Usage: python torchbench.py [--suite diffusion|decomp] [--threads N] [--only SUBSTRING] [--serve]
 """
@@ -379,6 +382,28 @@ def bench_mlp(results, gen, wanted):
     )
 
 
+def bench_energy_mlp(results, gen, wanted):
+    """The energy parameterization: E = |g(x, t) - x|^2, eps_hat = dE/dx, MSE on eps_hat."""
+    batch = 1000
+    key = f"mlp-energy/train-step/batch={batch}/recompose"
+    if not wanted(key):
+        return
+    model = ResidualMlp()
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 2, generator=gen)
+    target = torch.randn(batch, 2, generator=gen)
+    t = torch.randint(0, 100, (batch,), generator=gen)
+
+    def loss(m):
+        xr = x.clone().requires_grad_(True)
+        energy = (m(xr, t) - xr).pow(2).sum()
+        (eps_hat,) = torch.autograd.grad(energy, xr, create_graph=True)
+        return F.mse_loss(eps_hat, target)
+
+    results[key] = median_seconds(key, train_step(model, opt, loss))
+
+
 def bench_unet(results, gen, wanted):
     cond_dim = 32
     for name, cfg, expected in UNET_CONFIGS:
@@ -557,6 +582,7 @@ def main():
 
     if args.suite == "diffusion":
         bench_mlp(results, gen, wanted)
+        bench_energy_mlp(results, gen, wanted)
         bench_unet(results, gen, wanted)
     else:
         bench_decomp(results, gen, wanted)

@@ -174,6 +174,41 @@ pub fn dense_backward(g: &[f32], w: &[f32], gx: &mut [f32], (m, inp, out): (usiz
     }
 }
 
+/// `gw[out×in] (+)= gᵀ · x` for `g` `[m, out]` and `x` `[m, in]`: the weight gradient of
+/// [`dense_forward`] (summed over the m rows), on the calling thread; added to `gw` when
+/// `accumulate`.
+///
+/// # Panics
+/// If `g`, `x` or `gw` hold fewer than m·out, m·in or out·in values (callers size them).
+pub fn dense_weight_grad(
+    g: &[f32],
+    x: &[f32],
+    gw: &mut [f32],
+    (m, inp, out): (usize, usize, usize),
+    accumulate: bool,
+) {
+    assert!(g.len() >= m * out && x.len() >= m * inp && gw.len() >= out * inp);
+    if m == 0 {
+        if !accumulate {
+            gw[..out * inp].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: as in `dense_forward`; gᵀ is read with row stride 1 and column stride `out`.
+    unsafe {
+        strided(
+            (out, inp, m),
+            gw.as_mut_ptr(),
+            (inp, 1),
+            accumulate,
+            g.as_ptr(),
+            (1, out),
+            x.as_ptr(),
+            (inp, 1),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@
 use anyhow::Result;
 use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor, Var};
-use recompose_core::gemm::{dense_backward, dense_forward, gemm_host, matmul};
+use recompose_core::gemm::{dense_backward, dense_forward, dense_weight_grad, gemm_host, matmul};
 use recompose_core::host::{ELEMENTWISE_PART, elementwise, fast_exp, par_parts, sum_f64};
 use recompose_core::ops::attention::Attention;
 use recompose_core::ops::batch_norm::{Moments, Normalize};
@@ -1000,7 +1000,8 @@ const DENSE_CASES: [(usize, usize, usize); 5] = [
 
 /// [`dense_forward`] (overwriting and accumulating) against `x · wᵀ`, and [`dense_backward`]
 /// against candle's gradient of `⟨x · wᵀ, probe⟩` with respect to `x`; the kernel gradient
-/// `probeᵀ · x` through [`matmul`] and [`gemm_host`].
+/// `probeᵀ · x` through [`matmul`], [`gemm_host`] and [`dense_weight_grad`] (overwriting and
+/// accumulating).
 #[test]
 fn dense_products_match_matmul() -> Result<()> {
     let mut rng = seeded(901);
@@ -1047,6 +1048,25 @@ fn dense_products_match_matmul() -> Result<()> {
         let gw = gemm_host(&host(&probe_t)?, &xs, out, m, inp);
         let gw = Tensor::from_vec(gw, (out, inp), &Device::Cpu)?;
         assert_close(&format!("{what}, d/dw (gemm_host)"), &gw, want_gw, 1e-5)?;
+        let mut gw = vec![0f32; out * inp];
+        dense_weight_grad(&host(&probe)?, &xs, &mut gw, (m, inp, out), false);
+        let gw = Tensor::from_vec(gw, (out, inp), &Device::Cpu)?;
+        assert_close(
+            &format!("{what}, d/dw (dense_weight_grad)"),
+            &gw,
+            want_gw,
+            1e-5,
+        )?;
+        let start = randn(&mut rng, &[out, inp], 1.0, 0.0)?;
+        let mut gw = host(&start)?;
+        dense_weight_grad(&host(&probe)?, &xs, &mut gw, (m, inp, out), true);
+        let gw = Tensor::from_vec(gw, (out, inp), &Device::Cpu)?;
+        assert_close(
+            &format!("{what}, d/dw accumulated"),
+            &gw,
+            &(want_gw + &start)?,
+            1e-5,
+        )?;
     }
     let a = randn(&mut rng, &[3, 4], 1.0, 0.0)?;
     assert!(matmul(&a, &a).is_err());

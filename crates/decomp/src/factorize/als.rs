@@ -1,15 +1,23 @@
 //! Alternating least squares (Kent et al., *Resonator Networks 2*, Neural Computation 32(12),
 //! 2020, §3.1): each factor in turn minimizes ‖s − (⊙_{g≠f} x̂_g) ⊙ C_fᵀ a_f‖² over its
 //! coefficients a_f, with the other factors fixed. With p = ⊙_{g≠f} x̂_g the normal equations
-//! are (C_f diag(p²) C_fᵀ) a_f = C_f (p ⊙ s), one M×M system per trial, batched as a
-//! `[T, M, D] × [D, M]` matmul and solved by Cholesky.
+//! are (C_f diag(p²) C_fᵀ) a_f = C_f (p ⊙ s), one M×M system per trial.
+//!
+//! The Gram matrices dominate the cost (M²D per trial and factor against M³/3 for the
+//! solve). Each entry is `G[m, n] = Σ_d p_d² c_m,d c_n,d`, so all of them come from one product
+//! of the squared weights with the `[D, M(M+1)/2]` matrix of codeword products `c_m ⊙ c_n`,
+//! m ≤ n (symmetry halves the work). On the CPU the trials are cut into one shard per worker
+//! thread, and each shard builds the Gram rows of a group of trials with one single-threaded
+//! product and solves the group's systems together by Cholesky in f64, the trials in vector
+//! lanes; for codebooks too large for the product matrix, each trial's
+//! Gram is `(C ⊙ p²) Cᵀ`. Elsewhere the same systems are built with candle's batched products.
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::problem::{Problem, VsaKind};
 use crate::trials::{ActiveTrials, Budget, Outcome, Progress};
-use crate::{Result, linalg};
+use crate::{Error, Result, linalg};
 use recompose_vsa::planes::{self, Planes, PreparedCodebook};
 
 /// Settings of alternating least squares.
@@ -31,8 +39,139 @@ impl Default for AlsConfig {
     }
 }
 
-/// Largest M²·D for which the pair-product matrix is built (256 MiB of f32).
+/// Largest M²·D for which the pair-product matrix is built (128 MiB of f32 with symmetry).
 const PAIR_LIMIT: usize = 1 << 26;
+
+/// The `[D, M(M+1)/2]` matrix of codeword products `c_m ⊙ c_n` for m ≤ n (row-major, column
+/// `m·M − m(m−1)/2 + (n − m)` for the pair (m, n)), from the codewords `[M, D]`.
+fn upper_pairs(c: &[f32], m: usize, d: usize) -> Vec<f32> {
+    let q = m * (m + 1) / 2;
+    let mut out = vec![0f32; d * q];
+    let mut col = 0;
+    for a in 0..m {
+        for b in a..m {
+            let (ca, cb) = (&c[a * d..(a + 1) * d], &c[b * d..(b + 1) * d]);
+            for k in 0..d {
+                out[k * q + col] = ca[k] * cb[k];
+            }
+            col += 1;
+        }
+    }
+    out
+}
+
+/// What the host solver needs of one codebook: the codewords and, when it fits, the
+/// pair-product matrix of [`upper_pairs`].
+struct HostBook {
+    c: Vec<f32>,
+    ct: Vec<f32>,
+    pairs: Option<Vec<f32>>,
+}
+
+/// The coefficients `[n, M]` of every trial's normal equations `G_i a = r_i`, with
+/// `G_i = C diag(w_i) Cᵀ` for the squared weights `w` `[n, D]` and right-hand sides `r`
+/// `[n, M]`: trials sharded over candle's worker threads, each shard building the Gram
+/// matrices of a group of trials with one product and solving them together by Cholesky in
+/// f64 ([`linalg::solve_spd_batch`], the trials in vector lanes).
+fn host_solve(
+    book: &HostBook,
+    w: &[f32],
+    rhs: &[f32],
+    (n, m, d): (usize, usize, usize),
+    ridge: f64,
+) -> Result<Vec<f32>> {
+    let q = m * (m + 1) / 2;
+    // Systems solved together: their interleaved Gram matrices stay within a few MiB.
+    let lanes = ((4 << 20) / (m * m * 8).max(1)).clamp(1, 64);
+    let shard = |rows: std::ops::Range<usize>| -> Result<Vec<f32>> {
+        let mut coef = Vec::with_capacity(rows.len() * m);
+        let mut cw = vec![0f32; if book.pairs.is_none() { m * d } else { 0 }];
+        let mut start = rows.start;
+        while start < rows.end {
+            let end = (start + lanes).min(rows.end);
+            let k = end - start;
+            let ws = &w[start * d..end * d];
+            // Interleaved Gram matrices: entry (a, b) of system t at (a·m + b)·k + t.
+            let mut gram = vec![0f64; m * m * k];
+            match &book.pairs {
+                Some(p) => {
+                    let upper = recompose_core::gemm::gemm_host(ws, p, k, d, q);
+                    for (t, row) in upper.chunks(q).enumerate() {
+                        let mut col = 0;
+                        for a in 0..m {
+                            for b in a..m {
+                                let v = f64::from(row[col]);
+                                gram[(a * m + b) * k + t] = v;
+                                gram[(b * m + a) * k + t] = v;
+                                col += 1;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    for (t, wi) in ws.chunks(d).enumerate() {
+                        for (dst, src) in cw.chunks_mut(d).zip(book.c.chunks(d)) {
+                            dst.iter_mut()
+                                .zip(src.iter().zip(wi))
+                                .for_each(|(o, (c, w))| *o = c * w);
+                        }
+                        let g = recompose_core::gemm::gemm_host(&cw, &book.ct, m, d, m);
+                        for (e, v) in g.iter().enumerate() {
+                            gram[e * k + t] = f64::from(*v);
+                        }
+                    }
+                }
+            }
+            let mut r = vec![0f64; m * k];
+            for t in 0..k {
+                for a in 0..m {
+                    r[a * k + t] = f64::from(rhs[(start + t) * m + a]);
+                }
+            }
+            let (x, ok) = linalg::solve_spd_batch(&gram, &r, m, k, ridge);
+            for (t, good) in ok.iter().enumerate() {
+                if *good {
+                    coef.extend((0..m).map(|a| x[a * k + t] as f32));
+                } else {
+                    // Singular at the first ridge: the single solver raises it.
+                    let g: Vec<f64> = (0..m * m).map(|e| gram[e * k + t]).collect();
+                    let rt: Vec<f64> = (0..m).map(|a| r[a * k + t]).collect();
+                    let a = linalg::solve_spd(&g, m, &rt, ridge)?;
+                    coef.extend(a.into_iter().map(|v| v as f32));
+                }
+            }
+            start = end;
+        }
+        Ok(coef)
+    };
+    let pool = candle_core::utils::barrier_pool();
+    let shards = (pool.n_workers() + 1).clamp(1, n.max(1));
+    let per = n.div_ceil(shards).max(1);
+    if shards == 1 {
+        return shard(0..n);
+    }
+    let slots: Vec<std::sync::Mutex<Option<Result<Vec<f32>>>>> =
+        (0..shards).map(|_| std::sync::Mutex::new(None)).collect();
+    pool.execute(|tid| {
+        if tid < shards {
+            let rows = (tid * per).min(n)..((tid + 1) * per).min(n);
+            let result = shard(rows);
+            if let Ok(mut slot) = slots[tid].lock() {
+                *slot = Some(result);
+            }
+        }
+    });
+    let mut coef = Vec::with_capacity(n * m);
+    for slot in slots {
+        let part = slot
+            .into_inner()
+            .ok()
+            .flatten()
+            .ok_or_else(|| Error::Numerical("an ALS solver shard did not finish".into()))??;
+        coef.extend(part);
+    }
+    Ok(coef)
+}
 
 pub(super) fn run(
     problem: &Problem,
@@ -46,12 +185,24 @@ pub(super) fn run(
     let cbs: Vec<PreparedCodebook> = (0..nf)
         .map(|f| Ok(PreparedCodebook::new(problem.codebook(f)?)?))
         .collect::<Result<_>>()?;
-    // For moderate M, every Gram matrix C diag(w) Cᵀ is one row of W · Pᵀ, with P the
-    // `[M², D]` matrix of codeword products c_m ⊙ c_n: a single large matmul for all trials.
+    // On the host: the codewords and, for moderate M, the symmetric pair products.
+    let host_books: Vec<Option<HostBook>> = cbs
+        .iter()
+        .map(|cb| {
+            recompose_core::host::with_host_slices(&[&cb.c[0], &cb.ct[0]], |s| HostBook {
+                c: s[0].to_vec(),
+                ct: s[1].to_vec(),
+                pairs: (m * (m + 1) / 2 * d <= PAIR_LIMIT).then(|| upper_pairs(s[0], m, d)),
+            })
+        })
+        .collect();
+    // Elsewhere, for moderate M, every Gram matrix C diag(w) Cᵀ is one row of W · Pᵀ, with P
+    // the `[M², D]` matrix of codeword products c_m ⊙ c_n: a single large matmul for all trials.
     let pairs: Vec<Option<Tensor>> = cbs
         .iter()
-        .map(|cb| -> Result<Option<Tensor>> {
-            if m * m * d > PAIR_LIMIT {
+        .zip(&host_books)
+        .map(|(cb, host)| -> Result<Option<Tensor>> {
+            if host.is_some() || m * m * d > PAIR_LIMIT {
                 return Ok(None);
             }
             let c = &cb.c[0];
@@ -75,30 +226,25 @@ pub(super) fn run(
                 .expect("at least two factors")[0]
                 .clone();
             let rhs = (&p * &s[0])?.matmul(&cbs[f].ct[0])?; // [n, M]
-            let gram = match &pairs[f] {
-                Some(pt) => p.sqr()?.matmul(pt)?, // [n, M²]
-                None => {
-                    let w = p.sqr()?.unsqueeze(1)?; // [n, 1, D]
-                    let cw = cbs[f].c[0].unsqueeze(0)?.broadcast_mul(&w)?; // [n, M, D]
-                    cw.broadcast_matmul(&cbs[f].ct[0])? // [n, M, M]
-                }
+            let w = p.sqr()?;
+            let host = host_books[f].as_ref().and_then(|book| {
+                recompose_core::host::with_host_slices(&[&w, &rhs], |x| {
+                    host_solve(book, x[0], x[1], (n, m, d), cfg.ridge)
+                })
+            });
+            let coef = match host {
+                Some(coef) => coef?,
+                None => device_solve(&w, &rhs, &cbs[f], pairs[f].as_ref(), m, cfg.ridge)?,
             };
-            let gram: Vec<f64> = gram.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-            let rhs: Vec<f64> = rhs.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-            let mut coef = Vec::with_capacity(n * m);
-            for i in 0..n {
-                let a = linalg::solve_spd(
-                    &gram[i * m * m..(i + 1) * m * m],
-                    m,
-                    &rhs[i * m..(i + 1) * m],
-                    cfg.ridge,
-                )?;
-                coef.extend(a.into_iter().map(|v| v as f32));
-            }
             let coef = Tensor::from_vec(coef, (n, m), &device)?;
-            // Right-hand side, batched Gram and projection products.
+            // Right-hand side, Gram (the symmetric half on the host) and projection products.
             let (nn, dd, mm) = (n as f64, d as f64, m as f64);
-            out.matmul_flops += 2.0 * nn * dd * mm * (2.0 + mm);
+            let gram_macs = if host_books[f].as_ref().is_some_and(|b| b.pairs.is_some()) {
+                mm * (mm + 1.0) / 2.0
+            } else {
+                mm * mm
+            };
+            out.matmul_flops += 2.0 * nn * dd * (2.0 * mm + gram_macs);
             est[f] = planes::l2_normalize(&vec![coef.matmul(&cbs[f].c[0])?])?;
         }
         // Stop trials whose estimates no longer move (up to the sign ambiguity of each factor's
@@ -134,4 +280,126 @@ pub(super) fn run(
         }
     }
     Ok(out)
+}
+
+/// The coefficients of every trial's normal equations with candle's batched products (the
+/// path of tensors that do not live on the host), solved per trial by Cholesky in f64.
+fn device_solve(
+    w: &Tensor,
+    rhs: &Tensor,
+    cb: &PreparedCodebook,
+    pairs: Option<&Tensor>,
+    m: usize,
+    ridge: f64,
+) -> Result<Vec<f32>> {
+    let n = w.dim(0)?;
+    let gram = match pairs {
+        Some(pt) => w.matmul(pt)?, // [n, M²]
+        None => {
+            let cw = cb.c[0].unsqueeze(0)?.broadcast_mul(&w.unsqueeze(1)?)?; // [n, M, D]
+            cw.broadcast_matmul(&cb.ct[0])? // [n, M, M]
+        }
+    };
+    let gram: Vec<f64> = gram.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let rhs: Vec<f64> = rhs.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let mut coef = Vec::with_capacity(n * m);
+    for i in 0..n {
+        let a = linalg::solve_spd(
+            &gram[i * m * m..(i + 1) * m * m],
+            m,
+            &rhs[i * m..(i + 1) * m],
+            ridge,
+        )?;
+        coef.extend(a.into_iter().map(|v| v as f32));
+    }
+    Ok(coef)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use recompose_core::random::{normal_vec, seeded};
+
+    /// The host solver (symmetric pair products, and per-trial Gram matrices) and the batched
+    /// candle solver agree, and their solutions satisfy the normal equations built naively.
+    #[test]
+    fn host_and_batched_solvers_solve_the_normal_equations() -> Result<()> {
+        let (n, m, d) = (37, 6, 40);
+        let mut rng = seeded(3);
+        let c: Vec<f32> = normal_vec(&mut rng, m * d)
+            .into_iter()
+            .map(|v| v.signum())
+            .collect();
+        let w: Vec<f32> = normal_vec(&mut rng, n * d).iter().map(|v| v * v).collect();
+        let rhs = normal_vec(&mut rng, n * m);
+        let ct: Vec<f32> = (0..d * m).map(|i| c[(i % m) * d + i / m]).collect();
+        let cb = PreparedCodebook::new(vec![Tensor::from_vec(c.clone(), (m, d), &Device::Cpu)?])?;
+        let wt = Tensor::from_vec(w.clone(), (n, d), &Device::Cpu)?;
+        let rt = Tensor::from_vec(rhs.clone(), (n, m), &Device::Cpu)?;
+        let full_pairs = cb.c[0]
+            .unsqueeze(1)?
+            .broadcast_mul(&cb.c[0].unsqueeze(0)?)?
+            .reshape((m * m, d))?
+            .t()?
+            .contiguous()?;
+        let batched = device_solve(&wt, &rt, &cb, Some(&full_pairs), m, 0.0)?;
+        let per_trial = device_solve(&wt, &rt, &cb, None, m, 0.0)?;
+        let with_pairs = HostBook {
+            c: c.clone(),
+            ct: ct.clone(),
+            pairs: Some(upper_pairs(&c, m, d)),
+        };
+        let without = HostBook {
+            c: c.clone(),
+            ct,
+            pairs: None,
+        };
+        let host_pairs = host_solve(&with_pairs, &w, &rhs, (n, m, d), 0.0)?;
+        let host_plain = host_solve(&without, &w, &rhs, (n, m, d), 0.0)?;
+        for i in 0..n {
+            // Residual of the naive normal equations Σ_d w c_a c_b x_b = r_a.
+            let x = &host_pairs[i * m..(i + 1) * m];
+            for a in 0..m {
+                let mut lhs = 0f64;
+                for b in 0..m {
+                    let g: f64 = (0..d)
+                        .map(|k| f64::from(w[i * d + k]) * f64::from(c[a * d + k] * c[b * d + k]))
+                        .sum();
+                    lhs += g * f64::from(x[b]);
+                }
+                let r = f64::from(rhs[i * m + a]);
+                assert!(
+                    (lhs - r).abs() < 1e-3 * (1.0 + r.abs()),
+                    "trial {i}, row {a}"
+                );
+            }
+        }
+        for (name, other) in [
+            ("batched", &batched),
+            ("per trial", &per_trial),
+            ("host per trial", &host_plain),
+        ] {
+            let err = host_pairs
+                .iter()
+                .zip(other.iter())
+                .fold(0f32, |e, (a, b)| e.max((a - b).abs() / (1.0 + b.abs())));
+            assert!(err < 1e-4, "{name}: {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn upper_pairs_lists_each_pair_once() {
+        let (m, d) = (3, 2);
+        let c = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let p = upper_pairs(&c, m, d);
+        // Columns (0,0) (0,1) (0,2) (1,1) (1,2) (2,2); rows d = 0, 1.
+        assert_eq!(
+            p,
+            vec![
+                1.0, 3.0, 5.0, 9.0, 15.0, 25.0, 4.0, 8.0, 12.0, 16.0, 24.0, 36.0
+            ]
+        );
+    }
 }

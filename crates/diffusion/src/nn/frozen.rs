@@ -102,6 +102,49 @@ struct Tape {
     d_p2: Vec<f32>,
 }
 
+/// The layer norm of each row of `h` (rows of the weight's width) into `out`:
+/// `x̂ γ + β` with `x̂ = (h − mean h)/√(var h + eps)`, for `(γ, β, eps)`. With a tape, x̂ and
+/// 1/√(var h + eps) of each row are appended to it.
+pub(crate) fn layer_norm_rows(
+    h: &[f32],
+    out: &mut [f32],
+    (weight, bias, eps): (&[f32], &[f32], f32),
+    mut tape: Option<(&mut Vec<f32>, &mut Vec<f32>)>,
+) {
+    let w = weight.len();
+    for (hr, nr) in h.chunks(w).zip(out.chunks_mut(w)) {
+        let mean = hr.iter().sum::<f32>() / w as f32;
+        let var = hr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (k, (o, v)) in nr.iter_mut().zip(hr).enumerate() {
+            *o = (v - mean) * inv;
+            if let Some((xhat, _)) = tape.as_mut() {
+                xhat.push(*o);
+            }
+            *o = *o * weight[k] + bias[k];
+        }
+        if let Some((_, inv_std)) = tape.as_mut() {
+            inv_std.push(inv);
+        }
+    }
+}
+
+/// The layer norm's backward pass for one row: given `g = ∂L/∂x̂`, the row's x̂ and
+/// `inv = 1/√(var + eps)`, adds `∂L/∂h = inv (g − mean g − x̂ mean(g x̂))` to `gh`.
+pub(crate) fn layer_norm_backward_row(g: &[f32], xhat: &[f32], inv: f32, gh: &mut [f32]) {
+    let w = g.len() as f32;
+    let (mut m1, mut m2) = (0.0f32, 0.0f32);
+    for (gv, xv) in g.iter().zip(xhat) {
+        m1 += gv;
+        m2 += gv * xv;
+    }
+    m1 /= w;
+    m2 /= w;
+    for ((o, gv), xv) in gh.iter_mut().zip(g).zip(xhat) {
+        *o += inv * (gv - m1 - xv * m2);
+    }
+}
+
 /// swish(p) = p σ(p) and swish′(p) = σ(p)(1 + p − swish(p)).
 #[inline(always)]
 fn swish_and_deriv(p: f32) -> (f32, f32) {
@@ -112,7 +155,7 @@ fn swish_and_deriv(p: f32) -> (f32, f32) {
 
 /// In place `z ← swish(z + bias)` (rows of the bias's width; no bias: plain swish); with
 /// `deriv`, also store swish′ there.
-fn bias_swish(z: &mut [f32], bias: Option<&[f32]>, deriv: Option<&mut Vec<f32>>) {
+pub(crate) fn bias_swish(z: &mut [f32], bias: Option<&[f32]>, deriv: Option<&mut Vec<f32>>) {
     vectorized(
         #[inline(always)]
         || bias_swish_loops(z, bias, deriv),
@@ -145,7 +188,7 @@ fn bias_swish_loops(z: &mut [f32], bias: Option<&[f32]>, deriv: Option<&mut Vec<
     }
 }
 
-fn add_bias(z: &mut [f32], bias: &[f32]) {
+pub(crate) fn add_bias(z: &mut [f32], bias: &[f32]) {
     for row in z.chunks_mut(bias.len()) {
         for (v, b) in row.iter_mut().zip(bias) {
             *v += b;
@@ -245,22 +288,12 @@ impl FrozenMlp {
         let mut n = vec![0.0f32; m * hdim];
         for (bi, (b, c)) in self.blocks.iter().zip(time).enumerate() {
             let mut tape = tapes.as_mut().map(|_| Tape::default());
-            // Layer norm, row by row.
-            for (hr, nr) in h.chunks(hdim).zip(n.chunks_mut(hdim)) {
-                let mean = hr.iter().sum::<f32>() / hdim as f32;
-                let var = hr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / hdim as f32;
-                let inv = 1.0 / (var + self.ln_eps).sqrt();
-                for (k, (o, v)) in nr.iter_mut().zip(hr).enumerate() {
-                    *o = (v - mean) * inv;
-                    if let Some(tp) = tape.as_mut() {
-                        tp.xhat.push(*o);
-                    }
-                    *o = *o * b.ln_weight[k] + b.ln_bias[k];
-                }
-                if let Some(tp) = tape.as_mut() {
-                    tp.inv_std.push(inv);
-                }
-            }
+            layer_norm_rows(
+                &h,
+                &mut n,
+                (&b.ln_weight, &b.ln_bias, self.ln_eps),
+                tape.as_mut().map(|tp| (&mut tp.xhat, &mut tp.inv_std)),
+            );
             bias_swish(&mut n, None, tape.as_mut().map(|tp| &mut tp.d_n));
             let mut p1 = vec![0.0f32; m * b.fc1.out];
             b.fc1.apply(&n, &mut p1, m, false);
@@ -338,18 +371,10 @@ impl FrozenMlp {
                 .enumerate()
             {
                 let dn = &tp.d_n[r * hdim..(r + 1) * hdim];
-                let (mut m1, mut m2) = (0.0f32, 0.0f32);
                 for k in 0..hdim {
                     gr[k] *= dn[k] * b.ln_weight[k];
-                    m1 += gr[k];
-                    m2 += gr[k] * xh[k];
                 }
-                m1 /= hdim as f32;
-                m2 /= hdim as f32;
-                let inv = tp.inv_std[r];
-                for k in 0..hdim {
-                    ghr[k] += inv * (gr[k] - m1 - xh[k] * m2);
-                }
+                layer_norm_backward_row(gr, xh, tp.inv_std[r], ghr);
             }
         }
         self.input.back(&gh, grad, m);

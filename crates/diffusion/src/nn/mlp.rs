@@ -212,6 +212,17 @@ impl ResidualMlp {
     /// [`Error::Shape`] if `t` is not 1-D; [`Error::Config`] if a value is not (within 10⁻³) an
     /// integer in `0..T`.
     pub fn embed_time(&self, t: &Tensor) -> Result<Tensor> {
+        let idx = self.time_indices(t)?;
+        let idx = Tensor::from_vec(idx, t.dim(0)?, t.device())?;
+        Ok(self.time_embed.index_select(&idx, 0)?)
+    }
+
+    /// The training-step indices of per-sample times `t` (`[B]`, float step indices).
+    ///
+    /// # Errors
+    ///
+    /// As [`ResidualMlp::embed_time`].
+    pub(crate) fn time_indices(&self, t: &Tensor) -> Result<Vec<u32>> {
         if t.rank() != 1 {
             return Err(Error::Shape(format!(
                 "mlp: times must be 1-D, got shape {:?}",
@@ -234,8 +245,7 @@ impl ResidualMlp {
                 }
             })
             .collect::<Result<Vec<u32>>>()?;
-        let idx = Tensor::from_vec(idx, t.dim(0)?, t.device())?;
-        Ok(self.time_embed.index_select(&idx, 0)?)
+        Ok(idx)
     }
 
     pub(crate) fn check_input(&self, x: &Tensor, t: &Tensor) -> Result<()> {

@@ -17,6 +17,7 @@ pub mod energy;
 pub mod frozen;
 pub mod layers;
 pub mod mlp;
+pub mod mlp_grad;
 pub mod store;
 pub mod unet;
 

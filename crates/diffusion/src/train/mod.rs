@@ -31,6 +31,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,24 @@ pub trait TrainableDenoiser: Denoiser {
         cond: Option<&Tensor>,
         rng: &mut SeededRng,
     ) -> Result<Tensor>;
+
+    /// The mean squared error `mean((f(x_t, t) − target)²)` and its parameter gradients computed
+    /// without candle's autograd, where the model has such a path for these inputs (`None`:
+    /// use [`TrainableDenoiser::forward_train`] and autograd). It must equal the autograd
+    /// result up to float rounding and draw nothing from the RNG.
+    ///
+    /// # Errors
+    ///
+    /// As [`Denoiser::forward`].
+    fn fused_mse_and_grads(
+        &self,
+        _x_t: &Tensor,
+        _t: &Tensor,
+        _cond: Option<&Tensor>,
+        _target: &Tensor,
+    ) -> Result<Option<(Tensor, GradStore)>> {
+        Ok(None)
+    }
 }
 
 impl TrainableDenoiser for crate::nn::ResidualMlp {
@@ -74,6 +93,19 @@ impl TrainableDenoiser for crate::nn::ResidualMlp {
     ) -> Result<Tensor> {
         self.forward(x_t, t, cond)
     }
+
+    fn fused_mse_and_grads(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: Option<&Tensor>,
+        target: &Tensor,
+    ) -> Result<Option<(Tensor, GradStore)>> {
+        if cond.is_some() {
+            return Ok(None);
+        }
+        crate::nn::mlp_grad::mse_loss_and_grads(self, x_t, t, target)
+    }
 }
 
 impl TrainableDenoiser for crate::nn::EnergyMlp {
@@ -85,6 +117,19 @@ impl TrainableDenoiser for crate::nn::EnergyMlp {
         _rng: &mut SeededRng,
     ) -> Result<Tensor> {
         self.forward(x_t, t, cond)
+    }
+
+    fn fused_mse_and_grads(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: Option<&Tensor>,
+        target: &Tensor,
+    ) -> Result<Option<(Tensor, GradStore)>> {
+        if cond.is_some() {
+            return Ok(None);
+        }
+        crate::nn::mlp_grad::energy_mse_loss_and_grads(self, x_t, t, target)
     }
 }
 
@@ -108,6 +153,19 @@ pub trait Objective {
     ///
     /// Whatever the model or the tensor ops report.
     fn loss(&self, batch: &Tensor, rng: &mut SeededRng) -> Result<Tensor>;
+
+    /// The loss and its gradients with respect to every variable it depends on. The default
+    /// runs candle's backward pass on [`Objective::loss`]; an objective with a faster exact
+    /// path may take it (same RNG draws, same value up to float rounding).
+    ///
+    /// # Errors
+    ///
+    /// As [`Objective::loss`], and from the backward pass.
+    fn loss_and_grads(&self, batch: &Tensor, rng: &mut SeededRng) -> Result<(Tensor, GradStore)> {
+        let loss = self.loss(batch, rng)?;
+        let grads = loss.backward()?;
+        Ok((loss, grads))
+    }
 }
 
 /// The denoising loss of a [`TrainableDenoiser`] over a [`DiscreteSchedule`] (see the
@@ -140,8 +198,10 @@ impl<'a, M: TrainableDenoiser + ?Sized> DenoisingLoss<'a, M> {
     }
 }
 
-impl<M: TrainableDenoiser + ?Sized> Objective for DenoisingLoss<'_, M> {
-    fn loss(&self, x0: &Tensor, rng: &mut SeededRng) -> Result<Tensor> {
+impl<M: TrainableDenoiser + ?Sized> DenoisingLoss<'_, M> {
+    /// Draws timesteps and noise for the batch `x0`: the noisy inputs x_t, the times (as
+    /// float step indices) and the regression target of the model's parameterization.
+    fn noisy_batch(&self, x0: &Tensor, rng: &mut SeededRng) -> Result<(Tensor, Tensor, Tensor)> {
         let b = x0
             .dims()
             .first()
@@ -157,9 +217,16 @@ impl<M: TrainableDenoiser + ?Sized> Objective for DenoisingLoss<'_, M> {
             .to_dtype(x0.dtype())?;
         let x_t = add_noise(x0, &eps, &alpha, &sigma)?;
         let t = Tensor::from_vec(idx.iter().map(|&i| i as f32).collect(), b, dev)?;
-        let pred = self.model.forward_train(&x_t, &t, self.cond, rng)?;
         let param: Parameterization = self.model.parameterization();
         let target = param.target(x0, &eps, &alpha, &sigma)?;
+        Ok((x_t, t, target))
+    }
+}
+
+impl<M: TrainableDenoiser + ?Sized> Objective for DenoisingLoss<'_, M> {
+    fn loss(&self, x0: &Tensor, rng: &mut SeededRng) -> Result<Tensor> {
+        let (x_t, t, target) = self.noisy_batch(x0, rng)?;
+        let pred = self.model.forward_train(&x_t, &t, self.cond, rng)?;
         if pred.dims() != target.dims() {
             return Err(Error::Shape(format!(
                 "the model returned {:?} for inputs of shape {:?}",
@@ -168,6 +235,27 @@ impl<M: TrainableDenoiser + ?Sized> Objective for DenoisingLoss<'_, M> {
             )));
         }
         Ok((pred - target)?.sqr()?.mean_all()?)
+    }
+
+    fn loss_and_grads(&self, x0: &Tensor, rng: &mut SeededRng) -> Result<(Tensor, GradStore)> {
+        let (x_t, t, target) = self.noisy_batch(x0, rng)?;
+        if let Some(done) = self
+            .model
+            .fused_mse_and_grads(&x_t, &t, self.cond, &target)?
+        {
+            return Ok(done);
+        }
+        let pred = self.model.forward_train(&x_t, &t, self.cond, rng)?;
+        if pred.dims() != target.dims() {
+            return Err(Error::Shape(format!(
+                "the model returned {:?} for inputs of shape {:?}",
+                pred.dims(),
+                target.dims()
+            )));
+        }
+        let loss = (pred - target)?.sqr()?.mean_all()?;
+        let grads = loss.backward()?;
+        Ok((loss, grads))
     }
 }
 
@@ -723,7 +811,7 @@ pub fn train(
     while step < end {
         let lr = schedule.lr(step);
         let batch = data.sample_batch(&mut rng, cfg.batch_size, &device)?;
-        let loss = objective.loss(&batch, &mut rng)?;
+        let (loss, grads) = objective.loss_and_grads(&batch, &mut rng)?;
         let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         if !loss_value.is_finite() {
             return Err(Error::Training(format!(
@@ -731,7 +819,6 @@ pub fn train(
                 step + 1
             )));
         }
-        let grads = loss.backward()?;
         let norm = opt.grad_norm(&grads)?;
         opt.step(&grads, lr, clip_scale(norm, cfg.grad_clip))?;
         ema.update(&vars)?;
