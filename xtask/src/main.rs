@@ -13,7 +13,7 @@
 //!                                 hyperparameter search for a coupled-diffusion preset
 //! cargo xtask reproduce factorization [--quick] [--skip-capacity]
 //!                                 regenerate docs/results/factorization.md and its charts
-//! cargo xtask reproduce composition [--quick] [--reuse-models]
+//! cargo xtask reproduce composition [--quick | --full] [--reuse-models]
 //!                                 train the 2-D models, compose them, write docs/results/composition.md
 //! cargo xtask fixtures decomp [--example-only]
 //!                                 train the pretrained Decomp Diffusion model of fixtures/decomp-tetrominoes
@@ -42,7 +42,7 @@ use recompose_benches::fixtures::{decomp_fixture, fixtures, readme_example};
 use recompose_benches::workspace::{cargo, cargo_bin, root, run};
 use recompose_benches::{composition, decomposition, reference, reproduce, torch, tune};
 
-const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|all> | fixtures [--check] | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick] [--reuse-models] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,...] [--report NAME] [--no-torch]>";
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|all> | fixtures [--check] | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick | --full] [--reuse-models] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,...] [--report NAME] [--no-torch]>";
 
 /// The benchmark suites in `benches/benches/`.
 const SUITES: [&str; 5] = ["vsa", "factorization", "diffusion", "compose", "decomp"];
