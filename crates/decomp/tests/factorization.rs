@@ -220,12 +220,47 @@ fn limit_cycles_are_detected_at_small_dimension() {
 
 #[test]
 fn decoding_is_invariant_to_the_sign_ambiguity() {
-    // Negating two of the three factors leaves s unchanged, so a resonator may converge to
-    // (−x1, −x2, x3); decoding by absolute similarity must still count it correct. The problem
-    // below has only that ambiguity to resolve: M = 1, and the superposition start is the codeword.
-    let p = map_problem(256, 3, 1, 10, 12);
-    let r = run(&p, "resonator", 10, 12);
-    assert_eq!(r.exact_accuracy, 1.0);
+    // Negating two of the three factors leaves s unchanged, so a factorizer may converge to
+    // (−x1, −x2, x3); decoding by absolute similarity must still name the true codewords. Here
+    // the estimates are exactly those sign-flipped factors.
+    use recompose_vsa::planes::{PreparedCodebook, decode, similarities};
+    let (t, nf) = (10, 3);
+    let p = map_problem(256, nf, 8, t, 12);
+    let mut flipped = Vec::new();
+    for f in 0..nf {
+        let cb = PreparedCodebook::new(p.codebook(f).unwrap()).unwrap();
+        let truth: Vec<u32> = (0..t).map(|i| p.truth[i * nf + f]).collect();
+        let idx = candle_core::Tensor::new(truth.as_slice(), &Device::Cpu).unwrap();
+        let x = cb.c[0].index_select(&idx, 0).unwrap();
+        let x = if f < 2 { x.neg().unwrap() } else { x };
+        let est = vec![x.clone()];
+        assert_eq!(
+            decode(VsaKind::Map, &est, &cb).unwrap(),
+            truth,
+            "factor {f}"
+        );
+        if f < 2 {
+            // A signed argmax would miss every flipped factor: the true codeword has the
+            // lowest signed similarity.
+            let signed: Vec<u32> = similarities(VsaKind::Map, &est, &cb).unwrap()[0]
+                .argmax(1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert!(signed.iter().zip(&truth).all(|(a, b)| a != b), "factor {f}");
+        }
+        flipped.push(x);
+    }
+    // And the flipped factors bind to the same s.
+    let s = (&flipped[0] * &flipped[1]).unwrap() * &flipped[2];
+    let bound = p.bound_planes().unwrap()[0].clone();
+    let diff = (s.unwrap() - bound)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
 }
 
 #[test]
