@@ -172,6 +172,9 @@ impl DecompositionArgs {
         if self.no_torch {
             f.push_str(" --no-torch");
         }
+        if self.reuse_models {
+            f.push_str(" --reuse-models");
+        }
         f
     }
 
