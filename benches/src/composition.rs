@@ -550,8 +550,9 @@ struct RunResult {
 /// A unit of work for [`parallel`].
 type Job<'a, T> = Box<dyn FnOnce() -> Result<T> + Send + 'a>;
 
-/// A trained model: distribution, parameterization, seconds, steps per second.
-type Trained = (String, Param, f64, f64);
+/// A trained model: distribution, parameterization, seconds, steps per second, and the source
+/// revisions that trained it.
+type Trained = (String, Param, f64, f64, String);
 
 /// Runs `jobs` on `threads` worker threads, results in job order.
 fn parallel<T: Send>(
@@ -612,6 +613,7 @@ fn train_models(work: &Path, args: &CompositionArgs) -> Result<Vec<Trained>> {
                         param,
                         t["seconds"].as_f64().unwrap_or(f64::NAN),
                         t["steps_per_second"].as_f64().unwrap_or(f64::NAN),
+                        crate::workspace::provenance_text(&dir),
                     ));
                 }
                 // A run that was cut resumes from its last checkpoint.
@@ -622,6 +624,7 @@ fn train_models(work: &Path, args: &CompositionArgs) -> Result<Vec<Trained>> {
                 let opts = TrainOptions {
                     out_dir: dir.clone(),
                     resume,
+                    revision: Some(crate::workspace::revision()),
                     ..Default::default()
                 };
                 let report = train_run(&cfg, &opts, &Device::Cpu, &mut |_| {})
@@ -648,6 +651,7 @@ fn train_models(work: &Path, args: &CompositionArgs) -> Result<Vec<Trained>> {
                     param,
                     report.seconds,
                     report.steps_per_second(),
+                    crate::workspace::provenance_text(&dir),
                 ))
             }));
         }
@@ -1253,21 +1257,31 @@ fn render(
     }
 
     let _ = writeln!(o, "\n## Training\n");
-    let _ = writeln!(o, "| model | score: s (steps/s) | energy: s (steps/s) |");
-    let _ = writeln!(o, "|---|---|---|");
+    let _ = writeln!(
+        o,
+        "Seconds of the last training run of each model (a resumed run counts from its \
+         checkpoint) and the source revisions that trained it (with the step each run started \
+         from); this report was made at revision {}.\n",
+        crate::workspace::revision()
+    );
+    let _ = writeln!(
+        o,
+        "| model | score: s (steps/s) | energy: s (steps/s) | score trained by | energy trained by |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|");
     for dist in Toy2d::ALL {
-        let get = |p: Param| {
-            trained
-                .iter()
-                .find(|(n, q, _, _)| n == dist.name() && *q == p)
-                .map_or("—".to_string(), |(_, _, s, r)| format!("{s:.0} ({r:.0})"))
-        };
+        let entry = |p: Param| trained.iter().find(|t| t.0 == dist.name() && t.1 == p);
+        let time =
+            |p: Param| entry(p).map_or("—".to_string(), |t| format!("{:.0} ({:.0})", t.2, t.3));
+        let rev = |p: Param| entry(p).map_or("—".to_string(), |t| t.4.clone());
         let _ = writeln!(
             o,
-            "| {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             dist.name(),
-            get(Param::Score),
-            get(Param::Energy)
+            time(Param::Score),
+            time(Param::Energy),
+            rev(Param::Score),
+            rev(Param::Energy)
         );
     }
     let _ = writeln!(

@@ -406,6 +406,7 @@ fn train(root: &Path, work: &Path, v: &Variant, reuse: bool) -> Result<(PathBuf,
     }
     let opts = TrainOptions {
         out_dir: dir.clone(),
+        revision: Some(crate::workspace::revision()),
         ..Default::default()
     };
     let report = train_decomp(&v.cfg, &opts, &Device::Cpu, &mut |_| {})
@@ -773,13 +774,14 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
                 .map_or("—".to_string(), |x| format!("{x:.digits$}"))
         };
         train_rows.push(format!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             v.label,
             v.cfg.train.steps,
             v.cfg.train.batch_size,
             field("seconds", 1),
             field("steps_per_second", 2),
             field("final_loss", 4),
+            crate::workspace::provenance_text(&dir),
         ));
         let kind: Kind = v.cfg.data.dataset.parse()?;
         if kind != Kind::FalcorLite {
@@ -911,7 +913,11 @@ pub fn decomposition(root: &Path, args: &DecompositionArgs) -> Result<()> {
     }
     let _ = writeln!(
         md,
-        "## Training\n\n| model | steps | batch | seconds | steps/s | final loss (mean of last 100) |\n|---|---:|---:|---:|---:|---:|\n{}\n",
+        "## Training\n\nTrained by: the source revisions that trained each model, with the step each \
+         run started from (this report was made at revision {}).\n\n\
+         | model | steps | batch | seconds | steps/s | final loss (mean of last 100) | trained by |\n\
+         |---|---:|---:|---:|---:|---:|---|\n{}\n",
+        crate::workspace::revision(),
         train_rows.join("\n")
     );
     if !object_rows.is_empty() {

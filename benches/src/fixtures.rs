@@ -80,6 +80,7 @@ pub fn decomp_fixture() -> Result<()> {
     let cfg = DecompRunConfig::preset("decomp-tetrominoes")?;
     let opts = recompose_diffusion::train::TrainOptions {
         out_dir: work.clone(),
+        revision: Some(crate::workspace::revision()),
         ..Default::default()
     };
     let report = train_decomp(&cfg, &opts, &Device::Cpu, &mut |_| {})?;
@@ -100,6 +101,7 @@ pub fn decomp_fixture() -> Result<()> {
         "config.toml",
         "loss.jsonl",
         "timing.json",
+        "provenance.json",
     ] {
         std::fs::copy(work.join(f), dir.join(f))?;
     }

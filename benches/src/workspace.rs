@@ -36,3 +36,52 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// The git revision of the workspace's source tree: the commit, with `-dirty` when tracked
+/// files differ from it; `unknown` outside a git checkout. Recorded in the models the
+/// reproductions train ([`recompose_diffusion::train::TrainOptions::revision`]).
+pub fn revision() -> String {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(root())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "HEAD"]) {
+        Some(rev) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty { format!("{rev}-dirty") } else { rev }
+        }
+        None => "unknown".to_string(),
+    }
+}
+
+/// How the recorded runs of a trained model read in a report: each run's short revision and the
+/// step it started from, or "not recorded".
+pub fn provenance_text(dir: &Path) -> String {
+    let runs = recompose_diffusion::train::read_provenance(dir);
+    if runs.is_empty() {
+        return "not recorded".to_string();
+    }
+    runs.iter()
+        .map(|r| {
+            let short: String = r.revision.chars().take(7).collect();
+            let dirty = if r.revision.ends_with("-dirty") {
+                "-dirty"
+            } else {
+                ""
+            };
+            if r.from_step == 0 {
+                format!("{short}{dirty}")
+            } else {
+                format!("{short}{dirty} (from step {})", r.from_step)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

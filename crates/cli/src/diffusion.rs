@@ -149,6 +149,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     let opts = TrainOptions {
         out_dir: a.out.clone(),
         resume: a.resume,
+        revision: Some(env!("RECOMPOSE_REVISION").to_string()),
         ..Default::default()
     };
     let bar = crate::progress_bar(run.train_config().steps as u64, a.quiet);

@@ -1,6 +1,8 @@
 //! The integration tests of `recompose-diffusion`, one binary: schedules against their closed
 //! forms and published reference values, samplers against analytic Gaussian targets.
 
+#[path = "diffusion/provenance.rs"]
+mod provenance;
 #[path = "diffusion/sampling.rs"]
 mod sampling;
 #[path = "diffusion/schedule.rs"]

@@ -15,6 +15,7 @@
 //! DIR/checkpoint/state.safetensors   raw weights (param.*), EMA (ema.*), Adam moments (adam_m.*, adam_v.*)
 //! DIR/checkpoint/state.json    step, training config, RNG state, optimizer step count, manifest
 //! DIR/loss.jsonl | loss.csv    one row per logged step: step, loss, lr, grad_norm
+//! DIR/provenance.json          per run (start or resume): the program's source revision, first step
 //! ```
 //!
 //! A checkpoint is written into `checkpoint.tmp/`, synced, and swapped in by renames
@@ -432,6 +433,51 @@ pub struct TrainOptions {
     /// End the run right after this global step **without** a final checkpoint, as an
     /// interruption would (for testing recovery); `None` runs to `steps`.
     pub halt_after: Option<usize>,
+    /// The source revision of the program that trains (a git commit, say): recorded, with the
+    /// step the run starts from, in `DIR/provenance.json`, so that a model says which code
+    /// trained it. `None` records the revision as unknown.
+    pub revision: Option<String>,
+}
+
+/// One run (a start or a resume) of a training, as `DIR/provenance.json` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenanceRun {
+    /// The source revision of the program ([`TrainOptions::revision`]), or `unknown`.
+    pub revision: String,
+    /// The global step the run started from (0, or the checkpoint's step on resume).
+    pub from_step: usize,
+}
+
+/// The runs recorded in `DIR/provenance.json`, oldest first; empty when the file is absent (a
+/// model trained before the file existed) or unreadable.
+pub fn read_provenance(dir: &Path) -> Vec<ProvenanceRun> {
+    fs::read_to_string(dir.join(PROVENANCE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| serde_json::from_value(v.get("runs")?.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// The provenance file of a training directory.
+const PROVENANCE: &str = "provenance.json";
+
+/// Appends this run to `DIR/provenance.json` (a fresh start replaces the file).
+fn record_provenance(out: &Path, opts: &TrainOptions, start: usize) -> Result<()> {
+    let mut runs = if opts.resume {
+        read_provenance(out)
+    } else {
+        Vec::new()
+    };
+    runs.push(ProvenanceRun {
+        revision: opts
+            .revision
+            .clone()
+            .unwrap_or_else(|| "unknown".to_string()),
+        from_step: start,
+    });
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "runs": runs }))
+        .map_err(|e| Error::Checkpoint(e.to_string()))?;
+    write_atomic(&out.join(PROVENANCE), text.as_bytes())
 }
 
 /// Progress of a running [`train`] call, reported after every optimizer step.
@@ -800,6 +846,7 @@ pub fn train(
     for (name, contents) in &opts.extra_files {
         write_atomic(&out.join(name), contents.as_bytes())?;
     }
+    record_provenance(out, opts, start)?;
     let mut log = LossLog::open(out, cfg.log_format, opts.resume.then_some(start))?;
     let schedule = cfg.schedule();
     let device = vars[0].1.device().clone();
