@@ -19,7 +19,7 @@
 //!   AdamW update, gradient norms and moving averages of training. Models dispatch to them for
 //!   `f32` tensors on the CPU and to candle's ops elsewhere.
 //!
-//! - [`process`] (feature `process`, for binaries only): the thread count and allocator settings
+//! - `process` (feature `process`, for binaries only): the thread count and allocator settings
 //!   CPU programs start with.
 //!
 //! This is the only crate of the workspace with `unsafe` code; each use carries a `SAFETY`
