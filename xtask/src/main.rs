@@ -7,6 +7,8 @@
 //!                                 decomp or all; diffusion and decomp also time the same models
 //!                                 in PyTorch (local venv)
 //! cargo xtask fixtures [--check]  regenerate fixtures/ (or verify the committed ones)
+//! cargo xtask crash-test          the crash-safety tests of `recompose train`, the long kill-and-resume
+//!                                 run included (crates/cli/tests/crash.rs)
 //! cargo xtask fixtures reference <DIR>
 //!                                 cut fixtures/unet-reference/ from the Decomp Diffusion reference data
 //! cargo xtask tune coupled [--variant V] [--samples N] [--refine N] [--seed S]
@@ -42,7 +44,7 @@ use recompose_benches::fixtures::{decomp_fixture, fixtures, readme_example};
 use recompose_benches::workspace::{cargo, cargo_bin, root, run};
 use recompose_benches::{composition, decomposition, reference, reproduce, torch, tune};
 
-const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|all> | fixtures [--check] | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick | --full] [--reuse-models] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,...] [--report NAME] [--no-torch]>";
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|all> | fixtures [--check] | crash-test | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick | --full] [--reuse-models] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,...] [--report NAME] [--no-torch]>";
 
 /// The benchmark suites in `benches/benches/`.
 const SUITES: [&str; 5] = ["vsa", "factorization", "diffusion", "compose", "decomp"];
@@ -56,6 +58,17 @@ fn main() -> Result<()> {
         ["bench", suite] => bench(suite),
         ["fixtures"] => fixtures(false),
         ["fixtures", "--check"] => fixtures(true),
+        ["crash-test"] => cargo(&[
+            "test",
+            "--release",
+            "-p",
+            "recompose-cli",
+            "--test",
+            "crash",
+            "--",
+            "--include-ignored",
+            "--nocapture",
+        ]),
         ["fixtures", "reference", dir] => reference::fixtures(&root(), Path::new(dir)),
         ["fixtures", "decomp"] => decomp_fixture(),
         ["fixtures", "decomp", "--example-only"] => {

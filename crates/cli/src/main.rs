@@ -82,6 +82,7 @@ mod dataset;
 mod decomp;
 mod diffusion;
 mod factorize;
+mod probe;
 
 /// A bad argument: reported on one line, exit status 2.
 #[derive(Debug)]
@@ -176,6 +177,8 @@ fn positive(name: &str, v: i64, min: i64) -> Result<usize> {
 fn main() -> ExitCode {
     // Thread count pinned, freed buffers kept for reuse (see `recompose_core::process`).
     recompose_core::process::prepare();
+    // Fault injection for the crash-safety tests; inert unless RECOMPOSE_PAUSE_AT is set.
+    probe::install_from_env();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

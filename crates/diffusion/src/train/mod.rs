@@ -13,22 +13,49 @@
 //! DIR/model.safetensors        EMA weights under the model's parameter names (what `sample` loads)
 //! DIR/model.json               their manifest (dtype, shape, checksum per tensor)
 //! DIR/checkpoint/state.safetensors   raw weights (param.*), EMA (ema.*), Adam moments (adam_m.*, adam_v.*)
-//! DIR/checkpoint/state.json    step, training config, RNG state, optimizer step count, manifest
+//! DIR/checkpoint/state.json    step, training config, RNG state, optimizer step count, manifest,
+//!                              length of the loss log at that step
 //! DIR/loss.jsonl | loss.csv    one row per logged step: step, loss, lr, grad_norm
 //! DIR/provenance.json          per run (start or resume): the program's source revision, first step
+//! DIR/train.lock               the run lock (holds the running process's id)
 //! ```
 //!
-//! A checkpoint is written into `checkpoint.tmp/`, synced, and swapped in by renames
-//! (`checkpoint` → `checkpoint.old`, `checkpoint.tmp` → `checkpoint`); an interrupted swap leaves
-//! `checkpoint.old`, which [`train`] falls back to. Every random draw of a step (batch, timesteps,
-//! noise, dropout) comes from one ChaCha stream whose position is saved, so a resumed run
-//! replays exactly the draws the uninterrupted run would have made.
+//! Every random draw of a step (batch, timesteps, noise, dropout) comes from one ChaCha stream
+//! whose position is saved, so a resumed run replays exactly the draws the uninterrupted run
+//! would have made, and ends with the same bytes in every file but the lock.
+//!
+//! # The checkpoint protocol
+//!
+//! A run holds an OS advisory lock on `DIR/train.lock` from start to end (see [`checkpoint`]):
+//! a second run on `DIR` is refused before it reads or writes anything there, and the lock of a
+//! killed run goes with its process. Loss rows are appended as steps finish. The checkpoint of
+//! step `s` is written as follows (`sync` is `fsync`):
+//!
+//! 1. The loss log is synced; its length `L` is the log as of step `s`.
+//! 2. `checkpoint.tmp/` is created afresh (one left by a crash is removed first);
+//!    `state.safetensors` and `state.json` (`s`, the RNG position, the optimizer's step count,
+//!    the tensors' manifest and `L`) are written into it and synced, then the directory.
+//! 3. Commit: `checkpoint/`, if present, is renamed to `checkpoint.old/` (an older
+//!    `checkpoint.old/` is removed first), `checkpoint.tmp/` is renamed to `checkpoint/`, and
+//!    `DIR` is synced after each rename; then `checkpoint.old/` is removed.
+//! 4. `model.safetensors` and `model.json` are rewritten from the committed EMA weights, each
+//!    by [`write_atomic`] (temporary file, sync, rename, directory sync).
+//!
+//! What holds however the process ends (a kill, a power cut on a file system that honours
+//! `fsync`): `checkpoint/`, when present, is complete, since it only appears by the rename of
+//! a synced directory; while it is absent, `checkpoint.old/` is complete, since it is only
+//! removed while `checkpoint/` exists. [`train`] resumes from `checkpoint/`, else from
+//! `checkpoint.old/`. On resume it cuts the loss log back to the recorded `L` (a log shorter
+//! than `L` has lost rows the checkpoint covers and is refused) and rewrites the model files
+//! from the checkpoint, repairing a pair that a crash between the two left torn. A write that
+//! fails (a full disk, a file-size limit) removes its temporary file or directory and returns
+//! [`Error::Io`]; the previous checkpoint and model files stay as they were.
 
 pub mod checkpoint;
 pub mod optim;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -527,6 +554,10 @@ struct CheckpointState {
     train: TrainConfig,
     rng: RngState,
     state: Manifest,
+    /// Length in bytes of the loss log as of `step` (synced before the checkpoint was written);
+    /// absent in checkpoints written before it was recorded.
+    #[serde(default)]
+    log_bytes: Option<u64>,
 }
 
 /// The exact position of a ChaCha stream.
@@ -603,6 +634,11 @@ struct Checkpointer<'a> {
 }
 
 impl Checkpointer<'_> {
+    /// Writes the checkpoint of `step` by the protocol of the [module documentation](self): the
+    /// loss log synced, `checkpoint.tmp/` written and synced, swapped in by renames, then the
+    /// model files rewritten. A failed write removes `checkpoint.tmp/` and leaves the previous
+    /// checkpoint as it was.
+    #[allow(clippy::too_many_arguments)]
     fn save(
         &self,
         step: usize,
@@ -611,19 +647,37 @@ impl Checkpointer<'_> {
         opt: &AdamW,
         ema: &Ema,
         rng: &SeededRng,
+        log: &mut LossLog,
     ) -> Result<()> {
-        // The EMA weights under the model's own names: what inference loads.
-        let model: Vec<(String, Tensor)> = ema.values().to_vec();
-        let manifest = write_safetensors(&self.out_dir.join("model.safetensors"), &model)?;
-        let json =
-            serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Checkpoint(e.to_string()))?;
-        write_atomic(&self.out_dir.join("model.json"), &json)?;
-
+        let log_bytes = log.sync()?;
         let tmp = self.out_dir.join("checkpoint.tmp");
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        let staged = self.stage(&tmp, step, cfg, store, opt, ema, rng, log_bytes);
+        if staged.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
         }
-        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        staged?;
+        self.commit(&tmp)?;
+        self.export_model(ema)
+    }
+
+    /// Writes the complete checkpoint into the fresh directory `tmp` and syncs it.
+    #[allow(clippy::too_many_arguments)]
+    fn stage(
+        &self,
+        tmp: &Path,
+        step: usize,
+        cfg: &TrainConfig,
+        store: &ParamStore,
+        opt: &AdamW,
+        ema: &Ema,
+        rng: &SeededRng,
+        log_bytes: u64,
+    ) -> Result<()> {
+        if tmp.exists() {
+            fs::remove_dir_all(tmp).map_err(io_err(tmp))?;
+        }
+        fs::create_dir(tmp).map_err(io_err(tmp))?;
+        checkpoint::probe(format_args!("checkpoint.tmp:created"));
         let mut tensors: Vec<(String, Tensor)> = store
             .vars()
             .into_iter()
@@ -635,7 +689,8 @@ impl Checkpointer<'_> {
                 .map(|(n, t)| (format!("ema.{n}"), t.clone())),
         );
         tensors.extend(opt.state());
-        let state = write_safetensors(&tmp.join("state.safetensors"), &tensors)?;
+        let (bytes, state) = checkpoint::serialize_safetensors(&tensors)?;
+        checkpoint::write_synced(&tmp.join("state.safetensors"), &bytes)?;
         let sidecar = CheckpointState {
             format: FORMAT.to_string(),
             version: 1,
@@ -644,26 +699,53 @@ impl Checkpointer<'_> {
             train: cfg.clone(),
             rng: RngState::of(rng),
             state,
+            log_bytes: Some(log_bytes),
         };
         let json =
             serde_json::to_vec_pretty(&sidecar).map_err(|e| Error::Checkpoint(e.to_string()))?;
-        write_atomic(&tmp.join("state.json"), &json)?;
-
-        let live = self.out_dir.join("checkpoint");
-        let old = self.out_dir.join("checkpoint.old");
-        if old.exists() {
-            fs::remove_dir_all(&old).map_err(io_err(&old))?;
-        }
-        if live.exists() {
-            fs::rename(&live, &old).map_err(io_err(&live))?;
-        }
-        fs::rename(&tmp, &live).map_err(io_err(&tmp))?;
-        if old.exists() {
-            fs::remove_dir_all(&old).map_err(io_err(&old))?;
-        }
-        Ok(())
+        checkpoint::write_synced(&tmp.join("state.json"), &json)?;
+        checkpoint::sync_dir(tmp)
     }
 
+    /// Swaps the staged directory `tmp` in: `checkpoint/` → `checkpoint.old/`, `tmp` →
+    /// `checkpoint/`, each rename synced, then `checkpoint.old/` removed. At every instant
+    /// `checkpoint/` or, while it is absent, `checkpoint.old/` is a complete checkpoint.
+    fn commit(&self, tmp: &Path) -> Result<()> {
+        let live = self.out_dir.join("checkpoint");
+        let old = self.out_dir.join("checkpoint.old");
+        let remove_old = || -> Result<()> {
+            if old.exists() {
+                fs::remove_dir_all(&old).map_err(io_err(&old))?;
+                checkpoint::probe(format_args!("checkpoint.old:removed"));
+            }
+            Ok(())
+        };
+        if live.exists() {
+            // `checkpoint/` is complete, so an older `checkpoint.old/` is not needed.
+            remove_old()?;
+            fs::rename(&live, &old).map_err(io_err(&live))?;
+            checkpoint::sync_dir(self.out_dir)?;
+            checkpoint::probe(format_args!("checkpoint:retired"));
+        }
+        // Without `checkpoint/`, a `checkpoint.old/` left by a crash is the one to fall back on
+        // until the rename below; it is kept until then.
+        fs::rename(tmp, &live).map_err(io_err(tmp))?;
+        checkpoint::sync_dir(self.out_dir)?;
+        checkpoint::probe(format_args!("checkpoint:committed"));
+        remove_old()
+    }
+
+    /// Writes the EMA weights under the model's own names (what inference loads) and their
+    /// manifest, each atomically.
+    fn export_model(&self, ema: &Ema) -> Result<()> {
+        let manifest = write_safetensors(&self.out_dir.join("model.safetensors"), ema.values())?;
+        let json =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        write_atomic(&self.out_dir.join("model.json"), &json)
+    }
+
+    /// Restores the state of the checkpoint in `dir`; returns its step, its random stream and
+    /// the length of the loss log it recorded.
     fn load(
         &self,
         dir: &Path,
@@ -671,7 +753,7 @@ impl Checkpointer<'_> {
         store: &ParamStore,
         opt: &mut AdamW,
         ema: &mut Ema,
-    ) -> Result<(usize, SeededRng)> {
+    ) -> Result<(usize, SeededRng, Option<u64>)> {
         let json_path = dir.join("state.json");
         let text = fs::read_to_string(&json_path).map_err(io_err(&json_path))?;
         let state: CheckpointState = serde_json::from_str(&text)
@@ -725,60 +807,136 @@ impl Checkpointer<'_> {
         let get = |k: &str| tensors.get(k).cloned();
         opt.load_state(&get, state.optimizer_steps)?;
         ema.load(&get, "ema.")?;
-        Ok((state.step, state.rng.restore()?))
+        Ok((state.step, state.rng.restore()?, state.log_bytes))
     }
 }
 
-/// The loss log: rows appended as training goes, flushed at checkpoints, truncated to the
-/// checkpoint's step on resume.
+/// The loss log: rows appended as training goes, synced at checkpoints, cut back on resume to
+/// its length at the checkpoint.
 struct LossLog {
     path: PathBuf,
     format: LogFormat,
     file: fs::File,
+    /// Bytes in the file.
+    len: u64,
 }
 
 impl LossLog {
-    fn open(out_dir: &Path, format: LogFormat, resume_step: Option<usize>) -> Result<Self> {
+    /// Starts a fresh log, or on resume (`resume` = the checkpoint's step and recorded log
+    /// length) cuts the existing one back to the checkpoint: to the recorded length, or, for a
+    /// checkpoint that recorded none, after the last complete row of a step it covers.
+    fn open(
+        out_dir: &Path,
+        format: LogFormat,
+        resume: Option<(usize, Option<u64>)>,
+    ) -> Result<Self> {
         let path = out_dir.join(format.file_name());
-        let mut kept = Vec::new();
-        if let Some(step) = resume_step
-            && path.is_file()
-        {
-            let f = fs::File::open(&path).map_err(io_err(&path))?;
-            for line in BufReader::new(f).lines() {
-                let line = line.map_err(io_err(&path))?;
-                match row_step(&line, format) {
-                    Some(s) if s <= step => kept.push(line),
-                    Some(_) => {}
-                    None if format == LogFormat::Csv && kept.is_empty() => kept.push(line),
-                    None => {}
-                }
+        let Some((step, recorded)) = resume else {
+            let mut file = fs::File::create(&path).map_err(io_err(&path))?;
+            let mut len = 0;
+            if format == LogFormat::Csv {
+                let header = b"step,loss,lr,grad_norm\n";
+                file.write_all(header).map_err(io_err(&path))?;
+                len = header.len() as u64;
             }
+            return Ok(Self {
+                path,
+                format,
+                file,
+                len,
+            });
+        };
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let keep = match recorded {
+            Some(n) if n > bytes.len() as u64 => {
+                return Err(Error::Checkpoint(format!(
+                    "{}: {} bytes, but the checkpoint of step {step} recorded {n}: rows it \
+                     covers were lost, so the log cannot be continued consistently",
+                    path.display(),
+                    bytes.len()
+                )));
+            }
+            Some(n) => n,
+            None => rows_through(&bytes, step, format) as u64,
+        };
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    fs::File::create(&path)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(io_err(&path))?;
+        file.set_len(keep)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| file.seek(SeekFrom::End(0)).map(|_| ()))
+            .map_err(io_err(&path))?;
+        checkpoint::probe(format_args!("loss log:truncated"));
+        let mut log = Self {
+            path,
+            format,
+            file,
+            len: keep,
+        };
+        if keep == 0 && format == LogFormat::Csv {
+            log.append(b"step,loss,lr,grad_norm\n")?;
         }
-        let mut file = fs::File::create(&path).map_err(io_err(&path))?;
-        if kept.is_empty() && format == LogFormat::Csv {
-            kept.push("step,loss,lr,grad_norm".to_string());
-        }
-        for line in kept {
-            writeln!(file, "{line}").map_err(io_err(&path))?;
-        }
-        Ok(Self { path, format, file })
+        Ok(log)
     }
 
+    /// Appends one row (written in two halves, a probe point between them).
     fn write(&mut self, step: usize, loss: f32, lr: f64, grad_norm: f64) -> Result<()> {
-        let line = match self.format {
+        let mut line = match self.format {
             LogFormat::Jsonl => serde_json::json!({
                 "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm
             })
             .to_string(),
             LogFormat::Csv => format!("{step},{loss:?},{lr:?},{grad_norm:?}"),
         };
-        writeln!(self.file, "{line}").map_err(io_err(&self.path))
+        line.push('\n');
+        self.append(line.as_bytes())
     }
 
-    fn flush(&mut self) -> Result<()> {
-        self.file.flush().map_err(io_err(&self.path))
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        let (head, tail) = bytes.split_at(bytes.len() / 2);
+        self.file.write_all(head).map_err(io_err(&self.path))?;
+        checkpoint::probe(format_args!("loss log:half"));
+        self.file.write_all(tail).map_err(io_err(&self.path))?;
+        self.len += bytes.len() as u64;
+        Ok(())
     }
+
+    /// Makes every row written so far durable; returns the log's length.
+    fn sync(&mut self) -> Result<u64> {
+        self.file.sync_data().map_err(io_err(&self.path))?;
+        Ok(self.len)
+    }
+}
+
+/// The length of the prefix of a log that ends with the last complete row of a step ≤ `step`
+/// (rows come in step order; a CSV header counts as a row).
+fn rows_through(bytes: &[u8], step: usize, format: LogFormat) -> usize {
+    let mut keep = 0;
+    let mut start = 0;
+    while let Some(nl) = bytes[start..].iter().position(|&b| b == b'\n') {
+        let end = start + nl + 1;
+        let line = String::from_utf8_lossy(&bytes[start..end - 1]);
+        match row_step(&line, format) {
+            Some(s) if s <= step => keep = end,
+            Some(_) => break,
+            None if format == LogFormat::Csv && start == 0 => keep = end,
+            None => break,
+        }
+        start = end;
+    }
+    keep
 }
 
 fn row_step(line: &str, format: LogFormat) -> Option<usize> {
@@ -804,7 +962,8 @@ fn row_step(line: &str, format: LogFormat) -> Option<usize> {
 /// [`Error::Config`] for invalid settings or a store without variables; [`Error::Checkpoint`]
 /// when resuming from a missing, corrupt or mismatched checkpoint, or when starting afresh in a
 /// directory that already holds one; [`Error::Training`] if the loss becomes non-finite;
-/// [`Error::Io`] when a file cannot be written.
+/// [`Error::Io`] when a file cannot be written (the last checkpoint stays as it was) or when
+/// another run holds the directory's lock.
 pub fn train(
     store: &ParamStore,
     objective: &dyn Objective,
@@ -822,18 +981,24 @@ pub fn train(
     }
     let out = &opts.out_dir;
     fs::create_dir_all(out).map_err(io_err(out))?;
+    // Held until this function returns; a second run on `out` is refused meanwhile.
+    let _lock = checkpoint::lock_run_dir(out)?;
     let ckpt = Checkpointer { out_dir: out };
     let mut opt = AdamW::new(vars.clone(), cfg.adamw())?;
     let mut ema = Ema::new(&vars, cfg.ema_decay)?;
     let existing = existing_checkpoint(out);
-    let (start, mut rng) = if opts.resume {
+    let (start, mut rng, log_bytes) = if opts.resume {
         let dir = existing.ok_or_else(|| {
             Error::Checkpoint(format!(
                 "--resume: {} holds no checkpoint (no checkpoint/state.json)",
                 out.display()
             ))
         })?;
-        ckpt.load(&dir, cfg, store, &mut opt, &mut ema)?
+        let loaded = ckpt.load(&dir, cfg, store, &mut opt, &mut ema)?;
+        // The model files are rewritten from the checkpoint: a crash may have left them a
+        // checkpoint ahead or torn between the weights and their manifest.
+        ckpt.export_model(&ema)?;
+        loaded
     } else {
         if existing.is_some() {
             return Err(Error::Checkpoint(format!(
@@ -841,13 +1006,14 @@ pub fn train(
                 out.display()
             )));
         }
-        (0, SeededRng::seed_from_u64(cfg.seed))
+        (0, SeededRng::seed_from_u64(cfg.seed), None)
     };
     for (name, contents) in &opts.extra_files {
         write_atomic(&out.join(name), contents.as_bytes())?;
     }
     record_provenance(out, opts, start)?;
-    let mut log = LossLog::open(out, cfg.log_format, opts.resume.then_some(start))?;
+    let resume_log = opts.resume.then_some((start, log_bytes));
+    let mut log = LossLog::open(out, cfg.log_format, resume_log)?;
     let schedule = cfg.schedule();
     let device = vars[0].1.device().clone();
     let began = Instant::now();
@@ -885,13 +1051,13 @@ pub fn train(
             recent_loss: recent.iter().sum::<f64>() / recent.len() as f64,
             lr,
         });
+        checkpoint::probe(format_args!("step"));
         let periodic = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0;
         if periodic || step == cfg.steps {
-            log.flush()?;
-            ckpt.save(step, cfg, store, &opt, &ema, &rng)?;
+            ckpt.save(step, cfg, store, &opt, &ema, &rng, &mut log)?;
         }
     }
-    log.flush()?;
+    log.sync()?;
     Ok(TrainReport {
         start_step: start,
         end_step: step,

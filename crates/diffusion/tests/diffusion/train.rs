@@ -252,6 +252,65 @@ fn bad_checkpoints_name_the_tensor() -> Result<()> {
     Ok(())
 }
 
+/// On resume the loss log is cut back to its length at the checkpoint (a half-written row of a
+/// lost step included); a checkpoint that recorded no length (written before it was recorded)
+/// keeps the complete rows of the steps it covers; a log shorter than the checkpoint recorded
+/// has lost rows and is refused.
+#[test]
+fn the_loss_log_is_cut_back_to_the_checkpoint() -> Result<()> {
+    let cfg = small_ring_config(30);
+    let run = |dir: &Path, halt: Option<usize>, resume: bool| {
+        train_run(
+            &cfg,
+            &TrainOptions {
+                out_dir: dir.to_path_buf(),
+                halt_after: halt,
+                resume,
+                ..Default::default()
+            },
+            &Device::Cpu,
+            &mut |_| {},
+        )
+        .map_err(|e| e.to_string())
+    };
+    let full = scratch("log-full");
+    run(&full, None, false).map_err(anyhow::Error::msg)?;
+    let want = read(&full.join("loss.jsonl"))?;
+
+    for legacy in [false, true] {
+        let dir = scratch(&format!("log-cut-{legacy}"));
+        run(&dir, Some(17), false).map_err(anyhow::Error::msg)?;
+        let log = dir.join("loss.jsonl");
+        let mut bytes = read(&log)?;
+        assert_eq!(String::from_utf8_lossy(&bytes).lines().count(), 17);
+        bytes.extend_from_slice(b"{\"step\":18,\"lo");
+        fs::write(&log, &bytes)?;
+        if legacy {
+            let state = dir.join("checkpoint/state.json");
+            let mut v: serde_json::Value = serde_json::from_slice(&read(&state)?)?;
+            assert_eq!(v["log_bytes"].as_u64().map(|n| n > 0), Some(true));
+            v.as_object_mut().expect("object").remove("log_bytes");
+            fs::write(&state, serde_json::to_vec_pretty(&v)?)?;
+        }
+        run(&dir, None, true).map_err(anyhow::Error::msg)?;
+        assert_eq!(read(&log)?, want, "legacy = {legacy}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    let dir = scratch("log-lost");
+    run(&dir, Some(17), false).map_err(anyhow::Error::msg)?;
+    let log = dir.join("loss.jsonl");
+    let text = fs::read_to_string(&log)?;
+    let five: String = text.lines().take(5).map(|l| format!("{l}\n")).collect();
+    fs::write(&log, five)?;
+    let err = run(&dir, None, true).unwrap_err();
+    assert!(err.contains("loss.jsonl") && err.contains("lost"), "{err}");
+    for d in [&full, &dir] {
+        let _ = fs::remove_dir_all(d);
+    }
+    Ok(())
+}
+
 /// A scaled-down version of the 2-D setup (the paper's cosine schedule, T = 100; a smaller MLP,
 /// 1500 steps at batch 256 instead of 15 000 at 1000) already puts DDPM samples on the ring: W₂
 /// to exact samples is at the two-sample noise floor and far below that of N(0, I). The full
