@@ -315,7 +315,8 @@ where
     let mut out = vec![0.0f32; c * hw];
     for (i, pixel) in image.pixels().enumerate() {
         for (ch, &v) in pixel.channels().iter().enumerate() {
-            out[ch * hw + i] = range.from_unit(v);
+            // The resize filter can overshoot [0, 1] by a rounding error.
+            out[ch * hw + i] = range.from_unit(v.clamp(0.0, 1.0));
         }
     }
     out
