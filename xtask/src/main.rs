@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask ci                  fmt --check, no unused dependencies, clippy -D warnings, the test suite,
-//!                                 docs, benches compile
+//!                                 benches compile, fixtures current, fuzz targets 10 s each, docs
 //! cargo xtask bench <suite>       run a criterion suite: vsa, factorization, diffusion, compose,
 //!                                 decomp or all; diffusion and decomp also time the same models
 //!                                 in PyTorch (local venv)
@@ -25,6 +25,9 @@
 //!                                 train and evaluate the Decomp Diffusion models, time training and sampling
 //!                                 next to PyTorch (full runs), write docs/results/decomposition.md
 //!                                 (or docs/results/NAME.md)
+//! cargo xtask fuzz [TARGET] [--seconds N] [--seed S] [--engine mutation|afl] [--report]
+//!                                 fuzz the readers of outside input (every target, 60 s each by
+//!                                 default); --report writes docs/results/fuzz.md
 //! ```
 
 //!
@@ -42,9 +45,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::{Result, bail};
 use recompose_benches::fixtures::{decomp_fixture, fixtures, readme_example};
 use recompose_benches::workspace::{cargo, cargo_bin, root, run};
-use recompose_benches::{composition, decomposition, reference, reproduce, torch, tune};
+use recompose_benches::{composition, decomposition, fuzz, reference, reproduce, torch, tune};
 
-const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|all> | fixtures [--check] | crash-test | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick | --full] [--reuse-models] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,...] [--report NAME] [--no-torch]>";
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|all> | fixtures [--check] | crash-test | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick | --full] [--reuse-models] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,...] [--report NAME] [--no-torch] | fuzz [TARGET] [--seconds N] [--seed S] [--engine mutation|afl] [--report]>";
 
 /// The benchmark suites in `benches/benches/`.
 const SUITES: [&str; 5] = ["vsa", "factorization", "diffusion", "compose", "decomp"];
@@ -84,6 +87,7 @@ fn main() -> Result<()> {
         ["reproduce", "decomposition", rest @ ..] => {
             decomposition::decomposition(&root(), &decomposition::DecompositionArgs::parse(rest)?)
         }
+        ["fuzz", rest @ ..] => fuzz::xtask::fuzz(&fuzz::xtask::FuzzArgs::parse(rest)?),
         _ => bail!("{USAGE}"),
     }
 }
@@ -105,6 +109,7 @@ fn ci() -> Result<()> {
     cargo(&["test", "--workspace", "--release"])?;
     cargo(&["bench", "--workspace", "--no-run"])?;
     fixtures(true)?;
+    fuzz::xtask::fuzz(&fuzz::xtask::FuzzArgs::parse(&["--seconds", "10"])?)?;
     run(Command::new(cargo_bin())
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))

@@ -18,6 +18,9 @@
 //! negation's a or α — see [`crate::tree`]). Chains of the same operator are flattened:
 //! `a AND b AND c` is one product of three terms.
 //!
+//! An expression nests at most [`MAX_DEPTH`] levels (parentheses, weights and operators
+//! counted together); a deeper one is an error, not a stack overflow.
+//!
 //! Errors carry the byte span of the offending token and display the expression with a caret
 //! line under it:
 //!
@@ -28,6 +31,21 @@
 //! ```
 
 use std::fmt;
+
+/// The deepest nesting an expression may have: levels of parentheses, weights and operators
+/// (a chain `a AND b AND c` is one level, `a NOT b NOT c` two).
+pub const MAX_DEPTH: usize = 64;
+
+/// The nesting depth of `e` (a model name is 1). Trees built by the parser are at most
+/// [`MAX_DEPTH`] deep, so the recursion is bounded.
+fn depth(e: &Expr) -> usize {
+    1 + match e {
+        Expr::Model { .. } => 0,
+        Expr::Weighted { expr, .. } => depth(expr),
+        Expr::And(v) | Expr::Or(v) => v.iter().map(depth).max().unwrap_or(0),
+        Expr::Not(a, b) => depth(a).max(depth(b)),
+    }
+}
 
 /// A byte range of the source text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +291,8 @@ struct Parser<'a> {
     text: &'a str,
     toks: Vec<(Tok, Span)>,
     pos: usize,
+    /// Parentheses open at the current token.
+    open: usize,
 }
 
 impl Parser<'_> {
@@ -305,11 +325,27 @@ impl Parser<'_> {
         )
     }
 
+    /// An error unless a node of depth `d` (built at `span`) is within [`MAX_DEPTH`].
+    fn within_depth(&self, d: usize, span: Span) -> Result<(), ParseError> {
+        if d > MAX_DEPTH {
+            return Err(self.error(
+                format!("the expression nests deeper than {MAX_DEPTH} levels"),
+                span,
+            ));
+        }
+        Ok(())
+    }
+
     fn expr(&mut self) -> Result<Expr, ParseError> {
-        let mut terms = vec![self.and()?];
+        let first = self.and()?;
+        let mut d = depth(&first);
+        let mut terms = vec![first];
         while self.peek().0 == Tok::Or {
-            self.bump();
-            terms.push(self.and()?);
+            let (_, span) = self.bump();
+            let right = self.and()?;
+            d = d.max(depth(&right));
+            self.within_depth(d + 1, span)?;
+            terms.push(right);
         }
         for t in &terms {
             if let Expr::Weighted { weight, span, .. } = t
@@ -330,11 +366,18 @@ impl Parser<'_> {
 
     fn and(&mut self) -> Result<Expr, ParseError> {
         let mut left = self.term()?;
+        // The depth of `left`, kept as it grows.
+        let mut d = depth(&left);
         loop {
             match self.peek().0 {
                 Tok::And => {
-                    self.bump();
+                    let (_, span) = self.bump();
                     let right = self.term()?;
+                    d = match &left {
+                        Expr::And(_) => d.max(1 + depth(&right)),
+                        _ => 1 + d.max(depth(&right)),
+                    };
+                    self.within_depth(d, span)?;
                     left = match left {
                         Expr::And(mut v) => {
                             v.push(right);
@@ -344,8 +387,10 @@ impl Parser<'_> {
                     };
                 }
                 Tok::Not => {
-                    self.bump();
+                    let (_, span) = self.bump();
                     let right = self.term()?;
+                    d = 1 + d.max(depth(&right));
+                    self.within_depth(d, span)?;
                     left = Expr::Not(Box::new(left), Box::new(right));
                 }
                 _ => return Ok(left),
@@ -361,6 +406,7 @@ impl Parser<'_> {
             }
             self.bump();
             let expr = self.atom()?;
+            self.within_depth(1 + depth(&expr), span)?;
             return Ok(Expr::Weighted {
                 weight,
                 expr: Box::new(expr),
@@ -377,8 +423,12 @@ impl Parser<'_> {
                 Ok(Expr::Model { name, span })
             }
             (Tok::Open, open) => {
+                // Each level of parentheses is a level of the parser's recursion.
+                self.within_depth(self.open + 1, open)?;
                 self.bump();
+                self.open += 1;
                 let inner = self.expr()?;
+                self.open -= 1;
                 if self.peek().0 != Tok::Close {
                     let (tok, span) = self.peek().clone();
                     let text = &self.text[span.start..span.end];
@@ -408,7 +458,12 @@ impl Parser<'_> {
 /// number that is not finite, a mixture weight that is not positive.
 pub fn parse(text: &str) -> Result<Expr, ParseError> {
     let toks = lex(text)?;
-    let mut p = Parser { text, toks, pos: 0 };
+    let mut p = Parser {
+        text,
+        toks,
+        pos: 0,
+        open: 0,
+    };
     if p.peek().0 == Tok::End {
         return Err(p.error("empty expression".into(), p.peek().1));
     }
@@ -510,6 +565,45 @@ mod tests {
         assert_eq!(lines[2], "           ^");
         let err = parse("ring AND").expect_err("bad");
         assert!(err.to_string().ends_with("\n          ^"), "{err}");
+    }
+
+    /// Deep nesting is an error at the token that goes too deep, not a stack overflow (the
+    /// fuzz target `expr` overflowed the stack on 100 000 parentheses); up to [`MAX_DEPTH`]
+    /// levels parse and round-trip.
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let nested = |n: usize| format!("{}a{}", "(".repeat(n), ")".repeat(n));
+        let err = parse(&nested(100_000)).expect_err("too deep");
+        assert!(err.message.contains("deeper than 64"), "{}", err.message);
+        assert_eq!(err.span.start, MAX_DEPTH);
+        // 63 parentheses around a weighted name: 64 levels.
+        let ok = format!("{}2*a{}", "(".repeat(63), ")".repeat(63));
+        let e = parse(&ok).expect("within the limit");
+        assert_eq!(depth(&e), 2);
+        let weights = format!("{}a{}", "2*(".repeat(63), ")".repeat(63));
+        let e = parse(&weights).expect("64 levels");
+        assert_eq!(depth(&e), MAX_DEPTH);
+        assert_eq!(
+            shape(&parse(&e.to_string()).expect("round trip")),
+            shape(&e)
+        );
+        assert!(parse(&format!("2*({weights})")).is_err());
+        // A chain of NOT nests one level per operator: the 64th NOT is refused.
+        let chain = |n: usize| {
+            (0..=n)
+                .map(|i| format!("m{i}"))
+                .collect::<Vec<_>>()
+                .join(" NOT ")
+        };
+        assert_eq!(depth(&parse(&chain(63)).expect("63 NOTs")), MAX_DEPTH);
+        let err = parse(&chain(100_000)).expect_err("too deep");
+        assert!(err.message.contains("deeper than 64"), "{}", err.message);
+        // A flat chain of AND or OR is one level, however long.
+        let flat = (0..10_000)
+            .map(|i| format!("m{i}"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        assert_eq!(depth(&parse(&flat).expect("flat")), 2);
     }
 
     proptest! {

@@ -12,6 +12,10 @@
 //!   step that was ~100 000 page faults per six steps and ~30% of the wall time.
 //!   [`keep_freed_memory`] turns that off, so freed buffers are reused by the next step; the
 //!   process then keeps its peak memory until it exits.
+//! - **Allocation cap.** [`CappedAlloc`] wraps a global allocator and refuses any single request
+//!   above a fixed size, so that a reader trusting a size declared by its input aborts the
+//!   process (`memory allocation of N bytes failed`) instead of exhausting the machine; the
+//!   fuzz program of `cargo xtask fuzz` runs under it.
 
 /// mimalloc's `mi_option_purge_delay` (its position in `mi_option_e`, the same in the v2 and v3
 /// sources bundled with `libmimalloc-sys` 0.1.49).
@@ -62,6 +66,56 @@ pub fn prepare() {
     keep_freed_memory();
 }
 
+/// A global allocator that refuses (returns null for) any single allocation or reallocation
+/// larger than `cap` bytes and hands every other request to `inner`. The refusal ends in
+/// Rust's allocation-failure handler, which prints the size and aborts; fallible requests
+/// (`try_reserve`) see an ordinary error.
+#[derive(Debug)]
+pub struct CappedAlloc<A> {
+    inner: A,
+    cap: usize,
+}
+
+impl<A> CappedAlloc<A> {
+    /// `inner` with requests above `cap` bytes refused.
+    pub const fn new(inner: A, cap: usize) -> Self {
+        Self { inner, cap }
+    }
+}
+
+// SAFETY: every request within the cap is forwarded unchanged to `inner`, which upholds the
+// `GlobalAlloc` contract; a refused request returns null, which the contract allows.
+unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for CappedAlloc<A> {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.size() > self.cap {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller's layout is passed on as received.
+        unsafe { self.inner.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.size() > self.cap {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: as in `alloc`.
+        unsafe { self.inner.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from `inner` (refused requests never hand out a pointer).
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if new_size > self.cap {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: `ptr` and `layout` came from `inner`, as the caller guarantees.
+        unsafe { self.inner.realloc(ptr, layout, new_size) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// The option at that position has the purge delay's default (1000 ms in the bundled v3;
@@ -75,6 +129,27 @@ mod tests {
         }
         super::keep_freed_memory();
         assert_eq!(get(super::MI_OPTION_PURGE_DELAY), -1);
+    }
+
+    /// Requests within the cap succeed; a larger one is refused, also when growing a buffer.
+    #[test]
+    fn the_cap_refuses_large_requests_only() {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        let a = super::CappedAlloc::new(System, 1 << 20);
+        let small = Layout::from_size_align(1024, 8).expect("layout");
+        let big = Layout::from_size_align((1 << 20) + 1, 8).expect("layout");
+        // SAFETY: each pointer is checked and freed with the layout it was allocated with.
+        unsafe {
+            assert!(a.alloc(big).is_null());
+            assert!(a.alloc_zeroed(big).is_null());
+            let p = a.alloc_zeroed(small);
+            assert!(!p.is_null());
+            assert_eq!(*p.add(1023), 0);
+            assert!(a.realloc(p, small, (1 << 20) + 1).is_null());
+            let q = a.realloc(p, small, 4096);
+            assert!(!q.is_null());
+            a.dealloc(q, Layout::from_size_align(4096, 8).expect("layout"));
+        }
     }
 
     /// The test harness runs several threads, so the environment is left alone.

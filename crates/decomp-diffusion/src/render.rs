@@ -295,14 +295,17 @@ pub fn load_rgb_png(path: &Path, size: usize, device: &Device) -> Result<Tensor>
         path: path.display().to_string(),
         source,
     })?;
-    let image = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+    // The size comes from the header, before anything is decoded.
+    let decoder = image::codecs::png::PngDecoder::new(std::io::Cursor::new(&bytes))
         .map_err(|e| bad(format!("not a readable PNG: {e}")))?;
-    let (w, h) = (image.width() as usize, image.height() as usize);
-    if (w, h) != (size, size) {
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    if (w as usize, h as usize) != (size, size) {
         return Err(bad(format!(
             "the image is {w}×{h} pixels, the model takes {size}×{size}"
         )));
     }
+    let image = image::DynamicImage::from_decoder(decoder)
+        .map_err(|e| bad(format!("not a readable PNG: {e}")))?;
     let channels = image.color().channel_count();
     let rgb = match image {
         image::DynamicImage::ImageRgb8(rgb) => rgb,

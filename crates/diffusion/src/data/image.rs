@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use ::image::imageops::{self, FilterType};
-use ::image::{DynamicImage, ImageBuffer, ImageFormat, Pixel};
+use ::image::{DynamicImage, ImageBuffer, Pixel};
 use candle_core::{Device, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,11 @@ use crate::{Error, Result};
 
 /// The largest image side [`ImageFolder`] and [`load_png`] resize to.
 pub const MAX_SIZE: usize = 16_384;
+
+/// The most pixels a PNG read by [`ImageFolder`] or [`load_png`] may have (4096 × 4096),
+/// checked against its header before decoding: a small compressed file can declare an image
+/// whose `f32` copy takes gigabytes.
+pub const MAX_PIXELS: u64 = 1 << 24;
 
 /// How [`ImageFolder::open`] prepares the images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +73,8 @@ impl ImageFolder {
     /// - [`Error::Config`] if `config.channels` is not 1 or 3, `config.size` is 0 or above
     ///   [`MAX_SIZE`], or `dir` holds no `.png` file;
     /// - [`Error::Io`] if `dir` does not exist, is not a directory, or a file cannot be read;
-    /// - [`Error::Image`] naming the file if a file cannot be decoded as PNG.
+    /// - [`Error::Image`] naming the file if a file cannot be decoded as PNG or has more than
+    ///   [`MAX_PIXELS`] pixels.
     pub fn open(dir: impl AsRef<Path>, config: &ImageFolderConfig) -> Result<Self> {
         let dir = dir.as_ref();
         check_channels(config.channels)?;
@@ -192,7 +198,8 @@ impl Dataset for ImageFolder {
 /// - [`Error::Config`] if `channels` is not 1 or 3 or `size` is `Some(0)` or above
 ///   [`MAX_SIZE`];
 /// - [`Error::Io`] if the file cannot be read;
-/// - [`Error::Image`] naming the file if it cannot be decoded as PNG.
+/// - [`Error::Image`] naming the file if it cannot be decoded as PNG or has more than
+///   [`MAX_PIXELS`] pixels.
 pub fn load_png(
     path: impl AsRef<Path>,
     channels: usize,
@@ -256,15 +263,26 @@ fn png_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// Decodes a PNG file, refusing from its header alone one of more than [`MAX_PIXELS`] pixels.
 fn decode_png(path: &Path) -> Result<DynamicImage> {
+    use ::image::ImageDecoder;
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    ::image::load_from_memory_with_format(&bytes, ImageFormat::Png).map_err(|e| Error::Image {
+    let bad = |message: String| Error::Image {
         path: path.to_path_buf(),
-        message: format!("cannot decode as PNG: {e}"),
-    })
+        message,
+    };
+    let decoder = ::image::codecs::png::PngDecoder::new(std::io::Cursor::new(&bytes))
+        .map_err(|e| bad(format!("cannot decode as PNG: {e}")))?;
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(bad(format!(
+            "the image is {w}×{h} pixels, more than the {MAX_PIXELS} allowed"
+        )));
+    }
+    DynamicImage::from_decoder(decoder).map_err(|e| bad(format!("cannot decode as PNG: {e}")))
 }
 
 /// The image as CHW `f32` values in `range`, resized to `size × size` when given and different.
@@ -297,7 +315,8 @@ where
     let mut out = vec![0.0f32; c * hw];
     for (i, pixel) in image.pixels().enumerate() {
         for (ch, &v) in pixel.channels().iter().enumerate() {
-            out[ch * hw + i] = range.from_unit(v);
+            // The resize filter can overshoot [0, 1] by a rounding error.
+            out[ch * hw + i] = range.from_unit(v.clamp(0.0, 1.0));
         }
     }
     out
@@ -373,6 +392,24 @@ mod tests {
         assert_eq!(Dataset::item_shape(&minus), vec![3, 2, 2]);
         assert_eq!(Dataset::len(&minus), Some(3));
         assert_eq!(Dataset::is_empty(&minus), Some(false));
+    }
+
+    /// An image of more than MAX_PIXELS pixels is refused from its header (the fuzz target
+    /// `png` aborted on a 261 kB file declaring 16384 × 16384 grey pixels, whose RGB `f32`
+    /// copy asked for 3 GiB).
+    #[test]
+    fn oversized_images_are_refused_before_decoding() {
+        let tmp = TempDir::new("huge");
+        let path = tmp.0.join("huge.png");
+        GrayImage::new(4097, 4096).save(&path).unwrap();
+        for channels in [1, 3] {
+            let err = load_png(&path, channels, Some(8), ValueRange::ZeroOne).unwrap_err();
+            assert!(err.is_bad_input(), "{err}");
+            assert!(
+                err.to_string().contains("4097×4096 pixels, more than"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

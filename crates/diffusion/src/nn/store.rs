@@ -108,9 +108,10 @@ impl ParamStore {
     ///
     /// # Errors
     ///
-    /// [`Error::Checkpoint`] naming the tensor when one is missing, has another shape, or when
-    /// `values` holds a tensor the store does not know (`source` says where the values came
-    /// from, for the message).
+    /// [`Error::Checkpoint`] naming the tensor when one is missing, has another shape or holds a
+    /// non-finite value (NaN or ±∞: weights are never loaded with them), or when `values` holds
+    /// a tensor the store does not know (`source` says where the values came from, for the
+    /// message). Nothing is assigned unless every tensor passes.
     pub fn assign(&self, values: &HashMap<String, Tensor>, source: &str) -> Result<()> {
         let vars = self.lock();
         for (name, var) in vars.iter() {
@@ -130,14 +131,29 @@ impl ParamStore {
                 "{source}: tensor `{extra}` does not belong to this model"
             )));
         }
+        let mut converted = Vec::with_capacity(vars.len());
         for (name, var) in vars.iter() {
             let value = values[name]
                 .to_dtype(var.dtype())?
                 .to_device(var.device())?;
+            if var.dtype().is_float() && !all_finite(&value)? {
+                return Err(Error::Checkpoint(format!(
+                    "{source}: tensor `{name}` holds non-finite values (NaN or infinity)"
+                )));
+            }
+            converted.push((var, value));
+        }
+        for (var, value) in converted {
             var.set(&value)?;
         }
         Ok(())
     }
+}
+
+/// Whether every element of the float tensor `t` is finite.
+fn all_finite(t: &Tensor) -> Result<bool> {
+    let host = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    Ok(host.iter().all(|v| v.is_finite()))
 }
 
 /// The initial values of a variable of `shape` under `init`, drawn from `rng` in row-major
@@ -289,6 +305,40 @@ mod tests {
         store.assign(&values, "test")?;
         let w = store.get("layer.weight").expect("created above");
         assert_eq!(w.as_tensor().sum_all()?.to_scalar::<f32>()?, 4.0);
+        Ok(())
+    }
+
+    /// Weights holding NaN or ±∞ are refused by name and leave every variable as it was (the
+    /// fuzz target `decomp-trained` loaded a weight file with a NaN written into it).
+    #[test]
+    fn assign_refuses_non_finite_weights() -> Result<()> {
+        let store = ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        vb.get_with_hints(2, "a", Init::Const(0.0))?;
+        vb.get_with_hints(2, "b", Init::Const(0.0))?;
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let values: HashMap<String, Tensor> = [
+                ("a".to_string(), Tensor::new(&[1f32, 2.0], &Device::Cpu)?),
+                ("b".to_string(), Tensor::new(&[3f32, bad], &Device::Cpu)?),
+            ]
+            .into();
+            let err = store.assign(&values, "w.safetensors").unwrap_err();
+            assert!(err.is_bad_input());
+            let msg = err.to_string();
+            assert!(msg.contains("`b`") && msg.contains("non-finite"), "{msg}");
+            let a = store.get("a").expect("created above");
+            assert_eq!(a.as_tensor().to_vec1::<f32>()?, [0.0, 0.0]);
+        }
+        // Finite extremes are weights like any other.
+        let values: HashMap<String, Tensor> = [
+            (
+                "a".to_string(),
+                Tensor::new(&[f32::MAX, f32::MIN], &Device::Cpu)?,
+            ),
+            ("b".to_string(), Tensor::new(&[0f32, -0.0], &Device::Cpu)?),
+        ]
+        .into();
+        store.assign(&values, "w.safetensors")?;
         Ok(())
     }
 }

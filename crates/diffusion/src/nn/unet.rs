@@ -249,6 +249,10 @@ impl UNetConfig {
         }
     }
 
+    /// The most residual blocks per level [`UNetConfig::validate`] accepts (the published
+    /// models use 1 to 3).
+    pub const MAX_RES_BLOCKS: usize = 64;
+
     /// Checks every size and divisibility the network relies on.
     ///
     /// # Errors
@@ -272,6 +276,14 @@ impl UNetConfig {
             if v == 0 {
                 return err(format!("{name} must be positive"));
             }
+        }
+        // The layout below walks every block: a count read from a file is bounded first.
+        if self.num_res_blocks > Self::MAX_RES_BLOCKS {
+            return err(format!(
+                "num_res_blocks must be at most {}, got {}",
+                Self::MAX_RES_BLOCKS,
+                self.num_res_blocks
+            ));
         }
         if self.channel_mult.is_empty() {
             return err("channel_mult must name at least one level".to_string());

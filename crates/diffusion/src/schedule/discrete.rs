@@ -139,13 +139,18 @@ impl DiscreteSchedule {
     /// last steps from being singular.
     pub const COSINE_MAX_BETA: f64 = 0.999;
 
+    /// The most steps a schedule may have (a thousand times the usual T = 1000). A step count
+    /// read from a configuration file is checked against it before any table is allocated.
+    pub const MAX_STEPS: usize = 1_000_000;
+
     /// T betas linear from `beta_start` (index 0) to `beta_end` (index T − 1), both exact; a
     /// one-step schedule has β_0 = `beta_start`. DDPM uses `linear(1000, 1e-4, 0.02)`.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if `t == 0`, unless both endpoints lie in (0, 1), or if the resulting
-    /// ᾱ is not strictly decreasing (a β too small to change `1 − β` from 1).
+    /// [`Error::Config`] if `t == 0` or `t >` [`Self::MAX_STEPS`], unless both endpoints lie in
+    /// (0, 1), or if the resulting ᾱ is not strictly decreasing (a β too small to change
+    /// `1 − β` from 1).
     pub fn linear(t: usize, beta_start: f64, beta_end: f64) -> Result<Self> {
         check_len(t)?;
         check_open_unit("linear schedule beta_start", beta_start)?;
@@ -195,8 +200,8 @@ impl DiscreteSchedule {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if `t == 0`, unless `s` is finite and ≥ 0 and `max_beta` lies in (0, 1),
-    /// or if the resulting ᾱ is not strictly decreasing.
+    /// [`Error::Config`] if `t == 0` or `t >` [`Self::MAX_STEPS`], unless `s` is finite and ≥ 0
+    /// and `max_beta` lies in (0, 1), or if the resulting ᾱ is not strictly decreasing.
     pub fn cosine_with_max_beta(t: usize, s: f64, max_beta: f64) -> Result<Self> {
         check_len(t)?;
         if !(s.is_finite() && s >= 0.0) {
@@ -223,7 +228,8 @@ impl DiscreteSchedule {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if `betas` is empty or breaks the invariants of the
+    /// [`Error::Config`] if `betas` is empty, longer than [`Self::MAX_STEPS`], or breaks the
+    /// invariants of the
     /// [module documentation](self): every β in (0, 1), except that the last of at least two may
     /// be exactly 1 (zero terminal SNR), and ᾱ strictly decreasing.
     pub fn from_betas(betas: Vec<f64>) -> Result<Self> {
@@ -655,6 +661,12 @@ fn check_len(t: usize) -> Result<()> {
         return Err(Error::Config(
             "a discrete schedule needs at least one step".to_string(),
         ));
+    }
+    if t > DiscreteSchedule::MAX_STEPS {
+        return Err(Error::Config(format!(
+            "a discrete schedule has at most {} steps, got {t}",
+            DiscreteSchedule::MAX_STEPS
+        )));
     }
     Ok(())
 }

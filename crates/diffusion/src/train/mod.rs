@@ -580,7 +580,8 @@ impl RngState {
 
     fn restore(&self) -> Result<SeededRng> {
         let bad = || Error::Checkpoint("state.json: malformed `rng` state".to_string());
-        if self.seed.len() != 64 {
+        // 64 ASCII hex digits; a multi-byte character would split the two-byte slices below.
+        if self.seed.len() != 64 || !self.seed.is_ascii() {
             return Err(bad());
         }
         let mut seed = [0u8; 32];
@@ -1069,4 +1070,36 @@ pub fn train(
         },
         seconds: began.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint's random state restores the exact stream, and a malformed seed is a
+    /// checkpoint error (the seed `"aé"` followed by 61 digits, 64 bytes, made the hex parser
+    /// slice inside the `é` and panic).
+    #[test]
+    fn rng_states_restore_or_fail_cleanly() -> Result<()> {
+        let mut rng = crate::random::seeded(11);
+        let _: u64 = rand::Rng::random(&mut rng);
+        let state = RngState::of(&rng);
+        let mut back = state.restore()?;
+        assert_eq!(
+            rand::Rng::random::<u64>(&mut back),
+            rand::Rng::random::<u64>(&mut rng)
+        );
+        for seed in [
+            format!("a\u{e9}{}", "0".repeat(61)),
+            "0".repeat(63),
+            "zz".repeat(32),
+        ] {
+            let bad = RngState {
+                seed,
+                ..state.clone()
+            };
+            assert!(matches!(bad.restore(), Err(Error::Checkpoint(_))));
+        }
+        Ok(())
+    }
 }

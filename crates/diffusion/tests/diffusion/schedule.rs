@@ -916,3 +916,28 @@ proptest! {
         }
     }
 }
+
+/// A step count beyond the cap is a configuration error before anything is allocated (the fuzz
+/// target `run-config` aborted on `num_timesteps = 1000000000000`, which asked for 8 TB).
+#[test]
+fn step_counts_beyond_the_cap_are_refused() {
+    let huge = 1_000_000_000_000;
+    for r in [
+        DiscreteSchedule::linear(huge, 1e-4, 0.02),
+        DiscreteSchedule::scaled_linear(huge, 1e-4, 0.02),
+        DiscreteSchedule::cosine(huge, 0.008),
+        DiscreteSchedule::cosine_with_max_beta(DiscreteSchedule::MAX_STEPS + 1, 0.008, 0.999),
+    ] {
+        let err = r.expect_err("too many steps");
+        assert!(
+            err.is_bad_input() && err.to_string().contains("at most"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        DiscreteSchedule::linear(DiscreteSchedule::MAX_STEPS, 1e-6, 1e-3)
+            .map(|s| s.len())
+            .ok(),
+        Some(DiscreteSchedule::MAX_STEPS)
+    );
+}

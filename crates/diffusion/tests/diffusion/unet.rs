@@ -501,3 +501,18 @@ fn config_round_trips_through_json() -> Result<()> {
     assert!(serde_json::from_str::<UNetConfig>(r#"{"modelchannels": 16}"#).is_err());
     Ok(())
 }
+
+/// A block count read from a file is bounded before the layout walks every block (the fuzz
+/// target `run-config` spent over 10 s validating `num_res_blocks = 4294967296`).
+#[test]
+fn validate_bounds_the_block_count() {
+    let mut c = UNetConfig::decomp_tiny();
+    c.num_res_blocks = 1 << 32;
+    let err = c.validate().expect_err("too many blocks");
+    assert!(
+        err.is_bad_input() && err.to_string().contains("num_res_blocks"),
+        "{err}"
+    );
+    c.num_res_blocks = UNetConfig::MAX_RES_BLOCKS;
+    assert!(c.validate().is_ok());
+}
