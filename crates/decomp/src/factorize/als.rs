@@ -34,6 +34,43 @@ impl Default for AlsConfig {
 /// Largest M²·D for which the pair-product matrix is built (256 MiB of f32).
 const PAIR_LIMIT: usize = 1 << 26;
 
+/// Whether the pair-product matrix `[M², D]` is built (M²·D at most [`PAIR_LIMIT`]).
+fn builds_pairs(m: usize, d: usize) -> bool {
+    m.checked_mul(m)
+        .and_then(|mm| mm.checked_mul(d))
+        .is_some_and(|x| x <= PAIR_LIMIT)
+}
+
+/// Peak bytes [`run`] allocates for `t` trials of a problem of `pc`'s sizes (MAP, `f32`, the
+/// problem itself not counted):
+///
+/// - the transposed codebooks, F·M·D·4;
+/// - with the pair-product matrices (M²·D ≤ 2²⁶): F·M²·D·4 kept, and while one is built the
+///   broadcast product and its transpose, 2·M²·D·4;
+/// - the estimates, their copy from the previous iteration and a new one, 3·F·t·D·4; the
+///   product of the other factors, its square, weighted bound vectors and bound vectors,
+///   (F + 4)·t·D·4;
+/// - the batched Gram matrices `[t, M, M]` in `f32`, `f64` and on the host, 20·t·M², and
+///   without the pair products the weighted codebooks `[t, M, D]`, t·M·D·4;
+/// - the right-hand sides (`f32`, `f64`) and coefficients, 16·t·M.
+pub(super) fn memory_estimate(
+    pc: &crate::problem::ProblemConfig,
+    t: usize,
+) -> recompose_core::memory::Estimate {
+    use recompose_core::memory::Estimate;
+    let (f, m, d) = (pc.factors, pc.codebook_size, pc.dim);
+    let mut e = Estimate::f32s(&[f, m, d]);
+    if builds_pairs(m, d) {
+        e += Estimate::f32s(&[f, m, m, d]) + Estimate::f32s(&[m, m, d]) * 2;
+    } else {
+        e += Estimate::f32s(&[t, m, d]);
+    }
+    e + Estimate::f32s(&[f, t, d]) * 3
+        + Estimate::f32s(&[t, d]) * f.saturating_add(4)
+        + Estimate::array(&[t, m, m], 20)
+        + Estimate::array(&[t, m], 16)
+}
+
 pub(super) fn run(
     problem: &Problem,
     cfg: &AlsConfig,
@@ -51,7 +88,7 @@ pub(super) fn run(
     let pairs: Vec<Option<Tensor>> = cbs
         .iter()
         .map(|cb| -> Result<Option<Tensor>> {
-            if m * m * d > PAIR_LIMIT {
+            if !builds_pairs(m, d) {
                 return Ok(None);
             }
             let c = &cb.c[0];
