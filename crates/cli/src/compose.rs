@@ -13,7 +13,9 @@ use recompose_diffusion::run::RunConfig;
 use recompose_diffusion::seeded;
 
 use crate::diffusion::{out_kind, write_samples};
-use crate::{positive, usage};
+use recompose_core::memory::MemoryLimit;
+
+use crate::{check_memory, positive, usage};
 
 /// Arguments of `recompose compose`.
 #[derive(Debug, Args)]
@@ -98,7 +100,7 @@ fn config(a: &ComposeArgs) -> Result<AnnealConfig> {
     Ok(cfg)
 }
 
-pub fn run_compose(a: ComposeArgs) -> Result<()> {
+pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
     let num = positive("num", a.num, 1)?;
     let kind = out_kind(&a.out)?;
     let cfg = config(&a)?;
@@ -134,6 +136,25 @@ pub fn run_compose(a: ComposeArgs) -> Result<()> {
     for dir in dirs.values() {
         crate::diffusion::expect_family(dir, RunConfig::FAMILY.name)?;
     }
+    // Checked from the saved configurations, before any weight is read.
+    let configs = dirs
+        .values()
+        .map(|dir| RunConfig::from_file(&dir.join("config.toml")))
+        .collect::<recompose_diffusion::Result<Vec<_>>>()?;
+    let dim = configs
+        .iter()
+        .map(|c| c.model_item_shape().iter().product::<usize>())
+        .max()
+        .unwrap_or(0);
+    let leaves: Vec<_> = configs
+        .iter()
+        .map(|c| (c.model.param_bytes(), c.activation_bytes()))
+        .collect();
+    check_memory(
+        memory,
+        format_args!("{num} chains of {} models", leaves.len()),
+        recompose_compose::mcmc::anneal_estimate(num, dim, &leaves),
+    )?;
     let device = crate::device();
     let mut resolve = |name: &str| -> recompose_compose::Result<Box<dyn Component>> {
         load(name, &dirs[name], &device)

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use recompose_decomp_diffusion::datasets::{Kind, write_dataset};
+use recompose_core::memory::MemoryLimit;
+use recompose_decomp_diffusion::datasets::{Kind, write_dataset_within, write_estimate};
 
-use crate::{positive, usage};
+use crate::{check_memory, positive, usage};
 
 /// Arguments of `recompose dataset`.
 #[derive(Debug, Args)]
@@ -24,13 +25,18 @@ pub struct DatasetArgs {
     seed: u64,
 }
 
-pub fn run_dataset(a: DatasetArgs) -> Result<()> {
+pub fn run_dataset(a: DatasetArgs, memory: MemoryLimit) -> Result<()> {
     let kind: Kind = a
         .name
         .parse()
         .map_err(|e: recompose_decomp_diffusion::Error| usage(e.to_string()))?;
     let num = positive("num", a.num, 1)?;
-    write_dataset(kind, num, a.seed, &a.out)?;
+    check_memory(
+        memory,
+        format_args!("a {} dataset of {num} images", kind.name()),
+        write_estimate(num),
+    )?;
+    write_dataset_within(kind, num, a.seed, &a.out, memory)?;
     outln!(
         "wrote {num} {} images (seed {}) with masks and labels.json to {}",
         kind.name(),

@@ -16,7 +16,9 @@ use recompose_diffusion::data::ValueRange;
 use recompose_diffusion::data::plot::{save_png_grid, save_png_image};
 use recompose_diffusion::seeded;
 
-use crate::{positive, usage};
+use recompose_core::memory::{Estimate, MemoryLimit};
+
+use crate::{check_memory, positive, usage};
 
 /// Arguments of `recompose decomp-eval`.
 #[derive(Debug, Args)]
@@ -35,8 +37,18 @@ pub struct DecompEvalArgs {
     out: PathBuf,
 }
 
-pub fn run_decomp_eval(a: DecompEvalArgs) -> Result<()> {
+pub fn run_decomp_eval(a: DecompEvalArgs, memory: MemoryLimit) -> Result<()> {
     let cfg = DecompConfig::from_file(&a.config).map_err(|e| usage(e.to_string()))?;
+    // The files are read whole and turned into tensors (twice their size), then the model is
+    // built; checked before anything is read.
+    let file_bytes = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let files =
+        Estimate::bytes(file_bytes(&a.weights)) * 2 + Estimate::bytes(file_bytes(&a.inputs)) * 2;
+    check_memory(
+        memory,
+        format_args!("evaluating the model of {}", a.config.display()),
+        files + cfg.inference_estimate(1),
+    )?;
     let dev = Device::Cpu;
     let weights = candle_core::safetensors::load(&a.weights, &dev)
         .with_context(|| format!("reading {}", a.weights.display()))?;
@@ -80,6 +92,12 @@ pub fn run_decomp_eval(a: DecompEvalArgs) -> Result<()> {
             want[0]
         )));
     }
+    // The batch is known now: K + 1 passes of the denoiser on all its images.
+    check_memory(
+        memory,
+        format_args!("evaluating {} images", want[0]),
+        files + cfg.inference_estimate(want[0]),
+    )?;
     let z = model.encode(&x0, false)?;
     let mut out = HashMap::new();
     out.insert("out_full".to_string(), model.denoise(&x_t, &t, &z, None)?);
@@ -151,6 +169,21 @@ pub struct RecombineArgs {
     seed: u64,
 }
 
+/// Peak bytes of loading the run in `dir` and rendering one image with it
+/// ([`DecompConfig::inference_estimate`]), from its saved configuration.
+fn run_estimate(dir: &Path) -> Result<Estimate> {
+    if !dir.join("config.toml").is_file() {
+        return Err(usage(format!(
+            "{} is not a Decomp Diffusion run directory (no config.toml)",
+            dir.display()
+        )));
+    }
+    crate::diffusion::expect_family(dir, DecompRunConfig::FAMILY.name)?;
+    let cfg = DecompRunConfig::from_file(&dir.join("config.toml"))
+        .map_err(|e| usage(format!("{}: {e}", dir.display())))?;
+    Ok(cfg.decomp.inference_estimate(1))
+}
+
 /// A run directory, with load errors as one line naming what is wrong.
 fn load_run(dir: &Path) -> Result<DecompTrained> {
     if !dir.join("config.toml").is_file() {
@@ -174,8 +207,13 @@ fn load_image(path: &Path, run: &DecompTrained) -> Result<Tensor> {
     load_rgb_png(path, run.config.decomp.image_size, &Device::Cpu).map_err(|e| usage(e.to_string()))
 }
 
-pub fn run_decompose(a: DecomposeArgs) -> Result<()> {
+pub fn run_decompose(a: DecomposeArgs, memory: MemoryLimit) -> Result<()> {
     let steps = positive("steps", a.steps, 1)?;
+    check_memory(
+        memory,
+        format_args!("decomposing with {}", a.checkpoint.display()),
+        run_estimate(&a.checkpoint)?,
+    )?;
     let run = load_run(&a.checkpoint)?;
     let x = load_image(&a.image, &run)?;
     let started = std::time::Instant::now();
@@ -227,13 +265,22 @@ fn parse_mask(text: &str, k: usize) -> Result<Vec<bool>> {
     Ok(mask)
 }
 
-pub fn run_recombine(a: RecombineArgs) -> Result<()> {
+pub fn run_recombine(a: RecombineArgs, memory: MemoryLimit) -> Result<()> {
     let steps = positive("steps", a.steps, 1)?;
     let add = match a.mode.as_str() {
         "slice" => false,
         "add" => true,
         other => return Err(usage(format!("--mode is slice or add, got `{other}`"))),
     };
+    let mut estimate = run_estimate(&a.checkpoint)?;
+    if let Some(dir) = &a.checkpoint2 {
+        estimate += run_estimate(dir)?;
+    }
+    check_memory(
+        memory,
+        format_args!("recombining with {}", a.checkpoint.display()),
+        estimate,
+    )?;
     let run1 = load_run(&a.checkpoint)?;
     let run2 = match &a.checkpoint2 {
         Some(dir) => Some(load_run(dir)?),

@@ -12,7 +12,9 @@ use recompose_diffusion::run::{Registry, RunConfig, Trained};
 use recompose_diffusion::train::{TrainOptions, TrainReport};
 use recompose_diffusion::{Sampler, SamplerConfig, SamplerKind, seeded};
 
-use crate::{positive, usage};
+use recompose_core::memory::MemoryLimit;
+
+use crate::{check_memory, positive, usage};
 
 /// Arguments of `recompose train`.
 #[derive(Debug, Args)]
@@ -110,7 +112,7 @@ pub(crate) fn registry() -> Result<Registry> {
     Ok(Registry::new().with(DecompRunConfig::FAMILY)?)
 }
 
-pub fn run_train(a: TrainArgs) -> Result<()> {
+pub fn run_train(a: TrainArgs, memory: MemoryLimit) -> Result<()> {
     let registry = registry()?;
     let mut run = match (&a.preset, &a.config) {
         (Some(p), None) => registry.preset(p).map_err(|e| usage(e.to_string()))?,
@@ -146,6 +148,15 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             .map_err(|e| usage(format!("--energy: {e}")))?;
     }
     run.validate().map_err(|e| usage(e.to_string()))?;
+    check_memory(
+        memory,
+        format_args!(
+            "training a {} run on batches of {}",
+            run.family(),
+            run.train_config().batch_size
+        ),
+        run.memory_estimate(),
+    )?;
     let opts = TrainOptions {
         out_dir: a.out.clone(),
         resume: a.resume,
@@ -198,7 +209,7 @@ pub(crate) fn out_kind(path: &Path) -> Result<OutKind> {
     }
 }
 
-pub fn run_sample(a: SampleArgs) -> Result<()> {
+pub fn run_sample(a: SampleArgs, memory: MemoryLimit) -> Result<()> {
     let num = positive("num", a.num, 1)?;
     let kind = out_kind(&a.out)?;
     let sampler_kind: SamplerKind = a.sampler.parse().map_err(|_| {
@@ -208,6 +219,20 @@ pub fn run_sample(a: SampleArgs) -> Result<()> {
         ))
     })?;
     expect_family(&a.checkpoint, RunConfig::FAMILY.name)?;
+    // Checked from the saved configuration, before the weights are read.
+    let saved = RunConfig::from_file(&a.checkpoint.join("config.toml"))?;
+    let item: usize = saved.model_item_shape().iter().product();
+    check_memory(
+        memory,
+        format_args!("drawing {num} samples"),
+        recompose_diffusion::memory::sample_estimate(
+            saved.model.param_bytes(),
+            saved.activation_bytes(),
+            item,
+            num,
+            sample_chunk(&saved),
+        ),
+    )?;
     let device = crate::device();
     let trained = Trained::load(&a.checkpoint, &device)?;
     let t_max = trained.schedule.len();
@@ -240,7 +265,7 @@ pub fn run_sample(a: SampleArgs) -> Result<()> {
     }
     let sampler = Sampler::new(trained.schedule.clone(), config)?;
     let mut rng = seeded(a.seed);
-    let chunk = if image { 64 } else { 4096 };
+    let chunk = sample_chunk(&trained.config);
     let mut parts = Vec::new();
     let mut done = 0;
     while done < num {
@@ -259,6 +284,15 @@ pub fn run_sample(a: SampleArgs) -> Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+/// Samples drawn per call of the sampler: 64 images or 4096 points.
+fn sample_chunk(config: &RunConfig) -> usize {
+    if config.model_item_shape().len() == 3 {
+        64
+    } else {
+        4096
+    }
 }
 
 /// Writes samples `[n, …]`: 2-D points as CSV or a scatter plot, images as a PNG grid.

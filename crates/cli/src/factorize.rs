@@ -3,15 +3,17 @@
 
 use anyhow::Result;
 use clap::Args;
-use recompose_decomp::capacity::{CapacityConfig, IterLimit, capacity};
+use recompose_core::memory::{Estimate, MemoryLimit};
+use recompose_decomp::capacity::{CapacityConfig, IterLimit, capacity_within};
 use recompose_decomp::factorize::coupled::CoupledConfig;
 use recompose_decomp::factorize::{
-    CoupledOverrides, FactorizeConfig, FactorizeReport, METHOD_NAMES, Method, Progress, factorize,
+    CoupledOverrides, FactorizeConfig, FactorizeReport, METHOD_NAMES, Method, Progress,
+    factorize_within, pipeline_estimate,
 };
 use recompose_decomp::problem::{Noise, Problem, ProblemConfig, VsaKind};
 use serde_json::json;
 
-use crate::{device, positive, progress_bar, usage};
+use crate::{check_memory, device, positive, progress_bar, usage};
 
 #[derive(Debug, Args)]
 pub struct FactorizeArgs {
@@ -243,10 +245,15 @@ fn parse_vsa(s: &str) -> Result<VsaKind> {
 }
 
 /// Runs one method on one problem, with a progress bar over iterations.
-fn solve(problem: &Problem, fc: &FactorizeConfig, label: &str) -> Result<FactorizeReport> {
+fn solve(
+    problem: &Problem,
+    fc: &FactorizeConfig,
+    label: &str,
+    limit: MemoryLimit,
+) -> Result<FactorizeReport> {
     let pb = progress_bar(fc.max_iters as u64, false);
     pb.set_message(label.to_string());
-    let report = factorize(problem, fc, &mut |p: Progress| {
+    let report = factorize_within(problem, fc, limit, &mut |p: Progress| {
         pb.set_position(p.iteration as u64);
     })?;
     pb.finish_and_clear();
@@ -342,11 +349,11 @@ fn table_row(method: &str, r: &FactorizeReport) -> String {
     )
 }
 
-pub fn run_factorize(a: FactorizeArgs) -> Result<()> {
+pub fn run_factorize(a: FactorizeArgs, memory: MemoryLimit) -> Result<()> {
     let (method, preset) = method_with_flags(&a.method, &a.coupled)?;
     let limit = parse_limit(&a.max_iters)?;
     let problem = match &a.problem {
-        Some(path) => Problem::load(path, &device())?,
+        Some(path) => Problem::load_within(path, &device(), memory)?,
         None => {
             let (Some(dim), Some(factors), Some(codebook)) = (a.dim, a.factors, a.codebook) else {
                 return Err(usage("--dim, --factors and --codebook are required"));
@@ -358,7 +365,19 @@ pub fn run_factorize(a: FactorizeArgs) -> Result<()> {
                 trials: a.trials,
             };
             let pc = problem_config(&a.vsa, sizes, a.noise_gauss, a.noise_flip, a.seed)?;
-            Problem::generate(&pc, &device())?
+            // The whole run, checked before the problem is drawn.
+            let fc = FactorizeConfig {
+                method: method.clone(),
+                max_iters: limit.for_problem(pc.codebook_size, pc.factors),
+                seed: a.seed,
+                threads: 0,
+            };
+            let mut estimate = pipeline_estimate(&pc, &fc);
+            if a.save_problem.is_some() {
+                estimate = estimate.max(pc.problem_bytes() + Problem::save_estimate(&pc));
+            }
+            check_memory(memory, describe_run(&a.method, &pc), estimate)?;
+            Problem::generate_within(&pc, &device(), memory)?
         }
     };
     if let Some(path) = &a.save_problem {
@@ -372,7 +391,7 @@ pub fn run_factorize(a: FactorizeArgs) -> Result<()> {
         seed: a.seed,
         threads: 0,
     };
-    let r = match solve(&problem, &fc, &a.method) {
+    let r = match solve(&problem, &fc, &a.method, memory) {
         Err(e) => match e.downcast_ref::<recompose_decomp::Error>() {
             Some(
                 recompose_decomp::Error::Unsupported { .. } | recompose_decomp::Error::Config(_),
@@ -417,7 +436,7 @@ fn add_method_settings(v: &mut serde_json::Value, method: &Method, preset: Optio
     }
 }
 
-pub fn run_capacity(a: CapacityArgs) -> Result<()> {
+pub fn run_capacity(a: CapacityArgs, memory: MemoryLimit) -> Result<()> {
     let (method, preset) = method_with_flags(&a.method, &a.coupled)?;
     let limit = parse_limit(&a.max_iters)?;
     if !(a.target > 0.0 && a.target <= 1.0) {
@@ -443,11 +462,19 @@ pub fn run_capacity(a: CapacityArgs) -> Result<()> {
             a.method
         )));
     }
+    check_memory(
+        memory,
+        format_args!(
+            "a capacity search of {} up to M = {} ({} trials, D = {}, F = {})",
+            a.method, cfg.m_limit, cfg.trials, cfg.dim, cfg.factors
+        ),
+        cfg.memory_estimate(),
+    )?;
     let pb = progress_bar(0, false);
     pb.set_style(indicatif::ProgressStyle::with_template(
         "{spinner} [{elapsed_precise}] {msg}",
     )?);
-    let report = capacity(&cfg, &device(), &mut |p| {
+    let report = capacity_within(&cfg, &device(), memory, &mut |p| {
         pb.set_message(format!(
             "M={} exact={:.3} (max_iters {})",
             p.codebook, p.exact_accuracy, p.max_iters
@@ -510,7 +537,7 @@ pub fn run_capacity(a: CapacityArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn run_compare(a: CompareArgs) -> Result<()> {
+pub fn run_compare(a: CompareArgs, memory: MemoryLimit) -> Result<()> {
     let limit = parse_limit(&a.max_iters)?;
     let sizes = Sizes {
         dim: a.dim,
@@ -520,7 +547,24 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
     };
     let pc = problem_config("map", sizes, 0.0, 0.0, a.seed)?;
     let max_iters = limit.for_problem(pc.codebook_size, pc.factors);
-    let problem = Problem::generate(&pc, &device())?;
+    let configs = METHOD_NAMES
+        .iter()
+        .map(|name| {
+            Ok(FactorizeConfig {
+                method: Method::from_name(name)?,
+                max_iters,
+                seed: a.seed,
+                threads: 0,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // The problem is shared; the methods run one after the other.
+    let estimate = configs
+        .iter()
+        .map(|fc| pipeline_estimate(&pc, fc))
+        .fold(Estimate::ZERO, Estimate::max);
+    check_memory(memory, describe_run("every method", &pc), estimate)?;
+    let problem = Problem::generate_within(&pc, &device(), memory)?;
     if !a.json {
         outln!(
             "factorization comparison: vsa=map D={} F={} M={} trials={} max_iters={} seed={}",
@@ -533,14 +577,8 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
         );
         outln!("{TABLE_HEADER}");
     }
-    for name in METHOD_NAMES {
-        let fc = FactorizeConfig {
-            method: Method::from_name(name)?,
-            max_iters,
-            seed: a.seed,
-            threads: 0,
-        };
-        let r = solve(&problem, &fc, name)?;
+    for (name, fc) in METHOD_NAMES.iter().zip(&configs) {
+        let r = solve(&problem, fc, name, memory)?;
         if a.json {
             outln!("{}", report_json(name, &pc, max_iters, &r));
         } else {
@@ -548,4 +586,9 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// "factorizing a map problem of D = …, F = …, M = …, T trials with METHOD", for refusals.
+fn describe_run(method: &str, pc: &ProblemConfig) -> String {
+    format!("factorizing {} with {method}", pc.describe())
 }

@@ -24,6 +24,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use recompose_core::memory::{Estimate, MemoryError, MemoryLimit};
 
 /// candle allocates a fresh buffer for every tensor op; with the system allocator, buffers of
 /// a megabyte or more are mapped and unmapped each time (page faults on every op). mimalloc keeps
@@ -40,6 +41,12 @@ cannot be written); 1 a failure inside the computation. Errors print one line on
 #[derive(Debug, Parser)]
 #[command(name = "recompose", version, about, after_help = EXIT_HELP)]
 struct Cli {
+    /// Most memory a command may use, e.g. 512M, 8G, 1.5GiB or plain bytes (units are powers
+    /// of 1024). Every command estimates what its request needs before allocating and refuses
+    /// (exit status 2) when the estimate exceeds this. Default: the memory available on the
+    /// machine (MemAvailable, or the cgroup's limit when lower).
+    #[arg(long, global = true, value_name = "SIZE", allow_hyphen_values = true)]
+    max_memory: Option<MemoryLimit>,
     #[command(subcommand)]
     command: Command,
 }
@@ -106,7 +113,10 @@ const EXIT_BAD_INPUT: u8 = 2;
 /// error, an I/O error, or a library error that says so.
 fn is_bad_input(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        cause.is::<Usage>() || cause.is::<std::io::Error>() || library_bad_input(cause)
+        cause.is::<Usage>()
+            || cause.is::<std::io::Error>()
+            || cause.is::<MemoryError>()
+            || library_bad_input(cause)
     })
 }
 
@@ -222,18 +232,35 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let limit = cli.max_memory.unwrap_or_else(MemoryLimit::available);
     match cli.command {
-        Command::Factorize(a) => factorize::run_factorize(a),
-        Command::Capacity(a) => factorize::run_capacity(a),
-        Command::Compare(a) => factorize::run_compare(a),
-        Command::Train(a) => diffusion::run_train(a),
-        Command::Sample(a) => diffusion::run_sample(a),
-        Command::Compose(a) => compose::run_compose(a),
-        Command::Dataset(a) => dataset::run_dataset(a),
-        Command::DecompEval(a) => decomp::run_decomp_eval(a),
-        Command::Decompose(a) => decomp::run_decompose(a),
-        Command::Recombine(a) => decomp::run_recombine(a),
+        Command::Factorize(a) => factorize::run_factorize(a, limit),
+        Command::Capacity(a) => factorize::run_capacity(a, limit),
+        Command::Compare(a) => factorize::run_compare(a, limit),
+        Command::Train(a) => diffusion::run_train(a, limit),
+        Command::Sample(a) => diffusion::run_sample(a, limit),
+        Command::Compose(a) => compose::run_compose(a, limit),
+        Command::Dataset(a) => dataset::run_dataset(a, limit),
+        Command::DecompEval(a) => decomp::run_decomp_eval(a, limit),
+        Command::Decompose(a) => decomp::run_decompose(a, limit),
+        Command::Recombine(a) => decomp::run_recombine(a, limit),
     }
+}
+
+/// Refuses a request whose memory estimate exceeds `limit` (exit status 2), before anything
+/// is allocated; the message names the request, the estimate and the limit.
+fn check_memory(
+    limit: MemoryLimit,
+    what: impl std::fmt::Display,
+    estimate: Estimate,
+) -> Result<()> {
+    limit.check(what, estimate).map_err(|e| {
+        let hint = match limit.source() {
+            recompose_core::memory::LimitSource::Given => "",
+            _ => " (--max-memory sets the limit)",
+        };
+        usage(format!("{e}{hint}"))
+    })
 }
 
 /// A progress bar on stderr over `len` units, hidden when `quiet` or when stderr is not a

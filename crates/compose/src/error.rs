@@ -26,6 +26,10 @@ pub enum Error {
     /// An error of the diffusion models underneath.
     #[error(transparent)]
     Diffusion(#[from] recompose_diffusion::Error),
+    /// A request whose estimated memory exceeds the limit, or whose sizes overflow
+    /// ([`recompose_core::memory`]); nothing was allocated.
+    #[error(transparent)]
+    Memory(#[from] recompose_core::memory::MemoryError),
     /// An error of the ground-floor crate `recompose-core` other than candle's own.
     #[error(transparent)]
     Core(recompose_core::Error),
@@ -45,6 +49,7 @@ impl Error {
         match self {
             Self::Config(_) | Self::Shape(_) | Self::NeedsDensity(_) | Self::Parse(_) => true,
             Self::Diffusion(e) => e.is_bad_input(),
+            Self::Memory(_) => true,
             Self::Core(e) => e.is_bad_input(),
             Self::Diverged(_) | Self::Candle(_) => false,
         }
@@ -56,6 +61,7 @@ impl From<recompose_core::Error> for Error {
     fn from(e: recompose_core::Error) -> Self {
         match e {
             recompose_core::Error::Candle(c) => Self::Candle(c),
+            recompose_core::Error::Memory(m) => Self::Memory(m),
             recompose_core::Error::Shape(msg) => Self::Shape(msg),
             other => Self::Core(other),
         }

@@ -348,6 +348,30 @@ impl Chains<'_> {
     }
 }
 
+/// Peak bytes of [`anneal`] with `num` chains of dimension `dim` on a composition whose leaves
+/// are networks of the given (parameter bytes, activation bytes per item): every leaf's weights
+/// and the bytes of their file, the largest leaf's activations on all chains (leaves are
+/// evaluated one after the other), and per chain 16 + 2·leaves vectors of `dim` values (state,
+/// cached and proposed states, gradients, momenta, noise, the leaves' outputs and their
+/// combination, the samples and their output copies).
+pub fn anneal_estimate(
+    num: usize,
+    dim: usize,
+    leaves: &[(
+        recompose_core::memory::Estimate,
+        recompose_core::memory::Estimate,
+    )],
+) -> recompose_core::memory::Estimate {
+    use recompose_core::memory::Estimate;
+    let params: Estimate = leaves.iter().map(|(p, _)| *p * 2).sum();
+    let activations = leaves
+        .iter()
+        .map(|(_, a)| *a)
+        .fold(Estimate::ZERO, Estimate::max);
+    let vectors = leaves.len().saturating_mul(2).saturating_add(16);
+    params + activations * num + Estimate::f32s(&[num, dim, vectors])
+}
+
 /// Runs n = `num` chains on `model` (see the [module documentation](self)).
 ///
 /// # Errors

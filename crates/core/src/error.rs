@@ -10,6 +10,9 @@ pub enum Error {
     /// Tensors whose shapes do not fit the operation; the message names them.
     #[error("{0}")]
     Shape(String),
+    /// A request whose memory estimate exceeds the limit ([`crate::memory`]).
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
 }
 
 /// The result type of `recompose-core`.
@@ -21,7 +24,7 @@ impl Error {
     /// the computation. Programs map the two to different exit statuses.
     pub fn is_bad_input(&self) -> bool {
         match self {
-            Self::Shape(_) => true,
+            Self::Shape(_) | Self::Memory(_) => true,
             Self::Candle(_) => false,
         }
     }

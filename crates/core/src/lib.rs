@@ -19,6 +19,9 @@
 //!   AdamW update, gradient norms and moving averages of training. Models dispatch to them for
 //!   `f32` tensors on the CPU and to candle's ops elsewhere.
 //!
+//! - [`memory`]: the memory guard — estimates of a request's peak allocation, the limit they
+//!   are checked against (by default the machine's available memory) and byte sizes.
+//!
 //! - `process` (feature `process`, for binaries only): the thread count and allocator settings
 //!   CPU programs start with.
 //!
@@ -44,6 +47,7 @@
 pub mod error;
 pub mod gemm;
 pub mod host;
+pub mod memory;
 pub mod ops;
 #[cfg(feature = "process")]
 pub mod process;

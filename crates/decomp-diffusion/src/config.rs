@@ -21,6 +21,7 @@
 
 use std::path::Path;
 
+use recompose_core::memory::Estimate;
 use recompose_diffusion::Parameterization;
 use recompose_diffusion::nn::UNetConfig;
 use serde::{Deserialize, Serialize};
@@ -151,6 +152,42 @@ impl DecompConfig {
     /// The latent size d of each factor.
     pub fn latent_dim(&self) -> usize {
         self.emb_dim / 2
+    }
+
+    /// Bytes of the model's parameters: the denoiser
+    /// ([`recompose_diffusion::memory::unet_params`]) and the encoder (see
+    /// [`crate::encoder`]), bounded by 800·E² + 32·E for its convolutions and norms plus
+    /// 8E·r²·K·d for its last linear layer (E = `enc_channels`, r = ⌈S/8⌉).
+    pub fn param_bytes(&self) -> Estimate {
+        let e = self.enc_channels;
+        let r = self.image_size.div_ceil(8);
+        let head = Estimate::f32s(&[8, e, r, r, self.num_components, self.latent_dim()]);
+        recompose_diffusion::memory::unet_params(&self.unet())
+            + Estimate::f32s(&[800, e, e])
+            + Estimate::f32s(&[32, e])
+            + head
+    }
+
+    /// Bytes of one forward pass's activations for one image: the denoiser's once per factor
+    /// ([`recompose_diffusion::memory::unet_activations`] × K, every factor conditions its own
+    /// pass) and the encoder's, at most 10 maps of E channels at full resolution, of 2E at half
+    /// and of 4E at quarter resolution and 2 maps of 8E at an eighth, bounded by 20·E·S².
+    pub fn activation_bytes(&self) -> Estimate {
+        let s = self.image_size;
+        recompose_diffusion::memory::unet_activations(&self.unet()) * self.num_components
+            + Estimate::f32s(&[20, self.enc_channels, s, s])
+    }
+
+    /// Peak bytes of decomposing or recombining `images` images at once: the weights and the
+    /// bytes of their file, the forward activations per image ([`DecompConfig::activation_bytes`])
+    /// and per image 2·K + 8 RGB maps (the factor images, their composition, the sampler's state,
+    /// noise and estimates, the input and the written grid).
+    pub fn inference_estimate(&self, images: usize) -> Estimate {
+        let s = self.image_size;
+        let maps = self.num_components.saturating_mul(2).saturating_add(8);
+        self.param_bytes() * 2
+            + self.activation_bytes() * images
+            + Estimate::f32s(&[images, maps, 3, s, s])
     }
 }
 

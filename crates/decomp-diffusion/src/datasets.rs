@@ -20,6 +20,7 @@
 //! supersampling; an object's mask holds the pixels where it is the visible surface and covers
 //! at least half of the pixel.
 
+use recompose_core::memory::{Estimate, MemoryLimit};
 use std::path::Path;
 
 use rand::Rng;
@@ -506,10 +507,40 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 /// # Errors
 ///
 /// [`Error::Config`] for `num` = 0; [`Error::Io`] if a file cannot be written.
+///
+/// A dataset whose [`write_estimate`] exceeds the machine's available memory is refused with
+/// [`Error::Memory`] before anything is written.
 pub fn write_dataset(kind: Kind, num: usize, seed: u64, dir: &Path) -> Result<()> {
+    write_dataset_within(kind, num, seed, dir, MemoryLimit::available())
+}
+
+/// Bytes of one image's entry in `labels.json` the estimate allows: the JSON tree of its file,
+/// mask names and object labels, and its pretty-printed text.
+const LABEL_BYTES: usize = 8 << 10;
+
+/// Peak bytes of [`write_dataset`] for `num` images: per image its `labels.json` entry, kept
+/// until the end ([`LABEL_BYTES`] for the JSON tree and the text), and the buffers of the one
+/// scene being written (its `f32` RGB image, masks, 8-bit copies and encoder state, at most
+/// 16 `f32` planes of S² values).
+pub fn write_estimate(num: usize) -> Estimate {
+    Estimate::array(&[num], LABEL_BYTES) + Estimate::f32s(&[16, IMAGE_SIZE, IMAGE_SIZE])
+}
+
+/// [`write_dataset`] under an explicit memory limit, checked against [`write_estimate`].
+pub fn write_dataset_within(
+    kind: Kind,
+    num: usize,
+    seed: u64,
+    dir: &Path,
+    limit: MemoryLimit,
+) -> Result<()> {
     if num == 0 {
         return Err(Error::Config("a dataset needs at least one image".into()));
     }
+    limit.check(
+        format_args!("a {} dataset of {num} images", kind.name()),
+        write_estimate(num),
+    )?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let n = IMAGE_SIZE * IMAGE_SIZE;
     let mut entries = Vec::with_capacity(num);

@@ -7,6 +7,10 @@ pub enum Error {
     /// An error raised by candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A request whose estimated memory exceeds the limit, or whose sizes overflow
+    /// ([`recompose_core::memory`]); nothing was allocated.
+    #[error(transparent)]
+    Memory(#[from] recompose_core::memory::MemoryError),
     /// An error of the ground-floor crate `recompose-core` other than candle's own.
     #[error(transparent)]
     Core(recompose_core::Error),
@@ -46,6 +50,7 @@ impl Error {
         match self {
             Self::Config(_) | Self::Io { .. } | Self::Format { .. } => true,
             Self::Diffusion(e) => e.is_bad_input(),
+            Self::Memory(_) => true,
             Self::Core(e) => e.is_bad_input(),
             Self::Candle(_) => false,
         }
@@ -57,6 +62,7 @@ impl From<recompose_core::Error> for Error {
     fn from(e: recompose_core::Error) -> Self {
         match e {
             recompose_core::Error::Candle(c) => Self::Candle(c),
+            recompose_core::Error::Memory(m) => Self::Memory(m),
             other => Self::Core(other),
         }
     }

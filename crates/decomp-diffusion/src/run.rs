@@ -290,6 +290,19 @@ impl Run for DecompRunConfig {
         DecompRunConfig::to_toml(self).map_err(run_error)
     }
 
+    /// [`recompose_diffusion::memory::train_estimate`] with the model's parameters and
+    /// activations ([`DecompConfig::param_bytes`], [`DecompConfig::activation_bytes`]) and the
+    /// scenes rendered in memory: `num_images` RGB images and their masks, 8·S² values each.
+    fn memory_estimate(&self) -> recompose_core::memory::Estimate {
+        let s = self.decomp.image_size;
+        recompose_diffusion::memory::train_estimate(
+            self.decomp.param_bytes(),
+            self.decomp.activation_bytes(),
+            self.train.batch_size,
+            recompose_core::memory::Estimate::f32s(&[self.data.num_images, 8, s, s]),
+        )
+    }
+
     fn train(
         &self,
         opts: &TrainOptions,

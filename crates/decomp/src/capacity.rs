@@ -10,7 +10,11 @@
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::factorize::{FactorizeConfig, FactorizeReport, Method, factorize, kent_max_iters};
+use recompose_core::memory::{Estimate, MemoryLimit};
+
+use crate::factorize::{
+    FactorizeConfig, FactorizeReport, Method, factorize_within, kent_max_iters, pipeline_estimate,
+};
 use crate::problem::{Noise, Problem, ProblemConfig, VsaKind};
 use crate::{Error, Result};
 
@@ -99,7 +103,42 @@ pub struct CapacityReport {
 /// Grid points evaluated inside the bracket before the curve is fitted.
 const GRID_POINTS: usize = 6;
 
+impl CapacityConfig {
+    /// Peak bytes a search allocates: a problem of the largest codebook size it may try,
+    /// `m_limit` ([`ProblemConfig::memory_estimate`]), and its factorization
+    /// ([`FactorizeConfig::memory_estimate`]); smaller codebooks need less.
+    pub fn memory_estimate(&self) -> Estimate {
+        let pc = self.problem_config(self.m_limit, self.seed);
+        let fc = self.factorize_config(self.m_limit, self.seed);
+        pipeline_estimate(&pc, &fc)
+    }
+
+    fn problem_config(&self, m: usize, seed: u64) -> ProblemConfig {
+        ProblemConfig {
+            vsa: self.vsa,
+            dim: self.dim,
+            factors: self.factors,
+            codebook_size: m,
+            trials: self.trials,
+            noise: Noise::default(),
+            seed,
+        }
+    }
+
+    fn factorize_config(&self, m: usize, seed: u64) -> FactorizeConfig {
+        FactorizeConfig {
+            method: self.method.clone(),
+            max_iters: self.max_iters.for_problem(m, self.factors),
+            seed,
+            threads: 0,
+        }
+    }
+}
+
 /// Searches the operational capacity; `progress` sees every evaluation as it finishes.
+///
+/// A search whose [`CapacityConfig::memory_estimate`] exceeds the machine's available memory
+/// is refused with [`Error::Memory`] before the first evaluation.
 ///
 /// Exact accuracy measured on a finite number of trials is noisy, so a plain bisection on it
 /// can stop anywhere near the threshold. Instead the search brackets the threshold by doubling
@@ -109,6 +148,18 @@ const GRID_POINTS: usize = 6;
 pub fn capacity(
     config: &CapacityConfig,
     device: &Device,
+    progress: &mut dyn FnMut(&CapacityPoint),
+) -> Result<CapacityReport> {
+    capacity_within(config, device, MemoryLimit::available(), progress)
+}
+
+/// [`capacity`] under an explicit memory limit, checked against
+/// [`CapacityConfig::memory_estimate`] before the first evaluation and by every problem and
+/// factorization of the search.
+pub fn capacity_within(
+    config: &CapacityConfig,
+    device: &Device,
+    limit: MemoryLimit,
     progress: &mut dyn FnMut(&CapacityPoint),
 ) -> Result<CapacityReport> {
     if !(config.target > 0.0 && config.target <= 1.0) {
@@ -122,9 +173,16 @@ pub fn capacity(
             "the largest codebook size must be at least 1".into(),
         ));
     }
+    limit.check(
+        format_args!(
+            "a capacity search up to M = {} ({} trials, D = {}, F = {})",
+            config.m_limit, config.trials, config.dim, config.factors
+        ),
+        config.memory_estimate(),
+    )?;
     let mut evaluations: Vec<CapacityPoint> = Vec::new();
     let mut eval = |m: usize| -> Result<CapacityPoint> {
-        let point = evaluate(config, m, problem_seed(config.seed, m), device)?;
+        let point = evaluate(config, m, problem_seed(config.seed, m), device, limit)?;
         progress(&point);
         evaluations.push(point.clone());
         Ok(point)
@@ -161,7 +219,7 @@ pub fn capacity(
             if m > 0 {
                 // A final, fresh evaluation at the estimate, seeded apart from the search.
                 let seed = problem_seed(config.seed, m) ^ 0xA5A5_0000_0000;
-                let point = evaluate(config, m, seed, device)?;
+                let point = evaluate(config, m, seed, device, limit)?;
                 progress(&point);
                 evaluations.push(point);
             }
@@ -191,24 +249,12 @@ fn evaluate(
     m: usize,
     seed: u64,
     device: &Device,
+    limit: MemoryLimit,
 ) -> Result<CapacityPoint> {
-    let pc = ProblemConfig {
-        vsa: config.vsa,
-        dim: config.dim,
-        factors: config.factors,
-        codebook_size: m,
-        trials: config.trials,
-        noise: Noise::default(),
-        seed,
-    };
-    let problem = Problem::generate(&pc, device)?;
-    let fc = FactorizeConfig {
-        method: config.method.clone(),
-        max_iters: config.max_iters.for_problem(m, config.factors),
-        seed,
-        threads: 0,
-    };
-    let r: FactorizeReport = factorize(&problem, &fc, &mut |_| {})?;
+    let pc = config.problem_config(m, seed);
+    let problem = Problem::generate_within(&pc, device, limit)?;
+    let fc = config.factorize_config(m, seed);
+    let r: FactorizeReport = factorize_within(&problem, &fc, limit, &mut |_| {})?;
     Ok(CapacityPoint {
         codebook: m,
         max_iters: fc.max_iters,

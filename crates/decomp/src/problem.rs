@@ -13,6 +13,7 @@
 
 use candle_core::{Device, Tensor};
 use rand::Rng;
+use recompose_core::memory::{Estimate, MemoryLimit};
 use recompose_vsa::planes::PlaneModel;
 use recompose_vsa::random::{self, SeededRng};
 use recompose_vsa::{Codebook, Fhrr, Map, Vsa};
@@ -97,6 +98,59 @@ impl ProblemConfig {
         }
         Ok(())
     }
+
+    /// Bytes the problem holds once generated: the codebooks `[F, P, M, D]` and bound vectors
+    /// `[P, T, D]` in `f32`, the true indices `[T, F]` in `u32`. An overflow of the sizes gives
+    /// [`Estimate::OVERFLOW`].
+    pub fn problem_bytes(&self) -> Estimate {
+        let (f, m, d, t, p) = (
+            self.factors,
+            self.codebook_size,
+            self.dim,
+            self.trials,
+            self.vsa.planes(),
+        );
+        Estimate::f32s(&[f, p, m, d]) + Estimate::f32s(&[p, t, d]) + Estimate::array(&[t, f], 4)
+    }
+
+    /// Peak bytes [`Problem::generate`] allocates, the generated problem included:
+    ///
+    /// - MAP: the drawn codewords `F·M·D` `f32` and their host copy (used to bind the truth),
+    ///   2·F·M·D·4 bytes;
+    /// - FHRR: the angles, their host copy, cosines, sines, the stacked complex vectors, their
+    ///   planes and the stacked planes: 10·F·M·D·4 bytes at most;
+    /// - the bound vectors `P·T·D` `f32`, twice with Gaussian noise (the draws), and the true
+    ///   indices `T·F` `u32`.
+    pub fn memory_estimate(&self) -> Estimate {
+        let (f, m, d, t, p) = (
+            self.factors,
+            self.codebook_size,
+            self.dim,
+            self.trials,
+            self.vsa.planes(),
+        );
+        let words = match self.vsa {
+            VsaKind::Map => 2,
+            VsaKind::Fhrr => 10,
+        };
+        let noise = if self.noise.gauss > 0.0 { 2 } else { 1 };
+        Estimate::f32s(&[f, m, d]) * words
+            + Estimate::f32s(&[p, t, d]) * noise
+            + Estimate::array(&[t, f], 4)
+    }
+
+    /// A one-line description of the problem for refusals: "a MAP problem of D = 1000, F = 3,
+    /// M = 50, 200 trials".
+    pub fn describe(&self) -> String {
+        format!(
+            "a {} problem of D = {}, F = {}, M = {}, {} trials",
+            self.vsa.name(),
+            self.dim,
+            self.factors,
+            self.codebook_size,
+            self.trials
+        )
+    }
 }
 
 /// A generated factorization problem.
@@ -113,9 +167,26 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// Draws a problem from `config.seed` on `device`.
+    /// Draws a problem from `config.seed` on `device`, refusing with [`Error::Memory`] a
+    /// problem whose [`ProblemConfig::memory_estimate`] exceeds the machine's available memory
+    /// ([`MemoryLimit::available`]).
     pub fn generate(config: &ProblemConfig, device: &Device) -> Result<Self> {
+        Self::generate_within(config, device, MemoryLimit::available())
+    }
+
+    /// [`Problem::generate`] under an explicit memory limit: a problem whose
+    /// [`ProblemConfig::memory_estimate`] exceeds `limit` (or whose sizes overflow) is refused
+    /// with [`Error::Memory`] before anything is allocated.
+    pub fn generate_within(
+        config: &ProblemConfig,
+        device: &Device,
+        limit: MemoryLimit,
+    ) -> Result<Self> {
         config.validate()?;
+        limit.check(
+            format_args!("generating {}", config.describe()),
+            config.memory_estimate(),
+        )?;
         let mut rng = random::seeded(config.seed);
         let (f, m, d, t) = (
             config.factors,
@@ -339,7 +410,7 @@ impl Problem {
     /// Writes the problem to a safetensors file: tensors `codebooks` (f32 `[F, P, M, D]`),
     /// `bound` (f32 `[P, T, D]`) and `truth` (u32 `[T, F]`), and the configuration as JSON
     /// metadata. The file is written to a temporary name and renamed, so a crash never leaves a
-    /// truncated file behind.
+    /// truncated file behind. It allocates about [`Problem::save_estimate`] bytes on the way.
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
         let io = |source| Error::Io {
             path: path.display().to_string(),
@@ -393,20 +464,52 @@ impl Problem {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
+    /// Peak bytes [`Problem::save`] allocates for a problem of `config` (on top of the problem
+    /// itself): the host copy of its tensors, their little-endian bytes and the serialized file,
+    /// 3·[`ProblemConfig::problem_bytes`].
+    pub fn save_estimate(config: &ProblemConfig) -> Estimate {
+        config.problem_bytes() * 3
+    }
+
     /// Reads a problem written by [`Problem::save`], checking every tensor's presence, dtype
     /// and shape against the stored configuration, that codewords are valid (±1 for MAP, unit
     /// modulus for FHRR), that values are finite and that true indices are in range. The error
     /// names the offending tensor.
+    ///
+    /// A file whose [`Problem::load_estimate`] exceeds the machine's available memory is
+    /// refused with [`Error::Memory`] before it is read.
     pub fn load(path: &std::path::Path, device: &Device) -> Result<Problem> {
+        Self::load_within(path, device, MemoryLimit::available())
+    }
+
+    /// Peak bytes [`Problem::load`] allocates for a file of `file_len` bytes: the file's bytes,
+    /// the host vectors decoded from them and the tensors made from those, 3·`file_len`.
+    pub fn load_estimate(file_len: u64) -> Estimate {
+        Estimate::bytes(file_len) * 3
+    }
+
+    /// [`Problem::load`] under an explicit memory limit, checked against
+    /// [`Problem::load_estimate`] of the file's size before the file is read.
+    pub fn load_within(
+        path: &std::path::Path,
+        device: &Device,
+        limit: MemoryLimit,
+    ) -> Result<Problem> {
         let name = path.display().to_string();
         let fmt = |msg: String| Error::Format {
             path: name.clone(),
             msg,
         };
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        let io = |source| Error::Io {
             path: name.clone(),
             source,
-        })?;
+        };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        limit.check(
+            format_args!("loading the problem file {name}"),
+            Self::load_estimate(len),
+        )?;
+        let bytes = std::fs::read(path).map_err(io)?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| fmt(format!("not a safetensors file ({e})")))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)

@@ -44,6 +44,10 @@ pub enum Error {
     /// A training run that cannot go on (for example a non-finite loss).
     #[error("training: {0}")]
     Training(String),
+    /// A request whose estimated memory exceeds the limit, or whose sizes overflow
+    /// ([`recompose_core::memory`]); nothing was allocated.
+    #[error(transparent)]
+    Memory(#[from] recompose_core::memory::MemoryError),
     /// An error of the ground-floor crate `recompose-core` other than candle's own.
     #[error(transparent)]
     Core(recompose_core::Error),
@@ -66,6 +70,7 @@ impl Error {
             | Self::Io { .. }
             | Self::Image { .. }
             | Self::Checkpoint(_) => true,
+            Self::Memory(_) => true,
             Self::Core(e) => e.is_bad_input(),
             Self::Denoiser(_) | Self::Run(_) | Self::Training(_) | Self::Candle(_) => false,
         }
@@ -77,6 +82,7 @@ impl From<recompose_core::Error> for Error {
     fn from(e: recompose_core::Error) -> Self {
         match e {
             recompose_core::Error::Candle(c) => Self::Candle(c),
+            recompose_core::Error::Memory(m) => Self::Memory(m),
             recompose_core::Error::Shape(msg) => Self::Shape(msg),
             other => Self::Core(other),
         }

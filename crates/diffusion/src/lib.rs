@@ -44,6 +44,8 @@
 //!   gradient clipping, EMA, loss logs and atomic checkpoints that resume bit for bit.
 //! - [`run`]: training runs as TOML configurations with named presets (the `toy2d-*` setups),
 //!   and loading a trained model back ([`run::Trained`]).
+//! - [`memory`]: memory estimates of the networks, their training and sampling, checked by the
+//!   memory guard of `recompose_core::memory` before anything is allocated.
 //! - [`metrics`]: exact optimal assignment and the exact Wasserstein-2 distance between samples.
 //! - [`random`]: the seeded RNG ([`SeededRng`], ChaCha8) every random draw comes from, since
 //!   candle's CPU generator cannot be seeded (re-exported from `recompose-core`, the one home of
@@ -71,6 +73,7 @@
 pub mod data;
 pub mod denoiser;
 pub mod error;
+pub mod memory;
 pub mod metrics;
 pub mod nn;
 pub mod param;

@@ -19,6 +19,7 @@
 
 use candle_core::{Device, Tensor};
 use rand::Rng;
+use recompose_core::memory::Estimate;
 
 use crate::model::{Hamming, Vsa};
 use crate::util::{
@@ -428,6 +429,11 @@ impl Vsa for Bsc {
     fn batch_shape(&self, v: &PackedBits) -> Result<Vec<usize>> {
         self.check("bsc", v)?;
         Ok(v.batch.clone())
+    }
+
+    /// The packed words, `count`·⌈D/64⌉·8 bytes.
+    fn random_bytes(&self, count: usize) -> Estimate {
+        Estimate::array(&[count, self.w()], 8)
     }
 
     fn random<R: Rng + ?Sized>(&self, batch: &[usize], rng: &mut R) -> Result<PackedBits> {

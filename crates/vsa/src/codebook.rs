@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use candle_core::{D as Axis, Tensor};
 use rand::Rng;
+use recompose_core::memory::{Estimate, MemoryLimit};
 
 use crate::model::Vsa;
 use crate::{Error, Result};
@@ -96,25 +97,84 @@ impl<M: Vsa> Codebook<M> {
     }
 
     /// A codebook of independent random codewords (quasi-orthogonal), drawn from `rng`.
+    ///
+    /// A codebook whose [`Codebook::memory_estimate`] exceeds the machine's available memory
+    /// ([`MemoryLimit::available`]) is refused with [`Error::Memory`] before its vectors are
+    /// drawn.
     pub fn random<I, S, R>(model: M, names: I, rng: &mut R) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
         R: Rng + ?Sized,
     {
+        Self::random_within(model, names, rng, MemoryLimit::available())
+    }
+
+    /// [`Codebook::random`] under an explicit memory limit.
+    pub fn random_within<I, S, R>(
+        model: M,
+        names: I,
+        rng: &mut R,
+        limit: MemoryLimit,
+    ) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+        R: Rng + ?Sized,
+    {
         let names: Vec<String> = names.into_iter().map(Into::into).collect();
+        let name_bytes = names.iter().map(String::len).sum::<usize>();
+        Self::check_memory(&model, names.len(), name_bytes, limit)?;
         let vectors = model.random(&[names.len()], rng)?;
         Self::new(model, names, vectors)
     }
 
     /// A codebook of random codewords named `"{prefix}0"`, `"{prefix}1"`, ….
+    ///
+    /// Checked like [`Codebook::random`], before the names are made.
     pub fn random_numbered<R: Rng + ?Sized>(
         model: M,
         prefix: &str,
         len: usize,
         rng: &mut R,
     ) -> Result<Self> {
-        Self::random(model, (0..len).map(|i| format!("{prefix}{i}")), rng)
+        Self::random_numbered_within(model, prefix, len, rng, MemoryLimit::available())
+    }
+
+    /// [`Codebook::random_numbered`] under an explicit memory limit.
+    pub fn random_numbered_within<R: Rng + ?Sized>(
+        model: M,
+        prefix: &str,
+        len: usize,
+        rng: &mut R,
+        limit: MemoryLimit,
+    ) -> Result<Self> {
+        // Every name is the prefix and at most 20 digits.
+        let name_bytes = prefix.len().saturating_add(20).saturating_mul(len);
+        Self::check_memory(&model, len, name_bytes, limit)?;
+        Self::random_within(model, (0..len).map(|i| format!("{prefix}{i}")), rng, limit)
+    }
+
+    /// Peak bytes of drawing a codebook of `len` random codewords whose names hold
+    /// `name_bytes` bytes of text in all: the model's draw ([`Vsa::random_bytes`]), and the
+    /// names twice (the list and the index's keys) with 24 bytes of string header each, plus
+    /// 32 bytes of index entry per name.
+    pub fn memory_estimate(model: &M, len: usize, name_bytes: usize) -> Estimate {
+        model.random_bytes(len)
+            + Estimate::bytes(name_bytes as u64) * 2
+            + Estimate::array(&[len], 24 * 2 + 32)
+    }
+
+    fn check_memory(model: &M, len: usize, name_bytes: usize, limit: MemoryLimit) -> Result<()> {
+        limit.check(
+            format_args!(
+                "a random {} codebook of {len} codewords of dimension {}",
+                model.name(),
+                model.dim()
+            ),
+            Self::memory_estimate(model, len, name_bytes),
+        )?;
+        Ok(())
     }
 
     /// The model.

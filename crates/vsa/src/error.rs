@@ -17,6 +17,10 @@ pub enum Error {
         /// The dimension it was given.
         got: usize,
     },
+    /// A request whose estimated memory exceeds the limit, or whose sizes overflow
+    /// ([`recompose_core::memory`]); nothing was allocated.
+    #[error(transparent)]
+    Memory(#[from] recompose_core::memory::MemoryError),
     /// An error of the ground-floor crate `recompose-core` other than candle's own.
     #[error(transparent)]
     Core(recompose_core::Error),
@@ -64,6 +68,7 @@ impl Error {
             | Self::DType { .. }
             | Self::UnknownName(_)
             | Self::NotInvertible(_) => true,
+            Self::Memory(_) => true,
             Self::Core(e) => e.is_bad_input(),
             Self::Candle(_) => false,
         }
@@ -75,6 +80,7 @@ impl From<recompose_core::Error> for Error {
     fn from(e: recompose_core::Error) -> Self {
         match e {
             recompose_core::Error::Candle(c) => Self::Candle(c),
+            recompose_core::Error::Memory(m) => Self::Memory(m),
             recompose_core::Error::Shape(msg) => Self::Shape { op: "kernel", msg },
             other => Self::Core(other),
         }

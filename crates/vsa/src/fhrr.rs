@@ -26,6 +26,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
+use recompose_core::memory::Estimate;
 
 use crate::model::{Phasor, Vsa};
 use crate::util::{broadcast_pair, check_bundle_axis, check_dim, dense_batch, full_shape};
@@ -190,6 +191,11 @@ impl Vsa for Fhrr {
     }
 
     /// Phases uniform on `[−π, π)`.
+    /// The angles, their cosines and sines and the stacked parts: 5·`count`·D·4 bytes.
+    fn random_bytes(&self, count: usize) -> Estimate {
+        Estimate::f32s(&[count, self.dim]) * 5
+    }
+
     fn random<R: Rng + ?Sized>(&self, batch: &[usize], rng: &mut R) -> Result<Tensor> {
         self.from_angles(&self.random_angles(batch, rng)?)
     }

@@ -18,6 +18,7 @@
 
 use candle_core::{D as Axis, DType, Device, Tensor};
 use rand::Rng;
+use recompose_core::memory::Estimate;
 
 use crate::model::{Hamming, Vsa};
 use crate::util::{broadcast_pair, check_bundle_axis, check_dim, dense_batch, full_shape};
@@ -120,6 +121,11 @@ impl Vsa for Map {
 
     fn batch_shape(&self, v: &Tensor) -> Result<Vec<usize>> {
         dense_batch("map", v, &self.feature())
+    }
+
+    /// The ±1 draw itself, `count`·D·4 bytes.
+    fn random_bytes(&self, count: usize) -> Estimate {
+        Estimate::f32s(&[count, self.dim])
     }
 
     fn random<R: Rng + ?Sized>(&self, batch: &[usize], rng: &mut R) -> Result<Tensor> {

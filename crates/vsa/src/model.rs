@@ -38,6 +38,8 @@ use std::fmt::Debug;
 use candle_core::{Device, Tensor};
 use rand::Rng;
 
+use recompose_core::memory::Estimate;
+
 use crate::Result;
 
 /// A vector-symbolic architecture: the hypervector type and its algebra.
@@ -69,6 +71,13 @@ pub trait Vsa: Clone + Debug + Send + Sync {
     ///
     /// Independent draws are quasi-orthogonal. The same RNG state always gives the same vectors.
     fn random<R: Rng + ?Sized>(&self, batch: &[usize], rng: &mut R) -> Result<Self::Vector>;
+
+    /// Peak bytes [`random`](Vsa::random) allocates for `count` vectors, the result included.
+    /// The default, 2·`count`·D·4, covers an `f32` draw and one transformed copy (HRR's
+    /// scaled normal draw); models override it with their own buffers.
+    fn random_bytes(&self, count: usize) -> Estimate {
+        Estimate::f32s(&[count, self.dim()]) * 2
+    }
 
     /// The identity of binding (`bind(x, identity) = x`), repeated over `batch`.
     fn identity(&self, batch: &[usize]) -> Result<Self::Vector>;

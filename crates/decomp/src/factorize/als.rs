@@ -173,6 +173,45 @@ fn host_solve(
     Ok(coef)
 }
 
+/// Whether the pair-product matrix `[M², D]` is built (M²·D at most [`PAIR_LIMIT`]).
+fn builds_pairs(m: usize, d: usize) -> bool {
+    m.checked_mul(m)
+        .and_then(|mm| mm.checked_mul(d))
+        .is_some_and(|x| x <= PAIR_LIMIT)
+}
+
+/// Peak bytes [`run`] allocates for `t` trials of a problem of `pc`'s sizes (MAP, `f32`, the
+/// problem itself not counted):
+///
+/// - the transposed codebooks, F·M·D·4, and their host copies (codewords and transposes),
+///   2·F·M·D·4;
+/// - with the pair-product matrices (M²·D ≤ 2²⁶): at most F·M²·D·4 kept (the symmetric half on
+///   the host), and on other devices, while one is built, the broadcast product and its
+///   transpose, 2·M²·D·4;
+/// - the estimates, their copy from the previous iteration and a new one, 3·F·t·D·4; the
+///   product of the other factors, its square, weighted bound vectors and bound vectors,
+///   (F + 4)·t·D·4;
+/// - the batched Gram matrices `[t, M, M]` in `f32`, `f64` and on the host, 20·t·M², and
+///   without the pair products the weighted codebooks `[t, M, D]`, t·M·D·4;
+/// - the right-hand sides (`f32`, `f64`) and coefficients, 16·t·M.
+pub(super) fn memory_estimate(
+    pc: &crate::problem::ProblemConfig,
+    t: usize,
+) -> recompose_core::memory::Estimate {
+    use recompose_core::memory::Estimate;
+    let (f, m, d) = (pc.factors, pc.codebook_size, pc.dim);
+    let mut e = Estimate::f32s(&[f, m, d]) * 3;
+    if builds_pairs(m, d) {
+        e += Estimate::f32s(&[f, m, m, d]) + Estimate::f32s(&[m, m, d]) * 2;
+    } else {
+        e += Estimate::f32s(&[t, m, d]);
+    }
+    e + Estimate::f32s(&[f, t, d]) * 3
+        + Estimate::f32s(&[t, d]) * f.saturating_add(4)
+        + Estimate::array(&[t, m, m], 20)
+        + Estimate::array(&[t, m], 16)
+}
+
 pub(super) fn run(
     problem: &Problem,
     cfg: &AlsConfig,
@@ -192,7 +231,7 @@ pub(super) fn run(
             recompose_core::host::with_host_slices(&[&cb.c[0], &cb.ct[0]], |s| HostBook {
                 c: s[0].to_vec(),
                 ct: s[1].to_vec(),
-                pairs: (m * (m + 1) / 2 * d <= PAIR_LIMIT).then(|| upper_pairs(s[0], m, d)),
+                pairs: builds_pairs(m, d).then(|| upper_pairs(s[0], m, d)),
             })
         })
         .collect();
@@ -202,7 +241,7 @@ pub(super) fn run(
         .iter()
         .zip(&host_books)
         .map(|(cb, host)| -> Result<Option<Tensor>> {
-            if host.is_some() || m * m * d > PAIR_LIMIT {
+            if host.is_some() || !builds_pairs(m, d) {
                 return Ok(None);
             }
             let c = &cb.c[0];

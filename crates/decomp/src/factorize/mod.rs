@@ -38,7 +38,9 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::problem::{Problem, VsaKind};
+use recompose_core::memory::{Estimate, MemoryLimit};
+
+use crate::problem::{Problem, ProblemConfig, VsaKind};
 use crate::trials::{Budget, Outcome};
 use crate::{Error, Result};
 
@@ -122,6 +124,69 @@ pub struct FactorizeConfig {
     pub threads: usize,
 }
 
+impl FactorizeConfig {
+    /// Peak bytes [`factorize`] allocates for a problem of `problem`'s sizes on the CPU, on top
+    /// of the problem itself (its codebooks and bound vectors are not counted).
+    ///
+    /// The trials are split into the shards [`factorize`] runs in parallel (see
+    /// [`FactorizeConfig::threads`]); the estimate sums, over the shards, each method's working
+    /// set for its rows (the formulas sit next to each method: resonators, coupled diffusion,
+    /// ALS), plus the shards' copies of their bound vectors, the per-trial outcome and 8 MiB a
+    /// thread for its stack and allocator pages. An overflow of the sizes gives [`Estimate::OVERFLOW`].
+    pub fn memory_estimate(&self, problem: &ProblemConfig) -> Estimate {
+        let t = problem.trials;
+        let (f, d, p) = (problem.factors, problem.dim, problem.vsa.planes());
+        // Outcome and report: predictions, iterations, flags, twice (outcome and report).
+        let outcome = (Estimate::array(&[t, f], 4) + Estimate::array(&[t], 6)) * 2;
+        let per_shard = |n: usize| {
+            THREAD_OVERHEAD
+                + match &self.method {
+                    Method::Resonator(rc) => {
+                        resonator::memory_estimate(rc, problem, n, self.max_iters)
+                    }
+                    Method::Coupled(cc) => coupled::memory_estimate(cc, problem, n),
+                    Method::Als(_) => als::memory_estimate(problem, n),
+                }
+        };
+        if matches!(self.method, Method::Als(_)) {
+            return per_shard(t) + outcome;
+        }
+        let shards = shard_count(t, self.threads, true);
+        if shards == 1 {
+            return per_shard(t) + outcome;
+        }
+        // The shards' sub-problems copy their bound vectors and truth, and each shard returns
+        // its own outcome.
+        let bounds = shard_bounds(t, shards);
+        bounds
+            .iter()
+            .map(|&(a, b)| per_shard(b - a))
+            .sum::<Estimate>()
+            + Estimate::f32s(&[p, t, d])
+            + Estimate::array(&[t, f], 4)
+            + outcome * 2
+    }
+
+    /// A one-line description of a factorization for refusals.
+    fn describe(&self, problem: &ProblemConfig) -> String {
+        let name = match &self.method {
+            Method::Resonator(_) => "a resonator",
+            Method::Coupled(_) => "coupled diffusion",
+            Method::Als(_) => "alternating least squares",
+        };
+        format!("factorizing {} with {name}", problem.describe())
+    }
+}
+
+/// Peak bytes of generating a problem of `problem`'s sizes and factorizing it with `config`:
+/// the larger of the generation's peak ([`ProblemConfig::memory_estimate`]) and the problem
+/// plus the factorization's working set ([`FactorizeConfig::memory_estimate`]).
+pub fn pipeline_estimate(problem: &ProblemConfig, config: &FactorizeConfig) -> Estimate {
+    problem
+        .memory_estimate()
+        .max(problem.problem_bytes() + config.memory_estimate(problem))
+}
+
 /// The iteration limit of the published capacity protocol (Kent et al. 2020):
 /// max(100, 0.001·M^F).
 pub fn kent_max_iters(codebook_size: usize, factors: usize) -> usize {
@@ -164,14 +229,33 @@ pub struct FactorizeReport {
 }
 
 /// Factorizes every trial of `problem` with `config`, calling `progress` after each iteration.
+///
+/// A run whose [`FactorizeConfig::memory_estimate`] exceeds the machine's available memory
+/// ([`MemoryLimit::available`]) is refused with [`Error::Memory`] before it starts.
 pub fn factorize(
     problem: &Problem,
     config: &FactorizeConfig,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<FactorizeReport> {
+    factorize_within(problem, config, MemoryLimit::available(), progress)
+}
+
+/// [`factorize`] under an explicit memory limit: a run whose
+/// [`FactorizeConfig::memory_estimate`] exceeds `limit` is refused with [`Error::Memory`]
+/// before anything is allocated.
+pub fn factorize_within(
+    problem: &Problem,
+    config: &FactorizeConfig,
+    limit: MemoryLimit,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<FactorizeReport> {
     if config.max_iters == 0 {
         return Err(Error::Config("iteration limit must be at least 1".into()));
     }
+    limit.check(
+        config.describe(&problem.config),
+        config.memory_estimate(&problem.config),
+    )?;
     let budget = Budget {
         max_iters: config.max_iters,
         seed: config.seed,
@@ -204,12 +288,37 @@ pub fn factorize(
     Ok(summarize(problem, outcome, wall))
 }
 
+/// What a shard's thread costs besides its buffers: its stack and the allocator's per-thread
+/// pages, 8 MiB.
+const THREAD_OVERHEAD: Estimate = Estimate::bytes_const(8 << 20);
+
 /// Smallest shard worth a thread of its own.
 const MIN_SHARD: usize = 16;
 
 /// A solver run on a sub-problem whose first trial has the given index in the whole problem.
 type ShardRunner<'a> =
     dyn Fn(&Problem, usize, &mut dyn FnMut(Progress)) -> Result<Outcome> + Sync + 'a;
+
+/// The number of shards [`run_sharded`] splits `t` trials into with `threads` worker threads
+/// (0: one per available core); always one off the CPU.
+fn shard_count(t: usize, threads: usize, cpu: bool) -> usize {
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if cpu {
+        threads.min(t / MIN_SHARD).max(1)
+    } else {
+        1
+    }
+}
+
+/// The trial ranges `[a, b)` of `shards` contiguous shards of `t` trials.
+fn shard_bounds(t: usize, shards: usize) -> Vec<(usize, usize)> {
+    (0..shards)
+        .map(|k| (k * t / shards, (k + 1) * t / shards))
+        .collect()
+}
 
 /// Runs a solver on contiguous shards of the trials, one thread per shard (CPU only). Every
 /// trial evolves independently (its own random stream, frozen on its own), so the result is the
@@ -221,21 +330,11 @@ fn run_sharded(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Outcome> {
     let t = problem.config.trials;
-    let threads = match config.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let shards = if problem.bound.device().is_cpu() {
-        threads.min(t / MIN_SHARD).max(1)
-    } else {
-        1
-    };
+    let shards = shard_count(t, config.threads, problem.bound.device().is_cpu());
     if shards == 1 {
         return runner(problem, 0, progress);
     }
-    let bounds: Vec<(usize, usize)> = (0..shards)
-        .map(|k| (k * t / shards, (k + 1) * t / shards))
-        .collect();
+    let bounds = shard_bounds(t, shards);
     let subs = bounds
         .iter()
         .map(|&(a, b)| problem.select(&(a..b).collect::<Vec<_>>()))

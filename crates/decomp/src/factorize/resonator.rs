@@ -194,6 +194,63 @@ impl ResonatorConfig {
     }
 }
 
+/// Iterations of limit-cycle history the memory estimate covers (see [`memory_estimate`]).
+const HISTORY_ITERS: usize = 1000;
+
+/// Peak bytes [`run`] allocates for a shard of `n` trials of a problem of `pc`'s sizes (the
+/// problem's codebooks and bound vectors are not counted; P planes, `f32` everywhere):
+///
+/// - the transposed codebooks `[D, M]` of every factor and plane, F·P·M·D·4 (the codewords
+///   themselves are views of the problem);
+/// - OLS: the inverse Gram matrices F·M²·4 kept, and while one is computed its `f32` and
+///   `f64` Gram matrices, host copy, the inverse's workspace and result, 40·M² bytes;
+/// - the estimates and their copy from the previous sweep, 2·F·P·n·D·4; one factor update's
+///   unbound vectors, projection, new estimate and bound vectors, 4·P·n·D·4; the rows kept when
+///   trials retire, (F+1)·P·n·D·4;
+/// - the similarities `[n, M]` per plane and the activation's temporaries: 2 + 1 (OLS) + 4
+///   (attention: scaled logits, exponentials, sums, quotient) or + 5·P (stochastic: scaled,
+///   noise, noisy, top-k, threshold) arrays of P·n·M·4 bytes, plus 2 for FHRR's real and
+///   imaginary products;
+/// - deterministic sign dynamics on MAP: the signature matrix `[D, 4]`, the signatures
+///   `[n, 4F]` (tensor and host copy) and the limit-cycle history, one key of 4F `i64` plus
+///   about 64 bytes of map and vector overhead per trial and iteration, for
+///   min(`max_iters`, 1000) iterations (a trial in a longer transient grows it further, by
+///   (32·F + 64)·n bytes per iteration);
+/// - a random stream per trial, 512·n bytes.
+pub(super) fn memory_estimate(
+    rc: &ResonatorConfig,
+    pc: &crate::problem::ProblemConfig,
+    n: usize,
+    max_iters: usize,
+) -> recompose_core::memory::Estimate {
+    use recompose_core::memory::Estimate;
+    let (f, m, d, p) = (pc.factors, pc.codebook_size, pc.dim, pc.vsa.planes());
+    let mut e = Estimate::f32s(&[f, p, m, d]);
+    if rc.weights == Weights::Ols {
+        e += Estimate::f32s(&[f, m, m]) + Estimate::array(&[m, m], 40);
+    }
+    e += Estimate::f32s(&[f, p, n, d]) * 2
+        + Estimate::f32s(&[p, n, d]) * 4
+        + Estimate::f32s(&[f.saturating_add(1), p, n, d]);
+    let mut sims = 2 + usize::from(rc.weights == Weights::Ols);
+    sims += match rc.activation {
+        Activation::Linear => 0,
+        Activation::Attention { .. } => 4,
+        Activation::Stochastic { .. } => 5 * p,
+    };
+    if pc.vsa == VsaKind::Fhrr {
+        sims += 2;
+    }
+    e += Estimate::f32s(&[p, n, m]) * sims;
+    if rc.detects_limit_cycles(pc.vsa) {
+        let key = Estimate::array(&[4, f], 8) + Estimate::bytes(64);
+        e += Estimate::f32s(&[d, 4])
+            + Estimate::f32s(&[n, 4, f]) * 2
+            + key * n * max_iters.min(HISTORY_ITERS);
+    }
+    e + Estimate::array(&[n], 512)
+}
+
 /// Per-factor tensors prepared once per run.
 struct FactorData {
     cb: PreparedCodebook,

@@ -368,6 +368,44 @@ impl RunConfig {
         }
     }
 
+    /// Bytes of one forward pass's activations per item, three times for an energy model
+    /// (the energy's gradient is a second pass through the network, and training
+    /// differentiates through it).
+    pub fn activation_bytes(&self) -> recompose_core::memory::Estimate {
+        let a = self.model.activation_bytes();
+        if self.diffusion.energy.is_some() {
+            a * 3
+        } else {
+            a
+        }
+    }
+
+    /// Peak bytes of training this run ([`crate::memory::train_estimate`]): the network's
+    /// parameters and activations on `train.batch_size` items, and for an image folder its
+    /// images in memory (every entry of the directory counted as an image of the configured
+    /// size, twice: decoded and converted).
+    pub fn memory_estimate(&self) -> recompose_core::memory::Estimate {
+        use recompose_core::memory::Estimate;
+        let data = match &self.data {
+            DataConfig::Toy2d { .. } => Estimate::ZERO,
+            DataConfig::ImageFolder {
+                dir,
+                size,
+                channels,
+                ..
+            } => {
+                let files = std::fs::read_dir(dir).map_or(0, |d| d.count());
+                Estimate::f32s(&[files, *channels, *size, *size]) * 2
+            }
+        };
+        crate::memory::train_estimate(
+            self.model.param_bytes(),
+            self.activation_bytes(),
+            self.train.batch_size,
+            data,
+        )
+    }
+
     /// The training data.
     ///
     /// # Errors
@@ -529,6 +567,10 @@ impl Run for RunConfig {
 
     fn to_toml(&self) -> Result<String> {
         RunConfig::to_toml(self)
+    }
+
+    fn memory_estimate(&self) -> recompose_core::memory::Estimate {
+        RunConfig::memory_estimate(self)
     }
 
     fn train(

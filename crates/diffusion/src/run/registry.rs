@@ -60,6 +60,11 @@ pub trait Run: std::fmt::Debug {
     /// [`Error::Config`] if it cannot be serialized.
     fn to_toml(&self) -> Result<String>;
 
+    /// Peak bytes training the run allocates, estimated from its configuration before
+    /// anything is built ([`crate::memory::train_estimate`] with the family's network and
+    /// data), for the memory guard of `recompose_core::memory`.
+    fn memory_estimate(&self) -> recompose_core::memory::Estimate;
+
     /// Trains the run into `opts.out_dir` (writing `config.toml` there too), calling `progress`
     /// after every step.
     ///

@@ -135,6 +135,43 @@ fn read_out(readout: Readout, r: &[f32], d: usize, out: &mut [f32]) {
     }
 }
 
+/// Peak bytes [`run`] allocates for a shard of `n` trials of a problem of `pc`'s sizes (MAP,
+/// `f32` host buffers, S the state dimension: D in latent space, M in codebook space; the
+/// problem itself not counted):
+///
+/// - per factor, the host copy of the codewords and their transpose, 2·F·M·D·4, and in latent
+///   space the prior's own copy and transpose, another 2·F·M·D·4;
+/// - the batch: bound vectors, estimates (and their synchronous copy) and states,
+///   (2F + 1)·n·D·4 + F·n·S·4, and the same again while retired rows are dropped;
+/// - one factor's step: energy signal, read-out, mean centre and guidance in D, 4·n·D·4;
+///   state-space temporaries (mean centre, guidance, score, noise), 4·n·S·4; the pulls, logits,
+///   posterior weights and their second moments and the covariance action, 8·n·M·4;
+/// - per trial, the random stream and the bookkeeping, 512·n bytes.
+pub(crate) fn memory_estimate(
+    cc: &CoupledConfig,
+    pc: &crate::problem::ProblemConfig,
+    n: usize,
+) -> recompose_core::memory::Estimate {
+    use recompose_core::memory::Estimate;
+    let (f, m, d) = (pc.factors, pc.codebook_size, pc.dim);
+    let sdim = match cc.space {
+        Space::Latent => d,
+        Space::Codebook => m,
+    };
+    let books = match cc.space {
+        Space::Latent => 4,
+        Space::Codebook => 2,
+    };
+    let batch = Estimate::f32s(&[f.saturating_mul(2).saturating_add(1), n, d])
+        + Estimate::f32s(&[f, n, sdim]);
+    Estimate::f32s(&[f, m, d]) * books
+        + batch * 2
+        + Estimate::f32s(&[n, d]) * 4
+        + Estimate::f32s(&[n, sdim]) * 4
+        + Estimate::f32s(&[n, m]) * 8
+        + Estimate::array(&[n], 512)
+}
+
 /// Runs coupled diffusion on every trial of `problem`, whose first trial is trial
 /// `trial_offset` of the caller's whole problem.
 // Factor and row indices address several parallel arrays at once.

@@ -55,7 +55,7 @@ use super::resonator::{Activation, Normalization, ResonatorConfig, StopRule, Wei
 use crate::trials::Update;
 use crate::{Error, Result};
 
-pub(crate) use chain::run;
+pub(crate) use chain::{memory_estimate, run};
 
 /// Where each factor's chain lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
