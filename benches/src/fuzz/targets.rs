@@ -377,6 +377,12 @@ fn checkpoint(s: &Scratch, input: &[u8]) -> Verdict {
         "resume/checkpoint/state.safetensors",
         s.template.get().map_or(&[][..], Vec::as_slice),
     );
+    // The loss log the checkpoint records the length of (a resume cuts the log back to it).
+    for log in ["loss.jsonl", "loss.csv"] {
+        if let Ok(bytes) = std::fs::read(s.file("template").join(log)) {
+            s.put(&format!("resume/{log}"), &bytes);
+        }
+    }
     let opts = TrainOptions {
         out_dir: out,
         resume: true,
