@@ -127,11 +127,18 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Checks that `got` holds exactly the files of `want`, byte for byte, except the run lock's
-/// contents (the id of the process that held it).
+/// contents (the id of the process that held it) and the provenance record, which lists every
+/// run — a resumed training has more of them (checked: the same revision, starting at step 0).
 fn assert_same_files(want: &Path, got: &Path) {
     let (mut a, mut b) = (snapshot(want), snapshot(got));
     assert!(a.remove("train.lock").is_some(), "no lock file in {want:?}");
     assert!(b.remove("train.lock").is_some(), "no lock file in {got:?}");
+    let runs = |d: &Path| recompose_diffusion::train::read_provenance(d);
+    let (ra, rb) = (runs(want), runs(got));
+    assert_eq!(ra.len(), 1, "one run in {want:?}");
+    assert!(!rb.is_empty() && rb[0].from_step == 0, "{rb:?}");
+    assert!(rb.iter().all(|r| r.revision == ra[0].revision), "{rb:?}");
+    assert!(a.remove("provenance.json").is_some() && b.remove("provenance.json").is_some());
     let names = |m: &BTreeMap<String, Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(&a), names(&b), "different files");
     for (name, bytes) in &a {
