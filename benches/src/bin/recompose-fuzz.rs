@@ -5,7 +5,7 @@
 //! died on is left in `DIR/current`.
 //!
 //! The global allocator refuses any single allocation above
-//! [`ALLOC_CAP`](recompose_benches::fuzz::ALLOC_CAP) bytes.
+//! `ALLOC_CAP` bytes.
 
 use std::path::PathBuf;
 

@@ -16,7 +16,7 @@
 //!   Linux's `Documentation/admin-guide/cgroup-v2.rst` and `cgroup-v1/memory.rst`), and
 //!   [`FALLBACK_LIMIT`] where none of these can be read.
 //! - [`ByteSize`]: a byte count with a human-readable [`Display`](std::fmt::Display) (binary
-//!   units: `1.5 GiB`) and a [`FromStr`](std::str::FromStr) that accepts `512M`, `8G`,
+//!   units: `1.5 GiB`) and a [`FromStr`] that accepts `512M`, `8G`,
 //!   `1.5GiB`, `100MB` or plain bytes (every unit is a power of 1024).
 //!
 //! Estimates are upper-ish bounds: each one sums the buffers the code allocates at its peak,

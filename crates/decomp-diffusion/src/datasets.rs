@@ -519,7 +519,7 @@ pub fn write_dataset(kind: Kind, num: usize, seed: u64, dir: &Path) -> Result<()
 const LABEL_BYTES: usize = 8 << 10;
 
 /// Peak bytes of [`write_dataset`] for `num` images: per image its `labels.json` entry, kept
-/// until the end ([`LABEL_BYTES`] for the JSON tree and the text), and the buffers of the one
+/// until the end (`LABEL_BYTES` for the JSON tree and the text), and the buffers of the one
 /// scene being written (its `f32` RGB image, masks, 8-bit copies and encoder state, at most
 /// 16 `f32` planes of S² values).
 pub fn write_estimate(num: usize) -> Estimate {

@@ -95,7 +95,7 @@ pub fn unet_params(c: &UNetConfig) -> Estimate {
 }
 
 /// Forward activations of a U-Net for one item: per level and residual block
-/// [`RES_BLOCK_MAPS`] maps of up to 3·C channels (the up path concatenates skips) at the
+/// `RES_BLOCK_MAPS` (8) maps of up to 3·C channels (the up path concatenates skips) at the
 /// level's resolution, 2·`num_res_blocks` + 3 blocks a level; per attention block at that
 /// level the scores and their softmax, 2·heads·(S²)², and 6 maps of C channels; the middle's
 /// two blocks and attention at the deepest level; and the input and output maps.
