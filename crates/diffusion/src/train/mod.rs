@@ -251,10 +251,15 @@ impl<M: TrainableDenoiser + ?Sized> DenoisingLoss<'_, M> {
     }
 }
 
-impl<M: TrainableDenoiser + ?Sized> Objective for DenoisingLoss<'_, M> {
-    fn loss(&self, x0: &Tensor, rng: &mut SeededRng) -> Result<Tensor> {
-        let (x_t, t, target) = self.noisy_batch(x0, rng)?;
-        let pred = self.model.forward_train(&x_t, &t, self.cond, rng)?;
+impl<M: TrainableDenoiser + ?Sized> DenoisingLoss<'_, M> {
+    /// The model's training-mode prediction on a noisy batch and its mean squared error against
+    /// the target, as a tracked candle op.
+    fn autograd_mse(
+        &self,
+        (x_t, t, target): (&Tensor, &Tensor, &Tensor),
+        rng: &mut SeededRng,
+    ) -> Result<Tensor> {
+        let pred = self.model.forward_train(x_t, t, self.cond, rng)?;
         if pred.dims() != target.dims() {
             return Err(Error::Shape(format!(
                 "the model returned {:?} for inputs of shape {:?}",
@@ -263,6 +268,13 @@ impl<M: TrainableDenoiser + ?Sized> Objective for DenoisingLoss<'_, M> {
             )));
         }
         Ok((pred - target)?.sqr()?.mean_all()?)
+    }
+}
+
+impl<M: TrainableDenoiser + ?Sized> Objective for DenoisingLoss<'_, M> {
+    fn loss(&self, x0: &Tensor, rng: &mut SeededRng) -> Result<Tensor> {
+        let (x_t, t, target) = self.noisy_batch(x0, rng)?;
+        self.autograd_mse((&x_t, &t, &target), rng)
     }
 
     fn loss_and_grads(&self, x0: &Tensor, rng: &mut SeededRng) -> Result<(Tensor, GradStore)> {
@@ -273,15 +285,7 @@ impl<M: TrainableDenoiser + ?Sized> Objective for DenoisingLoss<'_, M> {
         {
             return Ok(done);
         }
-        let pred = self.model.forward_train(&x_t, &t, self.cond, rng)?;
-        if pred.dims() != target.dims() {
-            return Err(Error::Shape(format!(
-                "the model returned {:?} for inputs of shape {:?}",
-                pred.dims(),
-                target.dims()
-            )));
-        }
-        let loss = (pred - target)?.sqr()?.mean_all()?;
+        let loss = self.autograd_mse((&x_t, &t, &target), rng)?;
         let grads = loss.backward()?;
         Ok((loss, grads))
     }
