@@ -69,6 +69,52 @@ pub fn gemm_host(x: &[f32], y: &[f32], n: usize, k: usize, m: usize) -> Vec<f32>
     out
 }
 
+/// The row-major product `x [n, k] × y [k, m]` written transposed into `out` `[m, n]`
+/// (`out[j·n + i] = (x·y)[i, j]`), single-threaded: the layout that puts the n rows of `x`
+/// side by side, ready for routines that work on them in vector lanes.
+///
+/// # Panics
+/// If `x` does not hold n·k values, `y` k·m values or `out` n·m values (callers size them).
+pub fn gemm_host_transposed_into(
+    x: &[f32],
+    y: &[f32],
+    out: &mut [f32],
+    (n, k, m): (usize, usize, usize),
+) {
+    assert_eq!(
+        x.len(),
+        n * k,
+        "gemm_host_transposed_into: left operand size"
+    );
+    assert_eq!(
+        y.len(),
+        k * m,
+        "gemm_host_transposed_into: right operand size"
+    );
+    assert_eq!(out.len(), n * m, "gemm_host_transposed_into: output size");
+    if n == 0 || m == 0 {
+        return;
+    }
+    if k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    // SAFETY: `x` holds n·k, `y` k·m and `out` n·m contiguous f32 values (asserted above);
+    // product entry (i, j) is written at j·n + i < n·m, and `out` does not alias the inputs.
+    unsafe {
+        strided(
+            (n, m, k),
+            out.as_mut_ptr(),
+            (1, n),
+            false,
+            x.as_ptr(),
+            (k, 1),
+            y.as_ptr(),
+            (m, 1),
+        );
+    }
+}
+
 /// Raises the `gemm` crate's single-thread threshold for repacking the left operand (once per
 /// process): from 8 to 64 microkernel columns of the product. Our products run one per thread,
 /// and their large operand is a column matrix already contiguous along the output rows; with 64
@@ -227,5 +273,26 @@ mod tests {
         let got = matmul(&a, &bt).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(got, a.matmul(&b).unwrap().to_vec2::<f32>().unwrap());
         assert!(matmul(&a, &a).is_err());
+    }
+
+    /// The transposed product equals the naive triple loop (integer-valued entries, so exact),
+    /// including sizes that are not multiples of any vector width.
+    #[test]
+    fn transposed_product_matches_the_definition() {
+        for (n, k, m) in [(1, 1, 1), (3, 5, 2), (17, 33, 9), (70, 40, 130)] {
+            let x: Vec<f32> = (0..n * k).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+            let y: Vec<f32> = (0..k * m).map(|i| ((i * 3) % 7) as f32 - 3.0).collect();
+            let mut out = vec![f32::NAN; n * m];
+            gemm_host_transposed_into(&x, &y, &mut out, (n, k, m));
+            for i in 0..n {
+                for j in 0..m {
+                    let want: f32 = (0..k).map(|p| x[i * k + p] * y[p * m + j]).sum();
+                    assert_eq!(out[j * n + i], want, "({n},{k},{m}) entry ({i},{j})");
+                }
+            }
+        }
+        let mut out = vec![f32::NAN; 6];
+        gemm_host_transposed_into(&[], &[], &mut out, (2, 0, 3));
+        assert!(out.iter().all(|v| *v == 0.0));
     }
 }

@@ -105,7 +105,7 @@ pub fn inverse_spd(a: &[f64], n: usize, ridge: f64) -> Result<Vec<f64>> {
 /// diagonal), and the same operations in the same order, so a system that factorizes gives
 /// [`solve_spd`]'s solution exactly. Returns the solutions (laid out as `b`) and, per system,
 /// whether it factorized; a system that did not must be solved by [`solve_spd`], which raises
-/// the ridge until it does.
+/// the ridge until it does. Only the lower triangles of `a` (j ≤ i) are read.
 pub fn solve_spd_batch(
     a: &[f64],
     b: &[f64],
@@ -113,93 +113,113 @@ pub fn solve_spd_batch(
     k: usize,
     ridge: f64,
 ) -> (Vec<f64>, Vec<bool>) {
-    let mut l = a.to_vec();
-    let mut x = b.to_vec();
+    let mut x = vec![0f64; n * k];
     let mut ok = vec![true; k];
+    // Blocks of W systems in fixed-width lanes (so each step is one vector operation); lanes
+    // past the last system hold the identity, which factorizes and is discarded.
+    let mut l = vec![[0f64; W]; n * n];
+    let mut y = vec![[0f64; W]; n];
+    for first in (0..k).step_by(W) {
+        let used = W.min(k - first);
+        for i in 0..n {
+            for j in 0..=i {
+                let e = i * n + j;
+                let src = &a[e * k + first..e * k + first + used];
+                l[e][..used].copy_from_slice(src);
+                l[e][used..].fill(if i == j { 1.0 } else { 0.0 });
+            }
+            y[i][..used].copy_from_slice(&b[i * k + first..i * k + first + used]);
+            y[i][used..].fill(0.0);
+        }
+        let factored = lanes_solve(&mut l, &mut y, n, ridge);
+        ok[first..first + used].copy_from_slice(&factored[..used]);
+        for i in 0..n {
+            x[i * k + first..i * k + first + used].copy_from_slice(&y[i][..used]);
+        }
+    }
+    (x, ok)
+}
+
+/// Lanes of [`solve_spd_batch`]: one 512-bit vector of `f64`.
+const W: usize = 8;
+
+/// `acc[t] -= u[t]·v[t]` in every lane.
+#[inline(always)]
+fn lanes_sub_mul(acc: &mut [f64; W], u: &[f64; W], v: &[f64; W]) {
+    for t in 0..W {
+        acc[t] -= u[t] * v[t];
+    }
+}
+
+/// Factorizes W interleaved systems (lower triangles of `l`, entry (i, j) at `i·n + j`) in
+/// place with [`solve_spd`]'s first ridge and operation order, then solves for the
+/// right-hand sides `x` in place. Returns which lanes factorized.
+fn lanes_solve(l: &mut [[f64; W]], x: &mut [[f64; W]], n: usize, ridge: f64) -> [bool; W] {
+    let mut ok = [true; W];
     // Ridge relative to each system's mean diagonal.
-    let mut scale = vec![0f64; k];
+    let mut scale = [0f64; W];
     for i in 0..n {
-        let d = &l[(i * n + i) * k..(i * n + i + 1) * k];
-        scale.iter_mut().zip(d).for_each(|(s, v)| *s += v);
+        for t in 0..W {
+            scale[t] += l[i * n + i][t];
+        }
     }
     for s in &mut scale {
         let mean = *s / n.max(1) as f64;
         *s = ridge * if mean > 0.0 { mean } else { 1.0 };
     }
     for i in 0..n {
-        let d = &mut l[(i * n + i) * k..(i * n + i + 1) * k];
-        d.iter_mut().zip(&scale).for_each(|(v, s)| *v += s);
+        for t in 0..W {
+            l[i * n + i][t] += scale[t];
+        }
     }
-    let mut acc = vec![0f64; k];
-    let mut pivot = vec![0f64; k];
     for j in 0..n {
-        acc.copy_from_slice(&l[(j * n + j) * k..(j * n + j + 1) * k]);
+        let mut acc = l[j * n + j];
         for p in 0..j {
-            let ljp = &l[(j * n + p) * k..(j * n + p + 1) * k];
-            acc.iter_mut().zip(ljp).for_each(|(a, v)| *a -= v * v);
+            let ljp = l[j * n + p];
+            lanes_sub_mul(&mut acc, &ljp, &ljp);
         }
-        for ((pv, a), good) in pivot.iter_mut().zip(&acc).zip(ok.iter_mut()) {
-            if a.is_nan() || *a <= 0.0 {
-                *good = false;
-                *pv = 1.0;
+        let mut pivot = [0f64; W];
+        for t in 0..W {
+            if acc[t].is_nan() || acc[t] <= 0.0 {
+                ok[t] = false;
+                pivot[t] = 1.0;
             } else {
-                *pv = a.sqrt();
+                pivot[t] = acc[t].sqrt();
             }
         }
-        l[(j * n + j) * k..(j * n + j + 1) * k].copy_from_slice(&pivot);
-        for i in j + 1..n {
-            acc.copy_from_slice(&l[(i * n + j) * k..(i * n + j + 1) * k]);
-            for p in 0..j {
-                let (lip, ljp) = (
-                    &l[(i * n + p) * k..(i * n + p + 1) * k],
-                    &l[(j * n + p) * k..(j * n + p + 1) * k],
-                );
-                acc.iter_mut()
-                    .zip(lip.iter().zip(ljp))
-                    .for_each(|(a, (u, v))| *a -= u * v);
+        l[j * n + j] = pivot;
+        let (head, tail) = l.split_at_mut((j + 1) * n);
+        let lj = &head[j * n..j * n + j];
+        for row in tail.chunks_mut(n) {
+            let mut acc = row[j];
+            for (u, v) in row[..j].iter().zip(lj) {
+                lanes_sub_mul(&mut acc, u, v);
             }
-            let dst = &mut l[(i * n + j) * k..(i * n + j + 1) * k];
-            dst.iter_mut()
-                .zip(acc.iter().zip(&pivot))
-                .for_each(|(o, (a, p))| *o = a / p);
+            for t in 0..W {
+                row[j][t] = acc[t] / pivot[t];
+            }
         }
     }
     // L y = b, then Lᵀ x = y.
     for i in 0..n {
-        acc.copy_from_slice(&x[i * k..(i + 1) * k]);
+        let mut acc = x[i];
         for p in 0..i {
-            let (lip, xp) = (
-                &l[(i * n + p) * k..(i * n + p + 1) * k],
-                &x[p * k..(p + 1) * k],
-            );
-            acc.iter_mut()
-                .zip(lip.iter().zip(xp))
-                .for_each(|(a, (u, v))| *a -= u * v);
+            lanes_sub_mul(&mut acc, &l[i * n + p], &x[p]);
         }
-        let lii = &l[(i * n + i) * k..(i * n + i + 1) * k];
-        x[i * k..(i + 1) * k]
-            .iter_mut()
-            .zip(acc.iter().zip(lii))
-            .for_each(|(o, (a, d))| *o = a / d);
+        for t in 0..W {
+            x[i][t] = acc[t] / l[i * n + i][t];
+        }
     }
     for i in (0..n).rev() {
-        acc.copy_from_slice(&x[i * k..(i + 1) * k]);
+        let mut acc = x[i];
         for p in i + 1..n {
-            let (lpi, xp) = (
-                &l[(p * n + i) * k..(p * n + i + 1) * k],
-                &x[p * k..(p + 1) * k],
-            );
-            acc.iter_mut()
-                .zip(lpi.iter().zip(xp))
-                .for_each(|(a, (u, v))| *a -= u * v);
+            lanes_sub_mul(&mut acc, &l[p * n + i], &x[p]);
         }
-        let lii = &l[(i * n + i) * k..(i * n + i + 1) * k];
-        x[i * k..(i + 1) * k]
-            .iter_mut()
-            .zip(acc.iter().zip(lii))
-            .for_each(|(o, (a, d))| *o = a / d);
+        for t in 0..W {
+            x[i][t] = acc[t] / l[i * n + i][t];
+        }
     }
-    (x, ok)
+    ok
 }
 
 #[cfg(test)]
@@ -270,7 +290,7 @@ mod tests {
     /// factorize, and flags the ones that do not.
     #[test]
     fn batched_solves_equal_single_solves() {
-        let (n, k) = (7, 5);
+        let (n, k) = (7, 13);
         let mut state = 12345u64;
         let mut next = || {
             state = state
@@ -293,7 +313,8 @@ mod tests {
         let mut b = vec![0f64; n * k];
         for (t, (at, bt)) in systems.iter().enumerate() {
             for e in 0..n * n {
-                a[e * k + t] = at[e];
+                // Only the lower triangle is read: the upper one holds NaN.
+                a[e * k + t] = if e % n <= e / n { at[e] } else { f64::NAN };
             }
             for i in 0..n {
                 b[i * k + t] = bt[i];

@@ -68,11 +68,20 @@ struct HostBook {
     pairs: Option<Vec<f32>>,
 }
 
+/// Trials whose Gram rows one product builds: the pair-product matrix is read once per group.
+const GROUP: usize = 128;
+
+/// Systems solved together by [`linalg::solve_spd_batch`]: eight `f64` lanes fill a 512-bit
+/// vector, and eight interleaved M = 50 systems (160 KiB) stay in the core's L2 cache.
+const LANES: usize = 8;
+
 /// The coefficients `[n, M]` of every trial's normal equations `G_i a = r_i`, with
 /// `G_i = C diag(w_i) Cᵀ` for the squared weights `w` `[n, D]` and right-hand sides `r`
-/// `[n, M]`: trials sharded over candle's worker threads, each shard building the Gram
-/// matrices of a group of trials with one product and solving them together by Cholesky in
-/// f64 ([`linalg::solve_spd_batch`], the trials in vector lanes).
+/// `[n, M]`: trials sharded over candle's worker threads. Each shard builds the Gram entries
+/// of a group of trials with one product, written pair-major so that each entry's values for
+/// consecutive trials lie side by side, and solves them [`LANES`] at a time by Cholesky in
+/// f64 ([`linalg::solve_spd_batch`], the trials in vector lanes, only the lower triangles
+/// filled).
 fn host_solve(
     book: &HostBook,
     w: &[f32],
@@ -81,64 +90,85 @@ fn host_solve(
     ridge: f64,
 ) -> Result<Vec<f32>> {
     let q = m * (m + 1) / 2;
-    // Systems solved together: their interleaved Gram matrices stay within a few MiB.
-    let lanes = ((4 << 20) / (m * m * 8).max(1)).clamp(1, 64);
     let shard = |rows: std::ops::Range<usize>| -> Result<Vec<f32>> {
+        let group = GROUP.min(rows.len()).max(1);
+        let lanes = LANES.min(rows.len()).max(1);
         let mut coef = Vec::with_capacity(rows.len() * m);
+        // The group's Gram entries, pair-major: pair p of trial t at p·group + t.
+        let mut upper = vec![0f32; if book.pairs.is_some() { q * group } else { 0 }];
         let mut cw = vec![0f32; if book.pairs.is_none() { m * d } else { 0 }];
+        // Interleaved systems: entry (a, b) of system t at (a·m + b)·lanes + t.
+        let mut gram = vec![0f64; m * m * lanes];
+        let mut r = vec![0f64; m * lanes];
         let mut start = rows.start;
         while start < rows.end {
-            let end = (start + lanes).min(rows.end);
-            let k = end - start;
-            let ws = &w[start * d..end * d];
-            // Interleaved Gram matrices: entry (a, b) of system t at (a·m + b)·k + t.
-            let mut gram = vec![0f64; m * m * k];
-            match &book.pairs {
-                Some(p) => {
-                    let upper = recompose_core::gemm::gemm_host(ws, p, k, d, q);
-                    for (t, row) in upper.chunks(q).enumerate() {
+            let end = (start + group).min(rows.end);
+            let g = end - start;
+            if let Some(p) = &book.pairs {
+                recompose_core::gemm::gemm_host_transposed_into(
+                    &w[start * d..end * d],
+                    p,
+                    &mut upper[..q * g],
+                    (g, d, q),
+                );
+            }
+            let mut first = 0;
+            while first < g {
+                let k = lanes.min(g - first);
+                let gram = &mut gram[..m * m * k];
+                match &book.pairs {
+                    Some(_) => {
                         let mut col = 0;
                         for a in 0..m {
                             for b in a..m {
-                                let v = f64::from(row[col]);
-                                gram[(a * m + b) * k + t] = v;
-                                gram[(b * m + a) * k + t] = v;
+                                let src = &upper[col * g + first..col * g + first + k];
+                                let dst = &mut gram[(b * m + a) * k..(b * m + a + 1) * k];
+                                dst.iter_mut()
+                                    .zip(src)
+                                    .for_each(|(o, v)| *o = f64::from(*v));
                                 col += 1;
                             }
                         }
                     }
-                }
-                None => {
-                    for (t, wi) in ws.chunks(d).enumerate() {
-                        for (dst, src) in cw.chunks_mut(d).zip(book.c.chunks(d)) {
-                            dst.iter_mut()
-                                .zip(src.iter().zip(wi))
-                                .for_each(|(o, (c, w))| *o = c * w);
-                        }
-                        let g = recompose_core::gemm::gemm_host(&cw, &book.ct, m, d, m);
-                        for (e, v) in g.iter().enumerate() {
-                            gram[e * k + t] = f64::from(*v);
+                    None => {
+                        for t in 0..k {
+                            let wi = &w[(start + first + t) * d..(start + first + t + 1) * d];
+                            for (dst, src) in cw.chunks_mut(d).zip(book.c.chunks(d)) {
+                                dst.iter_mut()
+                                    .zip(src.iter().zip(wi))
+                                    .for_each(|(o, (c, w))| *o = c * w);
+                            }
+                            let gt = recompose_core::gemm::gemm_host(&cw, &book.ct, m, d, m);
+                            for (e, v) in gt.iter().enumerate() {
+                                gram[e * k + t] = f64::from(*v);
+                            }
                         }
                     }
                 }
-            }
-            let mut r = vec![0f64; m * k];
-            for t in 0..k {
-                for a in 0..m {
-                    r[a * k + t] = f64::from(rhs[(start + t) * m + a]);
+                let r = &mut r[..m * k];
+                for t in 0..k {
+                    for a in 0..m {
+                        r[a * k + t] = f64::from(rhs[(start + first + t) * m + a]);
+                    }
                 }
-            }
-            let (x, ok) = linalg::solve_spd_batch(&gram, &r, m, k, ridge);
-            for (t, good) in ok.iter().enumerate() {
-                if *good {
-                    coef.extend((0..m).map(|a| x[a * k + t] as f32));
-                } else {
-                    // Singular at the first ridge: the single solver raises it.
-                    let g: Vec<f64> = (0..m * m).map(|e| gram[e * k + t]).collect();
-                    let rt: Vec<f64> = (0..m).map(|a| r[a * k + t]).collect();
-                    let a = linalg::solve_spd(&g, m, &rt, ridge)?;
-                    coef.extend(a.into_iter().map(|v| v as f32));
+                let (x, ok) = linalg::solve_spd_batch(gram, r, m, k, ridge);
+                for (t, good) in ok.iter().enumerate() {
+                    if *good {
+                        coef.extend((0..m).map(|a| x[a * k + t] as f32));
+                    } else {
+                        // Singular at the first ridge: the single solver raises it.
+                        let g: Vec<f64> = (0..m * m)
+                            .map(|e| {
+                                let (a, b) = (e / m, e % m);
+                                gram[(a.max(b) * m + a.min(b)) * k + t]
+                            })
+                            .collect();
+                        let rt: Vec<f64> = (0..m).map(|a| r[a * k + t]).collect();
+                        let a = linalg::solve_spd(&g, m, &rt, ridge)?;
+                        coef.extend(a.into_iter().map(|v| v as f32));
+                    }
                 }
+                first += k;
             }
             start = end;
         }
@@ -364,7 +394,8 @@ mod tests {
     /// candle solver agree, and their solutions satisfy the normal equations built naively.
     #[test]
     fn host_and_batched_solvers_solve_the_normal_equations() -> Result<()> {
-        let (n, m, d) = (37, 6, 40);
+        // Two shards of 151 trials: a full group of 128 and a partial one, partial lane blocks.
+        let (n, m, d) = (302, 6, 40);
         let mut rng = seeded(3);
         let c: Vec<f32> = normal_vec(&mut rng, m * d)
             .into_iter()
