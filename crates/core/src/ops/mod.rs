@@ -14,7 +14,9 @@
 //! - [`relu`]: ReLU with a one-pass gradient;
 //! - [`resample`]: nearest-neighbour 2× upsampling and 2×2 average pooling;
 //! - [`batch_norm`]: batch normalization of `[B, C, …]` tensors with batch statistics;
-//! - [`optim`]: the AdamW update of one parameter tensor, gradient norms, moving averages.
+//! - [`optim`]: the AdamW update of one parameter tensor, gradient norms, moving averages;
+//! - [`sign_gram`]: weighted sums of ±1 patterns by table lookup, the Gram matrices of
+//!   alternating least squares over bipolar codebooks.
 //!
 //! The candle custom ops here ([`conv`], [`group_norm`], [`attention`], [`repeat`], [`relu`],
 //! [`resample`], [`batch_norm`]) take contiguous `f32` tensors on the CPU; models call them
@@ -29,4 +31,5 @@ pub mod optim;
 pub mod relu;
 pub mod repeat;
 pub mod resample;
+pub mod sign_gram;
 pub mod sparse;

@@ -6,7 +6,10 @@
 //! The Gram matrices dominate the cost (M²D per trial and factor against M³/3 for the
 //! solve). Each entry is `G[m, n] = Σ_d p_d² c_m,d c_n,d`, so all of them come from one product
 //! of the squared weights with the `[D, M(M+1)/2]` matrix of codeword products `c_m ⊙ c_n`,
-//! m ≤ n (symmetry halves the work). On the CPU the trials are cut into one shard per worker
+//! m ≤ n (symmetry halves the work); for bipolar codebooks those products are ±1 patterns, and
+//! their weighted sums come from per-block sign tables instead
+//! ([`recompose_core::ops::sign_gram`], about a sixth of the work of the dense product). On the
+//! CPU the trials are cut into one shard per worker
 //! thread, and each shard builds the Gram rows of a group of trials with one single-threaded
 //! product and solves the group's systems together by Cholesky in f64, the trials in vector
 //! lanes; for codebooks too large for the product matrix, each trial's
@@ -18,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::problem::{Problem, VsaKind};
 use crate::trials::{ActiveTrials, Budget, Outcome, Progress};
 use crate::{Error, Result, linalg};
+use recompose_core::ops::sign_gram::{self, SignPatterns};
 use recompose_vsa::planes::{self, Planes, PreparedCodebook};
 
 /// Settings of alternating least squares.
@@ -60,12 +64,21 @@ fn upper_pairs(c: &[f32], m: usize, d: usize) -> Vec<f32> {
     out
 }
 
-/// What the host solver needs of one codebook: the codewords and, when it fits, the
-/// pair-product matrix of [`upper_pairs`].
+/// What the host solver needs of one codebook: the codewords and, when it fits, either the
+/// sign patterns of the codeword pairs (a bipolar codebook: Gram entries by table lookup) or
+/// the pair-product matrix of [`upper_pairs`].
 struct HostBook {
     c: Vec<f32>,
     ct: Vec<f32>,
+    signs: Option<SignPatterns>,
     pairs: Option<Vec<f32>>,
+}
+
+impl HostBook {
+    /// Whether Gram entries come from the symmetric pair products (table or matrix).
+    fn has_pairs(&self) -> bool {
+        self.signs.is_some() || self.pairs.is_some()
+    }
 }
 
 /// Trials whose Gram rows one product builds: the pair-product matrix is read once per group.
@@ -95,8 +108,8 @@ fn host_solve(
         let lanes = LANES.min(rows.len()).max(1);
         let mut coef = Vec::with_capacity(rows.len() * m);
         // The group's Gram entries, pair-major: pair p of trial t at p·group + t.
-        let mut upper = vec![0f32; if book.pairs.is_some() { q * group } else { 0 }];
-        let mut cw = vec![0f32; if book.pairs.is_none() { m * d } else { 0 }];
+        let mut upper = vec![0f32; if book.has_pairs() { q * group } else { 0 }];
+        let mut cw = vec![0f32; if book.has_pairs() { 0 } else { m * d }];
         // Interleaved systems: entry (a, b) of system t at (a·m + b)·lanes + t.
         let mut gram = vec![0f64; m * m * lanes];
         let mut r = vec![0f64; m * lanes];
@@ -104,7 +117,9 @@ fn host_solve(
         while start < rows.end {
             let end = (start + group).min(rows.end);
             let g = end - start;
-            if let Some(p) = &book.pairs {
+            if let Some(signs) = &book.signs {
+                signs.weighted_sums_into(&w[start * d..end * d], g, &mut upper[..q * g]);
+            } else if let Some(p) = &book.pairs {
                 recompose_core::gemm::gemm_host_transposed_into(
                     &w[start * d..end * d],
                     p,
@@ -116,8 +131,8 @@ fn host_solve(
             while first < g {
                 let k = lanes.min(g - first);
                 let gram = &mut gram[..m * m * k];
-                match &book.pairs {
-                    Some(_) => {
+                match book.has_pairs() {
+                    true => {
                         let mut col = 0;
                         for a in 0..m {
                             for b in a..m {
@@ -130,7 +145,7 @@ fn host_solve(
                             }
                         }
                     }
-                    None => {
+                    false => {
                         for t in 0..k {
                             let wi = &w[(start + first + t) * d..(start + first + t + 1) * d];
                             for (dst, src) in cw.chunks_mut(d).zip(book.c.chunks(d)) {
@@ -258,10 +273,16 @@ pub(super) fn run(
     let host_books: Vec<Option<HostBook>> = cbs
         .iter()
         .map(|cb| {
-            recompose_core::host::with_host_slices(&[&cb.c[0], &cb.ct[0]], |s| HostBook {
-                c: s[0].to_vec(),
-                ct: s[1].to_vec(),
-                pairs: builds_pairs(m, d).then(|| upper_pairs(s[0], m, d)),
+            recompose_core::host::with_host_slices(&[&cb.c[0], &cb.ct[0]], |s| {
+                let signs = builds_pairs(m, d)
+                    .then(|| SignPatterns::upper_pairs(s[0], m, d))
+                    .flatten();
+                HostBook {
+                    c: s[0].to_vec(),
+                    ct: s[1].to_vec(),
+                    pairs: (signs.is_none() && builds_pairs(m, d)).then(|| upper_pairs(s[0], m, d)),
+                    signs,
+                }
             })
         })
         .collect();
@@ -306,14 +327,19 @@ pub(super) fn run(
                 None => device_solve(&w, &rhs, &cbs[f], pairs[f].as_ref(), m, cfg.ridge)?,
             };
             let coef = Tensor::from_vec(coef, (n, m), &device)?;
-            // Right-hand side, Gram (the symmetric half on the host) and projection products.
+            // Right-hand side and projection products; the Gram's products (the symmetric half
+            // on the host), or with sign tables their additions (tabulation and lookups).
             let (nn, dd, mm) = (n as f64, d as f64, m as f64);
-            let gram_macs = if host_books[f].as_ref().is_some_and(|b| b.pairs.is_some()) {
-                mm * (mm + 1.0) / 2.0
+            let book = host_books[f].as_ref();
+            let gram_flops = if book.is_some_and(|b| b.signs.is_some()) {
+                let blocks = dd / sign_gram::BITS as f64;
+                blocks * (1 << sign_gram::BITS) as f64 + mm * (mm + 1.0) / 2.0 * blocks
+            } else if book.is_some_and(HostBook::has_pairs) {
+                dd * mm * (mm + 1.0)
             } else {
-                mm * mm
+                2.0 * dd * mm * mm
             };
-            out.matmul_flops += 2.0 * nn * dd * (2.0 * mm + gram_macs);
+            out.matmul_flops += nn * (4.0 * dd * mm + gram_flops);
             est[f] = planes::l2_normalize(&vec![coef.matmul(&cbs[f].c[0])?])?;
         }
         // Stop trials whose estimates no longer move (up to the sign ambiguity of each factor's
@@ -415,17 +441,30 @@ mod tests {
             .contiguous()?;
         let batched = device_solve(&wt, &rt, &cb, Some(&full_pairs), m, 0.0)?;
         let per_trial = device_solve(&wt, &rt, &cb, None, m, 0.0)?;
+        let with_signs = HostBook {
+            c: c.clone(),
+            ct: ct.clone(),
+            signs: SignPatterns::upper_pairs(&c, m, d),
+            pairs: None,
+        };
+        assert!(
+            with_signs.signs.is_some(),
+            "a bipolar codebook has sign patterns"
+        );
         let with_pairs = HostBook {
             c: c.clone(),
             ct: ct.clone(),
+            signs: None,
             pairs: Some(upper_pairs(&c, m, d)),
         };
         let without = HostBook {
             c: c.clone(),
             ct,
+            signs: None,
             pairs: None,
         };
         let host_pairs = host_solve(&with_pairs, &w, &rhs, (n, m, d), 0.0)?;
+        let host_signs = host_solve(&with_signs, &w, &rhs, (n, m, d), 0.0)?;
         let host_plain = host_solve(&without, &w, &rhs, (n, m, d), 0.0)?;
         for i in 0..n {
             // Residual of the naive normal equations Σ_d w c_a c_b x_b = r_a.
@@ -449,6 +488,7 @@ mod tests {
             ("batched", &batched),
             ("per trial", &per_trial),
             ("host per trial", &host_plain),
+            ("host sign tables", &host_signs),
         ] {
             let err = host_pairs
                 .iter()
