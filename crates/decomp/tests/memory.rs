@@ -32,11 +32,11 @@ fn status_bytes(field: &str) -> u64 {
 }
 
 /// The problem a method is measured on: large enough (about 100 MiB of codebooks, or of ALS's
-/// pair products) that the program's own few megabytes do not matter. ALS solves an M×M
-/// system per trial and factor, so it gets a small codebook.
+/// per-trial estimates) that the program's own few megabytes do not matter. ALS solves an M×M
+/// system per trial and factor, so it gets a small codebook and many trials.
 fn config(method: &str) -> ProblemConfig {
     if method == "als" {
-        ProblemConfig::map(2048, 3, 64, 64, 11)
+        ProblemConfig::map(2048, 3, 64, 512, 11)
     } else {
         ProblemConfig::map(8192, 3, 1024, 64, 11)
     }

@@ -225,36 +225,50 @@ fn builds_pairs(m: usize, d: usize) -> bool {
         .is_some_and(|x| x <= PAIR_LIMIT)
 }
 
-/// Peak bytes [`run`] allocates for `t` trials of a problem of `pc`'s sizes (MAP, `f32`, the
-/// problem itself not counted):
+/// Peak bytes [`run`] allocates on the CPU for `t` trials of a problem of `pc`'s sizes (MAP,
+/// `f32`, the problem itself not counted):
 ///
 /// - the transposed codebooks, F·M·D·4, and their host copies (codewords and transposes),
 ///   2·F·M·D·4;
-/// - with the pair-product matrices (M²·D ≤ 2²⁶): at most F·M²·D·4 kept (the symmetric half on
-///   the host), and on other devices, while one is built, the broadcast product and its
-///   transpose, 2·M²·D·4;
+/// - with the pair products (M²·D ≤ 2²⁶): the sign tables of the M(M+1)/2 codeword pairs of
+///   each bipolar codebook, one byte per block of [`sign_gram::BITS`] coordinates, and, while
+///   one is built, each codeword's own block codes;
 /// - the estimates, their copy from the previous iteration and a new one, 3·F·t·D·4; the
 ///   product of the other factors, its square, weighted bound vectors and bound vectors,
-///   (F + 4)·t·D·4;
-/// - the batched Gram matrices `[t, M, M]` in `f32`, `f64` and on the host, 20·t·M², and
-///   without the pair products the weighted codebooks `[t, M, D]`, t·M·D·4;
-/// - the right-hand sides (`f32`, `f64`) and coefficients, 16·t·M.
+///   (F + 4)·t·D·4; the right-hand sides and coefficients (`f32` tensors and host copies),
+///   16·t·M;
+/// - per solver shard (one per candle worker thread): with the pair products a group's Gram
+///   entries, [`GROUP`]·M(M+1)/2·4, and the tabulated block sums of 16 trials,
+///   ⌈D/6⌉·(64 + 6)·16·4; without them one weighted codebook and its Gram matrix,
+///   (M·D + M²)·4; and the interleaved `f64` systems, ([`LANES`]·M² + LANES·M)·8.
+///
+/// On other devices the Gram matrices are candle products (the `[M², D]` pair-product matrix
+/// or the weighted codebooks `[t, M, D]`), larger than this.
 pub(super) fn memory_estimate(
     pc: &crate::problem::ProblemConfig,
     t: usize,
 ) -> recompose_core::memory::Estimate {
     use recompose_core::memory::Estimate;
     let (f, m, d) = (pc.factors, pc.codebook_size, pc.dim);
+    let pairs = builds_pairs(m, d);
+    let q = m.saturating_mul(m.saturating_add(1)) / 2;
+    let blocks = d.div_ceil(sign_gram::BITS);
     let mut e = Estimate::f32s(&[f, m, d]) * 3;
-    if builds_pairs(m, d) {
-        e += Estimate::f32s(&[f, m, m, d]) + Estimate::f32s(&[m, m, d]) * 2;
-    } else {
-        e += Estimate::f32s(&[t, m, d]);
+    if pairs {
+        e += Estimate::array(&[f, q, blocks], 1) + Estimate::array(&[m, blocks], 1);
     }
-    e + Estimate::f32s(&[f, t, d]) * 3
+    e += Estimate::f32s(&[f, t, d]) * 3
         + Estimate::f32s(&[t, d]) * f.saturating_add(4)
-        + Estimate::array(&[t, m, m], 20)
-        + Estimate::array(&[t, m], 16)
+        + Estimate::array(&[t, m], 16);
+    let shard = if pairs {
+        Estimate::f32s(&[GROUP.min(t.max(1)), q])
+            + Estimate::f32s(&[blocks, (1 << sign_gram::BITS) + sign_gram::BITS, 16])
+    } else {
+        Estimate::f32s(&[m, d]) + Estimate::f32s(&[m, m])
+    } + Estimate::array(&[LANES, m, m], 8)
+        + Estimate::array(&[LANES, m], 8);
+    let shards = candle_core::utils::get_num_threads().clamp(1, t.max(1));
+    e + shard * shards
 }
 
 pub(super) fn run(
