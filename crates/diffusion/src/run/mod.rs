@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -497,6 +498,20 @@ impl TrainableDenoiser for Model {
             Self::Mlp(m) => m.forward_train(x_t, t, cond, rng),
             Self::Energy(m) => m.forward_train(x_t, t, cond, rng),
             Self::Unet(m) => m.forward_train(x_t, t, cond, rng),
+        }
+    }
+
+    fn fused_mse_and_grads(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: Option<&Tensor>,
+        target: &Tensor,
+    ) -> Result<Option<(Tensor, GradStore)>> {
+        match self {
+            Self::Mlp(m) => m.fused_mse_and_grads(x_t, t, cond, target),
+            Self::Energy(m) => m.fused_mse_and_grads(x_t, t, cond, target),
+            Self::Unet(m) => m.fused_mse_and_grads(x_t, t, cond, target),
         }
     }
 }

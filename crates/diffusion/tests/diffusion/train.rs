@@ -85,6 +85,67 @@ fn every_mlp_variable_gets_a_gradient() -> Result<()> {
     Ok(())
 }
 
+/// The models `train_run` builds from a configuration (the `run::Model` wrapper) take the
+/// MLPs' fused gradient path, as the networks themselves do, and it agrees with autograd.
+#[test]
+fn run_models_take_the_fused_gradient_path() -> Result<()> {
+    use recompose_diffusion::nn::EnergyForm;
+    use recompose_diffusion::train::TrainableDenoiser;
+    for energy in [None, Some(EnergyForm::SquaredResidual)] {
+        let mut cfg = small_ring_config(1);
+        cfg.diffusion.energy = energy;
+        let store = ParamStore::new(3);
+        let model = cfg.build_model(store.var_builder(DType::F32, &Device::Cpu))?;
+        let mut rng = seeded(5);
+        let x = recompose_diffusion::random::normal_tensor(
+            &mut rng,
+            &[64, 2],
+            DType::F32,
+            &Device::Cpu,
+        )?;
+        let target = recompose_diffusion::random::normal_tensor(
+            &mut rng,
+            &[64, 2],
+            DType::F32,
+            &Device::Cpu,
+        )?;
+        let t = Tensor::from_vec(
+            (0..64).map(|i| (i % 100) as f32).collect::<Vec<_>>(),
+            64,
+            &Device::Cpu,
+        )?;
+        let (loss, grads) = model
+            .fused_mse_and_grads(&x, &t, None, &target)?
+            .ok_or_else(|| anyhow::anyhow!("{energy:?}: run::Model has no fused path"))?;
+        let reference = (model.forward_train(&x, &t, None, &mut rng)? - &target)?
+            .sqr()?
+            .mean_all()?;
+        let ref_grads = reference.backward()?;
+        let (a, b) = (loss.to_scalar::<f32>()?, reference.to_scalar::<f32>()?);
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+            "{energy:?}: loss {a} vs {b}"
+        );
+        for (name, var) in store.vars() {
+            let (g, r) = (
+                grads
+                    .get(&var)
+                    .ok_or_else(|| anyhow::anyhow!("{name}: no gradient"))?,
+                ref_grads
+                    .get(&var)
+                    .ok_or_else(|| anyhow::anyhow!("{name}: no reference gradient"))?,
+            );
+            let diff = (g - r)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let scale = r.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-3);
+            assert!(
+                diff <= 1e-3 * scale,
+                "{energy:?} {name}: gradient differs by {diff} (scale {scale})"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn read(path: &Path) -> Result<Vec<u8>> {
     Ok(fs::read(path)?)
 }
