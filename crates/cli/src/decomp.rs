@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use clap::Args;
 use recompose_decomp_diffusion::render::{self, load_rgb_png};
 use recompose_decomp_diffusion::{DecompConfig, DecompModel, DecompRunConfig, DecompTrained};
 use recompose_diffusion::data::ValueRange;
 use recompose_diffusion::data::plot::{save_png_grid, save_png_image};
+use recompose_diffusion::nn::ParamStore;
 use recompose_diffusion::seeded;
+use recompose_diffusion::train::{read_safetensors, write_safetensors};
 
 use recompose_core::memory::{Estimate, MemoryLimit};
 
@@ -26,7 +27,8 @@ pub struct DecompEvalArgs {
     /// Weights (safetensors, the released code's state-dict names).
     #[arg(long)]
     weights: PathBuf,
-    /// Model configuration (TOML keyed like the released code's flags).
+    /// Model configuration (TOML keyed like the released code's flags), or a run's config.toml
+    /// (its `[decomp]` table).
     #[arg(long)]
     config: PathBuf,
     /// Inputs (safetensors): x0 and x_t (B×3×S×S images) and t (B timesteps).
@@ -38,7 +40,14 @@ pub struct DecompEvalArgs {
 }
 
 pub fn run_decomp_eval(a: DecompEvalArgs, memory: MemoryLimit) -> Result<()> {
-    let cfg = DecompConfig::from_file(&a.config).map_err(|e| usage(e.to_string()))?;
+    // A model configuration, or the `[decomp]` table of a run's config.toml.
+    let cfg = DecompConfig::from_file(&a.config)
+        .or_else(|e| {
+            DecompRunConfig::from_file(&a.config)
+                .map(|run| run.decomp)
+                .map_err(|_| e)
+        })
+        .map_err(|e| usage(e.to_string()))?;
     // The files are read whole and turned into tensors (twice their size), then the model is
     // built; checked before anything is read.
     let file_bytes = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
@@ -50,21 +59,33 @@ pub fn run_decomp_eval(a: DecompEvalArgs, memory: MemoryLimit) -> Result<()> {
         files + cfg.inference_estimate(1),
     )?;
     let dev = Device::Cpu;
-    let weights = candle_core::safetensors::load(&a.weights, &dev)
-        .with_context(|| format!("reading {}", a.weights.display()))?;
-    let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
+    // Header and sizes checked before the data is trusted; BatchNorm's step counters of a
+    // released state dict are not weights.
+    let weights: HashMap<String, Tensor> = read_safetensors(&a.weights, None, &dev)
+        .map_err(|e| usage(e.to_string()))?
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+        .collect();
+    let store = ParamStore::new(0);
     // One line naming the tensor (candle may append a backtrace to its message).
-    let model = DecompModel::from_config(&cfg, vb).map_err(|e| {
+    let first_line = |e: &dyn std::fmt::Display| {
         let text = e.to_string();
-        usage(format!(
-            "{} does not fit the model of {}: {}",
-            a.weights.display(),
-            a.config.display(),
-            text.lines().next().unwrap_or_default()
-        ))
-    })?;
-    let inputs = candle_core::safetensors::load(&a.inputs, &dev)
-        .with_context(|| format!("reading {}", a.inputs.display()))?;
+        text.lines().next().unwrap_or_default().to_string()
+    };
+    let model = DecompModel::from_config(&cfg, store.var_builder(DType::F32, &dev))
+        .map_err(|e| usage(format!("{}: {}", a.config.display(), first_line(&e))))?;
+    // Every tensor present, of the model's shape and finite; none left over.
+    store
+        .assign(&weights, &a.weights.display().to_string())
+        .map_err(|e| {
+            usage(format!(
+                "{} does not fit the model of {}: {}",
+                a.weights.display(),
+                a.config.display(),
+                first_line(&e)
+            ))
+        })?;
+    let inputs = read_safetensors(&a.inputs, None, &dev).map_err(|e| usage(e.to_string()))?;
     let get = |name: &str| -> Result<Tensor> {
         inputs
             .get(name)
@@ -76,6 +97,19 @@ pub fn run_decomp_eval(a: DecompEvalArgs, memory: MemoryLimit) -> Result<()> {
         get("x_t")?.to_dtype(DType::F32)?,
     );
     let t = get("t")?.to_dtype(DType::F32)?;
+    for (name, x) in [("x0", &x0), ("x_t", &x_t), ("t", &t)] {
+        let finite = x
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|v| v.is_finite());
+        if !finite {
+            return Err(usage(format!(
+                "{}: tensor `{name}` holds non-finite values (NaN or infinity)",
+                a.inputs.display()
+            )));
+        }
+    }
     let want = [x0.dim(0)?, 3, cfg.image_size, cfg.image_size];
     for (name, x) in [("x0", &x0), ("x_t", &x_t)] {
         if x.dims() != want {
@@ -105,10 +139,9 @@ pub fn run_decomp_eval(a: DecompEvalArgs, memory: MemoryLimit) -> Result<()> {
         out.insert(format!("out_k{k}"), model.denoise(&x_t, &t, &z, Some(k))?);
     }
     out.insert("z".to_string(), z);
-    let tmp = a.out.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&out, &tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    let mut out: Vec<(String, Tensor)> = out.into_iter().collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    write_safetensors(&a.out, &out).map_err(|e| usage(e.to_string()))?;
     outln!(
         "wrote z, out_full and out_k0..out_k{} for {} images to {}",
         cfg.num_components - 1,

@@ -929,12 +929,48 @@ fn decomp_eval_reads_weights_and_writes_outputs() {
     big.insert("x0".to_string(), noise(3, &[2, 3, 32, 32]));
     let big_path = dir.join("big.safetensors");
     candle_core::safetensors::save(&big, &big_path).expect("inputs");
+    // A NaN in one weight, and in one input image.
+    let mut nan_weights = weights.clone();
+    let (name, w) = nan_weights
+        .iter()
+        .find(|(_, w)| w.elem_count() > 1)
+        .map(|(n, w)| (n.clone(), w.clone()))
+        .expect("a weight");
+    let mut vals = w
+        .flatten_all()
+        .and_then(|v| v.to_vec1::<f32>())
+        .expect("values");
+    vals[1] = f32::NAN;
+    nan_weights.insert(
+        name.clone(),
+        Tensor::from_vec(vals, w.dims(), &Device::Cpu).expect("tensor"),
+    );
+    let nan_w_path = dir.join("nan-weights.safetensors");
+    candle_core::safetensors::save(&nan_weights, &nan_w_path).expect("weights");
+    let mut nan_inputs = inputs.clone();
+    let x_t = (noise(2, &[2, 3, 16, 16]) / 0.0).expect("infinite");
+    nan_inputs.insert("x_t".to_string(), x_t);
+    let nan_in_path = dir.join("nan-inputs.safetensors");
+    candle_core::safetensors::save(&nan_inputs, &nan_in_path).expect("inputs");
+    let missing = s(&dir.join("missing.safetensors"));
     for (a, want) in [
         (args(&s(&w_path), &s(&other), &s(&in_path)), "does not fit"),
         (args(&s(&w_path), &s(&cfg_path), &s(&partial_path)), "`x_t`"),
         (
             args(&s(&w_path), &s(&cfg_path), &s(&big_path)),
             "x0 has shape",
+        ),
+        (
+            args(&s(&nan_w_path), &s(&cfg_path), &s(&in_path)),
+            "non-finite",
+        ),
+        (
+            args(&s(&w_path), &s(&cfg_path), &s(&nan_in_path)),
+            "tensor `x_t` holds non-finite",
+        ),
+        (
+            args(&missing, &s(&cfg_path), &s(&in_path)),
+            "missing.safetensors",
         ),
     ] {
         let o = run(a);
@@ -1237,7 +1273,7 @@ fn bad_input_exits_2_with_one_line() {
                 "--out",
                 &unwritable,
             ],
-            "No such file or directory",
+            "out.csv: No such file or directory",
         ),
         (
             vec!["decompose", "--checkpoint", fixture, "--out", missing, junk],

@@ -197,7 +197,10 @@ pub(crate) fn read_toml_file<T>(path: &Path, parse: impl Fn(&str) -> Result<T>) 
         path: path.display().to_string(),
         source,
     })?;
-    parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    parse(&text).map_err(|e| match e {
+        Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+        other => other,
+    })
 }
 
 #[cfg(test)]

@@ -137,8 +137,13 @@ pub(crate) fn write_synced(path: &Path, contents: &[u8]) -> Result<()> {
 /// [`Error::Io`] if the file cannot be written or renamed, or the directory synced.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
-    let written =
-        write_synced(&tmp, contents).and_then(|()| fs::rename(&tmp, path).map_err(io_err(path)));
+    // Errors name the file asked for, not its temporary twin.
+    let written = write_synced(&tmp, contents)
+        .map_err(|e| match e {
+            Error::Io { source, .. } => io_err(path)(source),
+            other => other,
+        })
+        .and_then(|()| fs::rename(&tmp, path).map_err(io_err(path)));
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }
