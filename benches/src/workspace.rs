@@ -38,8 +38,10 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// The git revision of the workspace's source tree: the commit, with `-dirty` when tracked
-/// files differ from it; `unknown` outside a git checkout. Recorded in the models the
-/// reproductions train ([`recompose_diffusion::train::TrainOptions::revision`]).
+/// files that can change a result differ from it; `unknown` outside a git checkout. What the
+/// reproductions write (reports under `docs/`, models under `fixtures/`) and Markdown files do
+/// not count, so that a model trained while a report is rewritten is not marked. Recorded in
+/// the models the reproductions train ([`recompose_diffusion::train::TrainOptions::revision`]).
 pub fn revision() -> String {
     let git = |args: &[&str]| -> Option<String> {
         let out = Command::new("git")
@@ -53,8 +55,17 @@ pub fn revision() -> String {
     };
     match git(&["rev-parse", "HEAD"]) {
         Some(rev) => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
+            let dirty = git(&[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)docs",
+                ":(exclude)fixtures",
+                ":(exclude,glob)**/*.md",
+            ])
+            .is_some_and(|s| !s.is_empty());
             if dirty { format!("{rev}-dirty") } else { rev }
         }
         None => "unknown".to_string(),
