@@ -161,6 +161,7 @@ pub fn run_train(a: TrainArgs, memory: MemoryLimit) -> Result<()> {
         out_dir: a.out.clone(),
         resume: a.resume,
         revision: Some(env!("RECOMPOSE_REVISION").to_string()),
+        max_memory: Some(memory),
         ..Default::default()
     };
     let bar = crate::progress_bar(run.train_config().steps as u64, a.quiet);

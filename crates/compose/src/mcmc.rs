@@ -376,7 +376,8 @@ pub fn anneal_estimate(
 ///
 /// # Errors
 ///
-/// As [`AnnealConfig::validate`]; [`Error::Config`] for `num` = 0; [`Error::Diverged`] if a
+/// As [`AnnealConfig::validate`]; [`Error::Config`] for `num` = 0; [`Error::Memory`] when the
+/// chains' vectors alone would not fit in the memory available now; [`Error::Diverged`] if a
 /// chain leaves the finite numbers; whatever the model reports.
 pub fn anneal(
     model: &dyn Component,
@@ -391,6 +392,11 @@ pub fn anneal(
         ));
     }
     let d = model.dim();
+    // The chains' own vectors with a single leaf (see [`anneal_estimate`]), before any is drawn.
+    recompose_core::memory::MemoryLimit::available().check(
+        format_args!("annealing {num} chains of dimension {d}"),
+        anneal_estimate(num, d, &[]) + recompose_core::memory::Estimate::f32s(&[num, d, 2]),
+    )?;
     let schedule = model.schedule().clone();
     let levels = schedule.len();
     let first_without = levels - ((config.mcmc_fraction * levels as f64).round() as usize);

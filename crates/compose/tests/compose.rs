@@ -374,6 +374,12 @@ fn impossible_requests_are_clear_errors() -> Res {
         anneal(m.as_ref(), &quick(None), 0, &mut seeded(0)),
         Err(Error::Config(_))
     ));
+    // Chains that could never fit: refused before anything is drawn, not an abort.
+    for num in [1usize << 40, usize::MAX] {
+        let err = anneal(m.as_ref(), &quick(None), num, &mut seeded(0)).unwrap_err();
+        assert!(matches!(err, Error::Memory(_)), "{num}: {err}");
+        assert!(err.is_bad_input(), "{err}");
+    }
     // A step size far too large diverges: an error naming the level, never NaN samples.
     let wild = AnnealConfig {
         step_size: StepSize::Constant(50.0),

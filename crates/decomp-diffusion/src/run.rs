@@ -222,7 +222,9 @@ pub fn decomp_schedule() -> Result<DiscreteSchedule> {
 ///
 /// # Errors
 ///
-/// As [`DecompRunConfig::validate`] and [`recompose_diffusion::train::train`].
+/// As [`DecompRunConfig::validate`] and [`recompose_diffusion::train::train`];
+/// [`Error::Memory`] when the run's memory estimate exceeds
+/// [`TrainOptions::memory_limit`], before anything is allocated.
 pub fn train_decomp(
     cfg: &DecompRunConfig,
     opts: &TrainOptions,
@@ -230,6 +232,13 @@ pub fn train_decomp(
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<TrainReport> {
     cfg.validate()?;
+    opts.memory_limit().check(
+        format_args!(
+            "training a Decomp Diffusion run on batches of {}",
+            cfg.train.batch_size
+        ),
+        Run::memory_estimate(cfg),
+    )?;
     let store = ParamStore::new(cfg.train.seed);
     let model = DecompModel::from_config(&cfg.decomp, store.var_builder(DType::F32, device))?;
     let schedule = decomp_schedule()?;

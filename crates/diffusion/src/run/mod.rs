@@ -520,7 +520,9 @@ impl TrainableDenoiser for Model {
 ///
 /// # Errors
 ///
-/// As [`RunConfig::validate`], [`RunConfig::dataset`] and [`crate::train::train`].
+/// As [`RunConfig::validate`], [`RunConfig::dataset`] and [`crate::train::train`];
+/// [`Error::Memory`] when [`RunConfig::memory_estimate`] exceeds
+/// [`TrainOptions::memory_limit`], before anything is allocated.
 pub fn train_run(
     cfg: &RunConfig,
     opts: &TrainOptions,
@@ -528,6 +530,13 @@ pub fn train_run(
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<TrainReport> {
     cfg.validate()?;
+    opts.memory_limit().check(
+        format_args!(
+            "training a denoiser run on batches of {}",
+            cfg.train.batch_size
+        ),
+        cfg.memory_estimate(),
+    )?;
     let store = ParamStore::new(cfg.train.seed);
     let model = cfg.build_model(store.var_builder(DType::F32, device))?;
     let data = cfg.dataset()?;

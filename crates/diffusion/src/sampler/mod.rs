@@ -350,7 +350,8 @@ impl Sampler {
     /// # Errors
     ///
     /// [`Error::Config`] unless `1 ≤ steps ≤ T` (checked before anything is drawn);
-    /// [`Error::Shape`] if `shape` is empty; otherwise as [`Sampler::step`].
+    /// [`Error::Shape`] if `shape` is empty; [`Error::Memory`] if the chain's states would not
+    /// fit in the available memory ([`check_chain_shape`]); otherwise as [`Sampler::step`].
     pub fn sample(
         &self,
         denoiser: &dyn Denoiser,
@@ -361,11 +362,7 @@ impl Sampler {
         rng: &mut SeededRng,
     ) -> Result<Tensor> {
         let timesteps = self.timesteps(steps)?;
-        if shape.is_empty() {
-            return Err(Error::Shape(
-                "a sample needs a batch dimension, got an empty shape".to_string(),
-            ));
-        }
+        check_chain_shape(shape)?;
         let x = normal_tensor(rng, shape, DType::F32, device)?;
         self.sample_from(denoiser, &x, &timesteps, cond, rng)
     }
@@ -601,7 +598,8 @@ impl SdeSampler {
     /// # Errors
     ///
     /// [`Error::Config`] if `steps == 0` (checked before anything is drawn); [`Error::Shape`] if
-    /// `shape` is empty; otherwise as [`SdeSampler::step`].
+    /// `shape` is empty; [`Error::Memory`] as [`check_chain_shape`]; otherwise as
+    /// [`SdeSampler::step`].
     pub fn sample(
         &self,
         denoiser: &dyn Denoiser,
@@ -612,11 +610,7 @@ impl SdeSampler {
         rng: &mut SeededRng,
     ) -> Result<Tensor> {
         let times = self.times(steps)?;
-        if shape.is_empty() {
-            return Err(Error::Shape(
-                "a sample needs a batch dimension, got an empty shape".to_string(),
-            ));
-        }
+        check_chain_shape(shape)?;
         let x = normal_tensor(rng, shape, DType::F32, device)?;
         self.sample_from(denoiser, &x, &times, cond, rng)
     }
@@ -640,6 +634,28 @@ pub fn sample(
 ) -> Result<Tensor> {
     Sampler::new(schedule.clone(), SamplerConfig::new(kind))?
         .sample(denoiser, shape, steps, None, device, rng)
+}
+
+/// Checks a chain's shape before its noise is drawn: a batch dimension, and room in the memory
+/// available now for the states a step holds at once (the state, the prediction, the clean
+/// estimate and the next state: four `f32` tensors of `shape`). The network's own activations
+/// come on top; callers that know them check a fuller estimate first, as the CLI does.
+///
+/// # Errors
+///
+/// [`Error::Shape`] for an empty shape; [`Error::Memory`] when the states do not fit or their
+/// size overflows.
+pub fn check_chain_shape(shape: &[usize]) -> Result<()> {
+    if shape.is_empty() {
+        return Err(Error::Shape(
+            "a sample needs a batch dimension, got an empty shape".to_string(),
+        ));
+    }
+    recompose_core::memory::MemoryLimit::available().check(
+        format_args!("sampling a batch of shape {shape:?}"),
+        recompose_core::memory::Estimate::f32s(shape) * 4,
+    )?;
+    Ok(())
 }
 
 fn batch_size(x: &Tensor) -> Result<usize> {

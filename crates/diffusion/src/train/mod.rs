@@ -62,6 +62,7 @@ use std::time::Instant;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
+use recompose_core::memory::MemoryLimit;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
@@ -468,6 +469,18 @@ pub struct TrainOptions {
     /// step the run starts from, in `DIR/provenance.json`, so that a model says which code
     /// trained it. `None` records the revision as unknown.
     pub revision: Option<String>,
+    /// The most memory the run may need: [`crate::run::train_run`] checks the configuration's
+    /// estimate against it before it allocates anything and returns [`Error::Memory`] when it
+    /// does not fit. `None`: the memory available on the machine
+    /// ([`MemoryLimit::available`]).
+    pub max_memory: Option<MemoryLimit>,
+}
+
+impl TrainOptions {
+    /// [`TrainOptions::max_memory`], or the memory available now when it is not set.
+    pub fn memory_limit(&self) -> MemoryLimit {
+        self.max_memory.unwrap_or_else(MemoryLimit::available)
+    }
 }
 
 /// One run (a start or a resume) of a training, as `DIR/provenance.json` lists them.

@@ -993,6 +993,14 @@ fn bad_inputs_are_errors_not_panics() {
         sample(&model, &schedule, ddim, 10, &[], &dev, rng),
         "empty shape",
     );
+    // A batch that could never fit is refused before its noise is drawn.
+    for shape in [[1usize << 40, 2], [usize::MAX, 2]] {
+        let err = sample(&model, &schedule, ddim, 10, &shape, &dev, rng).unwrap_err();
+        assert!(
+            matches!(err, recompose_diffusion::Error::Memory(_)),
+            "{shape:?}: {err}"
+        );
+    }
     assert_shape_err(
         sample(&Broken, &schedule, ddim, 10, &[4, 2], &dev, rng),
         "model output",

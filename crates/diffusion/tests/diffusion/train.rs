@@ -146,6 +146,38 @@ fn run_models_take_the_fused_gradient_path() -> Result<()> {
     Ok(())
 }
 
+/// `train_run` refuses a run whose estimate exceeds the limit (the available memory when none
+/// is given) with an error, before it allocates or writes anything.
+#[test]
+fn train_run_refuses_what_does_not_fit() -> Result<()> {
+    use recompose_core::memory::MemoryLimit;
+    let dir = scratch("too-big");
+    let mut huge = small_ring_config(1);
+    huge.model = ModelConfig::Mlp(MlpConfig {
+        hidden: 1 << 20,
+        block_hidden: 1 << 20,
+        ..MlpConfig::default()
+    });
+    let small = small_ring_config(1);
+    for (cfg, limit) in [(&huge, None), (&small, Some(MemoryLimit::new(1 << 10)))] {
+        let opts = TrainOptions {
+            out_dir: dir.clone(),
+            max_memory: limit,
+            ..Default::default()
+        };
+        let err = train_run(cfg, &opts, &Device::Cpu, &mut |_| {})
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("the run was not refused"))?;
+        assert!(
+            matches!(err, recompose_diffusion::Error::Memory(_)),
+            "{err}"
+        );
+        assert!(err.is_bad_input(), "{err}");
+        assert!(!dir.exists(), "the refused run wrote {}", dir.display());
+    }
+    Ok(())
+}
+
 fn read(path: &Path) -> Result<Vec<u8>> {
     Ok(fs::read(path)?)
 }
