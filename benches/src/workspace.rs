@@ -42,7 +42,15 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// reproductions write (reports under `docs/`, models under `fixtures/`) and Markdown files do
 /// not count, so that a model trained while a report is rewritten is not marked. Recorded in
 /// the models the reproductions train ([`recompose_diffusion::train::TrainOptions::revision`]).
+///
+/// Read once, at the first call, and kept: a reproduction that runs for hours records the tree
+/// it was built from even when commits land meanwhile (`xtask` calls it as it starts).
 pub fn revision() -> String {
+    static REVISION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    REVISION.get_or_init(read_revision).clone()
+}
+
+fn read_revision() -> String {
     let git = |args: &[&str]| -> Option<String> {
         let out = Command::new("git")
             .args(args)

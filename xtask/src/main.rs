@@ -54,6 +54,8 @@ const SUITES: [&str; 5] = ["vsa", "factorization", "diffusion", "compose", "deco
 
 fn main() -> Result<()> {
     recompose_core::process::keep_freed_memory();
+    // The tree this program was built from, before anything can change it.
+    let _ = recompose_benches::workspace::revision();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
