@@ -175,7 +175,7 @@ fn results_do_not_depend_on_the_thread_count() {
     // Each trial has its own random stream, so sharding the batch over threads changes nothing,
     // even for the stochastic resonator.
     let p = map_problem(600, 3, 25, 70, 15);
-    for method in ["resonator", "stochastic", "attention"] {
+    for method in ["resonator", "stochastic", "attention", "als"] {
         let mut cfg = FactorizeConfig {
             method: Method::from_name(method).unwrap(),
             max_iters: 80,

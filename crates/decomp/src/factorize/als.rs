@@ -9,11 +9,13 @@
 //! m ≤ n (symmetry halves the work); for bipolar codebooks those products are ±1 patterns, and
 //! their weighted sums come from per-block sign tables instead
 //! ([`recompose_core::ops::sign_gram`], about a sixth of the work of the dense product). On the
-//! CPU the trials are cut into one shard per worker
-//! thread, and each shard builds the Gram rows of a group of trials with one single-threaded
-//! product and solves the group's systems together by Cholesky in f64, the trials in vector
-//! lanes; for codebooks too large for the product matrix, each trial's
-//! Gram is `(C ⊙ p²) Cᵀ`. Elsewhere the same systems are built with candle's batched products.
+//! CPU the trials are cut into one shard per thread, and each shard runs the whole iteration on
+//! host slices without waiting for the others: it builds the Gram rows of a group of trials with
+//! one single-threaded product and solves the group's systems together by Cholesky in f64, the
+//! trials in vector lanes; for codebooks too large for the product matrix, each trial's Gram is
+//! `(C ⊙ p²) Cᵀ`. Every per-trial computation has the same shape whatever the shard, so the
+//! result does not depend on the thread count. Elsewhere the same systems are built with
+//! candle's batched products.
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -90,12 +92,12 @@ const LANES: usize = 8;
 
 /// The coefficients `[n, M]` of every trial's normal equations `G_i a = r_i`, with
 /// `G_i = C diag(w_i) Cᵀ` for the squared weights `w` `[n, D]` and right-hand sides `r`
-/// `[n, M]`: trials sharded over candle's worker threads. Each shard builds the Gram entries
-/// of a group of trials with one product, written pair-major so that each entry's values for
-/// consecutive trials lie side by side, and solves them [`LANES`] at a time by Cholesky in
-/// f64 ([`linalg::solve_spd_batch`], the trials in vector lanes, only the lower triangles
-/// filled).
-fn host_solve(
+/// `[n, M]`, on the calling thread. The Gram entries of a group of trials come from one
+/// product (or one pass of sign-table lookups), written pair-major so that each entry's values
+/// for consecutive trials lie side by side, and the group's systems are solved [`LANES`] at a
+/// time by Cholesky in f64 ([`linalg::solve_spd_batch`], the trials in vector lanes, only the
+/// lower triangles filled).
+fn solve_rows(
     book: &HostBook,
     w: &[f32],
     rhs: &[f32],
@@ -103,117 +105,88 @@ fn host_solve(
     ridge: f64,
 ) -> Result<Vec<f32>> {
     let q = m * (m + 1) / 2;
-    let shard = |rows: std::ops::Range<usize>| -> Result<Vec<f32>> {
-        let group = GROUP.min(rows.len()).max(1);
-        let lanes = LANES.min(rows.len()).max(1);
-        let mut coef = Vec::with_capacity(rows.len() * m);
-        // The group's Gram entries, pair-major: pair p of trial t at p·group + t.
-        let mut upper = vec![0f32; if book.has_pairs() { q * group } else { 0 }];
-        let mut cw = vec![0f32; if book.has_pairs() { 0 } else { m * d }];
-        // Interleaved systems: entry (a, b) of system t at (a·m + b)·lanes + t.
-        let mut gram = vec![0f64; m * m * lanes];
-        let mut r = vec![0f64; m * lanes];
-        let mut start = rows.start;
-        while start < rows.end {
-            let end = (start + group).min(rows.end);
-            let g = end - start;
-            if let Some(signs) = &book.signs {
-                signs.weighted_sums_into(&w[start * d..end * d], g, &mut upper[..q * g]);
-            } else if let Some(p) = &book.pairs {
-                recompose_core::gemm::gemm_host_transposed_into(
-                    &w[start * d..end * d],
-                    p,
-                    &mut upper[..q * g],
-                    (g, d, q),
-                );
-            }
-            let mut first = 0;
-            while first < g {
-                let k = lanes.min(g - first);
-                let gram = &mut gram[..m * m * k];
-                match book.has_pairs() {
-                    true => {
-                        let mut col = 0;
-                        for a in 0..m {
-                            for b in a..m {
-                                let src = &upper[col * g + first..col * g + first + k];
-                                let dst = &mut gram[(b * m + a) * k..(b * m + a + 1) * k];
-                                dst.iter_mut()
-                                    .zip(src)
-                                    .for_each(|(o, v)| *o = f64::from(*v));
-                                col += 1;
-                            }
-                        }
-                    }
-                    false => {
-                        for t in 0..k {
-                            let wi = &w[(start + first + t) * d..(start + first + t + 1) * d];
-                            for (dst, src) in cw.chunks_mut(d).zip(book.c.chunks(d)) {
-                                dst.iter_mut()
-                                    .zip(src.iter().zip(wi))
-                                    .for_each(|(o, (c, w))| *o = c * w);
-                            }
-                            let gt = recompose_core::gemm::gemm_host(&cw, &book.ct, m, d, m);
-                            for (e, v) in gt.iter().enumerate() {
-                                gram[e * k + t] = f64::from(*v);
-                            }
-                        }
-                    }
-                }
-                let r = &mut r[..m * k];
-                for t in 0..k {
-                    for a in 0..m {
-                        r[a * k + t] = f64::from(rhs[(start + first + t) * m + a]);
-                    }
-                }
-                let (x, ok) = linalg::solve_spd_batch(gram, r, m, k, ridge);
-                for (t, good) in ok.iter().enumerate() {
-                    if *good {
-                        coef.extend((0..m).map(|a| x[a * k + t] as f32));
-                    } else {
-                        // Singular at the first ridge: the single solver raises it.
-                        let g: Vec<f64> = (0..m * m)
-                            .map(|e| {
-                                let (a, b) = (e / m, e % m);
-                                gram[(a.max(b) * m + a.min(b)) * k + t]
-                            })
-                            .collect();
-                        let rt: Vec<f64> = (0..m).map(|a| r[a * k + t]).collect();
-                        let a = linalg::solve_spd(&g, m, &rt, ridge)?;
-                        coef.extend(a.into_iter().map(|v| v as f32));
-                    }
-                }
-                first += k;
-            }
-            start = end;
-        }
-        Ok(coef)
-    };
-    let pool = candle_core::utils::barrier_pool();
-    let shards = (pool.n_workers() + 1).clamp(1, n.max(1));
-    let per = n.div_ceil(shards).max(1);
-    if shards == 1 {
-        return shard(0..n);
-    }
-    let slots: Vec<std::sync::Mutex<Option<Result<Vec<f32>>>>> =
-        (0..shards).map(|_| std::sync::Mutex::new(None)).collect();
-    pool.execute(|tid| {
-        if tid < shards {
-            let rows = (tid * per).min(n)..((tid + 1) * per).min(n);
-            let result = shard(rows);
-            if let Ok(mut slot) = slots[tid].lock() {
-                *slot = Some(result);
-            }
-        }
-    });
+    let group = GROUP.min(n).max(1);
+    let lanes = LANES.min(n).max(1);
     let mut coef = Vec::with_capacity(n * m);
-    for slot in slots {
-        let part = slot
-            .into_inner()
-            .ok()
-            .flatten()
-            .ok_or_else(|| Error::Numerical("an ALS solver shard did not finish".into()))??;
-        coef.extend(part);
+    // The group's Gram entries, pair-major: pair p of trial t at p·group + t.
+    let mut upper = vec![0f32; if book.has_pairs() { q * group } else { 0 }];
+    let mut cw = vec![0f32; if book.has_pairs() { 0 } else { m * d }];
+    // Interleaved systems: entry (a, b) of system t at (a·m + b)·lanes + t.
+    let mut gram = vec![0f64; m * m * lanes];
+    let mut r = vec![0f64; m * lanes];
+    let mut start = 0;
+    while start < n {
+        let end = (start + group).min(n);
+        let g = end - start;
+        if let Some(signs) = &book.signs {
+            signs.weighted_sums_into(&w[start * d..end * d], g, &mut upper[..q * g]);
+        } else if let Some(p) = &book.pairs {
+            recompose_core::gemm::gemm_host_transposed_into(
+                &w[start * d..end * d],
+                p,
+                &mut upper[..q * g],
+                (g, d, q),
+            );
+        }
+        let mut first = 0;
+        while first < g {
+            let k = lanes.min(g - first);
+            let gram = &mut gram[..m * m * k];
+            match book.has_pairs() {
+                true => {
+                    let mut col = 0;
+                    for a in 0..m {
+                        for b in a..m {
+                            let src = &upper[col * g + first..col * g + first + k];
+                            let dst = &mut gram[(b * m + a) * k..(b * m + a + 1) * k];
+                            dst.iter_mut()
+                                .zip(src)
+                                .for_each(|(o, v)| *o = f64::from(*v));
+                            col += 1;
+                        }
+                    }
+                }
+                false => {
+                    for t in 0..k {
+                        let wi = &w[(start + first + t) * d..(start + first + t + 1) * d];
+                        for (dst, src) in cw.chunks_mut(d).zip(book.c.chunks(d)) {
+                            dst.iter_mut()
+                                .zip(src.iter().zip(wi))
+                                .for_each(|(o, (c, w))| *o = c * w);
+                        }
+                        let gt = recompose_core::gemm::gemm_host(&cw, &book.ct, m, d, m);
+                        for (e, v) in gt.iter().enumerate() {
+                            gram[e * k + t] = f64::from(*v);
+                        }
+                    }
+                }
+            }
+            let r = &mut r[..m * k];
+            for t in 0..k {
+                for a in 0..m {
+                    r[a * k + t] = f64::from(rhs[(start + first + t) * m + a]);
+                }
+            }
+            let (x, ok) = linalg::solve_spd_batch(gram, r, m, k, ridge);
+            for (t, good) in ok.iter().enumerate() {
+                if *good {
+                    coef.extend((0..m).map(|a| x[a * k + t] as f32));
+                } else {
+                    // Singular at the first ridge: the single solver raises it.
+                    let g: Vec<f64> = (0..m * m)
+                        .map(|e| {
+                            let (a, b) = (e / m, e % m);
+                            gram[(a.max(b) * m + a.min(b)) * k + t]
+                        })
+                        .collect();
+                    let rt: Vec<f64> = (0..m).map(|a| r[a * k + t]).collect();
+                    let a = linalg::solve_spd(&g, m, &rt, ridge)?;
+                    coef.extend(a.into_iter().map(|v| v as f32));
+                }
+            }
+            first += k;
+        }
+        start = end;
     }
     Ok(coef)
 }
@@ -237,7 +210,7 @@ fn builds_pairs(m: usize, d: usize) -> bool {
 ///   product of the other factors, its square, weighted bound vectors and bound vectors,
 ///   (F + 4)·t·D·4; the right-hand sides and coefficients (`f32` tensors and host copies),
 ///   16·t·M;
-/// - per solver shard (one per candle worker thread): with the pair products a group's Gram
+/// - per solver shard (one per thread): with the pair products a group's Gram
 ///   entries, [`GROUP`]·M(M+1)/2·4, and the tabulated block sums of 16 trials,
 ///   ⌈D/6⌉·(64 + 6)·16·4; without them one weighted codebook and its Gram matrix,
 ///   (M·D + M²)·4; and the interleaved `f64` systems, ([`LANES`]·M² + LANES·M)·8.
@@ -267,7 +240,8 @@ pub(super) fn memory_estimate(
         Estimate::f32s(&[m, d]) + Estimate::f32s(&[m, m])
     } + Estimate::array(&[LANES, m, m], 8)
         + Estimate::array(&[LANES, m], 8);
-    let shards = candle_core::utils::get_num_threads().clamp(1, t.max(1));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shards = threads.clamp(1, t.max(1));
     e + shard * shards
 }
 
@@ -275,6 +249,7 @@ pub(super) fn run(
     problem: &Problem,
     cfg: &AlsConfig,
     fc: Budget,
+    threads: usize,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Outcome> {
     let pc = &problem.config;
@@ -300,6 +275,13 @@ pub(super) fn run(
             })
         })
         .collect();
+    if host_books.iter().all(Option::is_some) {
+        let books: Vec<HostBook> = host_books.into_iter().flatten().collect();
+        let s = problem.bound_planes()?;
+        let s = recompose_core::host::with_host_slices(&[&s[0]], |x| x[0].to_vec())
+            .ok_or_else(|| Error::Numerical("ALS: bound vectors not on the host".into()))?;
+        return run_host(&books, &s, (t, m, d), cfg, fc, threads, progress);
+    }
     // Elsewhere, for moderate M, every Gram matrix C diag(w) Cᵀ is one row of W · Pᵀ, with P
     // the `[M², D]` matrix of codeword products c_m ⊙ c_n: a single large matmul for all trials.
     let pairs: Vec<Option<Tensor>> = cbs
@@ -331,29 +313,9 @@ pub(super) fn run(
                 .clone();
             let rhs = (&p * &s[0])?.matmul(&cbs[f].ct[0])?; // [n, M]
             let w = p.sqr()?;
-            let host = host_books[f].as_ref().and_then(|book| {
-                recompose_core::host::with_host_slices(&[&w, &rhs], |x| {
-                    host_solve(book, x[0], x[1], (n, m, d), cfg.ridge)
-                })
-            });
-            let coef = match host {
-                Some(coef) => coef?,
-                None => device_solve(&w, &rhs, &cbs[f], pairs[f].as_ref(), m, cfg.ridge)?,
-            };
+            let coef = device_solve(&w, &rhs, &cbs[f], pairs[f].as_ref(), m, cfg.ridge)?;
             let coef = Tensor::from_vec(coef, (n, m), &device)?;
-            // Right-hand side and projection products; the Gram's products (the symmetric half
-            // on the host), or with sign tables their additions (tabulation and lookups).
-            let (nn, dd, mm) = (n as f64, d as f64, m as f64);
-            let book = host_books[f].as_ref();
-            let gram_flops = if book.is_some_and(|b| b.signs.is_some()) {
-                let blocks = dd / sign_gram::BITS as f64;
-                blocks * (1 << sign_gram::BITS) as f64 + mm * (mm + 1.0) / 2.0 * blocks
-            } else if book.is_some_and(HostBook::has_pairs) {
-                dd * mm * (mm + 1.0)
-            } else {
-                2.0 * dd * mm * mm
-            };
-            out.matmul_flops += nn * (4.0 * dd * mm + gram_flops);
+            out.matmul_flops += n as f64 * sweep_flops(None, m, d);
             est[f] = planes::l2_normalize(&vec![coef.matmul(&cbs[f].c[0])?])?;
         }
         // Stop trials whose estimates no longer move (up to the sign ambiguity of each factor's
@@ -378,6 +340,202 @@ pub(super) fn run(
             let books: Vec<&PreparedCodebook> = cbs.iter().collect();
             act.retire(VsaKind::Map, &stop, None, &books, it, &mut out)?;
             (ids, s, est) = (act.ids, act.s, act.est);
+        }
+        progress(Progress {
+            iteration: it,
+            max_iters: fc.max_iters,
+            active: ids.len(),
+        });
+        if ids.is_empty() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Multiply-adds of one factor's update for one trial: the right-hand side and projection
+/// products, and the Gram's products (the symmetric half on the host, the full matrix with
+/// candle's products), or with sign tables their additions (tabulation and lookups).
+fn sweep_flops(book: Option<&HostBook>, m: usize, d: usize) -> f64 {
+    let (dd, mm) = (d as f64, m as f64);
+    let gram = if book.is_some_and(|b| b.signs.is_some()) {
+        let blocks = dd / sign_gram::BITS as f64;
+        blocks * (1 << sign_gram::BITS) as f64 + mm * (mm + 1.0) / 2.0 * blocks
+    } else if book.is_some_and(HostBook::has_pairs) {
+        dd * mm * (mm + 1.0)
+    } else {
+        2.0 * dd * mm * mm
+    };
+    4.0 * dd * mm + gram
+}
+
+/// Scales a row to Euclidean norm √D, as [`planes::l2_normalize`] does (an all-zero row stays
+/// zero).
+fn normalize_row(x: &mut [f32]) {
+    let sq: f32 = x.iter().map(|v| v * v).sum();
+    let inv = 1.0 / (sq * (1.0 / x.len() as f32) + 1e-30).sqrt();
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Rows per product of [`row_blocks`].
+const ROW_BLOCK: usize = 16;
+
+/// The product `x [n, k] × y [k, m] → [n, m]`, computed in blocks of exactly [`ROW_BLOCK`]
+/// rows (the last one padded with zeros), each copied to the same scratch buffer first: every
+/// row goes through the same call of the same shape, so its bits do not depend on how many
+/// rows come with it, and a trial's path does not depend on the sharding.
+fn row_blocks(x: &[f32], y: &[f32], (n, k, m): (usize, usize, usize)) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * m);
+    let mut block = vec![0f32; ROW_BLOCK * k];
+    for rows in x.chunks(ROW_BLOCK * k).take(n.div_ceil(ROW_BLOCK)) {
+        block[..rows.len()].copy_from_slice(rows);
+        block[rows.len()..].fill(0.0);
+        let p = recompose_core::gemm::gemm_host(&block, y, ROW_BLOCK, k, m);
+        out.extend_from_slice(&p[..rows.len() / k * m]);
+    }
+    out
+}
+
+/// [`run`] on the host: the trials cut into contiguous shards, one thread each, every shard
+/// running the whole iteration on its rows with single-threaded products and no
+/// synchronization with the others (trials evolve independently, so the shards' outcomes are
+/// those of one batch). The first shard reports progress.
+fn run_host(
+    books: &[HostBook],
+    s: &[f32],
+    (t, m, d): (usize, usize, usize),
+    cfg: &AlsConfig,
+    fc: Budget,
+    threads: usize,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Outcome> {
+    let nf = books.len();
+    let bounds = super::shard_bounds(t, super::shard_count(t, threads, true));
+    let results: Vec<Result<Outcome>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = bounds[1..]
+            .iter()
+            .map(|&(a, b)| {
+                scope.spawn(move || {
+                    host_shard(books, &s[a * d..b * d], (m, d), cfg, fc, &mut |_| {})
+                })
+            })
+            .collect();
+        let (a, b) = bounds[0];
+        let mut all = vec![host_shard(
+            books,
+            &s[a * d..b * d],
+            (m, d),
+            cfg,
+            fc,
+            progress,
+        )];
+        all.extend(handles.into_iter().map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::Numerical("an ALS thread panicked".into())))
+        }));
+        all
+    });
+    let mut out = Outcome::new(t, nf);
+    for (r, &(a, b)) in results.into_iter().zip(&bounds) {
+        let o = r?;
+        out.predictions[a * nf..b * nf].copy_from_slice(&o.predictions);
+        out.iterations[a..b].copy_from_slice(&o.iterations);
+        out.converged[a..b].copy_from_slice(&o.converged);
+        out.matmul_flops += o.matmul_flops;
+    }
+    Ok(out)
+}
+
+/// One shard of [`run_host`]: the trials whose bound vectors are the rows of `s`.
+fn host_shard(
+    books: &[HostBook],
+    s: &[f32],
+    (m, d): (usize, usize),
+    cfg: &AlsConfig,
+    fc: Budget,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Outcome> {
+    let nf = books.len();
+    let t = s.len() / d.max(1);
+    let mut out = Outcome::new(t, nf);
+    let mut ids: Vec<usize> = (0..t).collect();
+    let mut s = s.to_vec();
+    // Every estimate starts at the normalized superposition of its codebook.
+    let mut est: Vec<Vec<f32>> = books
+        .iter()
+        .map(|b| {
+            let mut sup = vec![0f32; d];
+            for row in b.c.chunks(d) {
+                sup.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+            }
+            normalize_row(&mut sup);
+            sup.repeat(t)
+        })
+        .collect();
+    let tol = cfg.tolerance * d as f32;
+    for it in 1..=fc.max_iters {
+        let n = ids.len();
+        let old = est.clone();
+        for f in 0..nf {
+            // The product of the other factors' estimates, in factor order.
+            let mut others = (0..nf).filter(|&g| g != f);
+            let first = others.next().expect("at least two factors");
+            let mut p = est[first].clone();
+            for g in others {
+                p.iter_mut().zip(&est[g]).for_each(|(a, b)| *a *= b);
+            }
+            let ps: Vec<f32> = p.iter().zip(&s).map(|(a, b)| a * b).collect();
+            let rhs = row_blocks(&ps, &books[f].ct, (n, d, m));
+            p.iter_mut().for_each(|v| *v *= *v);
+            let coef = solve_rows(&books[f], &p, &rhs, (n, m, d), cfg.ridge)?;
+            let mut e = row_blocks(&coef, &books[f].c, (n, m, d));
+            e.chunks_mut(d).for_each(normalize_row);
+            est[f] = e;
+            out.matmul_flops += n as f64 * sweep_flops(Some(&books[f]), m, d);
+        }
+        // Stop trials whose estimates no longer move (up to the sign ambiguity of each factor's
+        // scale, which the normalization fixes only up to ±).
+        let change: Vec<f32> = (0..n)
+            .map(|i| {
+                est.iter().zip(&old).fold(0f32, |acc, (new, prev)| {
+                    let (a, b) = (&new[i * d..(i + 1) * d], &prev[i * d..(i + 1) * d]);
+                    let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum();
+                    let sum: f32 = a.iter().zip(b).map(|(x, y)| (x + y).abs()).sum();
+                    acc + diff.min(sum)
+                })
+            })
+            .collect();
+        let last = it == fc.max_iters;
+        let stop: Vec<bool> = change.iter().map(|&c| last || c <= tol).collect();
+        if stop.iter().any(|&x| x) {
+            let keep: Vec<usize> = (0..n).filter(|&i| !stop[i]).collect();
+            for i in (0..n).filter(|&i| stop[i]) {
+                let trial = ids[i];
+                out.converged[trial] = change[i] <= tol;
+                out.iterations[trial] = it as u32;
+                // Decoded by the largest absolute similarity (the sign ambiguity).
+                for (f, book) in books.iter().enumerate() {
+                    let sims = row_blocks(&est[f][i * d..(i + 1) * d], &book.ct, (1, d, m));
+                    let best = sims
+                        .iter()
+                        .enumerate()
+                        .fold((0, f32::NEG_INFINITY), |(bi, bv), (k, v)| {
+                            if v.abs() > bv { (k, v.abs()) } else { (bi, bv) }
+                        })
+                        .0;
+                    out.predictions[trial * nf + f] = best as u32;
+                }
+            }
+            let select = |x: &[f32]| -> Vec<f32> {
+                keep.iter()
+                    .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
+                    .collect()
+            };
+            s = select(&s);
+            for e in est.iter_mut() {
+                *e = select(e);
+            }
+            ids = keep.iter().map(|&i| ids[i]).collect();
         }
         progress(Progress {
             iteration: it,
@@ -434,7 +592,7 @@ mod tests {
     /// candle solver agree, and their solutions satisfy the normal equations built naively.
     #[test]
     fn host_and_batched_solvers_solve_the_normal_equations() -> Result<()> {
-        // Two shards of 151 trials: a full group of 128 and a partial one, partial lane blocks.
+        // Two full groups of 128 trials and a partial one of 46, with a partial lane block.
         let (n, m, d) = (302, 6, 40);
         let mut rng = seeded(3);
         let c: Vec<f32> = normal_vec(&mut rng, m * d)
@@ -477,9 +635,9 @@ mod tests {
             signs: None,
             pairs: None,
         };
-        let host_pairs = host_solve(&with_pairs, &w, &rhs, (n, m, d), 0.0)?;
-        let host_signs = host_solve(&with_signs, &w, &rhs, (n, m, d), 0.0)?;
-        let host_plain = host_solve(&without, &w, &rhs, (n, m, d), 0.0)?;
+        let host_pairs = solve_rows(&with_pairs, &w, &rhs, (n, m, d), 0.0)?;
+        let host_signs = solve_rows(&with_signs, &w, &rhs, (n, m, d), 0.0)?;
+        let host_plain = solve_rows(&without, &w, &rhs, (n, m, d), 0.0)?;
         for i in 0..n {
             // Residual of the naive normal equations Σ_d w c_a c_b x_b = r_a.
             let x = &host_pairs[i * m..(i + 1) * m];

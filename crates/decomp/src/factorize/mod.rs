@@ -281,7 +281,7 @@ pub fn factorize_within(
                     vsa: problem.config.vsa.name(),
                 });
             }
-            als::run(problem, ac, budget, progress)?
+            als::run(problem, ac, budget, config.threads, progress)?
         }
     };
     let wall = start.elapsed().as_secs_f64();
