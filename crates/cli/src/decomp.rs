@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use clap::Args;
 use recompose_decomp_diffusion::render::{self, load_rgb_png};
 use recompose_decomp_diffusion::{DecompConfig, DecompModel, DecompRunConfig, DecompTrained};
@@ -58,7 +58,7 @@ pub fn run_decomp_eval(a: DecompEvalArgs, memory: MemoryLimit) -> Result<()> {
         format_args!("evaluating the model of {}", a.config.display()),
         files + cfg.inference_estimate(1),
     )?;
-    let dev = Device::Cpu;
+    let dev = crate::device();
     // Header and sizes checked before the data is trusted; BatchNorm's step counters of a
     // released state dict are not weights.
     let weights: HashMap<String, Tensor> = read_safetensors(&a.weights, None, &dev)
@@ -226,7 +226,7 @@ fn load_run(dir: &Path) -> Result<DecompTrained> {
         )));
     }
     crate::diffusion::expect_family(dir, DecompRunConfig::FAMILY.name)?;
-    DecompTrained::load(dir, &Device::Cpu).map_err(|e| {
+    DecompTrained::load(dir, &crate::device()).map_err(|e| {
         let text = e.to_string();
         usage(format!(
             "{}: {}",
@@ -237,7 +237,8 @@ fn load_run(dir: &Path) -> Result<DecompTrained> {
 }
 
 fn load_image(path: &Path, run: &DecompTrained) -> Result<Tensor> {
-    load_rgb_png(path, run.config.decomp.image_size, &Device::Cpu).map_err(|e| usage(e.to_string()))
+    load_rgb_png(path, run.config.decomp.image_size, &crate::device())
+        .map_err(|e| usage(e.to_string()))
 }
 
 pub fn run_decompose(a: DecomposeArgs, memory: MemoryLimit) -> Result<()> {
@@ -357,7 +358,7 @@ pub fn run_recombine(a: RecombineArgs, memory: MemoryLimit) -> Result<()> {
         &run1.schedule,
         &[1, 3, s1, s1],
         steps,
-        &Device::Cpu,
+        &crate::device(),
         &mut rng,
     )?;
     save_png_image(&img.get(0)?, ValueRange::ZeroOne, &a.out)?;

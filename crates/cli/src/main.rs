@@ -47,6 +47,11 @@ struct Cli {
     /// machine (MemAvailable, or the cgroup's limit when lower).
     #[arg(long, global = true, value_name = "SIZE", allow_hyphen_values = true)]
     max_memory: Option<MemoryLimit>,
+    /// Where commands compute: cpu, cuda (the first GPU), cuda:N, or auto (a GPU when this
+    /// program was built with the `cuda` feature and one is present, else the CPU). Asking for
+    /// a GPU from a build without CUDA, or on a machine without one, is an error (exit status 2).
+    #[arg(long, global = true, value_name = "DEVICE", default_value = "cpu")]
+    device: DeviceChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -233,6 +238,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let limit = cli.max_memory.unwrap_or_else(MemoryLimit::available);
+    let device = cli.device.open()?;
+    // Set once, before any command reads it.
+    let _ = DEVICE.set(device);
     match cli.command {
         Command::Factorize(a) => factorize::run_factorize(a, limit),
         Command::Capacity(a) => factorize::run_capacity(a, limit),
@@ -279,6 +287,64 @@ fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
     pb
 }
 
+/// The device of `--device`, opened by [`run`].
+static DEVICE: std::sync::OnceLock<candle_core::Device> = std::sync::OnceLock::new();
+
+/// The device the commands compute on (`--device`; the CPU until [`run`] has opened it).
 fn device() -> candle_core::Device {
-    candle_core::Device::Cpu
+    DEVICE.get().cloned().unwrap_or(candle_core::Device::Cpu)
+}
+
+/// The value of `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeviceChoice {
+    /// The CPU.
+    Cpu,
+    /// The CUDA GPU of this ordinal.
+    Cuda(usize),
+    /// A GPU when the build has CUDA and one is present, else the CPU.
+    Auto,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            "auto" => Ok(Self::Auto),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| {
+                    format!("unknown device '{s}' (expected cpu, cuda, cuda:N or auto)")
+                }),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// Opens the device: an error with exit status 2 for a GPU this build or machine lacks.
+    fn open(self) -> Result<candle_core::Device> {
+        match self {
+            Self::Cpu => Ok(candle_core::Device::Cpu),
+            Self::Auto => Ok(if candle_core::utils::cuda_is_available() {
+                candle_core::Device::new_cuda(0).unwrap_or(candle_core::Device::Cpu)
+            } else {
+                candle_core::Device::Cpu
+            }),
+            Self::Cuda(n) if !candle_core::utils::cuda_is_available() => Err(usage(format!(
+                "--device cuda:{n}: this recompose was built without CUDA (build it with \
+                 `--features cuda`)"
+            ))),
+            Self::Cuda(n) => candle_core::Device::new_cuda(n).map_err(|e| {
+                let text = e.to_string();
+                usage(format!(
+                    "--device cuda:{n}: no such GPU here ({})",
+                    text.lines().next().unwrap_or_default()
+                ))
+            }),
+        }
+    }
 }

@@ -370,6 +370,8 @@ fn bad_arguments_exit_2_with_one_line() {
             "3",
         ],
         vec!["factorize", "--dim", "100"],
+        [&base[..], &["--device", "gpu"]].concat(),
+        [&base[..], &["--device", "cuda:x"]].concat(),
     ];
     for args in cases {
         let out = recompose(&args);
@@ -377,6 +379,43 @@ fn bad_arguments_exit_2_with_one_line() {
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(err.starts_with("error"), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
+/// `--device`: the CPU by name or by `auto` (in a build without CUDA); a GPU asked of a build
+/// without CUDA is refused with one line naming the feature.
+#[test]
+fn device_choice() {
+    let base = [
+        "factorize",
+        "--dim",
+        "100",
+        "--factors",
+        "2",
+        "--codebook",
+        "5",
+        "--trials",
+        "4",
+    ];
+    let cpu = ok(&recompose(&base));
+    for device in ["cpu", "auto"] {
+        let out = ok(&recompose(&[&base[..], &["--device", device]].concat()));
+        // The same table but for the timing columns.
+        let cols = |t: &str| -> Vec<String> {
+            t.lines()
+                .map(|l| l.split_whitespace().take(6).collect::<Vec<_>>().join(" "))
+                .collect()
+        };
+        assert_eq!(cols(&out), cols(&cpu), "{device}");
+    }
+    if !cfg!(feature = "cuda") {
+        for device in ["cuda", "cuda:1"] {
+            let out = recompose(&[&base[..], &["--device", device]].concat());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{device}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{device}: {err}");
+            assert!(err.contains("built without CUDA"), "{device}: {err}");
+        }
     }
 }
 
