@@ -548,6 +548,90 @@ struct RunResult {
     seconds: f64,
     chain_steps: usize,
     plot: String,
+    /// Read back from an earlier run of the command (`--reuse-models`): its timings are that
+    /// run's.
+    reused: bool,
+}
+
+impl RunResult {
+    /// The raw numbers as the report's JSON lists them.
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "composition": self.target.key(), "model": self.param.key(), "sampler": self.sampler.key,
+            "log_likelihood": self.log_likelihood, "w2": self.w2, "in_support": self.in_support,
+            "split": self.split.iter().map(|v| if v.is_finite() { json!(v) } else { json!(null) }).collect::<Vec<_>>(),
+            "acceptance": self.acceptance, "seconds": self.seconds, "chain_steps": self.chain_steps,
+            "levels": self.levels.iter().map(|l| json!({
+                "level": l.level, "step_size": l.step_size, "acceptance": l.acceptance,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// A result of [`RunResult::to_json`] read back for the given run; `None` if anything is
+    /// missing.
+    fn from_json(
+        v: &serde_json::Value,
+        (target, param, sampler): (Target, Param, SamplerSpec),
+        plot: String,
+    ) -> Option<RunResult> {
+        let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+        let split = v.get("split")?.as_array()?;
+        let split_at = |i: usize| split.get(i).map(|x| x.as_f64().unwrap_or(f64::NAN));
+        let levels = v
+            .get("levels")?
+            .as_array()?
+            .iter()
+            .map(|l| {
+                Some(LevelStats {
+                    level: usize::try_from(l.get("level")?.as_u64()?).ok()?,
+                    step_size: l.get("step_size").and_then(serde_json::Value::as_f64),
+                    acceptance: l.get("acceptance").and_then(serde_json::Value::as_f64),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(RunResult {
+            target,
+            param,
+            sampler,
+            log_likelihood: f("log_likelihood")?,
+            w2: f("w2")?,
+            in_support: f("in_support")?,
+            split: [split_at(0)?, split_at(1)?],
+            acceptance: f("acceptance"),
+            levels,
+            seconds: f("seconds")?,
+            chain_steps: usize::try_from(v.get("chain_steps")?.as_u64()?).ok()?,
+            plot,
+            reused: true,
+        })
+    }
+}
+
+/// What a cached sampling result must have been made with: the sampler's settings, the number
+/// of chains and the weights (checksums from each `model.json`) of every model of the
+/// parameterization.
+fn sampling_fingerprint(
+    work: &Path,
+    param: Param,
+    sampler: &SamplerSpec,
+    args: &CompositionArgs,
+) -> Result<String> {
+    let mut text = format!(
+        "{sampler:?}|{:?}|{}",
+        anneal_config(sampler, args),
+        if args.quick { 300 } else { CHAINS }
+    );
+    for dist in Toy2d::ALL {
+        text.push('|');
+        text.push_str(&std::fs::read_to_string(
+            model_dir(work, dist, param).join("model.json"),
+        )?);
+    }
+    // FNV-1a, 64 bits: a short stable name for the text.
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    Ok(format!("{hash:016x}"))
 }
 
 /// A unit of work for [`parallel`].
@@ -662,15 +746,42 @@ fn train_models(work: &Path, args: &CompositionArgs) -> Result<Vec<Trained>> {
     parallel(jobs, 2)
 }
 
-/// Samples one composition with one sampler and measures it.
+/// Samples one composition with one sampler and measures it. With `--reuse-models`, a result
+/// kept in `cache` by an earlier run with the same sampler settings and model weights (and its
+/// plot) is read back instead; every new result is kept there.
 fn run_one(
-    work: &Path,
-    plots: &Path,
+    (work, plots, cache): (&Path, &Path, &Path),
     target: Target,
     param: Param,
     sampler: SamplerSpec,
     args: CompositionArgs,
 ) -> Result<RunResult> {
+    let plot = format!("{}-{}-{}.png", target.key(), param.key(), sampler.key);
+    let cached = cache.join(format!(
+        "{}-{}-{}.json",
+        target.key(),
+        param.key(),
+        sampler.key
+    ));
+    let fingerprint = sampling_fingerprint(work, param, &sampler, &args)?;
+    if args.reuse_models && plots.join(&plot).exists() {
+        let earlier = std::fs::read_to_string(&cached)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .filter(|v| v.get("fingerprint").and_then(|f| f.as_str()) == Some(&fingerprint))
+            .and_then(|v| RunResult::from_json(&v, (target, param, sampler), plot.clone()));
+        if let Some(r) = earlier {
+            eprintln!(
+                "{} {} {}: reused (W2 {:.4}, in support {:.3})",
+                target.key(),
+                param.key(),
+                sampler.key,
+                r.w2,
+                r.in_support
+            );
+            return Ok(r);
+        }
+    }
     let mut resolve = |name: &str| -> recompose_compose::Result<Box<dyn Component>> {
         let dist: Toy2d = name.parse()?;
         load(name, &model_dir(work, dist, param), &Device::Cpu)
@@ -716,7 +827,6 @@ fn run_one(
         ],
         Target::Negation => [f64::NAN; 2],
     };
-    let plot = format!("{}-{}-{}.png", target.key(), param.key(), sampler.key);
     let scatter = ScatterConfig {
         size: 256,
         point_radius: 0,
@@ -730,7 +840,7 @@ fn run_one(
         sampler.key,
         in_support
     );
-    Ok(RunResult {
+    let result = RunResult {
         target,
         param,
         sampler,
@@ -743,7 +853,13 @@ fn run_one(
         seconds,
         chain_steps: out.chain_steps,
         plot,
-    })
+        reused: false,
+    };
+    let mut record = result.to_json();
+    record["fingerprint"] = json!(fingerprint);
+    std::fs::create_dir_all(cache)?;
+    recompose_diffusion::train::write_atomic(&cached, record.to_string().as_bytes())?;
+    Ok(result)
 }
 
 /// One trained model sampled alone with reverse diffusion, against its own distribution.
@@ -807,6 +923,10 @@ pub fn composition(root: &Path, args: &CompositionArgs) -> Result<()> {
         root.join("target").join("reproduce-composition")
     };
     std::fs::create_dir_all(&work)?;
+    // Sampling results kept for `--reuse-models` (never committed).
+    let cache = root
+        .join("target")
+        .join(format!("{}-results", args.report_name()));
     let docs = root.join("docs").join("results");
     let plots = if args.quick {
         work.join("plots")
@@ -826,9 +946,9 @@ pub fn composition(root: &Path, args: &CompositionArgs) -> Result<()> {
             if !applicable(target, param) {
                 continue;
             }
-            let (work, plots, args) = (work.clone(), plots.clone(), *args);
+            let (work, plots, cache, args) = (work.clone(), plots.clone(), cache.clone(), *args);
             jobs.push(Box::new(move || {
-                run_one(&work, &plots, target, param, sampler, args)
+                run_one((&work, &plots, &cache), target, param, sampler, args)
             }));
         }
     }
@@ -875,20 +995,7 @@ pub fn composition(root: &Path, args: &CompositionArgs) -> Result<()> {
     } else {
         let name = args.report_name();
         std::fs::write(docs.join(format!("{name}.md")), report)?;
-        let raw: Vec<_> = results
-            .iter()
-            .map(|r| {
-                json!({
-                    "composition": r.target.key(), "model": r.param.key(), "sampler": r.sampler.key,
-                    "log_likelihood": r.log_likelihood, "w2": r.w2, "in_support": r.in_support,
-                    "split": r.split.iter().map(|v| if v.is_finite() { json!(v) } else { json!(null) }).collect::<Vec<_>>(),
-                    "acceptance": r.acceptance, "seconds": r.seconds, "chain_steps": r.chain_steps,
-                    "levels": r.levels.iter().map(|l| json!({
-                        "level": l.level, "step_size": l.step_size, "acceptance": l.acceptance,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
+        let raw: Vec<_> = results.iter().map(RunResult::to_json).collect();
         std::fs::write(
             docs.join(format!("{name}.json")),
             serde_json::to_string_pretty(&raw)?,
@@ -1295,6 +1402,16 @@ fn render(
          sampling and metrics {sample_wall:.0} s) on {} cores.",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    let reused = results.iter().filter(|r| r.reused).count();
+    if reused > 0 {
+        let _ = writeln!(
+            o,
+            "{reused} of the {} sampling runs were read back from an earlier run of this \
+             command with the same sampler settings and model weights (`--reuse-models`); their \
+             wall times are that run's.",
+            results.len()
+        );
+    }
     o
 }
 
