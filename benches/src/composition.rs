@@ -627,11 +627,10 @@ fn sampling_fingerprint(
             model_dir(work, dist, param).join("model.json"),
         )?);
     }
-    // FNV-1a, 64 bits: a short stable name for the text.
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    Ok(format!("{hash:016x}"))
+    Ok(format!(
+        "{:016x}",
+        recompose_diffusion::nn::store::fnv1a(text.as_bytes())
+    ))
 }
 
 /// A unit of work for [`parallel`].

@@ -409,41 +409,16 @@ fn run_host(
     threads: usize,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Outcome> {
-    let nf = books.len();
     let bounds = super::shard_bounds(t, super::shard_count(t, threads, true));
-    let results: Vec<Result<Outcome>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = bounds[1..]
-            .iter()
-            .map(|&(a, b)| {
-                scope.spawn(move || {
-                    host_shard(books, &s[a * d..b * d], (m, d), cfg, fc, &mut |_| {})
-                })
-            })
-            .collect();
-        let (a, b) = bounds[0];
-        let mut all = vec![host_shard(
-            books,
-            &s[a * d..b * d],
-            (m, d),
-            cfg,
-            fc,
-            progress,
-        )];
-        all.extend(handles.into_iter().map(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(Error::Numerical("an ALS thread panicked".into())))
-        }));
-        all
-    });
-    let mut out = Outcome::new(t, nf);
-    for (r, &(a, b)) in results.into_iter().zip(&bounds) {
-        let o = r?;
-        out.predictions[a * nf..b * nf].copy_from_slice(&o.predictions);
-        out.iterations[a..b].copy_from_slice(&o.iterations);
-        out.converged[a..b].copy_from_slice(&o.converged);
-        out.matmul_flops += o.matmul_flops;
-    }
-    Ok(out)
+    super::run_on_shards(
+        &bounds,
+        books.len(),
+        &|k, p| {
+            let (a, b) = bounds[k];
+            host_shard(books, &s[a * d..b * d], (m, d), cfg, fc, p)
+        },
+        progress,
+    )
 }
 
 /// One shard of [`run_host`]: the trials whose bound vectors are the rows of `s`.

@@ -339,25 +339,43 @@ fn run_sharded(
         .iter()
         .map(|&(a, b)| problem.select(&(a..b).collect::<Vec<_>>()))
         .collect::<Result<Vec<_>>>()?;
+    run_on_shards(
+        &bounds,
+        problem.config.factors,
+        &|k, p| runner(&subs[k], bounds[k].0, p),
+        progress,
+    )
+}
+
+/// A shard's run, given its index in the shard list and its progress callback.
+pub(crate) type IndexedShard<'a> =
+    dyn Fn(usize, &mut dyn FnMut(Progress)) -> Result<Outcome> + Sync + 'a;
+
+/// Runs `shard(k, progress)` for every shard `k` of `bounds` (trial ranges `[a, b)` covering
+/// the trials), one thread each, and gathers their outcomes into one. The first shard runs on
+/// the calling thread and reports progress for all.
+pub(crate) fn run_on_shards(
+    bounds: &[(usize, usize)],
+    factors: usize,
+    shard: &IndexedShard<'_>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Outcome> {
     let results: Vec<Result<Outcome>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = subs[1..]
-            .iter()
-            .zip(&bounds[1..])
-            .map(|(sub, &(a, _))| scope.spawn(move || runner(sub, a, &mut |_| {})))
+        let handles: Vec<_> = (1..bounds.len())
+            .map(|k| scope.spawn(move || shard(k, &mut |_| {})))
             .collect();
-        // The first shard runs here and reports progress for all.
-        let mut all = vec![runner(&subs[0], 0, progress)];
+        let mut all = vec![shard(0, progress)];
         all.extend(handles.into_iter().map(|h| {
             h.join()
                 .unwrap_or_else(|_| Err(Error::Numerical("a factorization thread panicked".into())))
         }));
         all
     });
-    let f = problem.config.factors;
-    let mut out = Outcome::new(t, f);
-    for (r, &(a, b)) in results.into_iter().zip(&bounds) {
+    let t = bounds.last().map_or(0, |b| b.1);
+    let mut out = Outcome::new(t, factors);
+    for (r, &(a, b)) in results.into_iter().zip(bounds) {
         let o = r?;
-        out.predictions[a * f..b * f].copy_from_slice(&o.predictions);
+        out.predictions[a * factors..b * factors].copy_from_slice(&o.predictions);
         out.iterations[a..b].copy_from_slice(&o.iterations);
         out.converged[a..b].copy_from_slice(&o.converged);
         out.limit_cycle[a..b].copy_from_slice(&o.limit_cycle);

@@ -23,8 +23,8 @@ use crate::random::SeededRng;
 use crate::{Error, Result};
 
 /// FNV-1a 64-bit hash of `bytes` (the per-name seeds of [`ParamStore`], and the tensor
-/// checksums of [`crate::train::checkpoint`]).
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+/// checksums of [`crate::train::checkpoint`]); a short stable name for any byte string.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);
