@@ -194,20 +194,34 @@ pub(crate) enum OutKind {
     Png,
 }
 
+/// The format of a sample file `--out` asks for (by its extension), checked before any
+/// sampling: a missing folder is refused up front, not after minutes of work.
 pub(crate) fn out_kind(path: &Path) -> Result<OutKind> {
-    match path
+    let kind = match path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase)
         .as_deref()
     {
-        Some("csv") => Ok(OutKind::Csv),
-        Some("png") => Ok(OutKind::Png),
-        _ => Err(usage(format!(
-            "--out must end in .csv or .png, got '{}'",
-            path.display()
-        ))),
+        Some("csv") => OutKind::Csv,
+        Some("png") => OutKind::Png,
+        _ => {
+            return Err(usage(format!(
+                "--out must end in .csv or .png, got '{}'",
+                path.display()
+            )));
+        }
+    };
+    if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !folder.is_dir()
+    {
+        return Err(usage(format!(
+            "--out {}: the folder {} does not exist",
+            path.display(),
+            folder.display()
+        )));
     }
+    Ok(kind)
 }
 
 pub fn run_sample(a: SampleArgs, memory: MemoryLimit) -> Result<()> {

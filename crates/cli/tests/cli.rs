@@ -1262,6 +1262,7 @@ fn bad_input_exits_2_with_one_line() {
     let missing = missing.to_str().expect("utf-8");
     let unwritable = format!("{missing}/out.csv");
     let model_a = format!("a={fixture}");
+    let model_run = format!("a={run}");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["factorize", "--problem", missing],
@@ -1312,7 +1313,21 @@ fn bad_input_exits_2_with_one_line() {
                 "--out",
                 &unwritable,
             ],
-            "out.csv: No such file or directory",
+            "out.csv: the folder",
+        ),
+        (
+            vec![
+                "compose",
+                "--expr",
+                "a",
+                "--model",
+                &model_run,
+                "--num",
+                "2",
+                "--out",
+                &unwritable,
+            ],
+            "does not exist",
         ),
         (
             vec!["decompose", "--checkpoint", fixture, "--out", missing, junk],
