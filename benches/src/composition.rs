@@ -458,6 +458,11 @@ fn learned_masses(
     })
 }
 
+/// The levels of `learned` that belong to `target`, in order.
+fn learned_rows(learned: &[LearnedLevel], target: Target) -> Vec<&LearnedLevel> {
+    learned.iter().filter(|l| l.target == target).collect()
+}
+
 /// The quadrature of [`learned_masses`] for the energy product and negation at every level of
 /// [`LEARNED_LEVELS`], two levels at a time.
 fn learned_quadrature(work: &Path, quick: bool) -> Result<Vec<LearnedLevel>> {
@@ -514,10 +519,7 @@ fn product_section(o: &mut String, results: &[RunResult], learned: &[LearnedLeve
             r.w2_at_split.map_or("—".into(), |w| format!("{w:.4}"))
         );
     }
-    let rows: Vec<&LearnedLevel> = learned
-        .iter()
-        .filter(|l| l.target == Target::Product)
-        .collect();
+    let rows = learned_rows(learned, Target::Product);
     if rows.is_empty() {
         return;
     }
@@ -626,17 +628,14 @@ fn negation_section(o: &mut String, results: &[RunResult], learned: &[LearnedLev
             measured.join(", ")
         );
     }
-    let rows: Vec<&LearnedLevel> = learned
-        .iter()
-        .filter(|l| l.target == Target::Negation)
-        .collect();
+    let rows = learned_rows(learned, Target::Negation);
     if rows.is_empty() {
         return;
     }
     let _ = writeln!(
         o,
         "\nThe learned energy composition's own masses (quadrature of 1.3 log p_large,t − 0.3 \
-         log p_small,t of the two learned energy models, as for the product below; no \
+         log p_small,t of the two learned energy models, as for the product above; no \
          sampling):\n"
     );
     let _ = writeln!(
