@@ -8,14 +8,64 @@
 //! parallel loops over parts of a buffer on candle's worker threads, an exponential that loops
 //! can vectorize ([`fast_exp`]), and loops compiled for the CPU's widest vectors
 //! ([`vectorized`]).
+//!
+//! ## Reference paths
+//!
+//! Every dispatch between a fast path and candle's ops asks [`on_fast_path`] (or goes through
+//! [`with_host_slices`]). [`set_fast_paths`]`(false)` — or the environment variable
+//! `RECOMPOSE_REFERENCE_OPS=1` at start — makes all of them take candle's ops on the CPU too:
+//! the code a GPU runs, on the CPU. The device parity tests ([`crate::parity`]) compare the two.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
 
-use candle_core::{CpuStorage, Layout, Storage, Tensor, bail};
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, bail};
+
+/// 0: not yet read from the environment; 1: fast paths on; 2: reference ops only.
+static FAST_PATHS: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the CPU fast paths are in use (the default; see [`set_fast_paths`]).
+pub fn fast_paths_enabled() -> bool {
+    match FAST_PATHS.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let off = std::env::var("RECOMPOSE_REFERENCE_OPS").is_ok_and(|v| v == "1");
+            // A concurrent `set_fast_paths` wins over the environment.
+            let _ = FAST_PATHS.compare_exchange(
+                0,
+                if off { 2 } else { 1 },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            FAST_PATHS.load(Ordering::Relaxed) == 1
+        }
+    }
+}
+
+/// Turns the CPU fast paths on or off for the whole process. Off, every model, sampler and
+/// solver computes with candle's ops on the CPU as it would on a GPU: for parity tests and for
+/// telling a kernel's error from a model's.
+pub fn set_fast_paths(enabled: bool) {
+    FAST_PATHS.store(if enabled { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether a computation on `xs` takes a CPU fast path: fast paths are on and every tensor is
+/// `f32` on the CPU (the kernels make their inputs contiguous themselves).
+pub fn on_fast_path(xs: &[&Tensor]) -> bool {
+    fast_paths_enabled()
+        && xs
+            .iter()
+            .all(|x| x.device().is_cpu() && x.dtype() == DType::F32)
+}
 
 /// Runs `f` on the contiguous f32 host slices of `xs` when they all live on the CPU in that
-/// form; returns `None` otherwise (a fast path then falls back to candle's ops).
+/// form and fast paths are on; returns `None` otherwise (a fast path then falls back to
+/// candle's ops).
 pub fn with_host_slices<R>(xs: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Option<R> {
+    if !fast_paths_enabled() {
+        return None;
+    }
     let guards: Vec<_> = xs.iter().map(|x| x.storage_and_layout()).collect();
     let mut slices = Vec::with_capacity(xs.len());
     for (storage, layout) in &guards {

@@ -19,6 +19,9 @@
 //!   AdamW update, gradient norms and moving averages of training. Models dispatch to them for
 //!   `f32` tensors on the CPU and to candle's ops elsewhere.
 //!
+//! - [`parity`]: device parity — one computation on the CPU fast paths and on candle's ops (on
+//!   the CPU with the fast paths off, or on CUDA), compared output by output; the
+//!   [`device_parity!`] macro writes the tests.
 //! - [`memory`]: the memory guard — estimates of a request's peak allocation, the limit they
 //!   are checked against (by default the machine's available memory) and byte sizes.
 //!
@@ -49,6 +52,7 @@ pub mod gemm;
 pub mod host;
 pub mod memory;
 pub mod ops;
+pub mod parity;
 #[cfg(feature = "process")]
 pub mod process;
 pub mod random;

@@ -99,10 +99,7 @@ impl BatchNorm2d {
                     "batch norm in training mode needs more than one value per channel".into(),
                 ));
             }
-            let fast = x.device().is_cpu()
-                && x.dtype() == DType::F32
-                && self.weight.dtype() == DType::F32
-                && self.bias.dtype() == DType::F32;
+            let fast = recompose_core::host::on_fast_path(&[x, &self.weight, &self.bias]);
             if fast {
                 let x = x.contiguous()?;
                 let stats = x.detach().apply_op1_no_bwd(&batch_norm::Moments)?;

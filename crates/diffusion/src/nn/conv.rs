@@ -88,7 +88,7 @@ impl Conv2d {
     }
 
     fn fast(&self, x: &Tensor) -> bool {
-        x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32
+        recompose_core::host::on_fast_path(&[x, &self.weight])
     }
 
     fn op(&self) -> ConvOp {
@@ -189,10 +189,7 @@ pub(crate) fn residual_conv(
             bias.dims()
         )));
     }
-    let fast = x.device().is_cpu()
-        && [x, weight, bias, residual]
-            .iter()
-            .all(|t| t.dtype() == DType::F32);
+    let fast = recompose_core::host::on_fast_path(&[x, weight, bias, residual]);
     if fast {
         let packed = Tensor::cat(&[&weight.flatten_all()?, bias], 0)?;
         let op = ConvResidual {

@@ -14,7 +14,7 @@
 //!   `upsample_nearest2d` fails for some sizes, and its ReLU gradient, pooling and broadcast
 //!   sums are single-threaded loops.
 
-use candle_core::{D, DType, Module, Tensor};
+use candle_core::{D, Module, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, GroupNorm, Init, Linear, VarBuilder};
 use rand_distr::{Bernoulli, Distribution};
 
@@ -332,7 +332,7 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
             x.dims()
         ))
     })?;
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if recompose_core::host::on_fast_path(&[x]) {
         return Ok(x.contiguous()?.apply_op1(Resample2x::UP)?);
     }
     Ok(x.reshape((b, c, h, 1, w, 1))?
@@ -356,7 +356,7 @@ pub fn avg_pool2x(x: &Tensor) -> Result<Tensor> {
             "2×2 pooling needs at least 2×2 pixels, got {h}×{w}"
         )));
     }
-    if x.device().is_cpu() && x.dtype() == DType::F32 && h % 2 == 0 && w % 2 == 0 {
+    if recompose_core::host::on_fast_path(&[x]) && h % 2 == 0 && w % 2 == 0 {
         return Ok(x.contiguous()?.apply_op1(Resample2x::DOWN)?);
     }
     Ok(x.avg_pool2d(2)?)
@@ -370,7 +370,7 @@ pub fn avg_pool2x(x: &Tensor) -> Result<Tensor> {
 ///
 /// [`Error::Candle`] from candle.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if recompose_core::host::on_fast_path(&[x]) {
         return Ok(x.contiguous()?.apply_op1(Relu)?);
     }
     Ok(x.relu()?)

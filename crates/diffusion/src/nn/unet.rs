@@ -116,9 +116,10 @@ fn repeat_rows(x: &Tensor, n: usize, bias: Option<&Tensor>) -> Result<Tensor> {
         }
         None => None,
     };
-    let fast = x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+    let fast = recompose_core::host::on_fast_path(&[x])
+        && bias
+            .as_ref()
+            .is_none_or(|b| recompose_core::host::on_fast_path(&[b]));
     if fast {
         let x = x.contiguous()?;
         let op = repeat::Repeat { n };
@@ -546,7 +547,7 @@ impl Pointwise {
         let co = self.weight.dim(0)?;
         let mut out_dims = dims.clone();
         out_dims[1] = co;
-        if x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+        if recompose_core::host::on_fast_path(&[x, &self.weight]) {
             let op = ConvBias(ConvOp {
                 padding: 0,
                 stride: 1,
@@ -633,7 +634,7 @@ impl Norm {
                 (scale, shift)
             }
         };
-        if x.device().is_cpu() && x.dtype() == DType::F32 && scale.dtype() == DType::F32 {
+        if recompose_core::host::on_fast_path(&[x, &scale]) {
             let op = group_norm::GroupNorm {
                 groups: self.groups,
                 eps: NORM_EPS,
@@ -830,7 +831,7 @@ impl AttentionBlock {
         let head_ch = c / self.heads;
         let xn = self.norm.forward(x, None, false)?;
         let qkv = self.qkv.forward(&xn)?;
-        if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
+        if recompose_core::host::on_fast_path(&[&qkv]) {
             // [B, 3C, H, W] in, [B, C, H, W] out: no reshape nodes in the graph.
             let attended = qkv
                 .contiguous()?
