@@ -235,12 +235,21 @@ impl<D: Denoiser + Send + Sync> Component for ScoreLeaf<D> {
     }
 }
 
+/// How an [`EnergyLeaf`] evaluates its network.
+#[derive(Debug, Clone)]
+enum EnergyNetwork {
+    /// On the host without autograd ([`FrozenMlp`]), with the energy's form.
+    Frozen(FrozenMlp, EnergyForm),
+    /// Through candle's ops on `device` ([`EnergyMlp::energy_and_grad`]).
+    Candle(EnergyMlp, Device),
+}
+
 /// An energy-parameterized MLP: s = −∇ₓE/σ_t, log p_t = −E/σ_t (+ an unknown c(t)).
 #[derive(Debug, Clone)]
 pub struct EnergyLeaf {
     name: String,
-    net: FrozenMlp,
-    form: EnergyForm,
+    dim: usize,
+    network: EnergyNetwork,
     schedule: DiscreteSchedule,
 }
 
@@ -253,16 +262,32 @@ impl EnergyLeaf {
     pub fn new(name: &str, model: &EnergyMlp, schedule: DiscreteSchedule) -> Result<Self> {
         Ok(Self {
             name: name.to_string(),
-            net: FrozenMlp::from_mlp(model.net())?,
-            form: model.form(),
+            dim: model.net().config().data_dim,
+            network: EnergyNetwork::Frozen(FrozenMlp::from_mlp(model.net())?, model.form()),
             schedule,
         })
+    }
+
+    /// The energy model `model` trained on `schedule`, evaluated with candle's ops on `device`
+    /// (where its weights live): the path of a GPU.
+    pub fn on_device(
+        name: &str,
+        model: EnergyMlp,
+        schedule: DiscreteSchedule,
+        device: &Device,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            dim: model.net().config().data_dim,
+            network: EnergyNetwork::Candle(model, device.clone()),
+            schedule,
+        }
     }
 }
 
 impl Component for EnergyLeaf {
     fn dim(&self) -> usize {
-        self.net.data_dim()
+        self.dim
     }
     fn schedule(&self) -> &DiscreteSchedule {
         &self.schedule
@@ -274,8 +299,19 @@ impl Component for EnergyLeaf {
         format!("`{}`", self.name)
     }
     fn evaluate(&self, x: &[f32], level: usize, density: bool) -> Result<Eval> {
-        check_batch(x, self.dim(), level, &self.schedule)?;
-        let (energy, mut grad) = self.net.energy_and_grad(self.form, x, level)?;
+        let n = check_batch(x, self.dim, level, &self.schedule)?;
+        let (energy, mut grad) = match &self.network {
+            EnergyNetwork::Frozen(net, form) => net.energy_and_grad(*form, x, level)?,
+            EnergyNetwork::Candle(model, device) => {
+                let xt = Tensor::from_slice(x, (n, self.dim), device)?;
+                let t = Tensor::from_vec(vec![level as f32; n], n, device)?;
+                let (e, g) = model.energy_and_grad(&xt, &t)?;
+                (
+                    e.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                    g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                )
+            }
+        };
         let sigma = self.schedule.sigma(level);
         let inv = (1.0 / sigma) as f32;
         for g in &mut grad {
@@ -396,8 +432,9 @@ pub(crate) fn common_shape<'a>(
 }
 
 /// The component of a model directory written by `recompose train`: an [`EnergyLeaf`] for an
-/// energy model, a [`ScoreLeaf`] otherwise (the residual MLP on the fast host path, other
-/// networks through candle on `device`). `name` is used in messages.
+/// energy model, a [`ScoreLeaf`] otherwise. The residual MLPs (score and energy) take the fast
+/// host path ([`FrozenMlp`]) on the CPU with the fast paths on, candle's ops on `device`
+/// elsewhere; other networks always go through candle on `device`. `name` is used in messages.
 ///
 /// # Errors
 ///
@@ -406,9 +443,13 @@ pub fn load(name: &str, dir: &std::path::Path, device: &Device) -> Result<Box<dy
     use recompose_diffusion::run::{Model, Trained};
     let trained = Trained::load(dir, device)?;
     let dim: usize = trained.config.model_item_shape().iter().product();
+    let host = device.is_cpu() && recompose_core::host::fast_paths_enabled();
+    let schedule = trained.schedule;
     Ok(match trained.model {
-        Model::Mlp(net) => Box::new(ScoreLeaf::mlp(name, &net, trained.schedule)?),
-        Model::Energy(model) => Box::new(EnergyLeaf::new(name, &model, trained.schedule)?),
-        Model::Unet(net) => Box::new(ScoreLeaf::new(name, net, trained.schedule, dim, device)?),
+        Model::Mlp(net) if host => Box::new(ScoreLeaf::mlp(name, &net, schedule)?),
+        Model::Mlp(net) => Box::new(ScoreLeaf::new(name, net, schedule, dim, device)?),
+        Model::Energy(model) if host => Box::new(EnergyLeaf::new(name, &model, schedule)?),
+        Model::Energy(model) => Box::new(EnergyLeaf::on_device(name, model, schedule, device)),
+        Model::Unet(net) => Box::new(ScoreLeaf::new(name, net, schedule, dim, device)?),
     })
 }
