@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn decomp(c: &mut Criterion) {
     for (name, cfg) in configs() {
-        let mut work = DecompWorkload::new(&cfg).expect("model");
+        let mut work = DecompWorkload::new(&cfg, &candle_core::Device::Cpu).expect("model");
         let mut g = c.benchmark_group(format!("decomp/train-step/{name}/batch={BATCH}"));
         g.sample_size(10)
             .warm_up_time(Duration::from_secs(1))

@@ -52,7 +52,7 @@ fn train_step(
 /// ([`MlpWorkload`], shared with the `bench-steps` timing server).
 fn mlp(c: &mut Criterion) {
     for (group, energy) in [(MLP_GROUP, false), (ENERGY_GROUP, true)] {
-        let mut work = MlpWorkload::new(energy).expect("mlp workload");
+        let mut work = MlpWorkload::new(energy, &candle_core::Device::Cpu).expect("mlp workload");
         let mut g = c.benchmark_group(group);
         g.sample_size(20)
             .warm_up_time(Duration::from_secs(1))

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use recompose_decomp_diffusion::{DecompConfig, DecompModel};
 use recompose_diffusion::nn::ParamStore;
@@ -60,8 +61,8 @@ pub fn config(name: &str) -> Option<DecompConfig> {
         .map(|(_, c)| c)
 }
 
-fn randn(rng: &mut SeededRng, shape: &[usize]) -> Result<Tensor, Error> {
-    Ok(normal_tensor(rng, shape, DType::F32, &Device::Cpu)?)
+fn randn(rng: &mut SeededRng, shape: &[usize], device: &Device) -> Result<Tensor, Error> {
+    Ok(normal_tensor(rng, shape, DType::F32, device)?)
 }
 
 /// One configuration's model with its trainable variables, optimizer and fixed inputs.
@@ -73,11 +74,11 @@ pub struct DecompWorkload {
     /// The model's variables.
     pub store: ParamStore,
     opt: AdamW,
-    /// Clean images in [0, 1] (roughly), `[BATCH, 3, s, s]`.
+    /// Clean images in [0, 1] (roughly), `[batch, 3, s, s]`.
     pub x0: Tensor,
     /// The noise of the noisy images.
     pub noise: Tensor,
-    /// Timestep indices, `[BATCH]`.
+    /// Timestep indices, `[batch]`.
     pub t: Tensor,
     /// Noisy images 0.6 x₀ + 0.8 ε.
     pub x_t: Tensor,
@@ -88,29 +89,42 @@ pub struct DecompWorkload {
 impl DecompWorkload {
     /// Builds the model of `cfg` (seed 0) and moves every weight off its initial value by
     /// N(0, 0.02²) noise, so that the zero-initialized output layers pass gradients as in a
-    /// model under training (the PyTorch side does the same); then draws the inputs.
+    /// model under training (the PyTorch side does the same); then draws the inputs. Everything
+    /// lives on `device` (the same values on every device).
     ///
     /// # Errors
     ///
     /// When the model cannot be built.
-    pub fn new(cfg: &DecompConfig) -> Result<Self, Error> {
+    pub fn new(cfg: &DecompConfig, device: &Device) -> Result<Self, Error> {
+        Self::with_batch(cfg, BATCH, device)
+    }
+
+    /// [`DecompWorkload::new`] with `batch` images per call in place of [`BATCH`].
+    ///
+    /// # Errors
+    ///
+    /// When the model cannot be built or the batch is empty.
+    pub fn with_batch(cfg: &DecompConfig, batch: usize, device: &Device) -> Result<Self, Error> {
+        if batch == 0 {
+            return Err("a workload needs at least one image".into());
+        }
         let store = ParamStore::new(0);
-        let model = DecompModel::from_config(cfg, store.var_builder(DType::F32, &Device::Cpu))?;
+        let model = DecompModel::from_config(cfg, store.var_builder(DType::F32, device))?;
         let mut rng = seeded(2);
         for (n, v) in store.vars() {
             if n.contains("running") {
                 continue;
             }
-            let noise = randn(&mut rng, v.dims())?;
+            let noise = randn(&mut rng, v.dims(), device)?;
             v.set(&(v.as_tensor() + (noise * 0.02)?)?)?;
         }
         let s = cfg.image_size;
-        let x0 = randn(&mut rng, &[BATCH, 3, s, s])?.affine(0.25, 0.5)?;
-        let noise = randn(&mut rng, &[BATCH, 3, s, s])?;
-        let t_idx: Vec<f32> = (0..BATCH).map(|i| (i * 997 % 1000) as f32).collect();
-        let t = Tensor::from_vec(t_idx, BATCH, &Device::Cpu)?;
-        let alpha = Tensor::full(0.6f32, BATCH, &Device::Cpu)?;
-        let sigma = Tensor::full(0.8f32, BATCH, &Device::Cpu)?;
+        let x0 = randn(&mut rng, &[batch, 3, s, s], device)?.affine(0.25, 0.5)?;
+        let noise = randn(&mut rng, &[batch, 3, s, s], device)?;
+        let t_idx: Vec<f32> = (0..batch).map(|i| (i * 997 % 1000) as f32).collect();
+        let t = Tensor::from_vec(t_idx, batch, device)?;
+        let alpha = Tensor::full(0.6f32, batch, device)?;
+        let sigma = Tensor::full(0.8f32, batch, device)?;
         let x_t = ((&x0 * 0.6)? + (&noise * 0.8)?)?;
         let opt = AdamW::new(store.vars(), AdamWConfig::default())?;
         Ok(Self {
@@ -134,6 +148,18 @@ impl DecompWorkload {
     ///
     /// When a tensor operation fails.
     pub fn train_step(&mut self) -> Result<(), Error> {
+        let (_, grads) = self.loss_and_grads()?;
+        self.opt.step(&grads, LEARNING_RATE, 1.0)?;
+        Ok(())
+    }
+
+    /// The training step's loss and its gradients (encoder in training mode: its batch-norm
+    /// running statistics move).
+    ///
+    /// # Errors
+    ///
+    /// When a tensor operation fails.
+    pub fn loss_and_grads(&self) -> Result<(Tensor, GradStore), Error> {
         let loss = self
             .model
             .loss(
@@ -146,8 +172,7 @@ impl DecompWorkload {
             )?
             .mean_all()?;
         let grads = loss.backward()?;
-        self.opt.step(&grads, LEARNING_RATE, 1.0)?;
-        Ok(())
+        Ok((loss, grads))
     }
 
     /// The same weights as plain tensors (no gradient tracking), as a loaded model has them:
@@ -163,7 +188,7 @@ impl DecompWorkload {
             .into_iter()
             .map(|(n, v)| (n, v.as_tensor().detach()))
             .collect();
-        let vb = candle_nn::VarBuilder::from_tensors(frozen, DType::F32, &Device::Cpu);
+        let vb = candle_nn::VarBuilder::from_tensors(frozen, DType::F32, self.x0.device());
         Ok(DecompModel::from_config(&self.cfg, vb)?)
     }
 }

@@ -7,6 +7,7 @@
 //! (which `cargo xtask bench diffusion` interleaves with PyTorch) build their work here, so both
 //! time exactly the same step.
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use recompose_diffusion::nn::{EnergyForm, EnergyMlp, MlpConfig, ParamStore, ResidualMlp};
@@ -32,19 +33,20 @@ pub struct MlpWorkload {
     x: Tensor,
     t: Tensor,
     target: Tensor,
-    _store: ParamStore,
+    store: ParamStore,
 }
 
 impl MlpWorkload {
     /// The paper's network (width 128, 4 blocks, 100 steps), as an ε-prediction model or (with
-    /// `energy`) as the squared-residual energy model, with a seeded batch of [`BATCH`] points.
+    /// `energy`) as the squared-residual energy model, with a seeded batch of [`BATCH`] points,
+    /// on `device` (the same weights and batch on every device).
     ///
     /// # Errors
     ///
     /// From building the model or the optimizer.
-    pub fn new(energy: bool) -> Result<Self, Error> {
+    pub fn new(energy: bool, device: &Device) -> Result<Self, Error> {
         let store = ParamStore::new(0);
-        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let vb = store.var_builder(DType::F32, device);
         let cfg = MlpConfig::default();
         let model: Box<dyn TrainableDenoiser> = if energy {
             Box::new(EnergyMlp::new(&cfg, EnergyForm::SquaredResidual, vb)?)
@@ -53,19 +55,19 @@ impl MlpWorkload {
         };
         let opt = AdamW::new(store.vars(), AdamWConfig::default())?;
         let mut rng = seeded(1);
-        let x = normal_tensor(&mut rng, &[BATCH, 2], DType::F32, &Device::Cpu)?;
-        let target = normal_tensor(&mut rng, &[BATCH, 2], DType::F32, &Device::Cpu)?;
+        let x = normal_tensor(&mut rng, &[BATCH, 2], DType::F32, device)?;
+        let target = normal_tensor(&mut rng, &[BATCH, 2], DType::F32, device)?;
         let t: Vec<f32> = (0..BATCH)
             .map(|_| rng.random_range(0..cfg.num_timesteps) as f32)
             .collect();
-        let t = Tensor::from_vec(t, BATCH, &Device::Cpu)?;
+        let t = Tensor::from_vec(t, BATCH, device)?;
         Ok(Self {
             model,
             opt,
             x,
             t,
             target,
-            _store: store,
+            store,
         })
     }
 
@@ -75,7 +77,19 @@ impl MlpWorkload {
     ///
     /// From the model or the optimizer.
     pub fn train_step(&mut self) -> Result<(), Error> {
-        let (_, grads) =
+        let (_, grads) = self.loss_and_grads()?;
+        self.opt.step(&grads, 1e-3, 1.0)?;
+        Ok(())
+    }
+
+    /// The step's loss (the mean squared error of the prediction) and its gradients: fused on
+    /// the host path of the CPU, candle's autograd elsewhere.
+    ///
+    /// # Errors
+    ///
+    /// From the model.
+    pub fn loss_and_grads(&self) -> Result<(Tensor, GradStore), Error> {
+        Ok(
             match self
                 .model
                 .fused_mse_and_grads(&self.x, &self.t, None, &self.target)?
@@ -87,8 +101,12 @@ impl MlpWorkload {
                     let grads = loss.backward()?;
                     (loss, grads)
                 }
-            };
-        self.opt.step(&grads, 1e-3, 1.0)?;
-        Ok(())
+            },
+        )
+    }
+
+    /// The model's variables, by name.
+    pub fn store(&self) -> &ParamStore {
+        &self.store
     }
 }

@@ -34,7 +34,13 @@ for each line holding a call count n it makes n calls and prints their wall time
 space-separated, on one line; it exits at the end of its input or on an empty line. This is
 the protocol of the Rust server `bench-steps`.
 
+With `--device cuda` (or `cuda:N`) every model and tensor lives on that GPU: float32 with TF32
+off, cuDNN's autotuner on, and each timed call ends with `torch.cuda.synchronize()`, so that its
+wall time covers its kernels. `--batch N` sets the image batch of the decomp suite (default 16;
+it appears in the keys).
+
 Usage: python torchbench.py [--suite diffusion|decomp] [--threads N] [--only SUBSTRING] [--serve]
+       [--device cpu|cuda|cuda:N] [--batch N]
 """
 
 import argparse
@@ -75,6 +81,28 @@ QUIET_CORES = 0.25
 ATTEMPTS = 3
 
 
+# Set by `--device`: where models and tensors live.
+DEVICE = torch.device("cpu")
+
+
+def on_device(t):
+    """`t` (made on the CPU by the seeded generator) moved to the device."""
+    return t.to(DEVICE)
+
+
+def synchronized(fn):
+    """`fn`, waiting for the GPU's queue to drain before it returns (a no-op on the CPU)."""
+    if DEVICE.type != "cuda":
+        return fn
+
+    def call():
+        out = fn()
+        torch.cuda.synchronize(DEVICE)
+        return out
+
+    return call
+
+
 # Set by `--serve`: the workload `--only` selects is served instead of timed.
 SERVING = False
 SERVED = []
@@ -98,6 +126,7 @@ def serve(fn):
 
 
 def median_seconds(key, fn):
+    fn = synchronized(fn)
     if SERVING:
         if SERVED:
             sys.exit(f"--serve: more than one workload selected ({SERVED[0]}, {key})")
@@ -347,10 +376,12 @@ MLP_PARAMS = 565_506
 
 
 def perturb(model, gen):
-    # Move the zero-initialized layers off zero, as the Rust benchmark does.
+    # Move the zero-initialized layers off zero, as the Rust benchmark does; then move the model
+    # to the device.
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    model.to(DEVICE)
 
 
 def train_step(model, opt, loss_fn):
@@ -366,7 +397,7 @@ def train_step(model, opt, loss_fn):
 def bench_mlp(results, gen, wanted):
     batch = 1000
     key = f"mlp/train-step/batch={batch}/recompose"
-    model = ResidualMlp()
+    model = ResidualMlp().to(DEVICE)
     n = num_params(model)
     assert n == MLP_PARAMS, f"mlp: {n} parameters, expected {MLP_PARAMS}"
     print(f"mlp: {n} parameters (expected {MLP_PARAMS})", file=sys.stderr)
@@ -374,9 +405,9 @@ def bench_mlp(results, gen, wanted):
         return
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, 2, generator=gen)
-    target = torch.randn(batch, 2, generator=gen)
-    t = torch.randint(0, 100, (batch,), generator=gen)
+    x = on_device(torch.randn(batch, 2, generator=gen))
+    target = on_device(torch.randn(batch, 2, generator=gen))
+    t = on_device(torch.randint(0, 100, (batch,), generator=gen))
     results[key] = median_seconds(
         key, train_step(model, opt, lambda m: F.mse_loss(m(x, t), target))
     )
@@ -388,12 +419,12 @@ def bench_energy_mlp(results, gen, wanted):
     key = f"mlp-energy/train-step/batch={batch}/recompose"
     if not wanted(key):
         return
-    model = ResidualMlp()
+    model = ResidualMlp().to(DEVICE)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, 2, generator=gen)
-    target = torch.randn(batch, 2, generator=gen)
-    t = torch.randint(0, 100, (batch,), generator=gen)
+    x = on_device(torch.randn(batch, 2, generator=gen))
+    target = on_device(torch.randn(batch, 2, generator=gen))
+    t = on_device(torch.randint(0, 100, (batch,), generator=gen))
 
     def loss(m):
         xr = x.clone().requires_grad_(True)
@@ -418,9 +449,9 @@ def bench_unet(results, gen, wanted):
         batch = 48
         key = f"unet/forward/{name}/batch={batch}/recompose"
         if wanted(key):
-            x = torch.randn(batch, 3, s, s, generator=gen)
-            t = torch.randint(0, 1000, (batch,), generator=gen)
-            cond = torch.randn(batch, cond_dim, generator=gen).relu()
+            x = on_device(torch.randn(batch, 3, s, s, generator=gen))
+            t = on_device(torch.randint(0, 1000, (batch,), generator=gen))
+            cond = on_device(torch.randn(batch, cond_dim, generator=gen).relu())
             model.eval()
 
             def forward():
@@ -434,10 +465,10 @@ def bench_unet(results, gen, wanted):
         if wanted(key):
             model.train()
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            x = torch.randn(batch, 3, s, s, generator=gen)
-            x0 = torch.randn(batch, 3, s, s, generator=gen)
-            t = torch.randint(0, 1000, (batch,), generator=gen)
-            cond = torch.randn(batch, cond_dim, generator=gen).relu()
+            x = on_device(torch.randn(batch, 3, s, s, generator=gen))
+            x0 = on_device(torch.randn(batch, 3, s, s, generator=gen))
+            t = on_device(torch.randint(0, 1000, (batch,), generator=gen))
+            cond = on_device(torch.randn(batch, cond_dim, generator=gen).relu())
             results[key] = median_seconds(
                 key, train_step(model, opt, lambda m: F.mse_loss(m(x, t, cond), x0))
             )
@@ -503,8 +534,7 @@ DECOMP_PARAMS = {
 }
 
 
-def bench_decomp(results, gen, wanted):
-    batch = 16
+def bench_decomp(results, gen, wanted, batch=16):
     for name, cfg, _ in UNET_CONFIGS:
         torch.manual_seed(0)
         cfg = dict(cfg)
@@ -515,9 +545,9 @@ def bench_decomp(results, gen, wanted):
         assert n == expected, f"decomp {name}: {n} parameters, expected {expected}"
         print(f"decomp {name}: {n} parameters (reference: {expected})", file=sys.stderr)
         perturb(model, gen)
-        x0 = (0.5 + 0.25 * torch.randn(batch, 3, s, s, generator=gen))
-        noise = torch.randn(batch, 3, s, s, generator=gen)
-        t = torch.randint(0, 1000, (batch,), generator=gen)
+        x0 = on_device(0.5 + 0.25 * torch.randn(batch, 3, s, s, generator=gen))
+        noise = on_device(torch.randn(batch, 3, s, s, generator=gen))
+        t = on_device(torch.randint(0, 1000, (batch,), generator=gen))
         x_t = 0.6 * x0 + 0.8 * noise
 
         key = f"decomp/train-step/{name}/batch={batch}/recompose"
@@ -566,7 +596,19 @@ def main():
     parser.add_argument(
         "--serve", action="store_true", help="serve the one selected workload (module docs)"
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--batch", type=int, default=16, help="image batch of the decomp suite")
     args = parser.parse_args()
+    if args.batch < 1:
+        parser.error("--batch must be positive")
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: no CUDA device here")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
     if args.serve:
         if args.only is None:
             parser.error("--serve needs --only to select one workload")
@@ -585,13 +627,14 @@ def main():
         bench_energy_mlp(results, gen, wanted)
         bench_unet(results, gen, wanted)
     else:
-        bench_decomp(results, gen, wanted)
+        bench_decomp(results, gen, wanted, args.batch)
     if args.serve:
         if not SERVED:
             sys.exit(f"--serve: --only {args.only!r} selects no workload")
         return
     report = {
         "torch": torch.__version__,
+        "device": str(DEVICE),
         "threads": torch.get_num_threads(),
         "results": results,
         "background_cores": BACKGROUND,

@@ -1,4 +1,4 @@
-//! `bench-steps GROUP`: a timing server for the workloads that `cargo xtask bench diffusion`,
+//! `bench-steps GROUP [--device DEVICE]`: a timing server for the workloads that `cargo xtask bench diffusion`,
 //! `cargo xtask bench decomp` and `cargo xtask reproduce decomposition` interleave with the same
 //! workloads in PyTorch, a few calls at a time, while both processes stay warm.
 //!
@@ -20,6 +20,8 @@ use std::hint::black_box;
 use std::io::{BufRead, Write};
 use std::time::Instant;
 
+use candle_core::Device;
+
 use recompose_benches::decomp::{DecompWorkload, Error, configs};
 use recompose_benches::mlp::{ENERGY_GROUP, MLP_GROUP, MlpWorkload};
 
@@ -29,18 +31,25 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Calls made before `ready`: the first calls fault in the activation buffers.
 const WARMUP: usize = 3;
 
-const USAGE: &str = "usage: bench-steps GROUP (mlp/train-step/batch=1000, \
-mlp-energy/train-step/batch=1000, decomp/train-step/CONFIG/batch=16 or \
-decomp/forward/CONFIG/batch=16)";
+const USAGE: &str = "usage: bench-steps GROUP [--device cpu|cuda:N] (GROUP: \
+mlp/train-step/batch=1000, mlp-energy/train-step/batch=1000, decomp/train-step/CONFIG/batch=N \
+or decomp/forward/CONFIG/batch=N)";
 
 fn main() -> Result<(), Error> {
     // SAFETY: first thing in `main`, before any other thread exists.
     recompose_core::process::prepare();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [group] = args.as_slice() else {
-        return Err(USAGE.into());
+    let (group, device) = match args.as_slice() {
+        [group] => (group, Device::Cpu),
+        [group, flag, dev] if flag == "--device" => (group, open_device(dev)?),
+        _ => return Err(USAGE.into()),
     };
-    let mut call = workload(group)?;
+    let mut inner = workload(group, &device)?;
+    let mut call = move || -> Result<(), Error> {
+        inner()?;
+        device.synchronize()?;
+        Ok(())
+    };
     for _ in 0..WARMUP {
         call()?;
     }
@@ -68,16 +77,37 @@ fn main() -> Result<(), Error> {
     Ok(())
 }
 
-/// The call a group names.
-fn workload(group: &str) -> Result<Box<dyn FnMut() -> Result<(), Error>>, Error> {
+/// The device `--device` names: `cpu` or `cuda:N`.
+fn open_device(name: &str) -> Result<Device, Error> {
+    if name == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let n = match name.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("unknown device '{name}'; {USAGE}"))?,
+        None => return Err(format!("unknown device '{name}'; {USAGE}").into()),
+    };
+    Ok(Device::new_cuda(n).map_err(|e| format!("--device {name}: {e}"))?)
+}
+
+/// The call a group names, on `device`.
+fn workload(group: &str, device: &Device) -> Result<Box<dyn FnMut() -> Result<(), Error>>, Error> {
     if group == MLP_GROUP || group == ENERGY_GROUP {
-        let mut work = MlpWorkload::new(group == ENERGY_GROUP)?;
+        let mut work = MlpWorkload::new(group == ENERGY_GROUP, device)?;
         return Ok(Box::new(move || work.train_step()));
     }
     let parts: Vec<&str> = group.split('/').collect();
-    let ["decomp", kind, name, "batch=16"] = parts.as_slice() else {
+    let ["decomp", kind, name, batch] = parts.as_slice() else {
         return Err(format!("unknown group '{group}'; {USAGE}").into());
     };
+    let batch: usize = batch
+        .strip_prefix("batch=")
+        .and_then(|b| b.parse().ok())
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("unknown batch '{batch}' in '{group}'; {USAGE}"))?;
     let names: Vec<&str> = configs().iter().map(|(n, _)| *n).collect();
     let cfg = recompose_benches::decomp::config(name).ok_or_else(|| {
         format!(
@@ -85,7 +115,7 @@ fn workload(group: &str) -> Result<Box<dyn FnMut() -> Result<(), Error>>, Error>
             names.join(", ")
         )
     })?;
-    let mut work = DecompWorkload::new(&cfg)?;
+    let mut work = DecompWorkload::with_batch(&cfg, batch, device)?;
     Ok(match *kind {
         "train-step" => Box::new(move || work.train_step()),
         "forward" => {
