@@ -69,24 +69,82 @@ pub struct CompositionArgs {
     /// their configuration is unchanged and their training finished, and resume those whose
     /// training was cut from their last checkpoint.
     pub reuse_models: bool,
+    /// Where the models train (`--device`; sampling stays on the CPU's fast host path).
+    pub device: TrainDevice,
+    /// Trainings and sampling runs at a time (`--jobs`; 0: two, one thread each).
+    pub jobs: usize,
+}
+
+/// Where `reproduce composition` trains its models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrainDevice {
+    /// The CPU, one thread per training.
+    Cpu,
+    /// CUDA device N, each training on its own stream so that several share the GPU.
+    Cuda(usize),
+}
+
+impl TrainDevice {
+    /// Parses `cpu` or `cuda:N` (`cuda` is device 0).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(n)) => Ok(Self::Cuda(n)),
+                _ => bail!("unknown device '{s}' (expected cpu or cuda:N)"),
+            },
+        }
+    }
+
+    /// Its name on the command line.
+    pub fn name(self) -> String {
+        match self {
+            Self::Cpu => "cpu".into(),
+            Self::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
+
+    /// A device for one training: the CPU, or a new stream on the GPU.
+    fn open(self) -> Result<Device> {
+        Ok(match self {
+            Self::Cpu => Device::Cpu,
+            Self::Cuda(n) => Device::new_cuda_with_stream(n)
+                .with_context(|| format!("opening CUDA device {n}"))?,
+        })
+    }
 }
 
 impl CompositionArgs {
-    /// Parses `[--quick | --full] [--reuse-models]`.
+    /// Parses `[--quick | --full] [--reuse-models] [--device cpu|cuda:N] [--jobs N]`.
     pub fn parse(args: &[&str]) -> Result<Self> {
         let mut out = Self {
             quick: false,
             full: false,
             reuse_models: false,
+            device: TrainDevice::Cpu,
+            jobs: 0,
         };
-        for a in args {
-            match *a {
+        let mut it = args.iter();
+        while let Some(&a) = it.next() {
+            match a {
                 "--quick" => out.quick = true,
                 "--full" => out.full = true,
                 "--reuse-models" => out.reuse_models = true,
-                other => {
-                    bail!("unknown option '{other}' (expected --quick, --full, --reuse-models)")
+                "--device" => {
+                    out.device = TrainDevice::parse(it.next().context("--device needs a value")?)?;
                 }
+                "--jobs" => {
+                    let v = it.next().context("--jobs needs a value")?;
+                    out.jobs = match v.parse::<usize>() {
+                        Ok(n) if n > 0 => n,
+                        _ => bail!("--jobs expects a positive whole number, got '{v}'"),
+                    };
+                }
+                other => bail!(
+                    "unknown option '{other}' (expected --quick, --full, --reuse-models, \
+                     --device, --jobs)"
+                ),
             }
         }
         if out.quick && out.full {
@@ -95,9 +153,12 @@ impl CompositionArgs {
         Ok(out)
     }
 
-    /// The command line that reproduces this run.
+    /// The command line that reproduces this run (a GPU run is made by `recompose-gpu`).
     fn command(&self) -> String {
-        let mut c = String::from("cargo xtask reproduce composition");
+        let mut c = match self.device {
+            TrainDevice::Cpu => String::from("cargo xtask reproduce composition"),
+            TrainDevice::Cuda(_) => String::from("recompose-gpu composition"),
+        };
         for (flag, on) in [
             ("--quick", self.quick),
             ("--full", self.full),
@@ -108,16 +169,29 @@ impl CompositionArgs {
                 c.push_str(flag);
             }
         }
+        if self.device != TrainDevice::Cpu {
+            c.push_str(&format!(" --device {}", self.device.name()));
+        }
+        if self.jobs > 0 {
+            c.push_str(&format!(" --jobs {}", self.jobs));
+        }
         c
     }
 
-    /// The report's name: `composition` or `composition-full`.
-    fn report_name(&self) -> &'static str {
-        if self.full {
-            "composition-full"
-        } else {
-            "composition"
+    /// The report's name: `composition`, `composition-full`, or with a GPU `composition-gpu`
+    /// (`composition-gpu-quick` for a quick run).
+    pub fn report_name(&self) -> &'static str {
+        match (self.device, self.full, self.quick) {
+            (TrainDevice::Cuda(_), _, true) => "composition-gpu-quick",
+            (TrainDevice::Cuda(_), _, false) => "composition-gpu",
+            (TrainDevice::Cpu, true, _) => "composition-full",
+            (TrainDevice::Cpu, false, _) => "composition",
         }
+    }
+
+    /// Trainings (and sampling runs) at a time.
+    fn workers(&self) -> usize {
+        if self.jobs == 0 { 2 } else { self.jobs }
     }
 }
 
@@ -465,7 +539,7 @@ fn learned_rows(learned: &[LearnedLevel], target: Target) -> Vec<&LearnedLevel> 
 
 /// The quadrature of [`learned_masses`] for the energy product and negation at every level of
 /// [`LEARNED_LEVELS`], two levels at a time.
-fn learned_quadrature(work: &Path, quick: bool) -> Result<Vec<LearnedLevel>> {
+fn learned_quadrature(work: &Path, quick: bool, workers: usize) -> Result<Vec<LearnedLevel>> {
     let mut jobs: Vec<Job<'static, LearnedLevel>> = Vec::new();
     for target in [Target::Product, Target::Negation] {
         for level in LEARNED_LEVELS {
@@ -480,7 +554,7 @@ fn learned_quadrature(work: &Path, quick: bool) -> Result<Vec<LearnedLevel>> {
             }));
         }
     }
-    parallel(jobs, 2)
+    parallel(jobs, workers)
 }
 
 /// Levels of the exact-negation table.
@@ -956,6 +1030,7 @@ fn train_models(work: &Path, args: &CompositionArgs) -> Result<Vec<Trained>> {
             let cfg = train_config(dist, param, args);
             let dir = model_dir(work, dist, param);
             let reuse = args.reuse_models;
+            let train_device = args.device;
             jobs.push(Box::new(move || {
                 let text = cfg.to_toml()?;
                 let same = std::fs::read_to_string(dir.join("config.toml"))
@@ -986,7 +1061,8 @@ fn train_models(work: &Path, args: &CompositionArgs) -> Result<Vec<Trained>> {
                     revision: Some(crate::workspace::revision()),
                     ..Default::default()
                 };
-                let report = train_run(&cfg, &opts, &Device::Cpu, &mut |_| {})
+                let device = train_device.open()?;
+                let report = train_run(&cfg, &opts, &device, &mut |_| {})
                     .with_context(|| format!("training {} ({})", dist.name(), param.key()))?;
                 eprintln!(
                     "trained {} {} in {:.0} s (loss {:.4}){}",
@@ -1015,7 +1091,7 @@ fn train_models(work: &Path, args: &CompositionArgs) -> Result<Vec<Trained>> {
             }));
         }
     }
-    parallel(jobs, 2)
+    parallel(jobs, args.workers())
 }
 
 /// Samples one composition with one sampler and measures it. With `--reuse-models`, a result
@@ -1191,10 +1267,10 @@ pub fn composition(root: &Path, args: &CompositionArgs) -> Result<()> {
     let total = Instant::now();
     // The paper-budget models take hours to train: they are kept in fixtures/ (weights,
     // configuration, loss log, provenance and timing; not the checkpoints).
-    let work = if args.full {
-        root.join("fixtures").join("composition-full")
-    } else {
-        root.join("target").join("reproduce-composition")
+    let work = match (args.device, args.full) {
+        (TrainDevice::Cuda(_), _) => root.join("target").join(args.report_name()),
+        (TrainDevice::Cpu, true) => root.join("fixtures").join("composition-full"),
+        (TrainDevice::Cpu, false) => root.join("target").join("reproduce-composition"),
     };
     std::fs::create_dir_all(&work)?;
     // Sampling results kept for `--reuse-models` (never committed).
@@ -1227,7 +1303,7 @@ pub fn composition(root: &Path, args: &CompositionArgs) -> Result<()> {
         }
     }
     // The workers take jobs from the end (energy HMC, the longest, first).
-    let results = parallel(jobs, 2)?;
+    let results = parallel(jobs, args.workers())?;
     let mut single_jobs: Vec<Job<'static, SingleResult>> = Vec::new();
     for param in [Param::Score, Param::Energy] {
         for dist in Toy2d::ALL {
@@ -1235,8 +1311,8 @@ pub fn composition(root: &Path, args: &CompositionArgs) -> Result<()> {
             single_jobs.push(Box::new(move || run_single(&work, dist, param, quick)));
         }
     }
-    let singles = parallel(single_jobs, 2)?;
-    let learned = learned_quadrature(&work, args.quick)?;
+    let singles = parallel(single_jobs, args.workers())?;
+    let learned = learned_quadrature(&work, args.quick, args.workers())?;
     let sample_wall = t_sample.elapsed().as_secs_f64();
     // Exact target plots.
     for target in Target::ALL {
@@ -1347,7 +1423,7 @@ fn render(
          learned time embedding of {} dims; T = {} levels, cosine schedule (s = 0.008, β ≤ \
          0.999); trained {} steps at batch {}, Adam lr 10⁻³ {}, EMA {}{}. Energy models: \
          E = ‖g(x, t) − x‖², ε̂ = ∇ₓE, log p_t = −E/σ_t. One score and one energy model per \
-         distribution, 12 models, two trained at a time on one thread each.",
+         distribution, 12 models, {}.",
         mlp.hidden,
         mlp.block_hidden,
         mlp.num_blocks,
@@ -1364,6 +1440,15 @@ fn render(
             " — the paper's settings"
         } else {
             " (the paper: width 128, 15 000 steps at batch 1000, constant lr, EMA 0.999)"
+        },
+        match args.device {
+            TrainDevice::Cpu => format!("{} trained at a time on one thread each", args.workers()),
+            TrainDevice::Cuda(_) => format!(
+                "{} trained at a time on {}, each on its own CUDA stream (sampling on the CPU, \
+                 one thread per run)",
+                args.workers(),
+                args.device.name()
+            ),
         }
     );
     let _ = writeln!(

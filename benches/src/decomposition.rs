@@ -478,12 +478,12 @@ struct Decomposed {
 /// image and to A on the two objects' pixels.
 type Follows = (usize, usize, f64, f64);
 
-struct ObjectEval {
-    mse: f64,
-    isolated: usize,
-    objects: usize,
-    mean_iou: f64,
-    object_mse: f64,
+pub(crate) struct ObjectEval {
+    pub(crate) mse: f64,
+    pub(crate) isolated: usize,
+    pub(crate) objects: usize,
+    pub(crate) mean_iou: f64,
+    pub(crate) object_mse: f64,
     follows: Option<Follows>,
     seconds_per_image: f64,
     grid: Tensor,
@@ -491,7 +491,9 @@ struct ObjectEval {
     decomposed: Decomposed,
 }
 
-fn eval_objects(run: &DecompTrained, kind: Kind, n: usize) -> Result<ObjectEval> {
+/// A trained model's decomposition of `n` held-out images of `kind` (dataset seed 1), against
+/// their ground truth: reconstruction, isolated objects, IoU, recombination.
+pub(crate) fn eval_objects(run: &DecompTrained, kind: Kind, n: usize) -> Result<ObjectEval> {
     let model = &run.model;
     let k = model.components();
     let (x, scenes) = scenes(kind, n)?;

@@ -8,7 +8,7 @@
 //! It also holds the tasks behind `cargo xtask` (a thin dispatcher): the reproductions that
 //! write `docs/results/` ([`reproduce`] for factorization, [`composition`], [`decomposition`]),
 //! the coupled-diffusion tuner ([`tune`]), the comparisons with the PyTorch reference
-//! ([`torch`], with its script `torchbench.py`), the chart writer ([`plot`]), the fuzz targets of every reader of outside input ([`fuzz`]), the committed
+//! ([`torch`], with its script `torchbench.py`), the prepared GPU runs ([`gpu`]), the chart writer ([`plot`]), the fuzz targets of every reader of outside input ([`fuzz`]), the committed
 //! fixtures ([`fixtures`], [`reference`](mod@reference)) and the workspace's paths and commands
 //! ([`workspace`]). Like xtask, these tasks report errors with `anyhow`.
 
@@ -17,6 +17,7 @@ pub mod decomp;
 pub mod decomposition;
 pub mod fixtures;
 pub mod fuzz;
+pub mod gpu;
 pub mod mlp;
 pub mod plot;
 pub mod reference;

@@ -97,14 +97,14 @@ fn decomp_group(workload: &str, config: &str) -> String {
 
 /// One interleaved round: the per-step wall times (ms) of the Rust side's and PyTorch's turns.
 #[derive(Clone, Debug)]
-struct Round {
-    rust: Vec<f64>,
-    torch: Vec<f64>,
+pub(crate) struct Round {
+    pub(crate) rust: Vec<f64>,
+    pub(crate) torch: Vec<f64>,
 }
 
 impl Round {
     /// The median step of each side, in ms.
-    fn medians(&self) -> (f64, f64) {
+    pub(crate) fn medians(&self) -> (f64, f64) {
         (median_of(&self.rust), median_of(&self.torch))
     }
 }
@@ -263,7 +263,7 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
 }
 
 /// Writes the benchmark script to `target/torchbench.py`; its path.
-fn write_script(root: &Path) -> Result<PathBuf> {
+pub(crate) fn write_script(root: &Path) -> Result<PathBuf> {
     let script = root.join("target/torchbench.py");
     fs::create_dir_all(root.join("target")).context("creating target/")?;
     fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
@@ -545,31 +545,49 @@ fn interleaved_rounds(
         .args(["--suite", suite.name(), "--threads", &threads.to_string()])
         .args(["--only", &format!("{group}/{FUNCTION}"), "--serve"])
         .current_dir(root);
+    interleave(
+        group,
+        rust_cmd,
+        torch_cmd,
+        INTERLEAVED_ROUNDS,
+        STEPS_PER_TURN,
+    )
+}
+
+/// `rounds` interleaved rounds of `group` between the warm servers `rust_cmd` (`bench-steps`)
+/// and `torch_cmd` (`torchbench.py --serve`), each taking `steps` calls a turn, the first turn
+/// alternating between the sides.
+pub(crate) fn interleave(
+    group: &str,
+    rust_cmd: Command,
+    torch_cmd: Command,
+    rounds: usize,
+    steps: usize,
+) -> Result<Vec<Round>> {
     println!("interleaved rounds of {group}: starting both servers");
     let mut rust = Server::start("bench-steps", rust_cmd)?;
     let mut torch = Server::start("torchbench.py --serve", torch_cmd)?;
-    let mut rounds = Vec::with_capacity(INTERLEAVED_ROUNDS);
-    for round in 0..INTERLEAVED_ROUNDS {
+    let mut out = Vec::with_capacity(rounds);
+    for round in 0..rounds {
         let (r, t) = if round % 2 == 0 {
-            let r = rust.steps(STEPS_PER_TURN)?;
-            (r, torch.steps(STEPS_PER_TURN)?)
+            let r = rust.steps(steps)?;
+            (r, torch.steps(steps)?)
         } else {
-            let t = torch.steps(STEPS_PER_TURN)?;
-            (rust.steps(STEPS_PER_TURN)?, t)
+            let t = torch.steps(steps)?;
+            (rust.steps(steps)?, t)
         };
         let r = Round { rust: r, torch: t };
         let (rm, tm) = r.medians();
         println!(
-            "{group} round {} of {INTERLEAVED_ROUNDS}: Rust {rm:.1} ms, PyTorch {tm:.1} ms, \
-             ratio {:.2}",
+            "{group} round {} of {rounds}: Rust {rm:.1} ms, PyTorch {tm:.1} ms, ratio {:.2}",
             round + 1,
             tm / rm
         );
-        rounds.push(r);
+        out.push(r);
     }
     rust.finish()?;
     torch.finish()?;
-    Ok(rounds)
+    Ok(out)
 }
 
 /// P(X ≥ k) for X ~ Binomial(n, 1/2): the one-sided sign test of k wins in n rounds.
@@ -608,7 +626,8 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn of(rounds: &[Round]) -> Self {
+    /// The summary of interleaved rounds.
+    pub(crate) fn of(rounds: &[Round]) -> Self {
         let mut ratios: Vec<f64> = rounds
             .iter()
             .map(|r| {
@@ -933,7 +952,7 @@ fn markdown(
 }
 
 /// The first `model name` of /proc/cpuinfo.
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -946,7 +965,7 @@ fn cpu_model() -> String {
 }
 
 /// Today's date (UTC) as YYYY-MM-DD.
-fn today() -> String {
+pub(crate) fn today() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

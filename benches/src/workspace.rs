@@ -5,12 +5,21 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// The workspace root (the parent of this package's directory).
+/// The workspace root: `RECOMPOSE_ROOT` when set; else the parent of this package's directory
+/// when it exists (a program run on the machine that built it); else the current directory (a
+/// binary copied to another machine and run from the repository's root, as the GPU runs are).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    if let Some(dir) = std::env::var_os("RECOMPOSE_ROOT") {
+        return PathBuf::from(dir);
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the benches package lives in the workspace")
-        .to_path_buf()
+        .to_path_buf();
+    if built.join("Cargo.toml").is_file() {
+        return built;
+    }
+    std::env::current_dir().unwrap_or(built)
 }
 
 /// Runs `cargo` (the one running this program, when there is one) with `args` in the workspace
@@ -45,9 +54,26 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 ///
 /// Read once, at the first call, and kept: a reproduction that runs for hours records the tree
 /// it was built from even when commits land meanwhile (`xtask` calls it as it starts).
+/// `RECOMPOSE_REVISION`, when set, is taken instead; outside a git checkout, the file `REVISION`
+/// beside the running binary (`cargo xtask gpu build` writes it: the GPU runs happen on a
+/// machine without the repository's history).
 pub fn revision() -> String {
     static REVISION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    REVISION.get_or_init(read_revision).clone()
+    REVISION
+        .get_or_init(|| {
+            if let Ok(r) = std::env::var("RECOMPOSE_REVISION") {
+                return r;
+            }
+            let r = read_revision();
+            if r != "unknown" {
+                return r;
+            }
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| std::fs::read_to_string(e.with_file_name("REVISION")).ok())
+                .map_or(r, |t| t.trim().to_string())
+        })
+        .clone()
 }
 
 fn read_revision() -> String {

@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's automation.
 //!
 //! ```text
-//! cargo xtask ci                  fmt --check, no unused dependencies, clippy -D warnings, the test suite,
+//! cargo xtask ci                  fmt --check, no unused dependencies, clippy -D warnings, the cuda
+//!                                 feature type-checks, the test suite,
 //!                                 benches compile, fixtures current, fuzz targets 10 s each, docs
 //! cargo xtask bench <suite>       run a criterion suite: vsa, factorization, diffusion, compose,
 //!                                 decomp or all; diffusion and decomp also time the same models
@@ -28,6 +29,8 @@
 //! cargo xtask fuzz [TARGET] [--seconds N] [--seed S] [--engine mutation|afl] [--report]
 //!                                 fuzz the readers of outside input (every target, 60 s each by
 //!                                 default); --report writes docs/results/fuzz.md
+//! cargo xtask gpu build           build the prepared GPU runs with CUDA (from PyPI's CUDA wheels, no
+//!                                 GPU needed) into .gpu/: recompose, recompose-gpu, bench-steps, parity
 //! ```
 
 //!
@@ -47,7 +50,7 @@ use recompose_benches::fixtures::{decomp_fixture, fixtures, readme_example};
 use recompose_benches::workspace::{cargo, cargo_bin, root, run};
 use recompose_benches::{composition, decomposition, fuzz, reference, reproduce, torch, tune};
 
-const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|all> | fixtures [--check] | crash-test | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick | --full] [--reuse-models] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,...] [--report NAME] [--no-torch] | fuzz [TARGET] [--seconds N] [--seed S] [--engine mutation|afl] [--report]>";
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|all> | fixtures [--check] | crash-test | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick | --full] [--reuse-models] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,...] [--report NAME] [--no-torch] | fuzz [TARGET] [--seconds N] [--seed S] [--engine mutation|afl] [--report] | gpu build>";
 
 /// The benchmark suites in `benches/benches/`.
 const SUITES: [&str; 5] = ["vsa", "factorization", "diffusion", "compose", "decomp"];
@@ -90,6 +93,8 @@ fn main() -> Result<()> {
             decomposition::decomposition(&root(), &decomposition::DecompositionArgs::parse(rest)?)
         }
         ["fuzz", rest @ ..] => fuzz::xtask::fuzz(&fuzz::xtask::FuzzArgs::parse(rest)?),
+        // The binaries of the prepared GPU runs, built with CUDA into .gpu/ (the script says how).
+        ["gpu", "build"] => run(&mut Command::new(root().join("xtask/gpu/build.sh"))),
         _ => bail!("{USAGE}"),
     }
 }
@@ -108,6 +113,7 @@ fn ci() -> Result<()> {
         "warnings",
     ])?;
     // The test command of README.md.
+    run(&mut Command::new(root().join(".ci/cuda-check")))?;
     cargo(&["test", "--workspace", "--release"])?;
     cargo(&["bench", "--workspace", "--no-run"])?;
     fixtures(true)?;
