@@ -49,6 +49,12 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Data-parallel training over NCCL, one process per GPU (builds with the `nccl` feature):
+    /// this process is rank $RANK of $WORLD_SIZE, on the GPU of --device (give each process
+    /// its own, e.g. `--device cuda:$LOCAL_RANK`); rank 0 writes the group's id to ID_FILE
+    /// (a fresh path for every launch, on a filesystem all ranks see) and alone writes --out.
+    #[arg(long, value_name = "ID_FILE")]
+    data_parallel: Option<PathBuf>,
 }
 
 /// Arguments of `recompose sample`.
@@ -157,15 +163,20 @@ pub fn run_train(a: TrainArgs, memory: MemoryLimit) -> Result<()> {
         ),
         run.memory_estimate(),
     )?;
+    let device = crate::device();
     let opts = TrainOptions {
         out_dir: a.out.clone(),
         resume: a.resume,
         revision: Some(env!("RECOMPOSE_REVISION").to_string()),
         max_memory: Some(memory),
+        parallel: match &a.data_parallel {
+            Some(id_file) => Some(join_group(&device, id_file)?),
+            None => None,
+        },
         ..Default::default()
     };
     let bar = crate::progress_bar(run.train_config().steps as u64, a.quiet);
-    let report = run.train(&opts, &crate::device(), &mut |p| {
+    let report = run.train(&opts, &device, &mut |p| {
         bar.set_position(p.step as u64);
         if p.step % 10 == 0 {
             bar.set_message(format!("loss {:.4}", p.recent_loss));
@@ -173,6 +184,34 @@ pub fn run_train(a: TrainArgs, memory: MemoryLimit) -> Result<()> {
     });
     bar.finish_and_clear();
     print_report(&report?, &a.out)
+}
+
+/// This process's data-parallel group over NCCL (`--data-parallel`).
+#[cfg(feature = "nccl")]
+fn join_group(
+    device: &candle_core::Device,
+    id_file: &Path,
+) -> Result<std::sync::Arc<dyn recompose_core::collective::Collective>> {
+    if !device.is_cuda() {
+        return Err(usage(
+            "--data-parallel trains on GPUs: give --device cuda:N (each process its own)",
+        ));
+    }
+    let group = recompose_core::collective::Nccl::join(device, id_file)
+        .map_err(|e| usage(format!("--data-parallel: {e}")))?;
+    Ok(std::sync::Arc::new(group))
+}
+
+/// `--data-parallel` in a build without NCCL: refused.
+#[cfg(not(feature = "nccl"))]
+fn join_group(
+    _: &candle_core::Device,
+    _: &Path,
+) -> Result<std::sync::Arc<dyn recompose_core::collective::Collective>> {
+    Err(usage(
+        "--data-parallel: this recompose was built without NCCL (build it with \
+         `--features nccl`, which needs CUDA)",
+    ))
 }
 
 fn print_report(report: &TrainReport, out: &Path) -> Result<()> {

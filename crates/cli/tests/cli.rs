@@ -419,6 +419,38 @@ fn device_choice() {
     }
 }
 
+/// `train --data-parallel` is refused with one line: without NCCL in the build, and on the
+/// CPU in any build; nothing is written.
+#[test]
+fn data_parallel_training_needs_nccl_and_a_gpu() {
+    let dir = std::env::temp_dir().join(format!("recompose-cli-dp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out_dir = dir.join("run");
+    let id = dir.join("nccl-id");
+    let out = recompose(&[
+        "train",
+        "--preset",
+        "toy2d-ring",
+        "--steps",
+        "2",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--data-parallel",
+        id.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let why = if cfg!(feature = "nccl") {
+        "--device cuda"
+    } else {
+        "built without NCCL"
+    };
+    assert!(err.contains(why), "{err}");
+    assert!(!out_dir.join("model.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_closed_stdout_ends_quietly() {
     // As in `recompose compare | head -1`: the reader goes away before the output is written.

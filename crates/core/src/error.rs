@@ -13,6 +13,10 @@ pub enum Error {
     /// A request whose memory estimate exceeds the limit ([`crate::memory`]).
     #[error(transparent)]
     Memory(#[from] crate::memory::MemoryError),
+    /// A data-parallel group that cannot be joined or whose ranks disagree
+    /// ([`crate::collective`]); the message says why.
+    #[error("{0}")]
+    Collective(String),
 }
 
 /// The result type of `recompose-core`.
@@ -25,7 +29,7 @@ impl Error {
     pub fn is_bad_input(&self) -> bool {
         match self {
             Self::Shape(_) | Self::Memory(_) => true,
-            Self::Candle(_) => false,
+            Self::Candle(_) | Self::Collective(_) => false,
         }
     }
 }

@@ -22,6 +22,9 @@
 //! - [`parity`]: device parity — one computation on the CPU fast paths and on candle's ops (on
 //!   the CPU with the fast paths off, or on CUDA), compared output by output; the
 //!   [`device_parity!`] macro writes the tests.
+//! - [`collective`]: the all-reduce of data-parallel training — one rank ([`collective::Single`]),
+//!   threads of one process ([`collective::LocalGroup`]) or one process per GPU over NCCL
+//!   (feature `nccl`).
 //! - [`memory`]: the memory guard — estimates of a request's peak allocation, the limit they
 //!   are checked against (by default the machine's available memory) and byte sizes.
 //!
@@ -47,6 +50,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod collective;
 pub mod error;
 pub mod gemm;
 pub mod host;

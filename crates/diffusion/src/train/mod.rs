@@ -60,7 +60,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use recompose_core::memory::MemoryLimit;
 use serde::{Deserialize, Serialize};
@@ -474,6 +474,14 @@ pub struct TrainOptions {
     /// does not fit. `None`: the memory available on the machine
     /// ([`MemoryLimit::available`]).
     pub max_memory: Option<MemoryLimit>,
+    /// Data-parallel training: this process's group (`None`: a single process). Every rank
+    /// draws its batches from stream `rank` of the run's seed (rank 0's stream is the single
+    /// process's), the ranks' gradients (and losses) are averaged by one all-reduce before each
+    /// optimizer step, so that every replica takes the same step; only rank 0 writes into
+    /// `out_dir` (logs, checkpoints, the model). With a group of one the run is exactly the
+    /// single-process run. On resume, every rank restarts from rank 0's checkpoint, with its
+    /// random state moved to the rank's stream.
+    pub parallel: Option<std::sync::Arc<dyn recompose_core::collective::Collective>>,
 }
 
 impl TrainOptions {
@@ -998,9 +1006,17 @@ pub fn train(
         ));
     }
     let out = &opts.out_dir;
+    let group = opts.parallel.as_deref();
+    let rank = group.map_or(0, |g| g.rank());
+    // Rank 0 alone writes into `out`.
+    let writer = rank == 0;
     fs::create_dir_all(out).map_err(io_err(out))?;
     // Held until this function returns; a second run on `out` is refused meanwhile.
-    let _lock = checkpoint::lock_run_dir(out)?;
+    let _lock = if writer {
+        Some(checkpoint::lock_run_dir(out)?)
+    } else {
+        None
+    };
     let ckpt = Checkpointer { out_dir: out };
     let mut opt = AdamW::new(vars.clone(), cfg.adamw())?;
     let mut ema = Ema::new(&vars, cfg.ema_decay)?;
@@ -1015,7 +1031,9 @@ pub fn train(
         let loaded = ckpt.load(&dir, cfg, store, &mut opt, &mut ema)?;
         // The model files are rewritten from the checkpoint: a crash may have left them a
         // checkpoint ahead or torn between the weights and their manifest.
-        ckpt.export_model(&ema)?;
+        if writer {
+            ckpt.export_model(&ema)?;
+        }
         loaded
     } else {
         if existing.is_some() {
@@ -1026,12 +1044,20 @@ pub fn train(
         }
         (0, SeededRng::seed_from_u64(cfg.seed), None)
     };
-    for (name, contents) in &opts.extra_files {
-        write_atomic(&out.join(name), contents.as_bytes())?;
+    if rank > 0 {
+        // Each rank its own stream of the run's seed (rank 0 keeps the single process's).
+        rng.set_stream(rank as u64);
     }
-    record_provenance(out, opts, start)?;
-    let resume_log = opts.resume.then_some((start, log_bytes));
-    let mut log = LossLog::open(out, cfg.log_format, resume_log)?;
+    let mut log = if writer {
+        for (name, contents) in &opts.extra_files {
+            write_atomic(&out.join(name), contents.as_bytes())?;
+        }
+        record_provenance(out, opts, start)?;
+        let resume_log = opts.resume.then_some((start, log_bytes));
+        Some(LossLog::open(out, cfg.log_format, resume_log)?)
+    } else {
+        None
+    };
     let schedule = cfg.schedule();
     let device = vars[0].1.device().clone();
     let began = Instant::now();
@@ -1043,6 +1069,10 @@ pub fn train(
         let lr = schedule.lr(step);
         let batch = data.sample_batch(&mut rng, cfg.batch_size, &device)?;
         let (loss, grads) = objective.loss_and_grads(&batch, &mut rng)?;
+        let (loss, grads) = match group {
+            Some(g) => average_over_ranks(g, loss, grads, &vars)?,
+            None => (loss, grads),
+        };
         let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         if !loss_value.is_finite() {
             return Err(Error::Training(format!(
@@ -1059,7 +1089,10 @@ pub fn train(
         if recent.len() > 100 {
             recent.pop_front();
         }
-        if step % cfg.log_every == 0 || step == cfg.steps {
+        if let Some(log) = log
+            .as_mut()
+            .filter(|_| step % cfg.log_every == 0 || step == cfg.steps)
+        {
             log.write(step, loss_value, lr, norm)?;
         }
         progress(TrainProgress {
@@ -1071,11 +1104,13 @@ pub fn train(
         });
         checkpoint::probe(format_args!("step"));
         let periodic = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0;
-        if periodic || step == cfg.steps {
-            ckpt.save(step, cfg, store, &opt, &ema, &rng, &mut log)?;
+        if let Some(log) = log.as_mut().filter(|_| periodic || step == cfg.steps) {
+            ckpt.save(step, cfg, store, &opt, &ema, &rng, log)?;
         }
     }
-    log.sync()?;
+    if let Some(log) = log.as_mut() {
+        log.sync()?;
+    }
     Ok(TrainReport {
         start_step: start,
         end_step: step,
@@ -1087,6 +1122,46 @@ pub fn train(
         },
         seconds: began.elapsed().as_secs_f64(),
     })
+}
+
+/// The loss and every variable's gradient averaged over the ranks of `group`, in one
+/// all-reduce of their concatenation (a variable without a gradient on this rank contributes
+/// zeros). With one rank the values come back unchanged.
+fn average_over_ranks(
+    group: &dyn recompose_core::collective::Collective,
+    loss: Tensor,
+    mut grads: GradStore,
+    vars: &[(String, Var)],
+) -> Result<(Tensor, GradStore)> {
+    let mut parts = vec![loss.to_dtype(DType::F32)?.reshape(1)?];
+    for (_, v) in vars {
+        let g = match grads.get(v.as_tensor()) {
+            Some(g) => g.to_dtype(DType::F32)?,
+            None => v.as_tensor().zeros_like()?.to_dtype(DType::F32)?,
+        };
+        parts.push(g.flatten_all()?);
+    }
+    let flat = Tensor::cat(&parts, 0)?;
+    let mut sum = group
+        .all_reduce_sum(&flat)
+        .map_err(|e| Error::Training(format!("data-parallel all-reduce: {e}")))?;
+    let world = group.world_size();
+    if world > 1 {
+        sum = (sum / world as f64)?;
+    }
+    let loss = sum.narrow(0, 0, 1)?.reshape(())?.to_dtype(loss.dtype())?;
+    let mut offset = 1;
+    for (_, v) in vars {
+        let t = v.as_tensor();
+        let n = t.elem_count();
+        let g = sum
+            .narrow(0, offset, n)?
+            .reshape(t.dims())?
+            .to_dtype(t.dtype())?;
+        grads.insert(t, g);
+        offset += n;
+    }
+    Ok((loss, grads))
 }
 
 #[cfg(test)]

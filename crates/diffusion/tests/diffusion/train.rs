@@ -547,3 +547,78 @@ fn unet_trains_on_an_image_folder() -> Result<()> {
     let _ = fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Trains `cfg` as one rank of `group` (or alone), writing into `dir`; the final variables.
+fn train_rank(
+    cfg: &RunConfig,
+    dir: &Path,
+    group: Option<recompose_core::collective::LocalGroup>,
+) -> Result<Vec<(String, Vec<f32>)>> {
+    let store = ParamStore::new(cfg.train.seed);
+    let model = cfg.build_model(store.var_builder(DType::F32, &Device::Cpu))?;
+    let data = cfg.dataset()?;
+    let schedule = cfg.diffusion.schedule()?;
+    let objective = DenoisingLoss::new(&model, &schedule);
+    let opts = TrainOptions {
+        out_dir: dir.to_path_buf(),
+        parallel: group.map(|g| {
+            std::sync::Arc::new(g) as std::sync::Arc<dyn recompose_core::collective::Collective>
+        }),
+        ..Default::default()
+    };
+    recompose_diffusion::train::train(
+        &store,
+        &objective,
+        data.as_ref(),
+        &cfg.train,
+        &opts,
+        &mut |_| {},
+    )?;
+    store
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.flatten_all()?.to_vec1::<f32>()?)))
+        .collect()
+}
+
+/// Data-parallel training: a group of one is the single-process run, bit for bit (weights,
+/// loss log, checkpoint); with two ranks (threads, gradients averaged by an all-reduce) the
+/// replicas end equal, only rank 0 writes, and rank 1's batches change the result.
+#[test]
+fn data_parallel_training_is_the_single_run_for_one_rank_and_keeps_replicas_equal() -> Result<()> {
+    use recompose_core::collective::LocalGroup;
+    let cfg = small_ring_config(20);
+    let single = scratch("dp-single");
+    let alone = train_rank(&cfg, &single, None)?;
+    let one = scratch("dp-one");
+    let grouped = train_rank(&cfg, &one, Some(LocalGroup::new(1)?.remove(0)))?;
+    assert_eq!(alone, grouped);
+    for f in ["model.safetensors", "loss.jsonl", "checkpoint/state.json"] {
+        assert_eq!(read(&single.join(f))?, read(&one.join(f))?, "{f}");
+    }
+
+    let dirs = [scratch("dp-rank0"), scratch("dp-rank1")];
+    let ranks: Vec<_> = LocalGroup::new(2)?
+        .into_iter()
+        .zip(dirs.clone())
+        .map(|(g, dir)| {
+            let cfg = cfg.clone();
+            std::thread::spawn(move || train_rank(&cfg, &dir, Some(g)).map_err(|e| e.to_string()))
+        })
+        .collect();
+    let finals: Vec<_> = ranks
+        .into_iter()
+        .map(|h| h.join().expect("rank thread"))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(finals[0], finals[1], "the replicas drifted apart");
+    assert_ne!(finals[0], alone, "rank 1's gradients did not count");
+    assert!(dirs[0].join("model.safetensors").is_file());
+    assert!(dirs[0].join("loss.jsonl").is_file());
+    assert!(!dirs[1].join("model.safetensors").exists());
+    assert!(!dirs[1].join("loss.jsonl").exists());
+    for d in [single, one, dirs[0].clone(), dirs[1].clone()] {
+        let _ = fs::remove_dir_all(d);
+    }
+    Ok(())
+}
