@@ -9,10 +9,10 @@
 //! - [`Single`]: world size 1, the identity: a training with it is the single-process training.
 //! - [`LocalGroup`]: ranks as threads of one process, summing through host memory in rank order
 //!   (deterministic; for tests and data-parallel work on one machine's CPU).
-//! - [`Nccl`] (feature `nccl`): one process per GPU over NCCL, the usual launch: each process
+//! - `Nccl` (feature `nccl`): one process per GPU over NCCL, the usual launch: each process
 //!   gets `RANK` and `WORLD_SIZE` (and `LOCAL_RANK`, its GPU on the machine) in its
 //!   environment, and the group's unique id passes from rank 0 to the others through a file
-//!   (see [`Nccl::join`]).
+//!   (see `Nccl::join`).
 
 use std::sync::{Arc, Condvar, Mutex};
 
