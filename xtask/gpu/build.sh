@@ -7,6 +7,8 @@
 #   parity          the device parity tests (benches/tests/parity.rs) with their CUDA half
 #   REVISION        the source revision they were built from
 #
+# and the same as one archive, target/gpu.tar.xz.
+#
 # NVIDIA's compiler and libraries come from PyPI wheels (CUDA 13.0) in a virtualenv
 # (RECOMPOSE_CUDA_VENV, default target/cuda-venv); a CUDA_HOME of links into them is assembled
 # beside it, with a link-time stand-in for the driver library (the real libcuda.so.1 comes
@@ -14,6 +16,7 @@
 # (default 90: H100 / H200). The first build takes ~10 minutes on two cores (nvcc compiles
 # candle's kernels); later ones are incremental. On the GPU machine, from the repository root:
 #
+#   tar -xJf target/gpu.tar.xz
 #   LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib .gpu/recompose-gpu check
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -79,4 +82,7 @@ if [ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)docs' \
   ':(exclude)fixtures' ':(exclude,glob)**/*.md' 2>/dev/null)" ]; then
   sed -i 's/$/-dirty/' .gpu/REVISION
 fi
-ls -la .gpu
+# One archive to carry to the GPU machine (about 27 MB; the binaries hold candle's kernels as
+# PTX text, which compresses well): unpack it there with `tar -xJf target/gpu.tar.xz`.
+tar -cf - .gpu | xz -T0 -6 > target/gpu.tar.xz
+ls -la .gpu target/gpu.tar.xz
