@@ -23,7 +23,8 @@ use recompose_diffusion::random::normal_tensor;
 use recompose_diffusion::run::RunConfig;
 use recompose_diffusion::train::{AdamW, AdamWConfig, Ema, TrainOptions, read_model_weights};
 use recompose_diffusion::{
-    DdpmVariance, DiscreteSchedule, Parameterization, Sampler, SamplerConfig, SamplerKind, seeded,
+    DdpmVariance, DiscreteSchedule, GaussianMixture, GaussianMixtureDenoiser, Parameterization,
+    Sampler, SamplerConfig, SamplerKind, SdeSampler, TimeGrid, VpSde, seeded,
 };
 
 type Outputs = Result<Vec<(String, Tensor)>>;
@@ -240,8 +241,9 @@ device_parity! {
     }
 
     /// Every sampler of a discrete schedule, ten steps from the same seeded noise (64 chains)
-    /// on a small random MLP: DDPM (both variances), DDIM (η = 0 and 0.5), reverse SDE, ODE
-    /// (Euler and Heun).
+    /// on a small perturbed MLP: DDPM (both variances), DDIM (η = 0 and 0.5), reverse SDE, ODE
+    /// (Euler and Heun); and the VP-SDE samplers on a continuous time grid with the exact
+    /// denoiser of a Gaussian mixture.
     fn samplers(device: &Device) -> Outputs {
         let net = score_mlp(device)?;
         let kinds = [
@@ -257,6 +259,22 @@ device_parity! {
         for (name, kind) in kinds {
             let sampler = Sampler::new(schedule()?, SamplerConfig::new(kind))?;
             let x = sampler.sample(&net, &[64, 2], 10, None, device, &mut seeded(8))?;
+            out.push((name.to_string(), x));
+        }
+        // The continuous VP-SDE samplers (log-SNR time grid) on an exact mixture denoiser.
+        let mixture = GaussianMixture::new(
+            vec![0.3, 0.7],
+            vec![vec![0.5, -0.5], vec![-1.0, 0.25]],
+            vec![0.05, 0.1],
+        )?;
+        let exact = GaussianMixtureDenoiser::new(mixture, VpSde::linear());
+        for (name, kind) in [
+            ("vp-sde", SamplerKind::ReverseSde),
+            ("vp-ode-heun", SamplerKind::OdeHeun),
+            ("vp-ddim", SamplerKind::Ddim { eta: 0.0 }),
+        ] {
+            let sampler = SdeSampler::new(VpSde::linear(), kind, TimeGrid::LogSnr)?;
+            let x = sampler.sample(&exact, &[64, 2], 10, None, device, &mut seeded(9))?;
             out.push((name.to_string(), x));
         }
         Ok(out)
