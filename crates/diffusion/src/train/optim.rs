@@ -199,17 +199,25 @@ impl AdamW {
     /// [`Error::Candle`] from the reductions.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut sq = 0.0f64;
+        // Off the host path the partial sums stay on the device, added in f64, and come back in
+        // one read: a read per variable would stall a GPU's queue once per variable.
+        let mut on_device: Option<Tensor> = None;
         for (_, var) in &self.vars {
             if let Some(g) = grads.get(var.as_tensor()) {
-                sq += match sum_of_squares(g) {
-                    Some(s) => s,
-                    None => g
-                        .sqr()?
-                        .sum_all()?
-                        .to_dtype(candle_core::DType::F64)?
-                        .to_scalar::<f64>()?,
-                };
+                match sum_of_squares(g) {
+                    Some(s) => sq += s,
+                    None => {
+                        let s = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
+                        on_device = Some(match on_device {
+                            Some(total) => (total + s)?,
+                            None => s,
+                        });
+                    }
+                }
             }
+        }
+        if let Some(total) = on_device {
+            sq += total.to_scalar::<f64>()?;
         }
         Ok(sq.sqrt())
     }
