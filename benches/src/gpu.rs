@@ -6,7 +6,9 @@
 //!   project's training and sampling workloads against PyTorch on the same GPU (`bench-steps`
 //!   and `torchbench.py --serve`, interleaved as in `cargo xtask bench`): the 2-D MLP step and
 //!   its energy form at batch 1000, the Decomp Diffusion training step (configuration a) at
-//!   batch 16 and 128, and its composed prediction at batch 16. Under three minutes on an H200.
+//!   batch 16 and 128, and its composed prediction at batch 16; and data-parallel training with
+//!   a world of one over NCCL against the single process (the same bytes expected). Under
+//!   three minutes on an H200.
 //! * [`composition`] (`recompose-gpu composition`): the twelve 2-D models of `reproduce
 //!   composition --full` trained at the paper's budget on the GPU, all at once (each training on
 //!   its own CUDA stream), then the whole composition evaluation on the CPU's cores
@@ -365,6 +367,104 @@ fn run_throughput(root: &Path, args: &CheckArgs) -> Result<Vec<(String, Summary)
         .collect()
 }
 
+/// What the data-parallel check found.
+struct DataParallel {
+    /// The run's outcome, as the report states it.
+    verdict: String,
+    /// Seconds of the single-process and the world-of-one trainings.
+    seconds: Option<(f64, f64)>,
+}
+
+/// The folder of `libnccl.so.2` in the Python environment's NVIDIA packages (PyTorch's), if any.
+fn nccl_library(python: &Path) -> Option<String> {
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import os, nvidia.nccl as n; print(os.path.join(list(n.__path__)[0], 'lib'))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The 2-D ring model trained on the GPU twice with the NCCL build (`recompose-nccl`): alone,
+/// and as rank 0 of a data-parallel group of one over NCCL; the two outputs must be the same
+/// bytes.
+fn data_parallel_check(root: &Path, args: &CheckArgs) -> DataParallel {
+    let bin = args.bins.join("recompose-nccl");
+    if !bin.is_file() {
+        return DataParallel {
+            verdict: format!("not run: {} is missing", bin.display()),
+            seconds: None,
+        };
+    }
+    let work = root.join("target/gpu-data-parallel");
+    let _ = std::fs::remove_dir_all(&work);
+    if let Err(e) = std::fs::create_dir_all(&work) {
+        return DataParallel {
+            verdict: format!("not run: {e}"),
+            seconds: None,
+        };
+    }
+    let mut library_path = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+    if let Some(dir) = nccl_library(&args.python) {
+        library_path = format!("{dir}:{library_path}");
+    }
+    let train = |name: &str, group: bool| -> Result<f64> {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--device", &args.device, "train", "--preset", "toy2d-ring"])
+            .args(["--steps", "500", "--seed", "3", "--quiet", "--out"])
+            .arg(work.join(name))
+            .env("LD_LIBRARY_PATH", &library_path)
+            .current_dir(root);
+        if group {
+            cmd.arg("--data-parallel")
+                .arg(work.join("nccl-id"))
+                .env("RANK", "0")
+                .env("WORLD_SIZE", "1");
+        }
+        eprintln!("$ {cmd:?}");
+        let started = Instant::now();
+        let out = cmd
+            .output()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} ({}): {}",
+                name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(started.elapsed().as_secs_f64())
+    };
+    let outcome = (|| -> Result<DataParallel> {
+        let single = train("single", false)?;
+        let grouped = train("world-of-one", true)?;
+        let same = |f: &str| -> Result<bool> {
+            Ok(std::fs::read(work.join("single").join(f))?
+                == std::fs::read(work.join("world-of-one").join(f))?)
+        };
+        let (weights, log) = (same("model.safetensors")?, same("loss.jsonl")?);
+        Ok(DataParallel {
+            verdict: match (weights, log) {
+                (true, true) => "**the same bytes** (weights and loss log)".into(),
+                _ => format!(
+                    "**different**: weights {}, loss log {}",
+                    if weights { "equal" } else { "differ" },
+                    if log { "equal" } else { "differs" }
+                ),
+            },
+            seconds: Some((single, grouped)),
+        })
+    })();
+    outcome.unwrap_or_else(|e| DataParallel {
+        verdict: format!("failed: {e}"),
+        seconds: None,
+    })
+}
+
 /// `recompose-gpu check`: the parity tests on the device and the throughput against PyTorch,
 /// written as the `check` section of `docs/results/gpu.md` under `root`.
 ///
@@ -382,6 +482,7 @@ pub fn check(root: &Path, args: &CheckArgs) -> Result<()> {
     } else {
         run_throughput(root, args)?
     };
+    let data_parallel = args.is_cuda().then(|| data_parallel_check(root, args));
     let total = started.elapsed().as_secs_f64();
     let mut s = String::new();
     let _ = writeln!(s, "## The check: parity and throughput against PyTorch\n");
@@ -457,6 +558,20 @@ pub fn check(root: &Path, args: &CheckArgs) -> Result<()> {
                 m.rust_ms, m.torch_ms, m.median_ratio, m.min_ratio, m.max_ratio, m.wins, m.rounds
             );
         }
+    }
+    if let Some(dp) = &data_parallel {
+        let _ = writeln!(
+            s,
+            "\n### Data-parallel training, a world of one over NCCL\n\n\
+             `recompose-nccl --device {} train --preset toy2d-ring --steps 500 --seed 3`, alone \
+             and as rank 0 of a group of one (`RANK=0 WORLD_SIZE=1 … --data-parallel ID_FILE`, \
+             every gradient through NCCL's all-reduce): {}{}.",
+            args.device,
+            dp.verdict,
+            dp.seconds.map_or(String::new(), |(a, b)| format!(
+                " ({a:.1} s alone, {b:.1} s in the group)"
+            ))
+        );
     }
     let path = root.join("docs/results/gpu.md");
     write_section(&path, "check", &s)?;

@@ -3,6 +3,7 @@
 # without a GPU or a system CUDA, into .gpu/ (git-ignored):
 #
 #   recompose       the command line, built with the `cuda` feature
+#   recompose-nccl  the same with `nccl` too (data-parallel training; needs libnccl.so.2)
 #   recompose-gpu   the GPU runs' driver (check, ...), with bench-steps beside it
 #   parity          the device parity tests (benches/tests/parity.rs) with their CUDA half
 #   REVISION        the source revision they were built from
@@ -33,6 +34,11 @@ if ! "$venv/bin/python" -c 'import nvidia' 2>/dev/null; then
     nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35
 fi
 wheels=$("$venv/bin/python" -c 'import os, nvidia; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
+# NCCL, for the data-parallel build (recompose-nccl).
+if ! "$venv/bin/python" -c 'import nvidia.nccl' 2>/dev/null; then
+  "$venv/bin/pip" install --disable-pip-version-check -q nvidia-nccl-cu13==2.32.6
+fi
+nccl=$("$venv/bin/python" -c 'import os, nvidia.nccl as n; print(os.path.join(list(n.__path__)[0], "lib"))')
 
 cargo fetch --locked -q
 cudarc=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-* | sort -V | tail -1)
@@ -57,11 +63,18 @@ if [ ! -e "$home/lib64/stubs/libcuda.so" ]; then
     "$home/driver-stand-in.c"
 fi
 
+[ -e "$home/lib64/libnccl.so" ] || ln -s "$nccl/libnccl.so.2" "$home/lib64/libnccl.so"
+
 export CUDA_HOME=$home CUDA_PATH=$home CUDA_ROOT=$home CUDA_TOOLKIT_ROOT_DIR=$home
 export PATH=$home/bin:$PATH LIBRARY_PATH=$home/lib64:$home/lib64/stubs
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90} CUDARC_CUDA_VERSION=13000
 export CARGO_TARGET_DIR=$target
 
+# The command line with NCCL first (kept as recompose-nccl: it needs libnccl.so.2 to start),
+# then without it.
+cargo build --release --locked -p recompose-cli --features nccl
+mkdir -p .gpu
+strip -o .gpu/recompose-nccl "$target/release/recompose"
 cargo build --release --locked -p recompose-cli --features cuda
 cargo build --release --locked -p recompose-benches --features cuda \
   --bin recompose-gpu --bin bench-steps
