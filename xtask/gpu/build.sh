@@ -95,7 +95,7 @@ if [ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)docs' \
   ':(exclude)fixtures' ':(exclude,glob)**/*.md' 2>/dev/null)" ]; then
   sed -i 's/$/-dirty/' .gpu/REVISION
 fi
-# One archive to carry to the GPU machine (about 27 MB; the binaries hold candle's kernels as
+# One archive to carry to the GPU machine (about 35 MB; the binaries hold candle's kernels as
 # PTX text, which compresses well): unpack it there with `tar -xJf target/gpu.tar.xz`.
 tar -cf - .gpu | xz -T0 -6 > target/gpu.tar.xz
 ls -la .gpu target/gpu.tar.xz
