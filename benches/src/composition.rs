@@ -1842,6 +1842,35 @@ fn acceptance_by_level(o: &mut String, results: &[RunResult]) {
 mod tests {
     use super::*;
 
+    /// `--device` and `--jobs` parse, name the report and the command, and bad values are refused.
+    #[test]
+    fn device_and_jobs_options() -> Result<()> {
+        let a = CompositionArgs::parse(&["--full", "--device", "cuda:1", "--jobs", "12"])?;
+        assert_eq!(a.device, TrainDevice::Cuda(1));
+        assert_eq!((a.jobs, a.workers()), (12, 12));
+        assert_eq!(a.report_name(), "composition-gpu");
+        assert_eq!(
+            a.command(),
+            "recompose-gpu composition --full --device cuda:1 --jobs 12"
+        );
+        let cpu = CompositionArgs::parse(&["--full"])?;
+        assert_eq!((cpu.device, cpu.workers()), (TrainDevice::Cpu, 2));
+        assert_eq!(cpu.report_name(), "composition-full");
+        assert_eq!(cpu.command(), "cargo xtask reproduce composition --full");
+        assert_eq!(TrainDevice::parse("cuda")?, TrainDevice::Cuda(0));
+        for bad in [
+            &["--device", "gpu"][..],
+            &["--device", "cuda:x"],
+            &["--device"],
+            &["--jobs", "0"],
+            &["--jobs", "-1"],
+            &["--quick", "--full"],
+        ] {
+            assert!(CompositionArgs::parse(bad).is_err(), "{bad:?}");
+        }
+        Ok(())
+    }
+
     /// The smoothed interval is a density (it integrates to one), equals the plain formula in
     /// the bulk, and stays finite and accurate far in the tail (Gaussian decay).
     #[test]

@@ -942,6 +942,29 @@ failures:
     }
 
     #[test]
+    fn check_options_parse_and_bad_values_are_refused() -> Result<()> {
+        let a = CheckArgs::parse(&["--device", "cuda:1", "--rounds", "4", "--steps", "2"])?;
+        assert_eq!((a.device.as_str(), a.rounds, a.steps), ("cuda:1", 4, 2));
+        assert!(a.is_cuda());
+        assert_eq!(
+            a.command(),
+            "recompose-gpu check --device cuda:1 --rounds 4 --steps 2"
+        );
+        let cpu = CheckArgs::parse(&["--device", "cpu", "--no-torch"])?;
+        assert!(!cpu.is_cuda() && cpu.no_torch);
+        for bad in [
+            &["--device", "tpu"][..],
+            &["--rounds", "0"],
+            &["--steps", "x"],
+            &["--rounds"],
+            &["--verbose"],
+        ] {
+            assert!(CheckArgs::parse(bad).is_err(), "{bad:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn sections_are_replaced_in_place() -> Result<()> {
         let dir = std::env::temp_dir().join(format!("gpu-sections-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
