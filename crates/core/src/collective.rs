@@ -63,10 +63,14 @@ struct Exchange {
     /// Ranks that have not yet read the finished sum.
     readers: usize,
     generation: u64,
+    /// Ranks whose handle is gone (their thread ended, by an error perhaps): an all-reduce
+    /// waiting for them fails instead of waiting for ever.
+    departed: Vec<bool>,
 }
 
-/// One rank of a group of threads in one process (make them with [`LocalGroup::new`]).
-#[derive(Debug, Clone)]
+/// One rank of a group of threads in one process (make them with [`LocalGroup::new`]). Dropping
+/// a rank's handle leaves the group: the others' all-reduces then fail instead of waiting.
+#[derive(Debug)]
 pub struct LocalGroup {
     rank: usize,
     world: usize,
@@ -89,6 +93,7 @@ impl LocalGroup {
                 sum: None,
                 readers: 0,
                 generation: 0,
+                departed: vec![false; world],
             }),
             Condvar::new(),
         ));
@@ -106,6 +111,33 @@ fn poisoned<T>(_: T) -> Error {
     Error::Collective("a rank of the local group panicked".into())
 }
 
+impl Drop for LocalGroup {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.shared;
+        if let Ok(mut ex) = lock.lock() {
+            ex.departed[self.rank] = true;
+            cv.notify_all();
+        }
+    }
+}
+
+/// The error of an all-reduce that a rank has left.
+fn left(ex: &Exchange) -> Option<Error> {
+    let gone: Vec<String> = ex
+        .departed
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| **d)
+        .map(|(r, _)| r.to_string())
+        .collect();
+    (!gone.is_empty()).then(|| {
+        Error::Collective(format!(
+            "all-reduce: rank {} left the group (its run ended)",
+            gone.join(", ")
+        ))
+    })
+}
+
 impl Collective for LocalGroup {
     fn rank(&self) -> usize {
         self.rank
@@ -119,7 +151,13 @@ impl Collective for LocalGroup {
         let mut ex = lock.lock().map_err(poisoned)?;
         // A rank that finished the previous call early waits until every rank has read its sum.
         while ex.sum.is_some() {
+            if let Some(e) = left(&ex) {
+                return Err(e);
+            }
             ex = cv.wait(ex).map_err(poisoned)?;
+        }
+        if let Some(e) = left(&ex) {
+            return Err(e);
         }
         let generation = ex.generation;
         ex.parts[self.rank] = Some((t.dims().to_vec(), values));
@@ -152,6 +190,10 @@ impl Collective for LocalGroup {
             cv.notify_all();
         } else {
             while ex.generation == generation {
+                if let Some(e) = left(&ex) {
+                    ex.parts[self.rank] = None;
+                    return Err(e);
+                }
                 ex = cv.wait(ex).map_err(poisoned)?;
             }
         }
@@ -392,6 +434,15 @@ mod tests {
         for h in handles {
             assert!(h.join().expect("rank thread"));
         }
+        // A rank that leaves (its thread ends) makes the others' all-reduce fail, not hang.
+        let mut pair = LocalGroup::new(2)?;
+        let stays = pair.remove(0);
+        drop(pair);
+        let err = stays
+            .all_reduce_sum(&Tensor::zeros(2, DType::F32, &Device::Cpu)?)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rank 1 left"), "{err}");
         let t = Tensor::new(&[1f32, 2.0], &Device::Cpu)?;
         let one = LocalGroup::new(1)?.remove(0);
         assert_eq!(one.all_reduce_sum(&t)?.to_vec1::<f32>()?, vec![1.0, 2.0]);

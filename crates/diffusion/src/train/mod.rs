@@ -479,8 +479,8 @@ pub struct TrainOptions {
     /// process's), the ranks' gradients (and losses) are averaged by one all-reduce before each
     /// optimizer step, so that every replica takes the same step; only rank 0 writes into
     /// `out_dir` (logs, checkpoints, the model). With a group of one the run is exactly the
-    /// single-process run. On resume, every rank restarts from rank 0's checkpoint, with its
-    /// random state moved to the rank's stream.
+    /// single-process run. Ranks above 0 save their random state beside each checkpoint
+    /// (`rank-R.rng.json`), so that a resumed run continues every rank's stream exactly.
     pub parallel: Option<std::sync::Arc<dyn recompose_core::collective::Collective>>,
 }
 
@@ -1045,8 +1045,13 @@ pub fn train(
         (0, SeededRng::seed_from_u64(cfg.seed), None)
     };
     if rank > 0 {
-        // Each rank its own stream of the run's seed (rank 0 keeps the single process's).
-        rng.set_stream(rank as u64);
+        // Each rank its own stream of the run's seed (rank 0 keeps the single process's). On
+        // resume, the rank's own state at the checkpoint's step when it saved one; else rank
+        // 0's state moved to the rank's stream.
+        match read_rank_rng(out, rank, start) {
+            Some(own) => rng = own,
+            None => rng.set_stream(rank as u64),
+        }
     }
     let mut log = if writer {
         for (name, contents) in &opts.extra_files {
@@ -1106,6 +1111,8 @@ pub fn train(
         let periodic = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0;
         if let Some(log) = log.as_mut().filter(|_| periodic || step == cfg.steps) {
             ckpt.save(step, cfg, store, &opt, &ema, &rng, log)?;
+        } else if rank > 0 && (periodic || step == cfg.steps) {
+            write_rank_rng(out, rank, step, &rng)?;
         }
     }
     if let Some(log) = log.as_mut() {
@@ -1122,6 +1129,31 @@ pub fn train(
         },
         seconds: began.elapsed().as_secs_f64(),
     })
+}
+
+/// Where data-parallel rank `rank` (> 0) keeps its random state at the last checkpoint (rank 0's
+/// is in the checkpoint itself).
+fn rank_rng_path(out: &Path, rank: usize) -> PathBuf {
+    out.join(format!("rank-{rank}.rng.json"))
+}
+
+/// Saves rank `rank`'s random state at `step` (atomically), next to rank 0's checkpoint.
+fn write_rank_rng(out: &Path, rank: usize, step: usize, rng: &SeededRng) -> Result<()> {
+    let text = serde_json::json!({ "step": step, "rng": RngState::of(rng) }).to_string();
+    write_atomic(&rank_rng_path(out, rank), text.as_bytes())
+}
+
+/// Rank `rank`'s random state saved at `step`, if that is what its file holds.
+fn read_rank_rng(out: &Path, rank: usize, step: usize) -> Option<SeededRng> {
+    let text = fs::read_to_string(rank_rng_path(out, rank)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    if v["step"].as_u64()? != step as u64 {
+        return None;
+    }
+    serde_json::from_value::<RngState>(v["rng"].clone())
+        .ok()?
+        .restore()
+        .ok()
 }
 
 /// The loss and every variable's gradient averaged over the ranks of `group`, in one

@@ -548,11 +548,13 @@ fn unet_trains_on_an_image_folder() -> Result<()> {
     Ok(())
 }
 
-/// Trains `cfg` as one rank of `group` (or alone), writing into `dir`; the final variables.
+/// Trains `cfg` as one rank of `group` (or alone), writing into `dir` (halting after a step, or
+/// resuming, as asked); the final variables.
 fn train_rank(
     cfg: &RunConfig,
     dir: &Path,
     group: Option<recompose_core::collective::LocalGroup>,
+    (halt_after, resume): (Option<usize>, bool),
 ) -> Result<Vec<(String, Vec<f32>)>> {
     let store = ParamStore::new(cfg.train.seed);
     let model = cfg.build_model(store.var_builder(DType::F32, &Device::Cpu))?;
@@ -561,6 +563,8 @@ fn train_rank(
     let objective = DenoisingLoss::new(&model, &schedule);
     let opts = TrainOptions {
         out_dir: dir.to_path_buf(),
+        halt_after,
+        resume,
         parallel: group.map(|g| {
             std::sync::Arc::new(g) as std::sync::Arc<dyn recompose_core::collective::Collective>
         }),
@@ -583,41 +587,75 @@ fn train_rank(
 
 /// Data-parallel training: a group of one is the single-process run, bit for bit (weights,
 /// loss log, checkpoint); with two ranks (threads, gradients averaged by an all-reduce) the
-/// replicas end equal, only rank 0 writes, and rank 1's batches change the result.
+/// replicas end equal, rank 1's batches change the result, rank 1 writes only its random
+/// state, and a group cut between checkpoints resumes to exactly the uninterrupted result.
 #[test]
 fn data_parallel_training_is_the_single_run_for_one_rank_and_keeps_replicas_equal() -> Result<()> {
     use recompose_core::collective::LocalGroup;
     let cfg = small_ring_config(20);
     let single = scratch("dp-single");
-    let alone = train_rank(&cfg, &single, None)?;
+    let alone = train_rank(&cfg, &single, None, (None, false))?;
     let one = scratch("dp-one");
-    let grouped = train_rank(&cfg, &one, Some(LocalGroup::new(1)?.remove(0)))?;
-    assert_eq!(alone, grouped);
+    let grouped = train_rank(
+        &cfg,
+        &one,
+        Some(LocalGroup::new(1)?.remove(0)),
+        (None, false),
+    )?;
+    assert!(
+        alone == grouped,
+        "a group of one differs from the single process"
+    );
     for f in ["model.safetensors", "loss.jsonl", "checkpoint/state.json"] {
         assert_eq!(read(&single.join(f))?, read(&one.join(f))?, "{f}");
     }
 
-    let dirs = [scratch("dp-rank0"), scratch("dp-rank1")];
-    let ranks: Vec<_> = LocalGroup::new(2)?
-        .into_iter()
-        .zip(dirs.clone())
-        .map(|(g, dir)| {
-            let cfg = cfg.clone();
-            std::thread::spawn(move || train_rank(&cfg, &dir, Some(g)).map_err(|e| e.to_string()))
-        })
-        .collect();
-    let finals: Vec<_> = ranks
-        .into_iter()
-        .map(|h| h.join().expect("rank thread"))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(anyhow::Error::msg)?;
-    assert_eq!(finals[0], finals[1], "the replicas drifted apart");
-    assert_ne!(finals[0], alone, "rank 1's gradients did not count");
-    assert!(dirs[0].join("model.safetensors").is_file());
-    assert!(dirs[0].join("loss.jsonl").is_file());
-    assert!(!dirs[1].join("model.safetensors").exists());
-    assert!(!dirs[1].join("loss.jsonl").exists());
-    for d in [single, one, dirs[0].clone(), dirs[1].clone()] {
+    // Two ranks as threads sharing one folder, as processes on one machine do (rank 0 writes the
+    // run, rank 1 only its random state at each checkpoint).
+    let two_ranks = |dir: &Path, run: (Option<usize>, bool)| -> Result<Vec<_>> {
+        let ranks: Vec<_> = LocalGroup::new(2)?
+            .into_iter()
+            .map(|g| {
+                let dir = dir.to_path_buf();
+                let cfg = cfg.clone();
+                std::thread::spawn(move || {
+                    train_rank(&cfg, &dir, Some(g), run).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        ranks
+            .into_iter()
+            .map(|h| h.join().expect("rank thread"))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)
+    };
+    let dir = scratch("dp-two");
+    let finals = two_ranks(&dir, (None, false))?;
+    assert!(finals[0] == finals[1], "the replicas drifted apart");
+    assert!(finals[0] != alone, "rank 1's gradients did not count");
+    // Rank 0's run files, and beside them rank 1's random state (the only file it writes).
+    for f in [
+        "model.safetensors",
+        "loss.jsonl",
+        "checkpoint/state.json",
+        "rank-1.rng.json",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    // Cut after step 15 (the last checkpoint at 10) and resumed: every rank continues its own
+    // stream exactly, so the result is the uninterrupted one.
+    let cut = scratch("dp-cut");
+    two_ranks(&cut, (Some(15), false))?;
+    let resumed = two_ranks(&cut, (None, true))?;
+    assert!(
+        resumed == finals,
+        "a resumed group differs from an uninterrupted one"
+    );
+    assert_eq!(
+        read(&cut.join("model.safetensors"))?,
+        read(&dir.join("model.safetensors"))?
+    );
+    for d in [single, one, dir, cut] {
         let _ = fs::remove_dir_all(d);
     }
     Ok(())
