@@ -18,7 +18,9 @@ use recompose_core::device_parity;
 use recompose_core::host::fast_paths_enabled;
 use recompose_decomp::factorize::{FactorizeConfig, Method, factorize};
 use recompose_decomp::problem::{Problem, ProblemConfig};
-use recompose_diffusion::nn::{EnergyForm, EnergyMlp, MlpConfig, ParamStore, ResidualMlp};
+use recompose_diffusion::nn::{
+    EnergyForm, EnergyMlp, MlpConfig, ParamStore, ResidualMlp, UNet, UNetConfig,
+};
 use recompose_diffusion::random::normal_tensor;
 use recompose_diffusion::run::RunConfig;
 use recompose_diffusion::train::{AdamW, AdamWConfig, Ema, TrainOptions, read_model_weights};
@@ -242,8 +244,8 @@ device_parity! {
 
     /// Every sampler of a discrete schedule, ten steps from the same seeded noise (64 chains)
     /// on a small perturbed MLP: DDPM (both variances), DDIM (η = 0 and 0.5), reverse SDE, ODE
-    /// (Euler and Heun); and the VP-SDE samplers on a continuous time grid with the exact
-    /// denoiser of a Gaussian mixture.
+    /// (Euler and Heun); DDIM and DDPM on a small U-Net with conditioning; and the VP-SDE
+    /// samplers on a continuous time grid with the exact denoiser of a Gaussian mixture.
     fn samplers(device: &Device) -> Outputs {
         let net = score_mlp(device)?;
         let kinds = [
@@ -259,6 +261,34 @@ device_parity! {
         for (name, kind) in kinds {
             let sampler = Sampler::new(schedule()?, SamplerConfig::new(kind))?;
             let x = sampler.sample(&net, &[64, 2], 10, None, device, &mut seeded(8))?;
+            out.push((name.to_string(), x));
+        }
+        // Two samplers on a small U-Net (8 px, attention at 4 px): its convolutions, group
+        // norms and attention take the CPU kernels on the fast path.
+        let unet_cfg = UNetConfig {
+            image_size: 8,
+            model_channels: 16,
+            attention_resolutions: vec![4],
+            num_head_channels: None,
+            num_groups: 8,
+            cond_dim: 4,
+            ..UNetConfig::decomp_small()
+        };
+        let store = ParamStore::new(21);
+        let unet = UNet::new(
+            &unet_cfg,
+            Parameterization::Epsilon,
+            store.var_builder(DType::F32, device),
+        )?;
+        perturb(&store, 0.05, 22)?;
+        let cond = normal_tensor(&mut seeded(23), &[3, 4], DType::F32, device)?;
+        let image_schedule = DiscreteSchedule::cosine(50, 0.008)?;
+        for (name, kind) in [
+            ("unet ddim", SamplerKind::Ddim { eta: 0.0 }),
+            ("unet ddpm", SamplerKind::Ddpm(DdpmVariance::FixedSmall)),
+        ] {
+            let sampler = Sampler::new(image_schedule.clone(), SamplerConfig::new(kind))?;
+            let x = sampler.sample(&unet, &[3, 3, 8, 8], 5, Some(&cond), device, &mut seeded(24))?;
             out.push((name.to_string(), x));
         }
         // The continuous VP-SDE samplers (log-SNR time grid) on an exact mixture denoiser.
@@ -352,10 +382,10 @@ device_parity! {
     }
 }
 
-/// A fresh, empty folder under the target directory's temporary space.
+/// A fresh, empty folder under the system's temporary directory (not the build's: the test
+/// binary also runs on machines it was not built on).
 fn tempdir(name: &str) -> Result<std::path::PathBuf> {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("parity-{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("recompose-parity-{name}-{}", std::process::id()));
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
