@@ -65,6 +65,25 @@ fn randn(rng: &mut SeededRng, shape: &[usize], device: &Device) -> Result<Tensor
     Ok(normal_tensor(rng, shape, DType::F32, device)?)
 }
 
+/// Moves every trainable variable of `store` off its initial value by N(0, `scale`²) noise drawn
+/// from `rng` (batch-norm running statistics stay), so that zero-initialized layers pass
+/// gradients as in a model under training.
+///
+/// # Errors
+///
+/// When a tensor operation fails.
+pub fn perturb(store: &ParamStore, rng: &mut SeededRng, scale: f64) -> Result<(), Error> {
+    for (n, v) in store.vars() {
+        if n.contains("running") {
+            continue;
+        }
+        let t = v.as_tensor();
+        let noise = randn(rng, t.dims(), t.device())?;
+        v.set(&(t + (noise * scale)?)?)?;
+    }
+    Ok(())
+}
+
 /// One configuration's model with its trainable variables, optimizer and fixed inputs.
 pub struct DecompWorkload {
     /// The configuration.
@@ -111,13 +130,7 @@ impl DecompWorkload {
         let store = ParamStore::new(0);
         let model = DecompModel::from_config(cfg, store.var_builder(DType::F32, device))?;
         let mut rng = seeded(2);
-        for (n, v) in store.vars() {
-            if n.contains("running") {
-                continue;
-            }
-            let noise = randn(&mut rng, v.dims(), device)?;
-            v.set(&(v.as_tensor() + (noise * 0.02)?)?)?;
-        }
+        perturb(&store, &mut rng, 0.02)?;
         let s = cfg.image_size;
         let x0 = randn(&mut rng, &[batch, 3, s, s], device)?.affine(0.25, 0.5)?;
         let noise = randn(&mut rng, &[batch, 3, s, s], device)?;

@@ -50,16 +50,10 @@ fn named_grads(
         .collect()
 }
 
-/// Moves every variable of `store` off its initial value by N(0, `scale`²) noise, so that the
-/// zero-initialized layers (the residual branches' last layers, the output) take part.
+/// [`recompose_benches::decomp::perturb`] with a fresh generator seeded `seed`.
 fn perturb(store: &ParamStore, scale: f64, seed: u64) -> Result<()> {
-    let mut rng = seeded(seed);
-    for (_, v) in store.vars() {
-        let t = v.as_tensor();
-        let noise = normal_tensor(&mut rng, t.dims(), DType::F32, t.device())?;
-        v.set(&(t + (noise * scale)?)?)?;
-    }
-    Ok(())
+    recompose_benches::decomp::perturb(store, &mut seeded(seed), scale)
+        .map_err(anyhow::Error::from_boxed)
 }
 
 /// A small residual MLP (2-D, width 32, 2 blocks, 20 steps), every weight perturbed.
