@@ -106,7 +106,7 @@ impl TrainDevice {
     }
 
     /// A device for one training: the CPU, or a new stream on the GPU.
-    fn open(self) -> Result<Device> {
+    pub(crate) fn open(self) -> Result<Device> {
         Ok(match self {
             Self::Cpu => Device::Cpu,
             Self::Cuda(n) => Device::new_cuda_with_stream(n)
@@ -132,14 +132,11 @@ impl CompositionArgs {
                 "--full" => out.full = true,
                 "--reuse-models" => out.reuse_models = true,
                 "--device" => {
-                    out.device = TrainDevice::parse(it.next().context("--device needs a value")?)?;
+                    out.device = TrainDevice::parse(crate::workspace::option_value(&mut it, a)?)?;
                 }
                 "--jobs" => {
-                    let v = it.next().context("--jobs needs a value")?;
-                    out.jobs = match v.parse::<usize>() {
-                        Ok(n) if n > 0 => n,
-                        _ => bail!("--jobs expects a positive whole number, got '{v}'"),
-                    };
+                    let v = crate::workspace::option_value(&mut it, a)?;
+                    out.jobs = crate::workspace::positive_option(a, v)?;
                 }
                 other => bail!(
                     "unknown option '{other}' (expected --quick, --full, --reuse-models, \

@@ -31,6 +31,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::composition::{CompositionArgs, TrainDevice};
 use crate::torch::{Summary, interleave, write_script};
+use crate::workspace::{option_value, positive_option};
 
 /// The workloads of the check: (criterion-style group, `torchbench.py` suite, batch).
 pub const CHECK_WORKLOADS: [(&str, &str, usize); 5] = [
@@ -85,17 +86,12 @@ impl CheckArgs {
         };
         let mut it = args.iter();
         while let Some(&a) = it.next() {
-            let mut value = || {
-                it.next()
-                    .copied()
-                    .with_context(|| format!("{a} needs a value"))
-            };
             match a {
-                "--device" => out.device = value()?.to_string(),
-                "--bins" => out.bins = PathBuf::from(value()?),
-                "--python" => out.python = PathBuf::from(value()?),
-                "--rounds" => out.rounds = positive(a, value()?)?,
-                "--steps" => out.steps = positive(a, value()?)?,
+                "--device" => out.device = option_value(&mut it, a)?.to_string(),
+                "--bins" => out.bins = PathBuf::from(option_value(&mut it, a)?),
+                "--python" => out.python = PathBuf::from(option_value(&mut it, a)?),
+                "--rounds" => out.rounds = positive_option(a, option_value(&mut it, a)?)?,
+                "--steps" => out.steps = positive_option(a, option_value(&mut it, a)?)?,
                 "--no-torch" => out.no_torch = true,
                 other => bail!(
                     "unknown option '{other}' (expected --device, --bins, --python, --rounds, \
@@ -123,13 +119,6 @@ impl CheckArgs {
 
     fn is_cuda(&self) -> bool {
         self.device.starts_with("cuda")
-    }
-}
-
-fn positive(flag: &str, v: &str) -> Result<usize> {
-    match v.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => bail!("{flag} expects a positive whole number, got '{v}'"),
     }
 }
 
@@ -603,10 +592,8 @@ pub fn composition(root: &Path, args: &[&str]) -> Result<()> {
     let mut it = args.iter();
     while let Some(&a) = it.next() {
         match a {
-            "--device" => {
-                device = TrainDevice::parse(it.next().context("--device needs a value")?)?
-            }
-            "--jobs" => jobs = positive(a, it.next().context("--jobs needs a value")?)?,
+            "--device" => device = TrainDevice::parse(option_value(&mut it, a)?)?,
+            "--jobs" => jobs = positive_option(a, option_value(&mut it, a)?)?,
             "--quick" => quick = true,
             other => bail!("unknown option '{other}' (expected --device, --jobs, --quick)"),
         }
@@ -743,15 +730,10 @@ pub fn tetrominoes(root: &Path, args: &[&str]) -> Result<()> {
     let mut steps = None;
     let mut it = args.iter();
     while let Some(&a) = it.next() {
-        let mut value = || {
-            it.next()
-                .copied()
-                .with_context(|| format!("{a} needs a value"))
-        };
         match a {
-            "--device" => device = TrainDevice::parse(value()?)?,
-            "--images" => images = positive(a, value()?)?,
-            "--steps" => steps = Some(positive(a, value()?)?),
+            "--device" => device = TrainDevice::parse(option_value(&mut it, a)?)?,
+            "--images" => images = positive_option(a, option_value(&mut it, a)?)?,
+            "--steps" => steps = Some(positive_option(a, option_value(&mut it, a)?)?),
             other => bail!("unknown option '{other}' (expected --device, --images, --steps)"),
         }
     }
@@ -778,10 +760,7 @@ pub fn tetrominoes(root: &Path, args: &[&str]) -> Result<()> {
             revision: Some(crate::workspace::revision()),
             ..Default::default()
         };
-        let dev = match device {
-            TrainDevice::Cpu => candle_core::Device::Cpu,
-            TrainDevice::Cuda(n) => candle_core::Device::new_cuda(n)?,
-        };
+        let dev = device.open()?;
         eprintln!(
             "training decomp-tetrominoes on {} ({} steps at batch {}){}",
             device.name(),

@@ -22,6 +22,29 @@ pub fn root() -> PathBuf {
     std::env::current_dir().unwrap_or(built)
 }
 
+/// The value that follows the option `flag` in a task's arguments.
+///
+/// # Errors
+///
+/// When the arguments end after the flag.
+pub fn option_value<'a>(it: &mut std::slice::Iter<'_, &'a str>, flag: &str) -> Result<&'a str> {
+    it.next()
+        .copied()
+        .with_context(|| format!("{flag} needs a value"))
+}
+
+/// The positive whole number `v` given to the option `flag`.
+///
+/// # Errors
+///
+/// When `v` is not a whole number above zero.
+pub fn positive_option(flag: &str, v: &str) -> Result<usize> {
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => bail!("{flag} expects a positive whole number, got '{v}'"),
+    }
+}
+
 /// Runs `cargo` (the one running this program, when there is one) with `args` in the workspace
 /// root.
 pub fn cargo(args: &[&str]) -> Result<()> {

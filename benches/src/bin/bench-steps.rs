@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 
+use recompose_benches::composition::TrainDevice;
 use recompose_benches::decomp::{DecompWorkload, Error, configs};
 use recompose_benches::mlp::{ENERGY_GROUP, MLP_GROUP, MlpWorkload};
 
@@ -77,20 +78,12 @@ fn main() -> Result<(), Error> {
     Ok(())
 }
 
-/// The device `--device` names: `cpu` or `cuda:N`.
+/// The device `--device` names: `cpu` or `cuda:N` (the GPU's default stream, as PyTorch's).
 fn open_device(name: &str) -> Result<Device, Error> {
-    if name == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let n = match name.strip_prefix("cuda") {
-        Some("") => 0,
-        Some(rest) => rest
-            .strip_prefix(':')
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| format!("unknown device '{name}'; {USAGE}"))?,
-        None => return Err(format!("unknown device '{name}'; {USAGE}").into()),
-    };
-    Ok(Device::new_cuda(n).map_err(|e| format!("--device {name}: {e}"))?)
+    Ok(match TrainDevice::parse(name)? {
+        TrainDevice::Cpu => Device::Cpu,
+        TrainDevice::Cuda(n) => Device::new_cuda(n).map_err(|e| format!("--device {name}: {e}"))?,
+    })
 }
 
 /// The call a group names, on `device`.
