@@ -62,6 +62,8 @@ fn kernels(c: &mut Criterion) {
         .into_iter()
         .map(|v| 0.5 * v)
         .collect();
+    let x =
+        candle_core::Tensor::from_vec(x, (CHAINS, 2), &candle_core::Device::Cpu).expect("points");
     for hidden in [128, 64] {
         for energy in [false, true] {
             let model = Product::new(vec![

@@ -42,7 +42,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use recompose_compose::component::load;
 use recompose_compose::{
     AnnealConfig, Component, Kernel, LevelStats, StepSize, anneal, build, parse,
@@ -502,8 +502,12 @@ fn learned_masses(
             .iter()
             .flat_map(|u| [(c * u[0]) as f32, (c * u[1]) as f32])
             .collect();
+        let x = Tensor::from_vec(x, (chunk.len(), 2), &Device::Cpu)?;
         let eval = model.evaluate(&x, level, true)?;
-        logs.extend(eval.log_density.context("the composition has no density")?);
+        logs.extend(
+            eval.log_density_vec()?
+                .context("the composition has no density")?,
+        );
     }
     let top = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if !top.is_finite() {
@@ -1138,7 +1142,7 @@ fn run_one(
     let out = anneal(model.as_ref(), &cfg, n, &mut seeded(7))?;
     let seconds = start.elapsed().as_secs_f64();
     let pts: Vec<[f64; 2]> = out
-        .samples
+        .samples_vec()?
         .chunks(2)
         .map(|p| [f64::from(p[0]), f64::from(p[1])])
         .collect();
@@ -1223,7 +1227,7 @@ fn run_single(work: &Path, dist: Toy2d, param: Param, quick: bool) -> Result<Sin
     let n = if quick { 300 } else { CHAINS };
     let out = anneal(model.as_ref(), &AnnealConfig::reverse(), n, &mut seeded(7))?;
     let pts: Vec<[f64; 2]> = out
-        .samples
+        .samples_vec()?
         .chunks(2)
         .map(|p| [f64::from(p[0]), f64::from(p[1])])
         .collect();

@@ -97,7 +97,7 @@ fn score_leaf(name: &str, device: &Device) -> Result<Box<dyn Component>> {
     Ok(if host_path(device) {
         Box::new(ScoreLeaf::mlp(name, &net, schedule()?)?)
     } else {
-        Box::new(ScoreLeaf::new(name, net, schedule()?, 2, device)?)
+        Box::new(ScoreLeaf::new(name, net, schedule()?, &[2], device)?)
     })
 }
 
@@ -315,13 +315,17 @@ device_parity! {
     tolerance = 1e-3;
     fn composition_samplers(device: &Device) -> Outputs {
         let mut out = Vec::new();
-        let start = recompose_diffusion::random::normal_vec(&mut seeded(13), 64 * 2);
+        let start = Tensor::from_vec(
+            recompose_diffusion::random::normal_vec(&mut seeded(13), 64 * 2),
+            (64, 2),
+            device,
+        )?;
         for energy in [false, true] {
             let leaf = if energy { energy_leaf } else { score_leaf };
             let tag = if energy { "energy" } else { "score" };
             let product = Product::new(vec![(1.0, leaf("a", device)?), (0.5, leaf("b", device)?)])?;
             let run = anneal(&product, &AnnealConfig::reverse(), 64, &mut seeded(4))?;
-            out.push((format!("{tag} reverse"), host_tensor(run.samples, &Device::Cpu)?));
+            out.push((format!("{tag} reverse"), run.samples));
             for kernel in [Kernel::Ula, Kernel::UHmc, Kernel::Mala, Kernel::Hmc] {
                 if kernel.is_metropolis() && !energy {
                     continue;
@@ -334,7 +338,7 @@ device_parity! {
                     let (x, acc) =
                         mcmc_at_level(&product, &cfg, level, start.clone(), 2, &mut seeded(5))?;
                     let name = format!("{tag} {} at {level}", kernel.name());
-                    out.push((name.clone(), host_tensor(x, &Device::Cpu)?));
+                    out.push((name.clone(), x));
                     if let Some(a) = acc {
                         out.push((format!("{name}: acceptance"), host_tensor(vec![a as f32], &Device::Cpu)?));
                     }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
 use clap::Args;
 use recompose_compose::component::load;
 use recompose_compose::{AnnealConfig, Component, Kernel, StepSize, anneal, build, parse};
@@ -174,10 +173,14 @@ pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
         .mean_acceptance()
         .map(|r| format!(", acceptance {r:.3}"))
         .unwrap_or_default();
-    let x = Tensor::from_vec(out.samples, (num, out.dim), &Device::Cpu)?;
     let mut shape = vec![num];
     shape.extend(first.model_item_shape());
-    write_samples(&x.reshape(shape)?, first.value_range(), kind, &a.out)?;
+    write_samples(
+        &out.samples.reshape(shape)?,
+        first.value_range(),
+        kind,
+        &a.out,
+    )?;
     outln!(
         "wrote {num} samples of {} ({}, seed {}{acc}) to {} in {seconds:.1} s",
         model.describe(),

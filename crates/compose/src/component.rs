@@ -16,8 +16,12 @@
 //! - [`AnalyticLeaf`]: a [`GaussianMixture`] diffused exactly, with its normalized log-density:
 //!   the ground truth the samplers are tested against.
 //!
-//! Points are host `f32` slices, row-major `[n, d]`; levels are training-timestep indices
-//! 0..T of the shared [`DiscreteSchedule`] (T − 1 the noisiest).
+//! Points are tensors `[n, d]` of `f32` on the component's [`Component::device`] (an image
+//! model's points are its images flattened); scores come back the same way and log-densities as
+//! `f64` tensors `[n]`, on the same device: a sampler on a GPU never copies the chains to the
+//! host to evaluate the model. Levels are training-timestep indices 0..T of the shared
+//! [`DiscreteSchedule`] (T − 1 the noisiest). The residual MLPs' host kernels ([`FrozenMlp`])
+//! are the CPU fast path behind the same interface.
 
 use candle_core::{DType, Device, Tensor};
 use recompose_diffusion::nn::{EnergyForm, EnergyMlp, FrozenMlp, ResidualMlp};
@@ -26,18 +30,41 @@ use recompose_diffusion::{Denoiser, DiscreteSchedule, GaussianMixture, Parameter
 use crate::{Error, Result};
 
 /// What a [`Component`] returns for a batch of n points.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Eval {
-    /// Unnormalized log-density per point (`[n]`), when asked for and available.
-    pub log_density: Option<Vec<f64>>,
-    /// Score ∇ₓ log p_t per point, row-major `[n, d]`.
-    pub score: Vec<f32>,
+    /// Unnormalized log-density per point (`[n]`, `f64`), when asked for and available.
+    pub log_density: Option<Tensor>,
+    /// Score ∇ₓ log p_t per point (`[n, d]`, `f32`).
+    pub score: Tensor,
+}
+
+impl Eval {
+    /// The score on the host, row-major `[n, d]`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Candle`] if the tensor cannot be read.
+    pub fn score_vec(&self) -> Result<Vec<f32>> {
+        Ok(self.score.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// The log-densities on the host (`None` if not evaluated).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Candle`] if the tensor cannot be read.
+    pub fn log_density_vec(&self) -> Result<Option<Vec<f64>>> {
+        self.log_density
+            .as_ref()
+            .map(|f| Ok(f.to_vec1::<f64>()?))
+            .transpose()
+    }
 }
 
 /// A distribution at every noise level of a schedule: score and, optionally, log-density (see
 /// the [module documentation](self)).
 pub trait Component: Send + Sync {
-    /// The data dimension d.
+    /// The data dimension d (the product of an image model's item shape).
     fn dim(&self) -> usize;
 
     /// The noise schedule the levels refer to.
@@ -49,15 +76,18 @@ pub trait Component: Send + Sync {
     /// A short description for error messages, e.g. the model's name.
     fn describe(&self) -> String;
 
-    /// Score (and log-density if `density` is set) of the points `x` (`[n, d]`, row-major) at
-    /// the noise level `level` (a training-timestep index).
+    /// The device the component evaluates on, where its points must live.
+    fn device(&self) -> &Device;
+
+    /// Score (and log-density if `density` is set) of the points `x` (`[n, d]`, `f32`, on
+    /// [`Component::device`]) at the noise level `level` (a training-timestep index).
     ///
     /// # Errors
     ///
-    /// [`Error::Shape`] if `x.len()` is not a multiple of d; [`Error::Config`] for a level
-    /// outside the schedule; [`Error::NeedsDensity`] if `density` is asked of a component
-    /// without one; whatever the model reports.
-    fn evaluate(&self, x: &[f32], level: usize, density: bool) -> Result<Eval>;
+    /// [`Error::Shape`] if `x` is not `[n, d]` of `f32` on the component's device;
+    /// [`Error::Config`] for a level outside the schedule; [`Error::NeedsDensity`] if `density`
+    /// is asked of a component without one; whatever the model reports.
+    fn evaluate(&self, x: &Tensor, level: usize, density: bool) -> Result<Eval>;
 }
 
 impl<C: Component + ?Sized> Component for Box<C> {
@@ -73,23 +103,42 @@ impl<C: Component + ?Sized> Component for Box<C> {
     fn describe(&self) -> String {
         (**self).describe()
     }
-    fn evaluate(&self, x: &[f32], level: usize, density: bool) -> Result<Eval> {
+    fn device(&self) -> &Device {
+        (**self).device()
+    }
+    fn evaluate(&self, x: &Tensor, level: usize, density: bool) -> Result<Eval> {
         (**self).evaluate(x, level, density)
     }
 }
 
-/// Checks a batch against a dimension and a level against a schedule; returns n.
+/// Checks a batch of points against a component's dimension and device, and a level against
+/// its schedule; returns n.
 pub(crate) fn check_batch(
-    x: &[f32],
+    x: &Tensor,
     dim: usize,
+    device: &Device,
     level: usize,
     schedule: &DiscreteSchedule,
 ) -> Result<usize> {
-    if dim == 0 || !x.len().is_multiple_of(dim) {
+    let n = match x.dims() {
+        &[n, d] if d == dim && dim > 0 => n,
+        dims => {
+            return Err(Error::Shape(format!(
+                "a batch of {dim}-dimensional points must have the shape [n, {dim}], got {dims:?}"
+            )));
+        }
+    };
+    if x.dtype() != DType::F32 {
         return Err(Error::Shape(format!(
-            "a batch of {}-dimensional points cannot have {} values",
-            dim,
-            x.len()
+            "points must be f32, got {:?}",
+            x.dtype()
+        )));
+    }
+    if !x.device().same_device(device) {
+        return Err(Error::Shape(format!(
+            "the points are on {:?} but the model evaluates on {:?}",
+            x.device().location(),
+            device.location()
         )));
     }
     if level >= schedule.len() {
@@ -98,7 +147,18 @@ pub(crate) fn check_batch(
             schedule.len()
         )));
     }
-    Ok(x.len() / dim)
+    Ok(n)
+}
+
+/// The points of a host-path leaf as a row-major vector.
+fn host_points(x: &Tensor) -> Result<Vec<f32>> {
+    Ok(x.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// `t / v` with a true division (candle's `t / v` multiplies by the reciprocal).
+pub(crate) fn divide(t: &Tensor, v: f64) -> Result<Tensor> {
+    let v = Tensor::new(v, t.device())?.to_dtype(t.dtype())?;
+    Ok(t.broadcast_div(&v)?)
 }
 
 fn no_density(who: &str) -> Error {
@@ -113,46 +173,51 @@ fn no_density(who: &str) -> Error {
 enum Network<D> {
     /// The residual MLP on the host, without autograd ([`FrozenMlp`]).
     Frozen(FrozenMlp),
-    /// Any denoiser through candle, on `device`.
-    Candle(D, Device),
+    /// Any denoiser through candle's ops.
+    Candle(D),
 }
 
 /// A [`Denoiser`] read as a score model: s = −ε̂(x, t)/σ_t.
 #[derive(Debug, Clone)]
 pub struct ScoreLeaf<D = Box<dyn Denoiser + Send + Sync>> {
     name: String,
+    item: Vec<usize>,
     dim: usize,
     network: Network<D>,
+    device: Device,
     parameterization: Parameterization,
     schedule: DiscreteSchedule,
     cond: Option<Tensor>,
 }
 
 impl<D: Denoiser + Send + Sync> ScoreLeaf<D> {
-    /// The score of `denoiser` (trained on `schedule`) for points of dimension `dim`, evaluated
-    /// on `device`. `cond` is passed to every call (it must have a batch dimension of 1, which
-    /// is broadcast).
+    /// The score of `denoiser` (trained on `schedule`) for items of shape `item` (`[d]` for
+    /// vectors, `[c, h, w]` for images; points are passed flattened), evaluated with candle's
+    /// ops on `device`, where its weights live. `cond` is passed to every call (it must have a
+    /// batch dimension of 1, which is broadcast).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if `dim` is 0.
+    /// [`Error::Config`] if the item shape is empty or has a zero extent.
     pub fn new(
         name: &str,
         denoiser: D,
         schedule: DiscreteSchedule,
-        dim: usize,
+        item: &[usize],
         device: &Device,
     ) -> Result<Self> {
-        if dim == 0 {
+        if item.is_empty() || item.contains(&0) {
             return Err(Error::Config(format!(
-                "{name}: the data dimension must be positive"
+                "{name}: the item shape must be non-empty with positive extents, got {item:?}"
             )));
         }
         Ok(Self {
             name: name.to_string(),
-            dim,
+            item: item.to_vec(),
+            dim: item.iter().product(),
             parameterization: denoiser.parameterization(),
-            network: Network::Candle(denoiser, device.clone()),
+            network: Network::Candle(denoiser),
+            device: device.clone(),
             schedule,
             cond: None,
         })
@@ -168,18 +233,21 @@ impl<D: Denoiser + Send + Sync> ScoreLeaf<D> {
 }
 
 impl ScoreLeaf<ResidualMlp> {
-    /// The score of a residual MLP, evaluated on the host with [`FrozenMlp`] (the fast path for
-    /// the 2-D models).
+    /// The score of a residual MLP, evaluated on the host with [`FrozenMlp`] (the CPU fast path
+    /// of the 2-D models).
     ///
     /// # Errors
     ///
     /// As [`FrozenMlp::from_mlp`].
     pub fn mlp(name: &str, net: &ResidualMlp, schedule: DiscreteSchedule) -> Result<Self> {
+        let dim = net.config().data_dim;
         Ok(Self {
             name: name.to_string(),
-            dim: net.config().data_dim,
+            item: vec![dim],
+            dim,
             parameterization: net.parameterization(),
             network: Network::Frozen(FrozenMlp::from_mlp(net)?),
+            device: Device::Cpu,
             schedule,
             cond: None,
         })
@@ -199,16 +267,32 @@ impl<D: Denoiser + Send + Sync> Component for ScoreLeaf<D> {
     fn describe(&self) -> String {
         format!("`{}`", self.name)
     }
-    fn evaluate(&self, x: &[f32], level: usize, density: bool) -> Result<Eval> {
-        let n = check_batch(x, self.dim, level, &self.schedule)?;
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn evaluate(&self, x: &Tensor, level: usize, density: bool) -> Result<Eval> {
+        let n = check_batch(x, self.dim, &self.device, level, &self.schedule)?;
         if density {
             return Err(no_density(&self.describe()));
         }
-        let mut out = match &self.network {
-            Network::Frozen(f) => f.forward(x, level)?,
-            Network::Candle(model, device) => {
-                let xt = Tensor::from_slice(x, (n, self.dim), device)?;
-                let t = Tensor::from_vec(vec![level as f32; n], n, device)?;
+        let m = self.schedule.marginal(level);
+        let score = match &self.network {
+            Network::Frozen(f) => {
+                let xs = host_points(x)?;
+                let mut out = f.forward(&xs, level)?;
+                // The model's output at each element, converted to the score in place.
+                for (o, &xv) in out.iter_mut().zip(&xs) {
+                    *o = self
+                        .parameterization
+                        .score_at(f64::from(*o), f64::from(xv), m) as f32;
+                }
+                Tensor::from_vec(out, (n, self.dim), &self.device)?
+            }
+            Network::Candle(model) => {
+                let mut shape = vec![n];
+                shape.extend_from_slice(&self.item);
+                let xt = x.reshape(shape)?;
+                let t = Tensor::from_vec(vec![level as f32; n], n, &self.device)?;
                 let cond = match &self.cond {
                     Some(c) => {
                         let mut dims = c.dims().to_vec();
@@ -217,20 +301,18 @@ impl<D: Denoiser + Send + Sync> Component for ScoreLeaf<D> {
                     }
                     None => None,
                 };
-                let y = model.forward(&xt, &t, cond.as_ref())?;
-                y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?
+                let y = model
+                    .forward(&xt, &t, cond.as_ref())?
+                    .to_dtype(DType::F32)?
+                    .reshape((n, self.dim))?;
+                let per = |v: f64| Tensor::from_vec(vec![v as f32; n], n, &self.device);
+                self.parameterization
+                    .to_score(&y, x, &per(m.alpha)?, &per(m.sigma)?)?
             }
         };
-        // The model's output at each element, converted to the score in place.
-        let m = self.schedule.marginal(level);
-        for (o, &xv) in out.iter_mut().zip(x) {
-            *o = self
-                .parameterization
-                .score_at(f64::from(*o), f64::from(xv), m) as f32;
-        }
         Ok(Eval {
             log_density: None,
-            score: out,
+            score,
         })
     }
 }
@@ -240,8 +322,8 @@ impl<D: Denoiser + Send + Sync> Component for ScoreLeaf<D> {
 enum EnergyNetwork {
     /// On the host without autograd ([`FrozenMlp`]), with the energy's form.
     Frozen(FrozenMlp, EnergyForm),
-    /// Through candle's ops on `device` ([`EnergyMlp::energy_and_grad`]).
-    Candle(EnergyMlp, Device),
+    /// Through candle's ops ([`EnergyMlp::energy_and_grad`]).
+    Candle(EnergyMlp),
 }
 
 /// An energy-parameterized MLP: s = −∇ₓE/σ_t, log p_t = −E/σ_t (+ an unknown c(t)).
@@ -250,11 +332,13 @@ pub struct EnergyLeaf {
     name: String,
     dim: usize,
     network: EnergyNetwork,
+    device: Device,
     schedule: DiscreteSchedule,
 }
 
 impl EnergyLeaf {
-    /// The energy model `model` trained on `schedule`, evaluated on the host.
+    /// The energy model `model` trained on `schedule`, evaluated on the host (the CPU fast
+    /// path).
     ///
     /// # Errors
     ///
@@ -264,6 +348,7 @@ impl EnergyLeaf {
             name: name.to_string(),
             dim: model.net().config().data_dim,
             network: EnergyNetwork::Frozen(FrozenMlp::from_mlp(model.net())?, model.form()),
+            device: Device::Cpu,
             schedule,
         })
     }
@@ -279,7 +364,8 @@ impl EnergyLeaf {
         Self {
             name: name.to_string(),
             dim: model.net().config().data_dim,
-            network: EnergyNetwork::Candle(model, device.clone()),
+            network: EnergyNetwork::Candle(model),
+            device: device.clone(),
             schedule,
         }
     }
@@ -298,29 +384,37 @@ impl Component for EnergyLeaf {
     fn describe(&self) -> String {
         format!("`{}`", self.name)
     }
-    fn evaluate(&self, x: &[f32], level: usize, density: bool) -> Result<Eval> {
-        let n = check_batch(x, self.dim, level, &self.schedule)?;
-        let (energy, mut grad) = match &self.network {
-            EnergyNetwork::Frozen(net, form) => net.energy_and_grad(*form, x, level)?,
-            EnergyNetwork::Candle(model, device) => {
-                let xt = Tensor::from_slice(x, (n, self.dim), device)?;
-                let t = Tensor::from_vec(vec![level as f32; n], n, device)?;
-                let (e, g) = model.energy_and_grad(&xt, &t)?;
-                (
-                    e.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-                    g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
-                )
-            }
-        };
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn evaluate(&self, x: &Tensor, level: usize, density: bool) -> Result<Eval> {
+        let n = check_batch(x, self.dim, &self.device, level, &self.schedule)?;
         let sigma = self.schedule.sigma(level);
         let inv = (1.0 / sigma) as f32;
-        for g in &mut grad {
-            *g *= -inv;
-        }
-        Ok(Eval {
-            log_density: density.then(|| energy.iter().map(|&e| -f64::from(e) / sigma).collect()),
-            score: grad,
-        })
+        let (energy, score) = match &self.network {
+            EnergyNetwork::Frozen(net, form) => {
+                let (energy, mut grad) = net.energy_and_grad(*form, &host_points(x)?, level)?;
+                for g in &mut grad {
+                    *g *= -inv;
+                }
+                (
+                    Tensor::from_vec(energy, n, &self.device)?,
+                    Tensor::from_vec(grad, (n, self.dim), &self.device)?,
+                )
+            }
+            EnergyNetwork::Candle(model) => {
+                let t = Tensor::from_vec(vec![level as f32; n], n, &self.device)?;
+                let (e, g) = model.energy_and_grad(x, &t)?;
+                let score = g.to_dtype(DType::F32)?.affine(-f64::from(inv), 0.0)?;
+                (e, score)
+            }
+        };
+        let log_density = if density {
+            Some(divide(&energy.to_dtype(DType::F64)?.neg()?, sigma)?)
+        } else {
+            None
+        };
+        Ok(Eval { log_density, score })
     }
 }
 
@@ -330,15 +424,26 @@ pub struct AnalyticLeaf {
     name: String,
     mixture: GaussianMixture,
     schedule: DiscreteSchedule,
+    device: Device,
 }
 
 impl AnalyticLeaf {
-    /// The mixture `mixture` noised along `schedule`.
+    /// The mixture `mixture` noised along `schedule`, for points on the CPU.
     pub fn new(name: &str, mixture: GaussianMixture, schedule: DiscreteSchedule) -> Self {
         Self {
             name: name.to_string(),
             mixture,
             schedule,
+            device: Device::Cpu,
+        }
+    }
+
+    /// The same leaf taking and returning tensors on `device` (it computes on the host: it is
+    /// the reference the samplers are tested against, not a model).
+    pub fn on(self, device: &Device) -> Self {
+        Self {
+            device: device.clone(),
+            ..self
         }
     }
 
@@ -361,17 +466,21 @@ impl Component for AnalyticLeaf {
     fn describe(&self) -> String {
         format!("`{}`", self.name)
     }
-    fn evaluate(&self, x: &[f32], level: usize, density: bool) -> Result<Eval> {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn evaluate(&self, x: &Tensor, level: usize, density: bool) -> Result<Eval> {
         let d = self.dim();
-        check_batch(x, d, level, &self.schedule)?;
+        let n = check_batch(x, d, &self.device, level, &self.schedule)?;
         let (a, s) = (
             self.schedule.sqrt_alpha_bar(level),
             self.schedule.sigma(level),
         );
-        let mut score = Vec::with_capacity(x.len());
+        let xs = host_points(x)?;
+        let mut score = Vec::with_capacity(xs.len());
         let mut logp = Vec::new();
         let mut point = vec![0.0f64; d];
-        for row in x.chunks(d) {
+        for row in xs.chunks(d) {
             for (p, &v) in point.iter_mut().zip(row) {
                 *p = f64::from(v);
             }
@@ -386,22 +495,32 @@ impl Component for AnalyticLeaf {
             }
         }
         Ok(Eval {
-            log_density: density.then_some(logp),
-            score,
+            log_density: density
+                .then(|| Tensor::from_vec(logp, n, &self.device))
+                .transpose()?,
+            score: Tensor::from_vec(score, (n, d), &self.device)?,
         })
     }
 }
 
-/// Checks that all components share the dimension and the schedule of the first; returns them.
+/// Checks that all components share the dimension, the schedule and the device of the first;
+/// returns the dimension, the schedule and the device.
 pub(crate) fn common_shape<'a>(
     what: &str,
     parts: impl IntoIterator<Item = &'a dyn Component>,
-) -> Result<(usize, DiscreteSchedule)> {
-    let mut first: Option<(usize, DiscreteSchedule, String)> = None;
+) -> Result<(usize, DiscreteSchedule, Device)> {
+    let mut first: Option<(usize, DiscreteSchedule, Device, String)> = None;
     for c in parts {
         match &first {
-            None => first = Some((c.dim(), c.schedule().clone(), c.describe())),
-            Some((d, s, name)) => {
+            None => {
+                first = Some((
+                    c.dim(),
+                    c.schedule().clone(),
+                    c.device().clone(),
+                    c.describe(),
+                ))
+            }
+            Some((d, s, device, name)) => {
                 if c.dim() != *d {
                     return Err(Error::Shape(format!(
                         "{what}: {name} has dimension {d} but {} has dimension {}",
@@ -423,11 +542,20 @@ pub(crate) fn common_shape<'a>(
                         c.schedule().len()
                     )));
                 }
+                if !c.device().same_device(device) {
+                    return Err(Error::Config(format!(
+                        "{what}: {name} evaluates on {:?} but {} on {:?}; composed models must \
+                         share one device",
+                        device.location(),
+                        c.describe(),
+                        c.device().location()
+                    )));
+                }
             }
         }
     }
     first
-        .map(|(d, s, _)| (d, s))
+        .map(|(d, s, device, _)| (d, s, device))
         .ok_or_else(|| Error::Config(format!("{what} needs at least one model")))
 }
 
@@ -442,14 +570,14 @@ pub(crate) fn common_shape<'a>(
 pub fn load(name: &str, dir: &std::path::Path, device: &Device) -> Result<Box<dyn Component>> {
     use recompose_diffusion::run::{Model, Trained};
     let trained = Trained::load(dir, device)?;
-    let dim: usize = trained.config.model_item_shape().iter().product();
+    let item = trained.config.model_item_shape();
     let host = device.is_cpu() && recompose_core::host::fast_paths_enabled();
     let schedule = trained.schedule;
     Ok(match trained.model {
         Model::Mlp(net) if host => Box::new(ScoreLeaf::mlp(name, &net, schedule)?),
-        Model::Mlp(net) => Box::new(ScoreLeaf::new(name, net, schedule, dim, device)?),
+        Model::Mlp(net) => Box::new(ScoreLeaf::new(name, net, schedule, &item, device)?),
         Model::Energy(model) if host => Box::new(EnergyLeaf::new(name, &model, schedule)?),
         Model::Energy(model) => Box::new(EnergyLeaf::on_device(name, model, schedule, device)),
-        Model::Unet(net) => Box::new(ScoreLeaf::new(name, net, schedule, dim, device)?),
+        Model::Unet(net) => Box::new(ScoreLeaf::new(name, net, schedule, &item, device)?),
     })
 }

@@ -31,8 +31,9 @@
 //! config.step_size = StepSize::Constant(0.15);
 //! config.mcmc_steps = 4;
 //! let out = anneal(&product, &config, 2000, &mut seeded(0))?;
-//! let mean = out.samples.iter().sum::<f32>() / 2000.0;
-//! let var = out.samples.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / 2000.0;
+//! let samples = out.samples_vec()?; // [n, d] on the model's device, read to the host
+//! let mean = samples.iter().sum::<f32>() / 2000.0;
+//! let var = samples.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / 2000.0;
 //! assert!(mean.abs() < 0.05 && (var - 0.25).abs() < 0.03, "{mean} {var}");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

@@ -8,9 +8,13 @@
 //! with one reverse-diffusion (DDPM ancestral) step using the composed ε̂ = −σ_t s_t, or — in
 //! pure annealed MCMC — by keeping x. After level 0 every chain takes the same final denoising
 //! step, x̂₀ = (x + σ_0² s_0)/α_0 (Tweedie's formula). With no kernel this is plain reverse
-//! diffusion with the composed model. Both steps are the host form of the diffusion crate's
-//! shared sampling core (`recompose_diffusion::sampler::step`, DDPM with the fixed-small
-//! variance), fed the composed score.
+//! diffusion with the composed model. Both steps are the diffusion crate's shared sampling core
+//! (`recompose_diffusion::sampler::step`, DDPM with the fixed-small variance), fed the composed
+//! score.
+//!
+//! The chains live in tensors on the model's device ([`Component::device`]); the noise is drawn
+//! from the caller's seeded generator on the host whatever the device (same seed, same draws),
+//! and only the per-chain Metropolis decisions (n numbers) cross to the host.
 //!
 //! # Kernels (all per chain; η the step size, ξ ~ N(0, I))
 //!
@@ -44,11 +48,12 @@
 //! Non-finite values end the run with [`Error::Diverged`] naming the level (usually a step
 //! size too large for the sharpest level).
 
+use candle_core::{D, DType, Device, Tensor};
 use rand::Rng;
 use recompose_core::random::{SeededRng, normal_vec};
 use recompose_diffusion::sampler::{DdpmVariance, StepRule, Transition};
 
-use crate::component::{Component, Eval};
+use crate::component::{Component, Eval, divide};
 use crate::{Error, Result};
 
 /// The MCMC kernel run at each level.
@@ -294,10 +299,10 @@ pub struct LevelStats {
 }
 
 /// The result of [`anneal`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct AnnealOutput {
-    /// The final samples, row-major `[n, d]`.
-    pub samples: Vec<f32>,
+    /// The final samples, `[n, d]` `f32` on the model's device.
+    pub samples: Tensor,
     /// The data dimension d.
     pub dim: usize,
     /// Per level, from the noisiest (T − 1) to 0.
@@ -309,6 +314,15 @@ pub struct AnnealOutput {
 }
 
 impl AnnealOutput {
+    /// The final samples on the host, row-major `[n, d]`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Candle`] if the tensor cannot be read.
+    pub fn samples_vec(&self) -> Result<Vec<f32>> {
+        Ok(self.samples.flatten_all()?.to_vec1::<f32>()?)
+    }
+
     /// The acceptance rate over all levels with a Metropolis test.
     pub fn mean_acceptance(&self) -> Option<f64> {
         let rates: Vec<f64> = self.levels.iter().filter_map(|l| l.acceptance).collect();
@@ -319,15 +333,15 @@ impl AnnealOutput {
 /// The chains' state at the current level.
 struct Chains<'a> {
     model: &'a dyn Component,
-    d: usize,
-    x: Vec<f32>,
+    /// `[n, d]` `f32` on the model's device.
+    x: Tensor,
     /// The model's evaluation at `x`, if still valid.
     cache: Option<Eval>,
     evaluations: usize,
 }
 
 impl Chains<'_> {
-    fn eval(&mut self, x: &[f32], level: usize, density: bool) -> Result<Eval> {
+    fn eval(&mut self, x: &Tensor, level: usize, density: bool) -> Result<Eval> {
         self.evaluations += 1;
         self.model.evaluate(x, level, density)
     }
@@ -337,15 +351,27 @@ impl Chains<'_> {
         match &self.cache {
             Some(e) if !density || e.log_density.is_some() => Ok(e.clone()),
             _ => {
-                let x = std::mem::take(&mut self.x);
-                let e = self.eval(&x, level, density);
-                self.x = x;
-                let e = e?;
+                let x = self.x.clone();
+                let e = self.eval(&x, level, density)?;
                 self.cache = Some(e.clone());
                 Ok(e)
             }
         }
     }
+
+    /// n standard normal draws per coordinate from `rng`, as a tensor like x.
+    fn normal(&self, rng: &mut SeededRng) -> Result<Tensor> {
+        Ok(Tensor::from_vec(
+            normal_vec(rng, self.x.elem_count()),
+            self.x.shape(),
+            self.x.device(),
+        )?)
+    }
+}
+
+/// Whether every value of `x` is finite (a NaN or an infinity makes the sum non-finite).
+fn all_finite(x: &Tensor) -> Result<bool> {
+    Ok(x.sum_all()?.to_scalar::<f32>()?.is_finite())
 }
 
 /// Peak bytes of [`anneal`] with `num` chains of dimension `dim` on a composition whose leaves
@@ -402,8 +428,7 @@ pub fn anneal(
     let first_without = levels - ((config.mcmc_fraction * levels as f64).round() as usize);
     let mut chains = Chains {
         model,
-        d,
-        x: normal_vec(rng, num * d),
+        x: Tensor::from_vec(normal_vec(rng, num * d), (num, d), model.device())?,
         cache: None,
         evaluations: 0,
     };
@@ -449,20 +474,23 @@ pub fn anneal(
             let to = level.checked_sub(1).map(|l| schedule.marginal(l));
             let c = StepRule::Ddpm(DdpmVariance::FixedSmall)
                 .coefficients(&Transition::between(from, to));
-            let mut x = std::mem::take(&mut chains.x);
             let z = if c.noise != 0.0 {
-                normal_vec(rng, x.len())
+                Some(chains.normal(rng)?.to_dtype(DType::F64)?)
             } else {
-                vec![0.0; x.len()]
+                None
             };
-            for ((xv, sv), zv) in x.iter_mut().zip(&e.score).zip(&z) {
-                *xv = c.apply_score(from, f64::from(*xv), f64::from(*sv), f64::from(*zv)) as f32;
-            }
-            chains.x = x;
+            chains.x = c
+                .apply_score_tensor(
+                    from,
+                    &chains.x.to_dtype(DType::F64)?,
+                    &e.score.to_dtype(DType::F64)?,
+                    z.as_ref(),
+                )?
+                .to_dtype(DType::F32)?;
         }
         // The next level evaluates a different target, even where x did not move.
         chains.cache = None;
-        if chains.x.iter().any(|v| !v.is_finite()) {
+        if !all_finite(&chains.x)? {
             return Err(Error::Diverged(format!(
                 "non-finite samples at noise level {level} (σ = {:.4}){}",
                 schedule.sigma(level),
@@ -502,19 +530,16 @@ fn run_level(
     steps: usize,
     rng: &mut SeededRng,
 ) -> Result<LevelRun> {
-    let num = chains.x.len() / chains.d;
+    let num = chains.x.dim(0)?;
     let beta = chains.model.schedule().beta(level);
     let mass = match config.mass {
         Mass::Constant(m) => m,
         Mass::BetaScaled(c) => c * beta,
     };
-    let mut momentum: Vec<f32> = if kernel.is_hamiltonian() {
-        normal_vec(rng, chains.x.len())
-            .into_iter()
-            .map(|z| z * mass as f32)
-            .collect()
+    let mut momentum = if kernel.is_hamiltonian() {
+        Some((chains.normal(rng)? * f64::from(mass as f32))?)
     } else {
-        Vec::new()
+        None
     };
     let (mut accepted, mut step_sum) = (0usize, 0.0);
     for _ in 0..steps {
@@ -529,7 +554,12 @@ fn run_level(
                     refresh: config.refresh,
                     metropolis: kernel == Kernel::Hmc,
                 };
-                hmc_step(chains, &mut momentum, level, &h, rng)?
+                let v = momentum.take().ok_or_else(|| {
+                    Error::Config("a Hamiltonian kernel without a momentum".into())
+                })?;
+                let (v, acc) = hmc_step(chains, v, level, &h, rng)?;
+                momentum = Some(v);
+                acc
             }
         };
         step_sum += step;
@@ -548,29 +578,29 @@ fn run_level(
 }
 
 /// Runs `steps` steps of `config`'s kernel at the fixed noise `level`, starting from the points
-/// `x` (`[n, d]`): sampling one level's target π_level, for example to check a kernel's
-/// stationarity. The step size is `config`'s at that level (the initial one if adaptive).
-/// Returns the final points and the acceptance rate (Metropolis kernels).
+/// `x` (`[n, d]` `f32` on the model's device): sampling one level's target π_level, for example
+/// to check a kernel's stationarity. The step size is `config`'s at that level (the initial one
+/// if adaptive). Returns the final points and the acceptance rate (Metropolis kernels).
 ///
 /// # Errors
 ///
 /// As [`anneal`], and [`Error::Config`] if `config` has no kernel, `x` is empty or the level is
-/// outside the schedule.
+/// outside the schedule; [`Error::Shape`] if `x` is not `[n, d]` on the model's device.
 pub fn mcmc_at_level(
     model: &dyn Component,
     config: &AnnealConfig,
     level: usize,
-    x: Vec<f32>,
+    x: Tensor,
     steps: usize,
     rng: &mut SeededRng,
-) -> Result<(Vec<f32>, Option<f64>)> {
+) -> Result<(Tensor, Option<f64>)> {
     config.validate(model.has_density())?;
     let kernel = config
         .kernel
         .ok_or_else(|| Error::Config("mcmc_at_level needs an MCMC kernel".into()))?;
-    let d = model.dim();
-    crate::component::check_batch(&x, d, level, model.schedule())?;
-    if x.is_empty() {
+    let n =
+        crate::component::check_batch(&x, model.dim(), model.device(), level, model.schedule())?;
+    if n == 0 {
         return Err(Error::Config("no chains to run".into()));
     }
     let step = match config.step_size {
@@ -580,13 +610,12 @@ pub fn mcmc_at_level(
     };
     let mut chains = Chains {
         model,
-        d,
         x,
         cache: None,
         evaluations: 0,
     };
     let run = run_level(&mut chains, kernel, config, level, step, steps, rng)?;
-    if chains.x.iter().any(|v| !v.is_finite()) {
+    if !all_finite(&chains.x)? {
         return Err(Error::Diverged(format!(
             "non-finite samples at noise level {level} with step size {step:.3e}"
         )));
@@ -596,73 +625,70 @@ pub fn mcmc_at_level(
 
 fn ula_step(chains: &mut Chains, level: usize, eta: f64, rng: &mut SeededRng) -> Result<usize> {
     let e = chains.current(level, false)?;
-    let noise = normal_vec(rng, chains.x.len());
+    let noise = chains.normal(rng)?;
     let (eta32, sd) = (eta as f32, (2.0 * eta).sqrt() as f32);
-    for ((x, s), z) in chains.x.iter_mut().zip(&e.score).zip(&noise) {
-        *x += eta32 * s + sd * z;
-    }
+    let step = ((e.score * f64::from(eta32))? + (noise * f64::from(sd))?)?;
+    chains.x = (&chains.x + step)?;
     chains.cache = None;
     Ok(0)
 }
 
-/// `−‖to − from − η s_from‖² / (4η)` for one chain.
-fn log_q(to: &[f32], from: &[f32], s_from: &[f32], eta: f64) -> f64 {
-    let sq: f64 = to
-        .iter()
-        .zip(from)
-        .zip(s_from)
-        .map(|((t, f), s)| (f64::from(*t) - f64::from(*f) - eta * f64::from(*s)).powi(2))
-        .sum();
-    -sq / (4.0 * eta)
+/// `−‖to − from − η s_from‖² / (4η)` per chain, in `f64` (`[n]`).
+fn log_q(to: &Tensor, from: &Tensor, s_from: &Tensor, eta: f64) -> Result<Tensor> {
+    let f64s = |t: &Tensor| t.to_dtype(DType::F64);
+    let r = ((f64s(to)? - f64s(from)?)? - (f64s(s_from)? * eta)?)?;
+    divide(&r.sqr()?.sum(D::Minus1)?.neg()?, 4.0 * eta)
 }
 
-fn density(e: &Eval) -> Result<&[f64]> {
+fn density(e: &Eval) -> Result<&Tensor> {
     e.log_density
-        .as_deref()
+        .as_ref()
         .ok_or_else(|| Error::NeedsDensity("a Metropolis test got no log-density".into()))
 }
 
-fn mala_step(chains: &mut Chains, level: usize, eta: f64, rng: &mut SeededRng) -> Result<usize> {
-    let d = chains.d;
-    let cur = chains.current(level, true)?;
-    let noise = normal_vec(rng, chains.x.len());
-    let sd = (2.0 * eta).sqrt() as f32;
-    let prop: Vec<f32> = chains
-        .x
+/// The per-chain Metropolis decisions for the log acceptance ratios `log_alpha` (`[n]`): one
+/// uniform draw per chain from `rng`, in chain order. Returns the accepted count and the
+/// decisions as a `u8` tensor `[n]` on `device`.
+fn metropolis(log_alpha: &Tensor, rng: &mut SeededRng, device: &Device) -> Result<(usize, Tensor)> {
+    let log_alpha = log_alpha.to_vec1::<f64>()?;
+    let accept: Vec<u8> = log_alpha
         .iter()
-        .zip(&cur.score)
-        .zip(&noise)
-        .map(|((x, s), z)| x + eta as f32 * s + sd * z)
+        .map(|&a| {
+            let u: f64 = rng.random();
+            u8::from(u.ln() < a)
+        })
         .collect();
+    let count = accept.iter().map(|&a| usize::from(a)).sum();
+    let n = accept.len();
+    Ok((count, Tensor::from_vec(accept, n, device)?))
+}
+
+/// Per chain, `yes` where `accept` is 1 and `no` elsewhere (`accept` is `[n]`, the values
+/// `[n]` or `[n, d]`).
+fn pick(accept: &Tensor, yes: &Tensor, no: &Tensor) -> Result<Tensor> {
+    let mask = if yes.rank() == 2 {
+        accept.unsqueeze(1)?.broadcast_as(yes.shape())?
+    } else {
+        accept.clone()
+    };
+    Ok(mask.where_cond(yes, no)?)
+}
+
+fn mala_step(chains: &mut Chains, level: usize, eta: f64, rng: &mut SeededRng) -> Result<usize> {
+    let cur = chains.current(level, true)?;
+    let noise = chains.normal(rng)?;
+    let sd = (2.0 * eta).sqrt() as f32;
+    let prop = ((&chains.x + (&cur.score * f64::from(eta as f32))?)? + (noise * f64::from(sd))?)?;
     let new = chains.eval(&prop, level, true)?;
     let (f0, f1) = (density(&cur)?, density(&new)?);
-    let mut next = cur.clone();
-    let next_f = next.log_density.as_mut().expect("asked with density");
-    let mut accepted = 0;
-    for c in 0..f0.len() {
-        let r = c * d..(c + 1) * d;
-        let log_alpha = f1[c] - f0[c]
-            + log_q(
-                &chains.x[r.clone()],
-                &prop[r.clone()],
-                &new.score[r.clone()],
-                eta,
-            )
-            - log_q(
-                &prop[r.clone()],
-                &chains.x[r.clone()],
-                &cur.score[r.clone()],
-                eta,
-            );
-        let u: f64 = rng.random();
-        if u.ln() < log_alpha {
-            accepted += 1;
-            chains.x[r.clone()].copy_from_slice(&prop[r.clone()]);
-            next.score[r.clone()].copy_from_slice(&new.score[r]);
-            next_f[c] = f1[c];
-        }
-    }
-    chains.cache = Some(next);
+    let log_alpha = (((f1 - f0)? + log_q(&chains.x, &prop, &new.score, eta)?)?
+        - log_q(&prop, &chains.x, &cur.score, eta)?)?;
+    let (accepted, accept) = metropolis(&log_alpha, rng, chains.x.device())?;
+    chains.x = pick(&accept, &prop, &chains.x)?;
+    chains.cache = Some(Eval {
+        score: pick(&accept, &new.score, &cur.score)?,
+        log_density: Some(pick(&accept, f1, f0)?),
+    });
     Ok(accepted)
 }
 
@@ -675,66 +701,50 @@ struct Hamiltonian {
     metropolis: bool,
 }
 
+/// One U-HMC or HMC step from the momenta `v`; returns the new momenta and the accepted count.
 fn hmc_step(
     chains: &mut Chains,
-    v: &mut [f32],
+    v: Tensor,
     level: usize,
     h: &Hamiltonian,
     rng: &mut SeededRng,
-) -> Result<usize> {
-    let d = chains.d;
-    let noise = normal_vec(rng, v.len());
+) -> Result<(Tensor, usize)> {
+    let noise = chains.normal(rng)?;
     let keep = h.refresh as f32;
     let fresh = ((1.0 - h.refresh * h.refresh).sqrt() * h.mass) as f32;
-    for (vi, z) in v.iter_mut().zip(&noise) {
-        *vi = keep * *vi + fresh * z;
-    }
+    let mut v = ((v * f64::from(keep))? + (noise * f64::from(fresh))?)?;
     let start = chains.current(level, h.metropolis)?;
-    let (x0, v0) = (chains.x.clone(), v.to_vec());
-    let half = (h.step / 2.0) as f32;
-    let drift = (h.step / (h.mass * h.mass)) as f32;
+    let (x0, v0) = (chains.x.clone(), v.clone());
+    let half = f64::from((h.step / 2.0) as f32);
+    let drift = f64::from((h.step / (h.mass * h.mass)) as f32);
     let mut x = chains.x.clone();
     let mut e = start.clone();
     for l in 0..h.leapfrog {
-        for (vi, s) in v.iter_mut().zip(&e.score) {
-            *vi += half * s;
-        }
-        for (xi, vi) in x.iter_mut().zip(v.iter()) {
-            *xi += drift * vi;
-        }
+        v = (v + (&e.score * half)?)?;
+        x = (x + (&v * drift)?)?;
         e = chains.eval(&x, level, h.metropolis && l + 1 == h.leapfrog)?;
-        for (vi, s) in v.iter_mut().zip(&e.score) {
-            *vi += half * s;
-        }
+        v = (v + (&e.score * half)?)?;
     }
     if !h.metropolis {
         chains.x = x;
         chains.cache = Some(e);
-        return Ok(0);
+        return Ok((v, 0));
     }
     let (f0, f1) = (density(&start)?, density(&e)?);
-    let kinetic = |p: &[f32]| -> f64 {
-        p.iter().map(|&q| f64::from(q).powi(2)).sum::<f64>() / (2.0 * h.mass * h.mass)
+    let kinetic = |p: &Tensor| -> Result<Tensor> {
+        divide(
+            &p.to_dtype(DType::F64)?.sqr()?.sum(D::Minus1)?,
+            2.0 * h.mass * h.mass,
+        )
     };
-    let mut accepted = 0;
-    let mut next = e.clone();
-    let next_f = next.log_density.as_mut().expect("asked with density");
-    for c in 0..f0.len() {
-        let r = c * d..(c + 1) * d;
-        let log_alpha = (f1[c] - kinetic(&v[r.clone()])) - (f0[c] - kinetic(&v0[r.clone()]));
-        let u: f64 = rng.random();
-        if u.ln() < log_alpha {
-            accepted += 1;
-        } else {
-            x[r.clone()].copy_from_slice(&x0[r.clone()]);
-            for (vi, &v0i) in v[r.clone()].iter_mut().zip(&v0[r.clone()]) {
-                *vi = -v0i;
-            }
-            next.score[r.clone()].copy_from_slice(&start.score[r]);
-            next_f[c] = f0[c];
-        }
-    }
-    chains.x = x;
-    chains.cache = Some(next);
-    Ok(accepted)
+    let log_alpha = ((f1 - kinetic(&v)?)? - (f0 - kinetic(&v0)?)?)?;
+    let (accepted, accept) = metropolis(&log_alpha, rng, chains.x.device())?;
+    // A rejected chain keeps its position and negates its momentum.
+    chains.x = pick(&accept, &x, &x0)?;
+    let v = pick(&accept, &v, &v0.neg()?)?;
+    chains.cache = Some(Eval {
+        score: pick(&accept, &e.score, &start.score)?,
+        log_density: Some(pick(&accept, f1, f0)?),
+    });
+    Ok((v, accepted))
 }

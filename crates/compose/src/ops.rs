@@ -31,6 +31,7 @@
 //! scores still define a path of unnormalized densities from a near-Gaussian to the product, so
 //! MCMC that targets each level ([`crate::mcmc`]) corrects it.
 
+use candle_core::{D, DType, Device, Tensor};
 use recompose_diffusion::DiscreteSchedule;
 
 use crate::component::{Component, Eval, check_batch, common_shape};
@@ -42,6 +43,7 @@ pub struct Product {
     terms: Vec<(f64, Box<dyn Component>)>,
     dim: usize,
     schedule: DiscreteSchedule,
+    device: Device,
 }
 
 impl std::fmt::Debug for Product {
@@ -58,7 +60,8 @@ impl Product {
     /// # Errors
     ///
     /// [`Error::Config`] for no terms or a non-finite weight; [`Error::Shape`] if the components
-    /// differ in dimension or schedule.
+    /// differ in dimension or schedule; [`Error::Config`] if they evaluate on different
+    /// devices.
     pub fn new(terms: Vec<(f64, Box<dyn Component>)>) -> Result<Self> {
         if let Some((w, c)) = terms.iter().find(|(w, _)| !w.is_finite()) {
             return Err(Error::Config(format!(
@@ -66,11 +69,13 @@ impl Product {
                 c.describe()
             )));
         }
-        let (dim, schedule) = common_shape("product", terms.iter().map(|(_, c)| c.as_ref()))?;
+        let (dim, schedule, device) =
+            common_shape("product", terms.iter().map(|(_, c)| c.as_ref()))?;
         Ok(Self {
             terms,
             dim,
             schedule,
+            device,
         })
     }
 
@@ -98,27 +103,37 @@ impl Component for Product {
             .collect();
         format!("({})", parts.join(" AND "))
     }
-    fn evaluate(&self, x: &[f32], level: usize, density: bool) -> Result<Eval> {
-        let n = check_batch(x, self.dim, level, &self.schedule)?;
-        let mut score = vec![0.0f32; x.len()];
-        let mut logp = density.then(|| vec![0.0f64; n]);
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn evaluate(&self, x: &Tensor, level: usize, density: bool) -> Result<Eval> {
+        check_batch(x, self.dim, &self.device, level, &self.schedule)?;
+        let mut score: Option<Tensor> = None;
+        let mut logp: Option<Tensor> = None;
         for (w, c) in &self.terms {
             let e = c.evaluate(x, level, density)?;
-            let wf = *w as f32;
-            for (s, v) in score.iter_mut().zip(&e.score) {
-                *s += wf * v;
-            }
-            if let (Some(acc), Some(f)) = (logp.as_mut(), e.log_density.as_ref()) {
-                for (a, v) in acc.iter_mut().zip(f) {
-                    *a += w * v;
-                }
+            score = Some(accumulate(score, (e.score * *w)?)?);
+            if density {
+                let f = e.log_density.ok_or_else(|| {
+                    Error::NeedsDensity("a product's component returned no log-density".into())
+                })?;
+                logp = Some(accumulate(logp, (f * *w)?)?);
             }
         }
         Ok(Eval {
             log_density: logp,
-            score,
+            score: score
+                .ok_or_else(|| Error::Config("a product needs at least one model".into()))?,
         })
     }
+}
+
+/// `acc + term`, or `term` for the first term of a sum.
+fn accumulate(acc: Option<Tensor>, term: Tensor) -> Result<Tensor> {
+    Ok(match acc {
+        Some(a) => (a + term)?,
+        None => term,
+    })
 }
 
 /// The mixture (OR) Σ_i π_i p_i of components with log-densities (see the
@@ -127,6 +142,7 @@ pub struct Mixture {
     terms: Vec<(f64, Box<dyn Component>)>,
     dim: usize,
     schedule: DiscreteSchedule,
+    device: Device,
 }
 
 impl std::fmt::Debug for Mixture {
@@ -159,13 +175,15 @@ impl Mixture {
                 c.describe()
             )));
         }
-        let (dim, schedule) = common_shape("mixture", terms.iter().map(|(_, c)| c.as_ref()))?;
+        let (dim, schedule, device) =
+            common_shape("mixture", terms.iter().map(|(_, c)| c.as_ref()))?;
         let total: f64 = terms.iter().map(|(w, _)| w).sum();
         let terms = terms.into_iter().map(|(w, c)| (w / total, c)).collect();
         Ok(Self {
             terms,
             dim,
             schedule,
+            device,
         })
     }
 }
@@ -188,37 +206,44 @@ impl Component for Mixture {
             .collect();
         format!("({})", parts.join(" OR "))
     }
-    fn evaluate(&self, x: &[f32], level: usize, density: bool) -> Result<Eval> {
-        let n = check_batch(x, self.dim, level, &self.schedule)?;
-        let d = self.dim;
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn evaluate(&self, x: &Tensor, level: usize, density: bool) -> Result<Eval> {
+        check_batch(x, self.dim, &self.device, level, &self.schedule)?;
         let evals = self
             .terms
             .iter()
             .map(|(_, c)| c.evaluate(x, level, true))
             .collect::<Result<Vec<_>>>()?;
-        let mut score = vec![0.0f32; x.len()];
-        let mut logp = Vec::with_capacity(n);
-        let mut logits = vec![0.0f64; self.terms.len()];
-        for i in 0..n {
-            for (k, ((pi, _), e)) in self.terms.iter().zip(&evals).enumerate() {
+        // logits[i, k] = log π_k + f_k(x_i), and their log-sum-exp over k.
+        let logits = self
+            .terms
+            .iter()
+            .zip(&evals)
+            .map(|((pi, _), e)| {
                 let f = e.log_density.as_ref().ok_or_else(|| {
                     Error::NeedsDensity("a mixture component returned no log-density".into())
                 })?;
-                logits[k] = pi.ln() + f[i];
-            }
-            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
-            logp.push(max + z.ln());
-            for (k, e) in evals.iter().enumerate() {
-                let r = ((logits[k] - max).exp() / z) as f32;
-                for j in 0..d {
-                    score[i * d + j] += r * e.score[i * d + j];
-                }
-            }
+                Ok((f + pi.ln())?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let logits = Tensor::stack(&logits, 1)?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let shifted = logits.broadcast_sub(&max)?.exp()?;
+        let z = shifted.sum_keepdim(D::Minus1)?;
+        let logp = (max + z.log()?)?.squeeze(D::Minus1)?;
+        // The responsibilities softmax_k(logits) weigh the components' scores.
+        let r = shifted.broadcast_div(&z)?.to_dtype(DType::F32)?;
+        let mut score: Option<Tensor> = None;
+        for (k, e) in evals.iter().enumerate() {
+            let term = e.score.broadcast_mul(&r.narrow(1, k, 1)?)?;
+            score = Some(accumulate(score, term)?);
         }
         Ok(Eval {
             log_density: density.then_some(logp),
-            score,
+            score: score
+                .ok_or_else(|| Error::Config("a mixture needs at least one model".into()))?,
         })
     }
 }
@@ -301,6 +326,19 @@ mod tests {
 
     const X: [f32; 6] = [0.3, -0.2, 1.5, 0.7, -1.1, 0.05];
 
+    fn points(x: &[f32]) -> Tensor {
+        Tensor::from_slice(x, (x.len() / 2, 2), &Device::Cpu).expect("points")
+    }
+
+    /// Score and log-density of `c` at the points `x`, on the host.
+    fn host(c: &dyn Component, x: &[f32], level: usize) -> Result<(Vec<f32>, Vec<f64>)> {
+        let e = c.evaluate(&points(x), level, true)?;
+        Ok((
+            e.score_vec()?,
+            e.log_density_vec()?.expect("asked with density"),
+        ))
+    }
+
     #[test]
     fn product_and_guidance_are_the_weighted_sums() -> Result<()> {
         let (a, b, c) = (
@@ -308,25 +346,18 @@ mod tests {
             leaf("b", -0.5, 0.1),
             leaf("c", 0.3, 0.5),
         );
-        let ea = a.evaluate(&X, 7, true)?;
-        let eb = b.evaluate(&X, 7, true)?;
-        let ec = c.evaluate(&X, 7, true)?;
+        let (sa, fa) = host(a.as_ref(), &X, 7)?;
+        let (sb, fb) = host(b.as_ref(), &X, 7)?;
+        let (sc, fc) = host(c.as_ref(), &X, 7)?;
         let cfg = classifier_free_guidance(a, vec![(2.0, b), (0.5, c)])?;
-        let e = cfg.evaluate(&X, 7, true)?;
-        let (fa, fb, fc) = (
-            ea.log_density.unwrap(),
-            eb.log_density.unwrap(),
-            ec.log_density.unwrap(),
-        );
-        let f = e.log_density.unwrap();
+        let (s, f) = host(&cfg, &X, 7)?;
         for i in 0..3 {
             let want = fa[i] + 2.0 * (fb[i] - fa[i]) + 0.5 * (fc[i] - fa[i]);
             assert!((f[i] - want).abs() < 1e-9);
         }
         for j in 0..6 {
-            let want =
-                ea.score[j] + 2.0 * (eb.score[j] - ea.score[j]) + 0.5 * (ec.score[j] - ea.score[j]);
-            assert!((e.score[j] - want).abs() < 1e-4);
+            let want = sa[j] + 2.0 * (sb[j] - sa[j]) + 0.5 * (sc[j] - sa[j]);
+            assert!((s[j] - want).abs() < 1e-4);
         }
         Ok(())
     }
@@ -345,20 +376,20 @@ mod tests {
             leaf("c", 0.3, 0.5),
         )?;
         let tree = classifier_free_guidance(leaf("u", 0.0, 1.0), vec![(1.5, Box::new(tree))])?;
-        let e = tree.evaluate(&X, 4, true)?;
+        let (score, _) = host(&tree, &X, 4)?;
         let h = 1e-3f32;
         for j in 0..X.len() {
             let mut p = X;
             p[j] += h;
             let mut m = X;
             m[j] -= h;
-            let fp = tree.evaluate(&p, 4, true)?.log_density.unwrap()[j / 2];
-            let fm = tree.evaluate(&m, 4, true)?.log_density.unwrap()[j / 2];
+            let fp = host(&tree, &p, 4)?.1[j / 2];
+            let fm = host(&tree, &m, 4)?.1[j / 2];
             let fd = (fp - fm) / (2.0 * f64::from(h));
             assert!(
-                (fd - f64::from(e.score[j])).abs() < 2e-3 * (1.0 + fd.abs()),
+                (fd - f64::from(score[j])).abs() < 2e-3 * (1.0 + fd.abs()),
                 "{j}: {fd} vs {}",
-                e.score[j]
+                score[j]
             );
         }
         Ok(())
@@ -367,10 +398,13 @@ mod tests {
     #[test]
     fn mixture_of_equal_components_is_the_component() -> Result<()> {
         let m = Mixture::new(vec![(0.3, leaf("a", 1.0, 0.2)), (0.7, leaf("a", 1.0, 0.2))])?;
-        let e = m.evaluate(&X, 10, true)?;
-        let want = leaf("a", 1.0, 0.2).evaluate(&X, 10, true)?;
-        for (g, w) in e.log_density.unwrap().iter().zip(want.log_density.unwrap()) {
+        let (s, f) = host(&m, &X, 10)?;
+        let (want_s, want_f) = host(leaf("a", 1.0, 0.2).as_ref(), &X, 10)?;
+        for (g, w) in f.iter().zip(want_f) {
             assert!((g - w).abs() < 1e-9);
+        }
+        for (g, w) in s.iter().zip(want_s) {
+            assert!((g - w).abs() < 1e-6);
         }
         Ok(())
     }

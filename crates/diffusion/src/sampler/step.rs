@@ -202,6 +202,53 @@ impl Coefficients {
         }
         out.unwrap_or(0.0)
     }
+
+    /// The tensor form of [`Coefficients::apply_score`], elementwise in the tensors' dtype: the
+    /// same terms in the same order with the same roundings (true divisions, not reciprocal
+    /// products), so in `f64` it gives exactly the host form's values. `z` is needed only
+    /// where the noise coefficient is not 0.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shape`] if noise is needed and not given; [`Error::Candle`] for shapes that
+    /// differ.
+    pub fn apply_score_tensor(
+        &self,
+        from: Marginal,
+        x: &Tensor,
+        score: &Tensor,
+        z: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let mut out: Option<Tensor> = None;
+        let mut terms = Vec::with_capacity(4);
+        if self.x != 0.0 {
+            terms.push((x * self.x)?);
+        }
+        if self.x0 != 0.0 {
+            let alpha = Tensor::new(from.alpha, x.device())?.to_dtype(x.dtype())?;
+            let x0 = (x + (score * (from.sigma * from.sigma))?)?.broadcast_div(&alpha)?;
+            terms.push((x0 * self.x0)?);
+        }
+        if self.eps != 0.0 {
+            terms.push(((score * -from.sigma)? * self.eps)?);
+        }
+        if self.noise != 0.0 {
+            let z = z.ok_or_else(|| {
+                Error::Shape("a stochastic step needs a noise tensor".to_string())
+            })?;
+            terms.push((z * self.noise)?);
+        }
+        for term in terms {
+            out = Some(match out {
+                Some(o) => (o + term)?,
+                None => term,
+            });
+        }
+        match out {
+            Some(o) => Ok(o),
+            None => Ok(x.zeros_like()?),
+        }
+    }
 }
 
 /// The tensor form for a batch: `Σ_k c_k ⊙ x_k` over the terms (x_t, x̂₀, ε̂, z) with one
