@@ -906,6 +906,103 @@ fn dataset_writes_images_masks_and_labels() {
     }
 }
 
+/// `dataset shapes-text` writes 32- or 64-pixel images with captions in labels.json, the same
+/// for the same seed; a size other than 32 or 64 (or other than 32 for the other datasets)
+/// exits 2 with one line naming `--size`.
+#[test]
+fn dataset_shapes_text_writes_captioned_images_at_both_sizes() {
+    let dir = scratch("dataset-shapes-text");
+    for (size, extra) in [(32u32, vec![]), (64, vec!["--size", "64"])] {
+        let out = dir.join(format!("s{size}"));
+        let out_s = out.to_str().expect("utf-8");
+        let mut args = vec![
+            "dataset",
+            "shapes-text",
+            "--num",
+            "5",
+            "--out",
+            out_s,
+            "--seed",
+            "3",
+        ];
+        args.extend(&extra);
+        let text = ok(&recompose(&args));
+        assert!(text.contains("wrote 5 shapes-text images"), "{text}");
+        let labels: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("labels.json")).expect("labels"),
+        )
+        .expect("json");
+        assert_eq!(labels["dataset"], "shapes-text");
+        assert_eq!(labels["size"], size);
+        let images = labels["images"].as_array().expect("images");
+        assert_eq!(images.len(), 5);
+        for entry in images {
+            let captions = entry["captions"].as_array().expect("captions");
+            assert!((1..=3).contains(&captions.len()), "{entry}");
+            for (k, caption) in captions.iter().enumerate() {
+                // Colour, shape and a two-word position.
+                let words = caption.as_str().expect("caption").split(' ').count();
+                assert_eq!(words, 4, "{caption}");
+                assert_eq!(entry["objects"][k]["caption"], *caption);
+            }
+        }
+        let png = image::open(out.join("image_00004.png")).expect("png");
+        assert_eq!((png.width(), png.height()), (size, size));
+        assert!(out.join("mask_00000_0.png").is_file());
+        let first = std::fs::read(out.join("image_00000.png")).expect("png");
+        let again = dir.join(format!("again{size}"));
+        let again_s = again.to_str().expect("utf-8");
+        let mut args = vec![
+            "dataset",
+            "shapes-text",
+            "--num",
+            "1",
+            "--out",
+            again_s,
+            "--seed",
+            "3",
+        ];
+        args.extend(&extra);
+        ok(&recompose(&args));
+        assert_eq!(
+            first,
+            std::fs::read(again.join("image_00000.png")).expect("png")
+        );
+    }
+    let out = dir.join("bad");
+    let out_s = out.to_str().expect("utf-8");
+    for (args, want) in [
+        (vec!["shapes-text", "--size", "48"], "--size"),
+        (vec!["shapes-text", "--size", "0"], "--size"),
+        (vec!["shapes-text", "--size", "-32"], "--size"),
+        (vec!["tetrominoes", "--size", "64"], "--size"),
+        (vec!["shapes-text", "--num", "0"], "--num"),
+        (vec!["clevr"], "shapes-text"),
+    ] {
+        let mut full = vec!["dataset", "--out", out_s];
+        full.extend(&args);
+        if !args.contains(&"--num") {
+            full.extend(["--num", "2"]);
+        }
+        let o = recompose(&full);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+    assert!(!out.exists(), "a refused dataset wrote files");
+    ok(&recompose(&[
+        "dataset",
+        "tetrominoes",
+        "--num",
+        "1",
+        "--size",
+        "32",
+        "--out",
+        out_s,
+    ]));
+}
+
 /// `decomp-eval` on a small model written here: shapes, the composed output equal to the mean of
 /// the per-factor outputs, non-negative latents; mismatched weights, inputs or sizes exit 2 with
 /// one line naming what is wrong.

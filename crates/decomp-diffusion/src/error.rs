@@ -17,6 +17,10 @@ pub enum Error {
     /// An error raised by the diffusion library (schedules, training, checkpoints).
     #[error(transparent)]
     Diffusion(#[from] recompose_diffusion::Error),
+    /// An error of the procedural datasets ([`crate::datasets`], from `recompose-scenes`): an
+    /// unknown dataset name, a file that cannot be written.
+    #[error(transparent)]
+    Scenes(#[from] recompose_scenes::Error),
     /// An invalid configuration value (a zero size, an unknown dataset, …).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -50,6 +54,7 @@ impl Error {
         match self {
             Self::Config(_) | Self::Io { .. } | Self::Format { .. } => true,
             Self::Diffusion(e) => e.is_bad_input(),
+            Self::Scenes(e) => e.is_bad_input(),
             Self::Memory(_) => true,
             Self::Core(e) => e.is_bad_input(),
             Self::Candle(_) => false,

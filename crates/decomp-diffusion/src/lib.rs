@@ -19,7 +19,8 @@
 //! - [`train`]: the training objective for the foundation's loop, and the procedural datasets as
 //!   training data.
 //! - [`datasets`]: procedural image datasets with ground truth (masks, object attributes, global
-//!   factors): tetrominoes, multi-sprites and its night domain, Falcor-lite.
+//!   factors): tetrominoes, multi-sprites and its night domain, Falcor-lite — the module
+//!   `objects` of `recompose-scenes`, re-exported.
 //!
 //! The U-Net, the noise schedule, the samplers and the training loop come from
 //! `recompose-diffusion`; this crate adds the encoder, the composition of the K conditioned
@@ -28,7 +29,6 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod datasets;
 pub mod encoder;
 pub mod error;
 pub mod eval;
@@ -36,6 +36,8 @@ pub mod model;
 pub mod render;
 pub mod run;
 pub mod train;
+
+pub use recompose_scenes::objects as datasets;
 
 pub use config::DecompConfig;
 pub use encoder::{BatchNorm2d, EncoderConfig, LatentEncoder};

@@ -190,9 +190,9 @@ impl DecompRunConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an unknown dataset name.
+    /// [`Error::Scenes`] for an unknown dataset name.
     pub fn kind(&self) -> Result<Kind> {
-        self.data.dataset.parse()
+        Ok(self.data.dataset.parse()?)
     }
 
     /// The training data.

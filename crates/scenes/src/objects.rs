@@ -20,13 +20,14 @@
 //! supersampling; an object's mask holds the pixels where it is the visible surface and covers
 //! at least half of the pixel.
 
-use recompose_core::memory::{Estimate, MemoryLimit};
 use std::path::Path;
 
 use rand::Rng;
+use recompose_core::memory::{Estimate, MemoryLimit};
 use recompose_core::random::{SeededRng, seeded};
 use serde_json::{Value, json};
 
+use crate::raster::{Canvas, io, write_json, write_mask_png, write_rgb_png};
 use crate::{Error, Result};
 
 /// Side of every generated image.
@@ -105,98 +106,14 @@ pub struct Scene {
     pub labels: Value,
 }
 
-/// An RGB canvas with a per-pixel owner (the object visible there).
-struct Canvas {
-    rgb: Vec<[f32; 3]>,
-    owner: Vec<Option<usize>>,
-    /// The colours before anything was painted.
-    background: Vec<[f32; 3]>,
-}
-
-/// Samples per pixel side.
-const SS: usize = 4;
-
-impl Canvas {
-    fn new(background: impl Fn(f32, f32) -> [f32; 3]) -> Self {
-        let n = IMAGE_SIZE * IMAGE_SIZE;
-        let rgb = (0..n)
-            .map(|i| {
-                let (y, x) = (i / IMAGE_SIZE, i % IMAGE_SIZE);
-                background(
-                    (x as f32 + 0.5) / IMAGE_SIZE as f32,
-                    (y as f32 + 0.5) / IMAGE_SIZE as f32,
-                )
-            })
-            .collect::<Vec<_>>();
-        Self {
-            background: rgb.clone(),
-            rgb,
-            owner: vec![None; n],
-        }
-    }
-
-    /// Paints the region `inside(u, v)` (coordinates in \[0, 1\], v downwards) with
-    /// `colour(u, v)`, blending by coverage; pixels covered at least half become `object`'s.
-    fn paint(
-        &mut self,
-        object: Option<usize>,
-        inside: impl Fn(f32, f32) -> bool,
-        colour: impl Fn(f32, f32) -> [f32; 3],
-    ) {
-        let s = IMAGE_SIZE as f32;
-        for y in 0..IMAGE_SIZE {
-            for x in 0..IMAGE_SIZE {
-                let mut hits = 0;
-                let mut acc = [0.0f32; 3];
-                for sy in 0..SS {
-                    for sx in 0..SS {
-                        let u = (x as f32 + (sx as f32 + 0.5) / SS as f32) / s;
-                        let v = (y as f32 + (sy as f32 + 0.5) / SS as f32) / s;
-                        if inside(u, v) {
-                            hits += 1;
-                            for (a, c) in acc.iter_mut().zip(colour(u, v)) {
-                                *a += c;
-                            }
-                        }
-                    }
-                }
-                if hits == 0 {
-                    continue;
-                }
-                let cover = hits as f32 / (SS * SS) as f32;
-                let i = y * IMAGE_SIZE + x;
-                for (dst, a) in self.rgb[i].iter_mut().zip(acc) {
-                    *dst = (1.0 - cover) * *dst + cover * a / hits as f32;
-                }
-                if cover >= 0.5 {
-                    self.owner[i] = object;
-                }
-            }
-        }
-    }
-
-    fn into_scene(self, objects: usize, labels: Value) -> Scene {
-        let planar = |rgb: &[[f32; 3]]| {
-            let n = rgb.len();
-            let mut out = vec![0.0f32; 3 * n];
-            for (i, c) in rgb.iter().enumerate() {
-                for k in 0..3 {
-                    out[k * n + i] = c[k].clamp(0.0, 1.0);
-                }
-            }
-            out
-        };
-        let image = planar(&self.rgb);
-        let background = planar(&self.background);
-        let masks = (0..objects)
-            .map(|o| self.owner.iter().map(|w| *w == Some(o)).collect())
-            .collect();
-        Scene {
-            image,
-            masks,
-            background,
-            labels,
-        }
+/// The scene of a finished canvas with `objects` objects.
+fn scene(canvas: Canvas, objects: usize, labels: Value) -> Scene {
+    let raster = canvas.finish(objects);
+    Scene {
+        image: raster.image,
+        masks: raster.masks,
+        background: raster.background,
+        labels,
     }
 }
 
@@ -242,7 +159,7 @@ const BOARD: usize = IMAGE_SIZE / CELL;
 fn tetromino_scene(rng: &mut SeededRng) -> Scene {
     let shapes = tetrominoes();
     let mut taken = [[false; BOARD]; BOARD];
-    let mut canvas = Canvas::new(|_, _| [0.0; 3]);
+    let mut canvas = Canvas::new(IMAGE_SIZE, |_, _| [0.0; 3]);
     let mut objects = Vec::new();
     while objects.len() < 3 {
         let (piece, cells) = shapes[rng.random_range(0..shapes.len())];
@@ -288,7 +205,7 @@ fn tetromino_scene(rng: &mut SeededRng) -> Scene {
             "cells": placed.iter().map(|&(r, c)| [r, c]).collect::<Vec<_>>(),
         }));
     }
-    canvas.into_scene(3, json!({ "objects": objects }))
+    scene(canvas, 3, json!({ "objects": objects }))
 }
 
 /// The sprite shapes.
@@ -324,7 +241,7 @@ fn sprite_scene(rng: &mut SeededRng, night: bool) -> Scene {
     } else {
         Vec::new()
     };
-    let mut canvas = Canvas::new(|u, v| {
+    let mut canvas = Canvas::new(IMAGE_SIZE, |u, v| {
         let g = 0.5 + 0.5 * ((u - 0.5) * fx + (v - 0.5) * fy);
         if night {
             let star = stars
@@ -389,7 +306,7 @@ fn sprite_scene(rng: &mut SeededRng, night: bool) -> Scene {
         );
     }
     let n = placed.len();
-    canvas.into_scene(n, json!({ "objects": labels }))
+    scene(canvas, n, json!({ "objects": labels }))
 }
 
 fn falcor_scene(rng: &mut SeededRng) -> Scene {
@@ -397,11 +314,12 @@ fn falcor_scene(rng: &mut SeededRng) -> Scene {
     for v in &mut idx {
         *v = rng.random_range(0..FALCOR_LEVELS);
     }
-    falcor_render(idx)
+    render_falcor(idx)
 }
 
 /// The Falcor-lite scene at the factor levels `idx` (each in 0..[`FALCOR_LEVELS`], in the
-/// order of [`FALCOR_FACTORS`]).
+/// order of [`FALCOR_FACTORS`]), for loops over the factor grid; [`try_falcor_render`] is the
+/// same for levels that come from a caller.
 ///
 /// # Panics
 ///
@@ -411,6 +329,23 @@ pub fn falcor_render(idx: [usize; 5]) -> Scene {
         idx.iter().all(|&i| i < FALCOR_LEVELS),
         "factor levels out of range: {idx:?}"
     );
+    render_falcor(idx)
+}
+
+/// [`falcor_render`] with the levels checked: [`Error::Config`] names a level outside
+/// 0..[`FALCOR_LEVELS`].
+pub fn try_falcor_render(idx: [usize; 5]) -> Result<Scene> {
+    if let Some(k) = idx.iter().position(|&i| i >= FALCOR_LEVELS) {
+        return Err(Error::Config(format!(
+            "{} level {} is out of range (0..{FALCOR_LEVELS})",
+            FALCOR_FACTORS[k], idx[k]
+        )));
+    }
+    Ok(render_falcor(idx))
+}
+
+/// The Falcor-lite scene at levels already known to be in range.
+fn render_falcor(idx: [usize; 5]) -> Scene {
     let level = |k: usize| idx[k] as f32 / (FALCOR_LEVELS - 1) as f32;
     let intensity = 0.5 + 0.7 * level(0);
     let light_angle = std::f32::consts::PI * (0.15 + 0.7 * level(1));
@@ -428,7 +363,7 @@ pub fn falcor_render(idx: [usize; 5]) -> Scene {
             (c[2] * light * intensity * tint[2]).min(1.0),
         ]
     };
-    let mut canvas = Canvas::new(move |u, v| {
+    let mut canvas = Canvas::new(IMAGE_SIZE, move |u, v| {
         let (_, wy) = world(u, v);
         if wy > 0.62 {
             lit([0.55, 0.5, 0.45], 0.8)
@@ -478,7 +413,7 @@ pub fn falcor_render(idx: [usize; 5]) -> Scene {
         .zip(&idx)
         .map(|(name, &i)| (name.to_string(), json!(i)))
         .collect();
-    canvas.into_scene(0, json!({ "factors": factors }))
+    scene(canvas, 0, json!({ "factors": factors }))
 }
 
 /// Image `index` of the dataset `kind` drawn with `seed`.
@@ -490,13 +425,6 @@ pub fn generate(kind: Kind, seed: u64, index: u64) -> Scene {
         Kind::MultiSprites => sprite_scene(&mut rng, false),
         Kind::SpritesNight => sprite_scene(&mut rng, true),
         Kind::FalcorLite => falcor_scene(&mut rng),
-    }
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.display().to_string(),
-        source,
     }
 }
 
@@ -542,24 +470,15 @@ pub fn write_dataset_within(
         write_estimate(num),
     )?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let n = IMAGE_SIZE * IMAGE_SIZE;
     let mut entries = Vec::with_capacity(num);
     for i in 0..num {
         let scene = generate(kind, seed, i as u64);
         let file = format!("image_{i:05}.png");
-        let mut rgb = vec![0u8; 3 * n];
-        for p in 0..n {
-            for k in 0..3 {
-                rgb[3 * p + k] = (scene.image[k * n + p] * 255.0).round() as u8;
-            }
-        }
-        let path = dir.join(&file);
-        write_png(&path, &rgb, image::ColorType::Rgb8)?;
+        write_rgb_png(&dir.join(&file), &scene.image, IMAGE_SIZE)?;
         let mut masks = Vec::new();
         for (k, m) in scene.masks.iter().enumerate() {
             let name = format!("mask_{i:05}_{k}.png");
-            let grey: Vec<u8> = m.iter().map(|&b| if b { 255 } else { 0 }).collect();
-            write_png(&dir.join(&name), &grey, image::ColorType::L8)?;
+            write_mask_png(&dir.join(&name), m, IMAGE_SIZE)?;
             masks.push(name);
         }
         entries.push(json!({ "file": file, "masks": masks, "labels": scene.labels }));
@@ -567,17 +486,7 @@ pub fn write_dataset_within(
     let labels = json!({
         "dataset": kind.name(), "seed": seed, "size": IMAGE_SIZE, "images": entries,
     });
-    let path = dir.join("labels.json");
-    let text = serde_json::to_string_pretty(&labels).map_err(|e| Error::Config(e.to_string()))?;
-    std::fs::write(&path, text).map_err(io(&path))
-}
-
-fn write_png(path: &Path, data: &[u8], colour: image::ColorType) -> Result<()> {
-    let size = IMAGE_SIZE as u32;
-    image::save_buffer(path, data, size, size, colour).map_err(|e| Error::Format {
-        path: path.display().to_string(),
-        msg: e.to_string(),
-    })
+    write_json(&dir.join("labels.json"), &labels)
 }
 
 #[cfg(test)]
@@ -593,6 +502,48 @@ mod tests {
             assert_ne!(a.image, generate(kind, 5, 4).image, "{kind:?}");
             assert_eq!(a.image.len(), 3 * IMAGE_SIZE * IMAGE_SIZE);
             assert!(a.image.iter().all(|v| (0.0..=1.0).contains(v)));
+        }
+    }
+
+    /// FNV-1a over the `f32` bits of images and backgrounds, the masks and the label text of
+    /// images 0..64 of seed 11.
+    fn digest(kind: Kind) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |word: u32| {
+            for byte in word.to_le_bytes() {
+                h ^= u64::from(byte);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for i in 0..64 {
+            let s = generate(kind, 11, i);
+            for v in s.image.iter().chain(&s.background) {
+                eat(v.to_bits());
+            }
+            for m in &s.masks {
+                for &b in m {
+                    eat(u32::from(b));
+                }
+            }
+            for b in s.labels.to_string().bytes() {
+                eat(u32::from(b));
+            }
+        }
+        h
+    }
+
+    /// The committed fixtures and reports were made from these exact images: any change to
+    /// the arithmetic or the order of the random draws shows here.
+    #[test]
+    fn images_are_bit_identical_to_the_recorded_ones() {
+        let want = [
+            (Kind::Tetrominoes, 0x77d8_b847_14cf_b950),
+            (Kind::MultiSprites, 0x669d_13f7_61db_4f61),
+            (Kind::SpritesNight, 0x0c8e_92ba_21b3_6891),
+            (Kind::FalcorLite, 0x711b_3721_427e_d3dc),
+        ];
+        for (kind, digest_want) in want {
+            assert_eq!(digest(kind), digest_want, "{kind:?}");
         }
     }
 
@@ -699,6 +650,19 @@ mod tests {
                 / base.image.len() as f32;
             assert!(diff > 0.005, "{}: mean change {diff}", FALCOR_FACTORS[k]);
         }
+    }
+
+    #[test]
+    fn out_of_range_falcor_levels_are_an_error() {
+        assert_eq!(
+            try_falcor_render([1, 2, 3, 4, 0]).ok(),
+            Some(falcor_render([1, 2, 3, 4, 0]))
+        );
+        let err = try_falcor_render([0, 0, FALCOR_LEVELS, 0, 0]).err();
+        assert!(
+            matches!(&err, Some(Error::Config(m)) if m.contains("colour_temperature")),
+            "{err:?}"
+        );
     }
 
     #[test]
