@@ -41,6 +41,11 @@ pub enum Error {
     /// model (the message names the offending tensor or field).
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A tokenizer that cannot be built, loaded or used: a malformed or unusable
+    /// `tokenizer.json`, an invalid vocabulary or sequence length, or a prompt holding a word the
+    /// vocabulary does not know (the message names it).
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
     /// A training run that cannot go on (for example a non-finite loss).
     #[error("training: {0}")]
     Training(String),
@@ -69,7 +74,8 @@ impl Error {
             | Self::Shape(_)
             | Self::Io { .. }
             | Self::Image { .. }
-            | Self::Checkpoint(_) => true,
+            | Self::Checkpoint(_)
+            | Self::Tokenizer(_) => true,
             Self::Memory(_) => true,
             Self::Core(e) => e.is_bad_input(),
             Self::Denoiser(_) | Self::Run(_) | Self::Training(_) | Self::Candle(_) => false,

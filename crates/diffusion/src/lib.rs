@@ -40,6 +40,9 @@
 //!   Decomp Diffusion weights unchanged) — on seeded, name-keyed parameters ([`nn::ParamStore`]).
 //!   The energy parameterization [`nn::EnergyMlp`] (ε̂ = ∇ₓE, trainable through its
 //!   hand-written input gradient) and [`nn::FrozenMlp`] (fast host inference for samplers).
+//! - [`text`]: text conditioning (Rombach et al. 2022): [`text::TextTokenizer`], Hugging Face
+//!   `tokenizer.json` tokenizers (word-level ones built here, or published ones such as CLIP's
+//!   BPE), and [`text::TextEncoder`], a small pre-norm transformer over the tokens.
 //! - [`train`]: the denoising objective and a training loop with AdamW, warm-up and decay,
 //!   gradient clipping, EMA, loss logs and atomic checkpoints that resume bit for bit.
 //! - [`run`]: training runs as TOML configurations with named presets (the `toy2d-*` setups),
@@ -82,6 +85,7 @@ pub use recompose_core::random;
 pub mod run;
 pub mod sampler;
 pub mod schedule;
+pub mod text;
 pub mod train;
 
 pub use denoiser::{Denoiser, GaussianMixture, GaussianMixtureDenoiser, NoiseLevels};

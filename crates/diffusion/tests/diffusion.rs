@@ -7,6 +7,8 @@ mod provenance;
 mod sampling;
 #[path = "diffusion/schedule.rs"]
 mod schedule;
+#[path = "diffusion/text.rs"]
+mod text;
 #[path = "diffusion/train.rs"]
 mod train;
 #[path = "diffusion/unet.rs"]
