@@ -125,7 +125,7 @@ fn energy_training(c: &mut Criterion) {
         .expect("batch");
         group.bench_function(format!("h={hidden}/batch=1000"), |b| {
             b.iter(|| {
-                let l = loss.loss(&batch, &mut rng).expect("loss");
+                let l = loss.loss(&batch, None, &mut rng).expect("loss");
                 let grads = l.backward().expect("backward");
                 opt.step(&grads, 1e-3, 1.0).expect("adam");
             })

@@ -37,8 +37,20 @@ impl<'a> DecompLoss<'a> {
 }
 
 impl Objective for DecompLoss<'_> {
-    fn loss(&self, x0: &Tensor, rng: &mut SeededRng) -> recompose_diffusion::Result<Tensor> {
+    fn loss(
+        &self,
+        x0: &Tensor,
+        cond: Option<&Tensor>,
+        rng: &mut SeededRng,
+    ) -> recompose_diffusion::Result<Tensor> {
         use rand::Rng;
+        if cond.is_some() {
+            return Err(recompose_diffusion::Error::Config(
+                "Decomp Diffusion infers its conditioning from the image; the data must come \
+                 without conditions"
+                    .into(),
+            ));
+        }
         let b = x0.dim(0)?;
         let dev = x0.device();
         let idx: Vec<usize> = (0..b)

@@ -7,6 +7,9 @@
 //!   checked against the true product or mixture.
 //! - [`ImageFolder`]: every `.png` file of a directory, decoded, resized and scaled into a
 //!   `[N, C, H, W]` tensor; [`load_png`] loads a single image the same way.
+//! - [`CaptionedImages`]: an image folder whose images carry text captions
+//!   (`captions.jsonl`), drawn with their token ids and a condition-dropout rate for
+//!   classifier-free guidance.
 //! - [`plot`]: PNG writers for image grids ([`plot::save_png_grid`]) and 2-D scatter plots
 //!   ([`plot::save_png_scatter`]).
 //!
@@ -23,10 +26,12 @@ use serde::{Deserialize, Serialize};
 use crate::random::SeededRng;
 use crate::{Error, Result};
 
+pub mod captioned;
 pub mod image;
 pub mod plot;
 pub mod toy2d;
 
+pub use self::captioned::CaptionedImages;
 pub use self::image::{ImageFolder, ImageFolderConfig, load_png};
 pub use self::toy2d::Toy2d;
 
@@ -54,6 +59,23 @@ pub trait Dataset {
     ///
     /// [`Error::Candle`] if the tensor cannot be built on `device`.
     fn sample_batch(&self, rng: &mut SeededRng, batch: usize, device: &Device) -> Result<Tensor>;
+
+    /// A batch with its conditioning: the items as [`Dataset::sample_batch`] and, for a
+    /// conditional dataset, one condition per item (for captioned images, each caption's token
+    /// ids `[batch, L]`). The default is the unconditional batch of [`Dataset::sample_batch`]
+    /// with the same draws and no condition.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dataset::sample_batch`].
+    fn sample_conditioned(
+        &self,
+        rng: &mut SeededRng,
+        batch: usize,
+        device: &Device,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((self.sample_batch(rng, batch, device)?, None))
+    }
 }
 
 /// The range that pixel values are scaled to: intensity 0 maps to the lower bound, full

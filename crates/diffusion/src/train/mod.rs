@@ -176,12 +176,15 @@ impl TrainableDenoiser for crate::nn::UNet {
 
 /// What a training step minimizes.
 pub trait Objective {
-    /// The scalar loss on one batch of data, drawing any randomness from `rng`.
+    /// The scalar loss on one batch of data with its conditioning (one condition per item,
+    /// from [`Dataset::sample_conditioned`]; `None` for unconditional data), drawing any
+    /// randomness from `rng`.
     ///
     /// # Errors
     ///
-    /// Whatever the model or the tensor ops report.
-    fn loss(&self, batch: &Tensor, rng: &mut SeededRng) -> Result<Tensor>;
+    /// Whatever the model or the tensor ops report; [`Error::Config`] for a conditioning the
+    /// objective cannot use.
+    fn loss(&self, batch: &Tensor, cond: Option<&Tensor>, rng: &mut SeededRng) -> Result<Tensor>;
 
     /// The loss and its gradients with respect to every variable it depends on. The default
     /// runs candle's backward pass on [`Objective::loss`]; an objective with a faster exact
@@ -190,8 +193,13 @@ pub trait Objective {
     /// # Errors
     ///
     /// As [`Objective::loss`], and from the backward pass.
-    fn loss_and_grads(&self, batch: &Tensor, rng: &mut SeededRng) -> Result<(Tensor, GradStore)> {
-        let loss = self.loss(batch, rng)?;
+    fn loss_and_grads(
+        &self,
+        batch: &Tensor,
+        cond: Option<&Tensor>,
+        rng: &mut SeededRng,
+    ) -> Result<(Tensor, GradStore)> {
+        let loss = self.loss(batch, cond, rng)?;
         let grads = loss.backward()?;
         Ok((loss, grads))
     }
@@ -218,11 +226,24 @@ impl<'a, M: TrainableDenoiser + ?Sized> DenoisingLoss<'a, M> {
         }
     }
 
-    /// The same loss with a fixed conditioning tensor passed to the model.
+    /// The same loss with a fixed conditioning tensor passed to the model (for data without
+    /// conditions of their own).
     pub fn with_cond(self, cond: &'a Tensor) -> Self {
         Self {
             cond: Some(cond),
             ..self
+        }
+    }
+
+    /// The conditioning of a batch: the data's own, or the fixed one.
+    fn cond_for<'c>(&'c self, batch_cond: Option<&'c Tensor>) -> Result<Option<&'c Tensor>> {
+        match (batch_cond, self.cond) {
+            (Some(_), Some(_)) => Err(Error::Config(
+                "the data come with conditions and the loss has a fixed one; give only one"
+                    .into(),
+            )),
+            (Some(c), None) => Ok(Some(c)),
+            (None, fixed) => Ok(fixed),
         }
     }
 }
@@ -258,9 +279,10 @@ impl<M: TrainableDenoiser + ?Sized> DenoisingLoss<'_, M> {
     fn autograd_mse(
         &self,
         (x_t, t, target): (&Tensor, &Tensor, &Tensor),
+        cond: Option<&Tensor>,
         rng: &mut SeededRng,
     ) -> Result<Tensor> {
-        let pred = self.model.forward_train(x_t, t, self.cond, rng)?;
+        let pred = self.model.forward_train(x_t, t, cond, rng)?;
         if pred.dims() != target.dims() {
             return Err(Error::Shape(format!(
                 "the model returned {:?} for inputs of shape {:?}",
@@ -273,20 +295,24 @@ impl<M: TrainableDenoiser + ?Sized> DenoisingLoss<'_, M> {
 }
 
 impl<M: TrainableDenoiser + ?Sized> Objective for DenoisingLoss<'_, M> {
-    fn loss(&self, x0: &Tensor, rng: &mut SeededRng) -> Result<Tensor> {
+    fn loss(&self, x0: &Tensor, cond: Option<&Tensor>, rng: &mut SeededRng) -> Result<Tensor> {
+        let cond = self.cond_for(cond)?;
         let (x_t, t, target) = self.noisy_batch(x0, rng)?;
-        self.autograd_mse((&x_t, &t, &target), rng)
+        self.autograd_mse((&x_t, &t, &target), cond, rng)
     }
 
-    fn loss_and_grads(&self, x0: &Tensor, rng: &mut SeededRng) -> Result<(Tensor, GradStore)> {
+    fn loss_and_grads(
+        &self,
+        x0: &Tensor,
+        cond: Option<&Tensor>,
+        rng: &mut SeededRng,
+    ) -> Result<(Tensor, GradStore)> {
+        let cond = self.cond_for(cond)?;
         let (x_t, t, target) = self.noisy_batch(x0, rng)?;
-        if let Some(done) = self
-            .model
-            .fused_mse_and_grads(&x_t, &t, self.cond, &target)?
-        {
+        if let Some(done) = self.model.fused_mse_and_grads(&x_t, &t, cond, &target)? {
             return Ok(done);
         }
-        let loss = self.autograd_mse((&x_t, &t, &target), rng)?;
+        let loss = self.autograd_mse((&x_t, &t, &target), cond, rng)?;
         let grads = loss.backward()?;
         Ok((loss, grads))
     }
@@ -1072,8 +1098,8 @@ pub fn train(
     let mut step = start;
     while step < end {
         let lr = schedule.lr(step);
-        let batch = data.sample_batch(&mut rng, cfg.batch_size, &device)?;
-        let (loss, grads) = objective.loss_and_grads(&batch, &mut rng)?;
+        let (batch, cond) = data.sample_conditioned(&mut rng, cfg.batch_size, &device)?;
+        let (loss, grads) = objective.loss_and_grads(&batch, cond.as_ref(), &mut rng)?;
         let (loss, grads) = match group {
             Some(g) => average_over_ranks(g, loss, grads, &vars)?,
             None => (loss, grads),

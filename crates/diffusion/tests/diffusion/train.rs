@@ -70,7 +70,7 @@ fn every_mlp_variable_gets_a_gradient() -> Result<()> {
         (32, 2),
         &Device::Cpu,
     )?;
-    let grads = loss.loss(&batch, &mut rng)?.backward()?;
+    let grads = loss.loss(&batch, None, &mut rng)?.backward()?;
     assert_eq!(store.len(), 2 + 1 + 4 * 10 + 2);
     for (name, var) in store.vars() {
         let g = grads
