@@ -1,6 +1,8 @@
 //! The integration tests of `recompose-diffusion`, one binary: schedules against their closed
 //! forms and published reference values, samplers against analytic Gaussian targets.
 
+#[path = "diffusion/energy_unet.rs"]
+mod energy_unet;
 #[path = "diffusion/provenance.rs"]
 mod provenance;
 #[path = "diffusion/sampling.rs"]

@@ -14,6 +14,7 @@
 
 pub mod conv;
 pub mod energy;
+pub mod energy_unet;
 pub mod frozen;
 pub mod layers;
 pub mod mlp;
@@ -22,6 +23,7 @@ pub mod store;
 pub mod unet;
 
 pub use energy::{EnergyForm, EnergyMlp};
+pub use energy_unet::EnergyUNet;
 pub use frozen::FrozenMlp;
 pub use mlp::{MlpConfig, ResidualMlp};
 pub use store::ParamStore;

@@ -91,7 +91,7 @@ use crate::random::SeededRng;
 use crate::{Error, Result};
 
 /// The GroupNorm epsilon of the released code.
-const NORM_EPS: f64 = 1e-5;
+pub(crate) const NORM_EPS: f64 = 1e-5;
 /// The max period of the sinusoidal timestep embedding.
 const MAX_PERIOD: f64 = 10_000.0;
 
@@ -449,7 +449,7 @@ impl UNetConfig {
 
 /// Resampling inside a residual block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Resample {
+pub(crate) enum Resample {
     Keep,
     Down,
     Up,
@@ -494,11 +494,11 @@ impl Layout {
 
 /// A pointwise projection over channels (a kernel-1 convolution) done as a matrix product.
 #[derive(Clone, Debug)]
-struct Pointwise {
+pub(crate) struct Pointwise {
     /// `[out, in]`.
-    weight: Tensor,
+    pub(crate) weight: Tensor,
     /// `[out, 1]`.
-    bias: Tensor,
+    pub(crate) bias: Tensor,
 }
 
 impl Pointwise {
@@ -533,7 +533,7 @@ impl Pointwise {
     /// trailing dims); on the CPU for `f32` a kernel-1 `ConvBias` (one product per image,
     /// starting from the bias), on a 4-D input without reshaping it (every reshape is one more
     /// full-size gradient pass in the backward).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (b, ci, n) = match dims[..] {
             [b, ci, n] => (b, ci, n),
@@ -580,7 +580,7 @@ impl Pointwise {
 impl Pointwise {
     /// `residual + W x + bias` for a 4-D `x` `[B, in, H, W]` (one graph node on the CPU, see
     /// [`Conv2d::forward_residual`]); any other input as [`Pointwise::forward`] plus the sum.
-    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         if x.rank() != 4 {
             return Ok((self.forward(x)? + residual)?);
         }
@@ -598,10 +598,10 @@ impl Pointwise {
 /// GroupNorm with its affine map folded into one per-sample scale and shift, optionally
 /// modulated (scale-shift norm) and followed by SiLU.
 #[derive(Clone, Debug)]
-struct Norm {
-    weight: Tensor,
-    bias: Tensor,
-    groups: usize,
+pub(crate) struct Norm {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) groups: usize,
 }
 
 impl Norm {
@@ -620,7 +620,29 @@ impl Norm {
     /// modulation) becomes one per-sample, per-channel scale and shift.
     fn forward(&self, x: &Tensor, film: Option<&Tensor>, act: bool) -> Result<Tensor> {
         let (b, c) = (x.dim(0)?, x.dim(1)?);
-        let (scale, shift) = match film {
+        let (scale, shift) = self.scale_shift(b, c, film)?;
+        if recompose_core::host::on_fast_path(&[x, &scale]) {
+            let op = group_norm::GroupNorm {
+                groups: self.groups,
+                eps: NORM_EPS,
+                silu: act,
+            };
+            Ok(x.contiguous()?
+                .apply_op3(&scale.contiguous()?, &shift.contiguous()?, op)?)
+        } else {
+            self.forward_ops(x, &scale, &shift, act)
+        }
+    }
+
+    /// The per-sample, per-channel scale and shift `[B, C]` of [`Norm::forward`]: the affine
+    /// map, modulated by `film = Some(e)` (`e` of shape `[B, 2C]`, scale then shift).
+    pub(crate) fn scale_shift(
+        &self,
+        b: usize,
+        c: usize,
+        film: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        Ok(match film {
             None => (
                 self.weight.unsqueeze(0)?.broadcast_as((b, c))?,
                 self.bias.unsqueeze(0)?.broadcast_as((b, c))?,
@@ -633,18 +655,7 @@ impl Norm {
                     .add(&e.narrow(1, c, c)?)?;
                 (scale, shift)
             }
-        };
-        if recompose_core::host::on_fast_path(&[x, &scale]) {
-            let op = group_norm::GroupNorm {
-                groups: self.groups,
-                eps: NORM_EPS,
-                silu: act,
-            };
-            Ok(x.contiguous()?
-                .apply_op3(&scale.contiguous()?, &shift.contiguous()?, op)?)
-        } else {
-            self.forward_ops(x, &scale, &shift, act)
-        }
+        })
     }
 
     /// [`Norm::forward`] with candle's tensor ops (any device and dtype), given the combined
@@ -672,18 +683,18 @@ impl Norm {
 
 /// A residual block (`ResBlock` of the released code).
 #[derive(Clone, Debug)]
-struct ResBlock {
-    in_norm: Norm,
-    in_conv: Conv2d,
+pub(crate) struct ResBlock {
+    pub(crate) in_norm: Norm,
+    pub(crate) in_conv: Conv2d,
     /// `emb_layers.1`: weight `[C or 2C, E]`, bias `[C or 2C]`.
     emb_weight: Tensor,
     emb_bias: Tensor,
-    out_norm: Norm,
-    out_conv: Conv2d,
-    skip: Option<Pointwise>,
-    resample: Resample,
+    pub(crate) out_norm: Norm,
+    pub(crate) out_conv: Conv2d,
+    pub(crate) skip: Option<Pointwise>,
+    pub(crate) resample: Resample,
     out_ch: usize,
-    scale_shift: bool,
+    pub(crate) scale_shift: bool,
     dropout: f64,
 }
 
@@ -778,7 +789,7 @@ impl ResBlock {
     }
 
     /// `emb_layers.1` applied to `SiLU(emb)`: `[B, C]`, or `[B, 2C]` (scale, shift).
-    fn emb_projection(&self, emb_act: &Tensor) -> Result<Tensor> {
+    pub(crate) fn emb_projection(&self, emb_act: &Tensor) -> Result<Tensor> {
         Ok(emb_act
             .matmul(&self.emb_weight.t()?)?
             .broadcast_add(&self.emb_bias)?)
@@ -786,7 +797,7 @@ impl ResBlock {
 
     /// The first convolution's bias plus the conditioning `e` (both per-channel, so they are
     /// added at once): `[B, C]`.
-    fn merged_bias(&self, e: &Tensor) -> Result<Tensor> {
+    pub(crate) fn merged_bias(&self, e: &Tensor) -> Result<Tensor> {
         let own = self
             .in_conv
             .bias()
@@ -808,11 +819,11 @@ impl ResBlock {
 
 /// A self-attention block (`AttentionBlock` with the legacy `QKVAttention` head layout).
 #[derive(Clone, Debug)]
-struct AttentionBlock {
-    norm: Norm,
-    qkv: Pointwise,
-    proj_out: Pointwise,
-    heads: usize,
+pub(crate) struct AttentionBlock {
+    pub(crate) norm: Norm,
+    pub(crate) qkv: Pointwise,
+    pub(crate) proj_out: Pointwise,
+    pub(crate) heads: usize,
 }
 
 impl AttentionBlock {
@@ -855,7 +866,7 @@ impl AttentionBlock {
 
 /// One layer of a block sequence.
 #[derive(Clone, Debug)]
-enum Block {
+pub(crate) enum Block {
     Res(ResBlock),
     Attn(AttentionBlock),
     /// `Downsample` with a convolution (`op`).
@@ -922,12 +933,12 @@ pub struct UNet {
     dtype: DType,
     time_embed_0: candle_nn::Linear,
     time_embed_2: candle_nn::Linear,
-    input_conv: Conv2d,
-    input_blocks: Vec<Vec<Block>>,
-    middle_block: Vec<Block>,
-    output_blocks: Vec<Vec<Block>>,
-    out_norm: Norm,
-    out_conv: Conv2d,
+    pub(crate) input_conv: Conv2d,
+    pub(crate) input_blocks: Vec<Vec<Block>>,
+    pub(crate) middle_block: Vec<Block>,
+    pub(crate) output_blocks: Vec<Vec<Block>>,
+    pub(crate) out_norm: Norm,
+    pub(crate) out_conv: Conv2d,
 }
 
 impl UNet {
@@ -944,6 +955,31 @@ impl UNet {
     pub fn new(
         config: &UNetConfig,
         parameterization: Parameterization,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Self::build(config, parameterization, true, vb)
+    }
+
+    /// Like [`UNet::new`] but with the output convolution (`out.2`) initialized like the other
+    /// convolutions (PyTorch's default, drawn through `vb`) instead of at zero: what an energy
+    /// `E = ½‖g‖²` needs, whose gradient would otherwise vanish at initialization (see
+    /// [`crate::nn::energy_unet`]). The parameter names and shapes are those of [`UNet::new`].
+    ///
+    /// # Errors
+    ///
+    /// As [`UNet::new`].
+    pub fn with_random_output(
+        config: &UNetConfig,
+        parameterization: Parameterization,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Self::build(config, parameterization, false, vb)
+    }
+
+    fn build(
+        config: &UNetConfig,
+        parameterization: Parameterization,
+        zero_output: bool,
         vb: VarBuilder,
     ) -> Result<Self> {
         config.validate()?;
@@ -976,7 +1012,11 @@ impl UNet {
             .map(|(i, layers)| build_seq(config, layers, vb.pp(format!("output_blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let out_norm = Norm::new(config.num_groups, base, vb.pp("out.0"))?;
-        let out_conv = Conv2d::zeroed(base, config.out_channels, ConvSpec::SAME3, vb.pp("out.2"))?;
+        let out_conv = if zero_output {
+            Conv2d::zeroed(base, config.out_channels, ConvSpec::SAME3, vb.pp("out.2"))?
+        } else {
+            Conv2d::new(base, config.out_channels, ConvSpec::SAME3, vb.pp("out.2"))?
+        };
         Ok(Self {
             config: config.clone(),
             parameterization,
@@ -1021,7 +1061,7 @@ impl UNet {
     }
 
     /// Checks `x` `[B, …]`, `t` `[B]` and `cond` `[B·n, cond_dim]`; returns `B`.
-    fn check_inputs(
+    pub(crate) fn check_inputs(
         &self,
         x: &Tensor,
         t: &Tensor,
@@ -1137,7 +1177,7 @@ impl UNet {
 
     /// `SiLU(cat(cond, time embedding))`: `emb_layers.0` is the same SiLU in every block, so
     /// it is applied once.
-    fn embedding(&self, t: &Tensor, cond: Option<&Tensor>) -> Result<Tensor> {
+    pub(crate) fn embedding(&self, t: &Tensor, cond: Option<&Tensor>) -> Result<Tensor> {
         let time_emb = self.time_embedding(t)?;
         let emb = match cond {
             Some(z) => Tensor::cat(&[&z.to_dtype(self.dtype)?, &time_emb], 1)?,
