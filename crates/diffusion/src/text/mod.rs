@@ -5,7 +5,7 @@
 //! cross-attention (Rombach, Blattmann, Lorenz, Esser, Ommer, *High-Resolution Image Synthesis
 //! with Latent Diffusion Models*, CVPR 2022), with CLIP's tokenizer and text transformer
 //! (Radford et al., *Learning Transferable Visual Models From Natural Language Supervision*,
-//! ICML 2021). This module holds the two text-side pieces:
+//! ICML 2021). This module holds the text-side pieces and the model they condition:
 //!
 //! - [`tokenizer`]: [`TextTokenizer`], Hugging Face `tokenizer.json` tokenizers with a fixed
 //!   sequence length — word-level ones built here over a small vocabulary, or published ones
@@ -13,6 +13,8 @@
 //!   padded ids and attention mask of a batch of prompts.
 //! - [`encoder`]: [`TextEncoder`], a small pre-norm transformer (Vaswani et al. 2017) over the
 //!   tokens with a padding mask, returning one state per token and a pooled vector.
+//! - [`unet`]: [`TextUNet`], a U-Net conditioned on a prompt through the encoder's pooled
+//!   vector, trained jointly with it; the empty prompt is its unconditional model.
 //!
 //! ```
 //! use candle_core::{DType, Device};
@@ -33,6 +35,8 @@
 
 pub mod encoder;
 pub mod tokenizer;
+pub mod unet;
 
 pub use encoder::{TextEncoder, TextEncoderConfig, mean_pool};
 pub use tokenizer::{Encoded, TextTokenizer};
+pub use unet::{TextUNet, TextUNetConfig};

@@ -1,0 +1,368 @@
+//! A text-conditioned U-Net: the text encoder's pooled prompt vector conditions the denoiser.
+//!
+//! Text-to-image diffusion conditions its denoiser on the states of a text encoder trained with
+//! it or frozen (Nichol et al., *GLIDE*, ICML 2022; Rombach et al., *High-Resolution Image
+//! Synthesis with Latent Diffusion Models*, CVPR 2022). Here the prompt's token ids go through
+//! a [`TextEncoder`] trained jointly with the [`UNet`], and the mean of its token states over
+//! the prompt's tokens is the U-Net's conditioning vector: it joins the time embedding that
+//! every residual block reads (the U-Net's `cond` path, `cond_dim` = the encoder's width). The
+//! empty prompt is the unconditional model of classifier-free guidance (Ho & Salimans 2022), as
+//! in the training data's condition dropout ([`crate::data::CaptionedImages`]).
+//!
+//! The conditioning passed to [`Denoiser::forward`] is the prompts' token ids, `u32` `[B, L]`
+//! (one prompt per image, from [`TextTokenizer::encode`]); the attention mask is read from them
+//! (a position is a token unless it holds the pad id), so the tokenizer's pad token must differ
+//! from every other token — true of the word-level tokenizers built here; a tokenizer that pads
+//! with its end token (as CLIP's does) is refused.
+//!
+//! Parameter names: the U-Net's own (the improved-diffusion state-dict keys, see
+//! [`crate::nn::unet`]) and the encoder's under `text_encoder.`.
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::denoiser::Denoiser;
+use crate::nn::{UNet, UNetConfig};
+use crate::param::Parameterization;
+use crate::random::SeededRng;
+use crate::text::tokenizer::{END_TOKEN, START_TOKEN};
+use crate::text::{TextEncoder, TextEncoderConfig, TextTokenizer};
+use crate::train::TrainableDenoiser;
+use crate::{Error, Result};
+
+/// The prefix of the text encoder's parameter names.
+pub const TEXT_ENCODER_PREFIX: &str = "text_encoder";
+
+/// The settings of a [`TextUNet`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextUNetConfig {
+    /// The U-Net; its `cond_dim` must equal the encoder's width.
+    pub unet: UNetConfig,
+    /// The text encoder; its vocabulary size and length must match the tokenizer's.
+    pub text: TextEncoderConfig,
+    /// The tokenizer's pad id: positions holding it are not tokens.
+    pub pad_id: u32,
+}
+
+impl TextUNetConfig {
+    /// The settings for `unet` conditioned by a [`TextEncoderConfig::small`] encoder over the
+    /// vocabulary of `tokenizer` (the U-Net's `cond_dim` is set to the encoder's width).
+    ///
+    /// # Errors
+    ///
+    /// As [`TextUNetConfig::check_tokenizer`].
+    pub fn for_tokenizer(unet: UNetConfig, tokenizer: &TextTokenizer) -> Result<Self> {
+        let text = TextEncoderConfig::small(tokenizer.vocab_size(), tokenizer.max_len());
+        let cfg = Self {
+            unet: UNetConfig {
+                cond_dim: text.width,
+                ..unet
+            },
+            text,
+            pad_id: tokenizer.pad_id(),
+        };
+        cfg.check_tokenizer(tokenizer)?;
+        Ok(cfg)
+    }
+
+    /// Checks the parts against each other.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid U-Net or encoder, or a U-Net `cond_dim` other than the
+    /// encoder's width.
+    pub fn validate(&self) -> Result<()> {
+        self.unet.validate()?;
+        self.text.validate()?;
+        if self.unet.cond_dim != self.text.width {
+            return Err(Error::Config(format!(
+                "the U-Net's cond_dim ({}) must equal the text encoder's width ({})",
+                self.unet.cond_dim, self.text.width
+            )));
+        }
+        if self.pad_id as usize >= self.text.vocab_size {
+            return Err(Error::Config(format!(
+                "the pad id {} is outside the encoder's vocabulary of {}",
+                self.pad_id, self.text.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that `tokenizer` produces the ids this model reads: the same vocabulary size,
+    /// sequence length and pad id, and a pad token distinct from the start and end tokens.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first mismatch.
+    pub fn check_tokenizer(&self, tokenizer: &TextTokenizer) -> Result<()> {
+        self.validate()?;
+        let mismatch = |what: &str, model: usize, tok: usize| {
+            Error::Config(format!(
+                "the model's text {what} is {model} but the tokenizer's is {tok}"
+            ))
+        };
+        if tokenizer.vocab_size() != self.text.vocab_size {
+            return Err(mismatch(
+                "vocabulary size",
+                self.text.vocab_size,
+                tokenizer.vocab_size(),
+            ));
+        }
+        if tokenizer.max_len() != self.text.max_len {
+            return Err(mismatch(
+                "sequence length",
+                self.text.max_len,
+                tokenizer.max_len(),
+            ));
+        }
+        if tokenizer.pad_id() != self.pad_id {
+            return Err(mismatch(
+                "pad id",
+                self.pad_id as usize,
+                tokenizer.pad_id() as usize,
+            ));
+        }
+        for special in [START_TOKEN, END_TOKEN] {
+            if tokenizer.token_to_id(special) == Some(self.pad_id) {
+                return Err(Error::Config(format!(
+                    "the tokenizer pads with `{special}`; a text-conditioned U-Net reads its \
+                     mask from the ids and needs a pad token of its own"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A [`UNet`] conditioned on prompts through a jointly trained [`TextEncoder`] (see the
+/// [module documentation](self)).
+#[derive(Debug, Clone)]
+pub struct TextUNet {
+    config: TextUNetConfig,
+    encoder: TextEncoder,
+    unet: UNet,
+}
+
+impl TextUNet {
+    /// Builds the network on the parameters of `vb` (the U-Net's names at the root, the
+    /// encoder's under [`TEXT_ENCODER_PREFIX`]); `parameterization` is what the U-Net's output
+    /// means.
+    ///
+    /// # Errors
+    ///
+    /// As [`TextUNetConfig::validate`], [`UNet::new`] and [`TextEncoder::new`].
+    pub fn new(
+        config: &TextUNetConfig,
+        parameterization: Parameterization,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        config.validate()?;
+        let unet = UNet::new(&config.unet, parameterization, vb.clone())?;
+        let encoder = TextEncoder::new(&config.text, vb.pp(TEXT_ENCODER_PREFIX))?;
+        Ok(Self {
+            config: config.clone(),
+            encoder,
+            unet,
+        })
+    }
+
+    /// The settings the network was built with.
+    pub fn config(&self) -> &TextUNetConfig {
+        &self.config
+    }
+
+    /// The text encoder.
+    pub fn encoder(&self) -> &TextEncoder {
+        &self.encoder
+    }
+
+    /// The U-Net.
+    pub fn unet(&self) -> &UNet {
+        &self.unet
+    }
+
+    /// The conditioning vectors `[B, width]` of the prompts `ids` (`u32` `[B, L]`): the mean of
+    /// the encoder's states over each prompt's tokens.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shape`] as [`TextEncoder::forward`] (ids of another shape, dtype or
+    /// vocabulary).
+    pub fn condition(&self, ids: &Tensor) -> Result<Tensor> {
+        if ids.dtype() != DType::U32 {
+            return Err(Error::Shape(format!(
+                "a text-conditioned U-Net takes the prompts' token ids (u32 [B, L]) as its \
+                 condition, got {:?} {:?}",
+                ids.dtype(),
+                ids.dims()
+            )));
+        }
+        let mask = ids.ne(self.config.pad_id)?.to_dtype(DType::F32)?;
+        self.encoder.pooled(ids, &mask)
+    }
+
+    /// The prompts of a forward call, required.
+    fn prompts<'a>(&self, cond: Option<&'a Tensor>) -> Result<&'a Tensor> {
+        cond.ok_or_else(|| {
+            Error::Shape(
+                "a text-conditioned U-Net needs the prompts' token ids as its condition (the \
+                 empty prompt for the unconditional model)"
+                    .into(),
+            )
+        })
+    }
+}
+
+impl Denoiser for TextUNet {
+    fn parameterization(&self) -> Parameterization {
+        self.unet.parameterization()
+    }
+
+    /// The U-Net's prediction for `x_t` at `t` under the prompts `cond` (`u32` `[B, L]`), in
+    /// eval mode.
+    fn forward(&self, x_t: &Tensor, t: &Tensor, cond: Option<&Tensor>) -> Result<Tensor> {
+        let c = self.condition(self.prompts(cond)?)?;
+        self.unet.forward_with(x_t, t, Some(&c), None)
+    }
+}
+
+impl TrainableDenoiser for TextUNet {
+    fn forward_train(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: Option<&Tensor>,
+        rng: &mut SeededRng,
+    ) -> Result<Tensor> {
+        let c = self.condition(self.prompts(cond)?)?;
+        self.unet.forward_with(x_t, t, Some(&c), Some(rng))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::ParamStore;
+    use crate::random::seeded;
+    use candle_core::Device;
+
+    fn tokenizer() -> Result<TextTokenizer> {
+        TextTokenizer::word_level(["red", "blue", "circle", "square"], 5)
+    }
+
+    fn tiny() -> UNetConfig {
+        UNetConfig {
+            image_size: 8,
+            in_channels: 3,
+            out_channels: 3,
+            model_channels: 8,
+            channel_mult: vec![1, 2],
+            num_res_blocks: 1,
+            attention_resolutions: vec![4],
+            num_heads: 1,
+            num_head_channels: None,
+            num_groups: 4,
+            time_embed_dim: 16,
+            ..UNetConfig::default()
+        }
+    }
+
+    fn model(store: &ParamStore) -> Result<(TextUNet, TextTokenizer)> {
+        let tok = tokenizer()?;
+        let cfg = TextUNetConfig::for_tokenizer(tiny(), &tok)?;
+        let net = TextUNet::new(
+            &cfg,
+            Parameterization::Epsilon,
+            store.var_builder(DType::F32, &Device::Cpu),
+        )?;
+        Ok((net, tok))
+    }
+
+    /// Perturbs every variable so that the zero-initialized output layers pass a signal.
+    fn perturb(store: &ParamStore) -> Result<()> {
+        let mut rng = seeded(1);
+        for (_, var) in store.vars() {
+            let noise = crate::random::normal_tensor(
+                &mut rng,
+                var.as_tensor().dims(),
+                DType::F32,
+                &Device::Cpu,
+            )?;
+            var.set(&(var.as_tensor() + (noise * 0.1)?)?)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_prompt_changes_the_prediction_of_its_own_image_only() -> Result<()> {
+        let store = ParamStore::new(0);
+        let (net, tok) = model(&store)?;
+        perturb(&store)?;
+        let x = crate::random::normal_tensor(&mut seeded(2), &[2, 3, 8, 8], DType::F32, &Device::Cpu)?;
+        let t = Tensor::new(&[3f32, 3.0], &Device::Cpu)?;
+        let ids = |texts: &[&str]| tok.encode_strict(texts)?.ids_tensor(&Device::Cpu);
+        let a = net.forward(&x, &t, Some(&ids(&["red circle", "red circle"])?))?;
+        let b = net.forward(&x, &t, Some(&ids(&["red circle", "blue square"])?))?;
+        let diff = (&a - &b)?.abs()?.flatten_from(1)?.max(1)?.to_vec1::<f32>()?;
+        // Image 0 has the same prompt in both calls, image 1 another one.
+        assert_eq!(diff[0], 0.0);
+        assert!(diff[1] > 1e-4, "{diff:?}");
+        // The empty prompt (the unconditional model) is a prompt like any other.
+        let empty = net.forward(&x, &t, Some(&ids(&["", ""])?))?;
+        assert_eq!(empty.dims(), [2, 3, 8, 8]);
+        Ok(())
+    }
+
+    #[test]
+    fn training_mode_reaches_encoder_and_unet_parameters() -> Result<()> {
+        let store = ParamStore::new(0);
+        let (net, tok) = model(&store)?;
+        perturb(&store)?;
+        let x = crate::random::normal_tensor(&mut seeded(2), &[2, 3, 8, 8], DType::F32, &Device::Cpu)?;
+        let t = Tensor::new(&[3f32, 7.0], &Device::Cpu)?;
+        let ids = tok.encode_strict(&["red", "blue square"])?.ids_tensor(&Device::Cpu)?;
+        let y = net.forward_train(&x, &t, Some(&ids), &mut seeded(3))?;
+        let grads = y.sqr()?.sum_all()?.backward()?;
+        let mut missing = Vec::new();
+        for (name, var) in store.vars() {
+            if grads.get(var.as_tensor()).is_none() {
+                missing.push(name);
+            }
+        }
+        assert!(
+            missing.iter().all(|n| !n.starts_with(TEXT_ENCODER_PREFIX)),
+            "encoder variables without gradient: {missing:?}"
+        );
+        assert!(missing.is_empty(), "{missing:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn mismatches_are_clear_errors() -> Result<()> {
+        let store = ParamStore::new(0);
+        let (net, tok) = model(&store)?;
+        let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu)?;
+        let t = Tensor::new(&[1f32], &Device::Cpu)?;
+        assert!(matches!(net.forward(&x, &t, None), Err(Error::Shape(_))));
+        let float_ids = Tensor::zeros((1, 5), DType::F32, &Device::Cpu)?;
+        assert!(matches!(
+            net.forward(&x, &t, Some(&float_ids)),
+            Err(Error::Shape(_))
+        ));
+        let other = TextTokenizer::word_level(["red", "blue"], 5)?;
+        assert!(net.config().check_tokenizer(&other).is_err());
+        assert!(net.config().check_tokenizer(&tok).is_ok());
+        let bad = TextUNetConfig {
+            unet: UNetConfig {
+                cond_dim: 3,
+                ..tiny()
+            },
+            ..net.config().clone()
+        };
+        assert!(matches!(bad.validate(), Err(Error::Config(_))));
+        Ok(())
+    }
+}
