@@ -335,7 +335,10 @@ mod tests {
                 empty += 1;
             } else {
                 let options = data.captions(i).expect("captions");
-                assert!(options.iter().any(|c| c == row), "{row:?} is not a caption of {i}");
+                assert!(
+                    options.iter().any(|c| c == row),
+                    "{row:?} is not a caption of {i}"
+                );
             }
         }
         // The empty prompt at the dropout rate: 1000 expected, σ ≈ 27.
@@ -358,8 +361,14 @@ mod tests {
         let (a, ca) = data.sample_conditioned(&mut seeded(9), 16, &Device::Cpu)?;
         let (b, cb) = data.sample_conditioned(&mut seeded(9), 16, &Device::Cpu)?;
         let only = data.sample_batch(&mut seeded(9), 16, &Device::Cpu)?;
-        assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
-        assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, only.flatten_all()?.to_vec1::<f32>()?);
+        assert_eq!(
+            a.flatten_all()?.to_vec1::<f32>()?,
+            b.flatten_all()?.to_vec1::<f32>()?
+        );
+        assert_eq!(
+            a.flatten_all()?.to_vec1::<f32>()?,
+            only.flatten_all()?.to_vec1::<f32>()?
+        );
         let (ca, cb) = (ca.expect("ids"), cb.expect("ids"));
         assert_eq!(ca.to_vec2::<u32>()?, cb.to_vec2::<u32>()?);
         Ok(())
@@ -369,7 +378,10 @@ mod tests {
     fn bad_captions_are_errors_that_name_the_line() -> Result<()> {
         let tok = tokenizer()?;
         let cases = [
-            ("{\"file\": \"image_00000.png\", \"captions\": [\"red\"]}\n", "image_00001.png"),
+            (
+                "{\"file\": \"image_00000.png\", \"captions\": [\"red\"]}\n",
+                "image_00001.png",
+            ),
             ("not json\n", "line 1"),
             (
                 "{\"file\": \"image_00000.png\", \"captions\": [\"red\"]}\n{\"file\": \"nope.png\", \"captions\": [\"red\"]}\n",

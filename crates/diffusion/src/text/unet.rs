@@ -15,6 +15,11 @@
 //! from every other token — true of the word-level tokenizers built here; a tokenizer that pads
 //! with its end token (as CLIP's does) is refused.
 //!
+//! With an energy form ([`TextUNetConfig::energy`]) the U-Net is an [`EnergyUNet`]: its
+//! prediction is ε̂ = ∇ₓE(x, t | prompt), and [`TextUNet::energy_and_grad`] gives the energy
+//! too — the log-density the Metropolis-corrected samplers and mixtures of Du et al. (ICML
+//! 2023) need.
+//!
 //! Parameter names: the U-Net's own (the improved-diffusion state-dict keys, see
 //! [`crate::nn::unet`]) and the encoder's under `text_encoder.`.
 
@@ -23,7 +28,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::denoiser::Denoiser;
-use crate::nn::{UNet, UNetConfig};
+use crate::nn::{EnergyForm, EnergyUNet, UNet, UNetConfig};
 use crate::param::Parameterization;
 use crate::random::SeededRng;
 use crate::text::tokenizer::{END_TOKEN, START_TOKEN};
@@ -44,6 +49,9 @@ pub struct TextUNetConfig {
     pub text: TextEncoderConfig,
     /// The tokenizer's pad id: positions holding it are not tokens.
     pub pad_id: u32,
+    /// The energy form of an energy-parameterized model (ε̂ = ∇ₓE); absent for a score model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<EnergyForm>,
 }
 
 impl TextUNetConfig {
@@ -62,6 +70,7 @@ impl TextUNetConfig {
             },
             text,
             pad_id: tokenizer.pad_id(),
+            energy: None,
         };
         cfg.check_tokenizer(tokenizer)?;
         Ok(cfg)
@@ -137,35 +146,57 @@ impl TextUNetConfig {
     }
 }
 
+/// The image network of a [`TextUNet`].
+#[derive(Debug, Clone)]
+enum ImageNet {
+    /// A U-Net predicting in its parameterization.
+    Score(UNet),
+    /// An energy U-Net: ε̂ = ∇ₓE.
+    Energy(EnergyUNet),
+}
+
 /// A [`UNet`] conditioned on prompts through a jointly trained [`TextEncoder`] (see the
 /// [module documentation](self)).
 #[derive(Debug, Clone)]
 pub struct TextUNet {
     config: TextUNetConfig,
     encoder: TextEncoder,
-    unet: UNet,
+    image: ImageNet,
 }
 
 impl TextUNet {
     /// Builds the network on the parameters of `vb` (the U-Net's names at the root, the
     /// encoder's under [`TEXT_ENCODER_PREFIX`]); `parameterization` is what the U-Net's output
-    /// means.
+    /// means (ε for an energy model).
     ///
     /// # Errors
     ///
-    /// As [`TextUNetConfig::validate`], [`UNet::new`] and [`TextEncoder::new`].
+    /// As [`TextUNetConfig::validate`], [`UNet::new`], [`EnergyUNet::new`] and
+    /// [`TextEncoder::new`]; [`Error::Config`] for an energy model with another
+    /// parameterization than ε.
     pub fn new(
         config: &TextUNetConfig,
         parameterization: Parameterization,
         vb: VarBuilder,
     ) -> Result<Self> {
         config.validate()?;
-        let unet = UNet::new(&config.unet, parameterization, vb.clone())?;
+        let image = match config.energy {
+            None => ImageNet::Score(UNet::new(&config.unet, parameterization, vb.clone())?),
+            Some(form) => {
+                if parameterization != Parameterization::Epsilon {
+                    return Err(Error::Config(format!(
+                        "an energy model predicts ε = ∇ₓE; it cannot use the {parameterization:?} \
+                         parameterization"
+                    )));
+                }
+                ImageNet::Energy(EnergyUNet::new(&config.unet, form, vb.clone())?)
+            }
+        };
         let encoder = TextEncoder::new(&config.text, vb.pp(TEXT_ENCODER_PREFIX))?;
         Ok(Self {
             config: config.clone(),
             encoder,
-            unet,
+            image,
         })
     }
 
@@ -179,9 +210,53 @@ impl TextUNet {
         &self.encoder
     }
 
-    /// The U-Net.
+    /// The U-Net (the network g of an energy model).
     pub fn unet(&self) -> &UNet {
-        &self.unet
+        match &self.image {
+            ImageNet::Score(u) => u,
+            ImageNet::Energy(e) => e.net(),
+        }
+    }
+
+    /// Whether the model is energy-parameterized (has a log-density).
+    pub fn is_energy(&self) -> bool {
+        matches!(self.image, ImageNet::Energy(_))
+    }
+
+    /// The energies `[B]` and their input gradients ε̂ = ∇ₓE `[B, C, H, W]` of `x_t` at `t`
+    /// under the prompts `ids` (`u32` `[B, L]`), as tracked graphs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a score model; as [`EnergyUNet::energy_and_grad`] and
+    /// [`TextUNet::condition`].
+    pub fn energy_and_grad(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        ids: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let ImageNet::Energy(e) = &self.image else {
+            return Err(Error::Config(
+                "a score model has no energy; train it with an energy form".into(),
+            ));
+        };
+        let c = self.condition(ids)?;
+        e.energy_and_grad(x_t, t, Some(&c))
+    }
+
+    /// The prediction with the conditioning vectors `c`, in train mode with `rng`.
+    fn predict(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        c: &Tensor,
+        rng: Option<&mut SeededRng>,
+    ) -> Result<Tensor> {
+        match &self.image {
+            ImageNet::Score(u) => u.forward_with(x_t, t, Some(c), rng),
+            ImageNet::Energy(e) => Ok(e.energy_and_grad(x_t, t, Some(c))?.1),
+        }
     }
 
     /// The conditioning vectors `[B, width]` of the prompts `ids` (`u32` `[B, L]`): the mean of
@@ -218,14 +293,17 @@ impl TextUNet {
 
 impl Denoiser for TextUNet {
     fn parameterization(&self) -> Parameterization {
-        self.unet.parameterization()
+        match &self.image {
+            ImageNet::Score(u) => u.parameterization(),
+            ImageNet::Energy(_) => Parameterization::Epsilon,
+        }
     }
 
     /// The U-Net's prediction for `x_t` at `t` under the prompts `cond` (`u32` `[B, L]`), in
     /// eval mode.
     fn forward(&self, x_t: &Tensor, t: &Tensor, cond: Option<&Tensor>) -> Result<Tensor> {
         let c = self.condition(self.prompts(cond)?)?;
-        self.unet.forward_with(x_t, t, Some(&c), None)
+        self.predict(x_t, t, &c, None)
     }
 }
 
@@ -238,7 +316,7 @@ impl TrainableDenoiser for TextUNet {
         rng: &mut SeededRng,
     ) -> Result<Tensor> {
         let c = self.condition(self.prompts(cond)?)?;
-        self.unet.forward_with(x_t, t, Some(&c), Some(rng))
+        self.predict(x_t, t, &c, Some(rng))
     }
 }
 
@@ -301,12 +379,17 @@ mod tests {
         let store = ParamStore::new(0);
         let (net, tok) = model(&store)?;
         perturb(&store)?;
-        let x = crate::random::normal_tensor(&mut seeded(2), &[2, 3, 8, 8], DType::F32, &Device::Cpu)?;
+        let x =
+            crate::random::normal_tensor(&mut seeded(2), &[2, 3, 8, 8], DType::F32, &Device::Cpu)?;
         let t = Tensor::new(&[3f32, 3.0], &Device::Cpu)?;
         let ids = |texts: &[&str]| tok.encode_strict(texts)?.ids_tensor(&Device::Cpu);
         let a = net.forward(&x, &t, Some(&ids(&["red circle", "red circle"])?))?;
         let b = net.forward(&x, &t, Some(&ids(&["red circle", "blue square"])?))?;
-        let diff = (&a - &b)?.abs()?.flatten_from(1)?.max(1)?.to_vec1::<f32>()?;
+        let diff = (&a - &b)?
+            .abs()?
+            .flatten_from(1)?
+            .max(1)?
+            .to_vec1::<f32>()?;
         // Image 0 has the same prompt in both calls, image 1 another one.
         assert_eq!(diff[0], 0.0);
         assert!(diff[1] > 1e-4, "{diff:?}");
@@ -321,9 +404,12 @@ mod tests {
         let store = ParamStore::new(0);
         let (net, tok) = model(&store)?;
         perturb(&store)?;
-        let x = crate::random::normal_tensor(&mut seeded(2), &[2, 3, 8, 8], DType::F32, &Device::Cpu)?;
+        let x =
+            crate::random::normal_tensor(&mut seeded(2), &[2, 3, 8, 8], DType::F32, &Device::Cpu)?;
         let t = Tensor::new(&[3f32, 7.0], &Device::Cpu)?;
-        let ids = tok.encode_strict(&["red", "blue square"])?.ids_tensor(&Device::Cpu)?;
+        let ids = tok
+            .encode_strict(&["red", "blue square"])?
+            .ids_tensor(&Device::Cpu)?;
         let y = net.forward_train(&x, &t, Some(&ids), &mut seeded(3))?;
         let grads = y.sqr()?.sum_all()?.backward()?;
         let mut missing = Vec::new();
@@ -337,6 +423,81 @@ mod tests {
             "encoder variables without gradient: {missing:?}"
         );
         assert!(missing.is_empty(), "{missing:?}");
+        Ok(())
+    }
+
+    /// The energy model: its prediction is the gradient of its energy (central differences in
+    /// f64), and a loss on that gradient reaches every parameter, the text encoder's included
+    /// (the prompt enters through the embedding that the hand-written input gradient reads).
+    #[test]
+    fn energy_model_predicts_the_gradient_of_its_energy() -> Result<()> {
+        let store = ParamStore::new(0);
+        let tok = tokenizer()?;
+        let cfg = TextUNetConfig {
+            energy: Some(EnergyForm::HalfNorm),
+            ..TextUNetConfig::for_tokenizer(tiny(), &tok)?
+        };
+        let net = TextUNet::new(
+            &cfg,
+            Parameterization::Epsilon,
+            store.var_builder(DType::F64, &Device::Cpu),
+        )?;
+        assert!(net.is_energy());
+        let x =
+            crate::random::normal_tensor(&mut seeded(2), &[2, 3, 8, 8], DType::F64, &Device::Cpu)?;
+        let t = Tensor::new(&[3f32, 9.0], &Device::Cpu)?;
+        let ids = tok
+            .encode_strict(&["red circle", "blue"])?
+            .ids_tensor(&Device::Cpu)?;
+        let (e, grad) = net.energy_and_grad(&x, &t, &ids)?;
+        let eps = net.forward(&x, &t, Some(&ids))?;
+        assert_eq!(
+            grad.flatten_all()?.to_vec1::<f64>()?,
+            eps.flatten_all()?.to_vec1::<f64>()?
+        );
+        let g = grad.flatten_all()?.to_vec1::<f64>()?;
+        let base = x.flatten_all()?.to_vec1::<f64>()?;
+        let h = 1e-5;
+        for k in [0usize, 77, 191, 192 + 50] {
+            let at = |d: f64| -> Result<f64> {
+                let mut v = base.clone();
+                v[k] += d;
+                let xp = Tensor::from_vec(v, (2, 3, 8, 8), &Device::Cpu)?;
+                let (e, _) = net.energy_and_grad(&xp, &t, &ids)?;
+                Ok(e.to_vec1::<f64>()?[k / 192])
+            };
+            let fd = (at(h)? - at(-h)?) / (2.0 * h);
+            assert!(
+                (fd - g[k]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                "{k}: {fd} vs {}",
+                g[k]
+            );
+        }
+        assert_eq!(e.dims(), [2]);
+        let loss = grad.sqr()?.mean_all()?;
+        let grads = loss.backward()?;
+        let missing: Vec<String> = store
+            .vars()
+            .into_iter()
+            .filter(|(_, v)| grads.get(v.as_tensor()).is_none())
+            .map(|(n, _)| n)
+            .collect();
+        assert!(missing.is_empty(), "{missing:?}");
+        // A score model has no energy; an energy model predicts ε only.
+        let store = ParamStore::new(0);
+        let (score, _) = model(&store)?;
+        assert!(matches!(
+            score.energy_and_grad(&x, &t, &ids),
+            Err(Error::Config(_))
+        ));
+        assert!(
+            TextUNet::new(
+                &cfg,
+                Parameterization::X0,
+                ParamStore::new(0).var_builder(DType::F32, &Device::Cpu)
+            )
+            .is_err()
+        );
         Ok(())
     }
 

@@ -162,6 +162,19 @@ impl TrainableDenoiser for crate::nn::EnergyMlp {
     }
 }
 
+impl TrainableDenoiser for crate::nn::EnergyUNet {
+    /// ∇ₓE as a tracked graph (an energy U-Net has no dropout, so `rng` is unused).
+    fn forward_train(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: Option<&Tensor>,
+        _rng: &mut SeededRng,
+    ) -> Result<Tensor> {
+        Ok(self.energy_and_grad(x_t, t, cond)?.1)
+    }
+}
+
 impl TrainableDenoiser for crate::nn::UNet {
     fn forward_train(
         &self,

@@ -118,11 +118,11 @@ fn tokenizer_and_encoder_train_and_round_trip() -> Result<()> {
 /// same noisy image.
 #[test]
 fn a_text_conditioned_unet_trains_on_a_captioned_folder() -> Result<()> {
+    use recompose_diffusion::data::Dataset;
     use recompose_diffusion::data::{CaptionedImages, ImageFolderConfig};
     use recompose_diffusion::nn::UNetConfig;
     use recompose_diffusion::text::{TextUNet, TextUNetConfig};
     use recompose_diffusion::train::{DenoisingLoss, Objective, TrainConfig, TrainOptions};
-    use recompose_diffusion::data::Dataset;
     use recompose_diffusion::{Denoiser, Parameterization};
 
     // Eight 8×8 images: red ones on the left half, blue ones on the right half.
@@ -141,7 +141,9 @@ fn a_text_conditioned_unet_trains_on_a_captioned_folder() -> Result<()> {
         let file = format!("image_{i:05}.png");
         img.save(dir.join(&file))?;
         let caption = if red { "red" } else { "blue" };
-        lines.push_str(&format!("{{\"file\": \"{file}\", \"captions\": [\"{caption}\"]}}\n"));
+        lines.push_str(&format!(
+            "{{\"file\": \"{file}\", \"captions\": [\"{caption}\"]}}\n"
+        ));
     }
     fs::write(dir.join("captions.jsonl"), lines)?;
     let tokenizer = TextTokenizer::word_level(["red", "blue"], 4)?;
@@ -194,14 +196,7 @@ fn a_text_conditioned_unet_trains_on_a_captioned_folder() -> Result<()> {
         out_dir: out.clone(),
         ..Default::default()
     };
-    recompose_diffusion::train::train(
-        &store,
-        &objective,
-        &data,
-        &train_cfg,
-        &opts,
-        &mut |_| {},
-    )?;
+    recompose_diffusion::train::train(&store, &objective, &data, &train_cfg, &opts, &mut |_| {})?;
     let after = held_out(&objective)?;
     assert!(after < 0.8 * before, "held-out loss {before} -> {after}");
     // The prompt matters: the same noisy images, captioned "red" or "blue".
