@@ -6,7 +6,13 @@ use anyhow::Result;
 use clap::Args;
 use recompose_core::memory::MemoryLimit;
 use recompose_scenes::objects::{IMAGE_SIZE, Kind, write_dataset_within, write_estimate};
+use recompose_diffusion::run::TOKENIZER_FILE;
+use recompose_diffusion::text::TextTokenizer;
 use recompose_scenes::shapes_text::{self, ShapesText};
+
+/// The token sequence length of the shapes-text tokenizer: the longest caption (four words)
+/// with its start and end tokens, and room to spare.
+const PROMPT_LEN: usize = 8;
 
 use crate::{check_memory, positive, usage};
 
@@ -89,8 +95,12 @@ fn run_shapes_text(a: DatasetArgs, memory: MemoryLimit) -> Result<()> {
     let data = ShapesText::new(a.seed, size).map_err(scenes_error)?;
     data.write_within(num, &a.out, memory)
         .map_err(scenes_error)?;
+    // The tokenizer a text-conditioned model of these captions trains with.
+    let tokenizer = TextTokenizer::word_level(shapes_text::vocabulary(), PROMPT_LEN)?;
+    tokenizer.save(&a.out.join(TOKENIZER_FILE))?;
     outln!(
-        "wrote {num} {} images of {size}×{size} (seed {}) with masks and labels.json to {}",
+        "wrote {num} {} images of {size}×{size} (seed {}) with masks, labels.json, \
+         captions.jsonl and {TOKENIZER_FILE} to {}",
         shapes_text::NAME,
         a.seed,
         a.out.display()

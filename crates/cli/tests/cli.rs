@@ -946,6 +946,19 @@ fn dataset_shapes_text_writes_captioned_images_at_both_sizes() {
                 assert_eq!(entry["objects"][k]["caption"], *caption);
             }
         }
+        // The tokenizer beside the images knows every word of every training caption.
+        let tokenizer =
+            recompose_diffusion::text::TextTokenizer::from_file(&out.join("tokenizer.json"))
+                .expect("tokenizer");
+        let lines = std::fs::read_to_string(out.join("captions.jsonl")).expect("captions");
+        assert_eq!(lines.lines().count(), 5);
+        for line in lines.lines() {
+            let entry: serde_json::Value = serde_json::from_str(line).expect("json");
+            for caption in entry["captions"].as_array().expect("captions") {
+                let c = caption.as_str().expect("caption");
+                tokenizer.encode_strict(&[c]).expect("a known caption");
+            }
+        }
         let png = image::open(out.join("image_00004.png")).expect("png");
         assert_eq!((png.width(), png.height()), (size, size));
         assert!(out.join("mask_00000_0.png").is_file());

@@ -579,5 +579,13 @@ pub fn load(name: &str, dir: &std::path::Path, device: &Device) -> Result<Box<dy
         Model::Energy(model) if host => Box::new(EnergyLeaf::new(name, &model, schedule)?),
         Model::Energy(model) => Box::new(EnergyLeaf::on_device(name, model, schedule, device)),
         Model::Unet(net) => Box::new(ScoreLeaf::new(name, net, schedule, &item, device)?),
+        // Its ε̂ = ∇ₓE as a score; the energy itself is not read here yet.
+        Model::EnergyUnet(net) => Box::new(ScoreLeaf::new(name, net, schedule, &item, device)?),
+        Model::TextUnet(_) => {
+            return Err(Error::Config(format!(
+                "`{name}` is a text-conditioned model: compose it through quoted prompts \
+                 (`\"a prompt\"`), not by its name"
+            )));
+        }
     })
 }

@@ -21,6 +21,14 @@
 //! batch_size = 1000
 //! ```
 //!
+//! A U-Net trained on a captioned folder (`[data] kind = "captioned_folder"`, see
+//! [`CaptionedImages`]) is text-conditioned ([`TextUNet`]): the folder's `tokenizer.json` (or the
+//! file named by `tokenizer`) turns captions into token ids, an optional `[text]` table sizes
+//! the jointly trained encoder ([`TextSettings`]; the U-Net's `cond_dim` is then the encoder's
+//! width, whatever the `[model]` table says), and the run directory keeps a copy of the
+//! tokenizer, so the model loads without the data. An energy form (`[diffusion] energy`) turns
+//! either U-Net into an energy model ([`EnergyUNet`]).
+//!
 //! Omitted fields take their defaults; unknown fields are errors. The presets `toy2d-*` are the
 //! 2-D setup of Du et al. (2023, §4): the residual MLP, a 100-step cosine schedule, Adam at
 //! 10⁻³, batch 1000, 15 000 steps, EMA 0.999. The presets `toy2d-*-energy` are the same with the
@@ -35,9 +43,12 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Dataset, ImageFolder, ImageFolderConfig, Toy2d, ValueRange};
+use crate::data::{CaptionedImages, Dataset, ImageFolder, ImageFolderConfig, Toy2d, ValueRange};
 use crate::denoiser::Denoiser;
-use crate::nn::{EnergyForm, EnergyMlp, MlpConfig, ParamStore, ResidualMlp, UNet, UNetConfig};
+use crate::nn::{
+    EnergyForm, EnergyMlp, EnergyUNet, MlpConfig, ParamStore, ResidualMlp, UNet, UNetConfig,
+};
+use crate::text::{TextEncoderConfig, TextTokenizer, TextUNet, TextUNetConfig};
 use crate::param::Parameterization;
 use crate::random::SeededRng;
 use crate::schedule::DiscreteSchedule;
@@ -83,11 +94,63 @@ pub enum DataConfig {
         #[serde(default)]
         range: ValueRange,
     },
+    /// The PNG files of a directory with their captions (`captions.jsonl`): training data for
+    /// a text-conditioned model.
+    CaptionedFolder {
+        /// The directory.
+        dir: String,
+        /// Side every image is resized to.
+        size: usize,
+        /// 1 (grey) or 3 (RGB).
+        #[serde(default = "three")]
+        channels: usize,
+        /// Value range of the pixels (`minus_one_one` by default).
+        #[serde(default)]
+        range: ValueRange,
+        /// The rate at which a training item gets the empty prompt (condition dropout for
+        /// classifier-free guidance; 0.1 by default).
+        #[serde(default = "uncond_prob")]
+        uncond_prob: f64,
+        /// The tokenizer file (`DIR/tokenizer.json` by default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tokenizer: Option<String>,
+    },
 }
 
 fn three() -> usize {
     3
 }
+
+fn uncond_prob() -> f64 {
+    0.1
+}
+
+/// The text encoder of a text-conditioned run (table `[text]`); its vocabulary and sequence
+/// length come from the tokenizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TextSettings {
+    /// Width of the token states and of the U-Net's conditioning vector.
+    pub width: usize,
+    /// Transformer layers.
+    pub layers: usize,
+    /// Attention heads per layer.
+    pub heads: usize,
+}
+
+impl Default for TextSettings {
+    fn default() -> Self {
+        let small = TextEncoderConfig::small(1, 1);
+        Self {
+            width: small.width,
+            layers: small.layers,
+            heads: small.heads,
+        }
+    }
+}
+
+/// The name of a text-conditioned run's tokenizer file, in the data and the run directory.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// The family of a discrete noise schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -183,6 +246,9 @@ pub struct RunConfig {
     /// The optimization.
     #[serde(default)]
     pub train: TrainConfig,
+    /// The text encoder of a text-conditioned run (captioned data); defaults if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSettings>,
 }
 
 /// The names of the built-in presets ([`RunConfig::preset`]).
@@ -238,6 +304,7 @@ impl RunConfig {
             data: DataConfig::Toy2d {
                 name: dist.name().to_string(),
             },
+            text: None,
             diffusion: DiffusionConfig {
                 num_timesteps: 100,
                 ..DiffusionConfig::default()
@@ -324,14 +391,32 @@ impl RunConfig {
             }
             ModelConfig::Unet(u) => {
                 u.validate()?;
-                if self.diffusion.energy.is_some() {
-                    return Err(Error::Config(
-                        "diffusion.energy needs model kind \"mlp\": training an energy model takes \
-                         gradients of input gradients, written out for the MLP only"
-                            .into(),
-                    ));
+                if self.diffusion.energy.is_some() && u.dropout > 0.0 {
+                    return Err(Error::Config(format!(
+                        "an energy U-Net needs model.dropout = 0 (its input gradient is written \
+                         for the network without dropout), got {}",
+                        u.dropout
+                    )));
                 }
             }
+        }
+        let captioned = matches!(self.data, DataConfig::CaptionedFolder { .. });
+        if captioned && !matches!(self.model, ModelConfig::Unet(_)) {
+            return Err(Error::Config(
+                "captioned data train a text-conditioned U-Net: use model kind \"unet\"".into(),
+            ));
+        }
+        if self.text.is_some() && !captioned {
+            return Err(Error::Config(
+                "a [text] table needs captioned data (data kind \"captioned_folder\")".into(),
+            ));
+        }
+        if let DataConfig::CaptionedFolder { uncond_prob, .. } = &self.data
+            && !(0.0..=1.0).contains(uncond_prob)
+        {
+            return Err(Error::Config(format!(
+                "data.uncond_prob must lie in [0, 1], got {uncond_prob}"
+            )));
         }
         if self.diffusion.energy.is_some() && self.diffusion.prediction != Parameterization::Epsilon
         {
@@ -357,8 +442,68 @@ impl RunConfig {
                 name.parse::<Toy2d>()?;
                 vec![2]
             }
-            DataConfig::ImageFolder { size, channels, .. } => vec![*channels, *size, *size],
+            DataConfig::ImageFolder { size, channels, .. }
+            | DataConfig::CaptionedFolder { size, channels, .. } => {
+                vec![*channels, *size, *size]
+            }
         })
+    }
+
+    /// Whether the run trains a text-conditioned model (its data are captioned).
+    pub fn is_text_conditioned(&self) -> bool {
+        matches!(self.data, DataConfig::CaptionedFolder { .. })
+    }
+
+    /// The tokenizer of a text-conditioned run, read from the data (`tokenizer`, or
+    /// `DIR/tokenizer.json`); `None` for other runs.
+    ///
+    /// # Errors
+    ///
+    /// As [`TextTokenizer::from_file`].
+    pub fn tokenizer(&self) -> Result<Option<TextTokenizer>> {
+        match &self.data {
+            DataConfig::CaptionedFolder { dir, tokenizer, .. } => {
+                let path = match tokenizer {
+                    Some(p) => std::path::PathBuf::from(p),
+                    None => Path::new(dir).join(TOKENIZER_FILE),
+                };
+                Ok(Some(TextTokenizer::from_file(&path)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The [`TextUNetConfig`] of a text-conditioned run with the tokenizer `tokenizer`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if the run is not a text-conditioned U-Net, or as
+    /// [`TextUNetConfig::check_tokenizer`].
+    pub fn text_unet_config(&self, tokenizer: &TextTokenizer) -> Result<TextUNetConfig> {
+        let ModelConfig::Unet(u) = &self.model else {
+            return Err(Error::Config(
+                "a text-conditioned model is a U-Net (model kind \"unet\")".into(),
+            ));
+        };
+        let t = self.text.clone().unwrap_or_default();
+        let text = TextEncoderConfig {
+            vocab_size: tokenizer.vocab_size(),
+            max_len: tokenizer.max_len(),
+            width: t.width,
+            layers: t.layers,
+            heads: t.heads,
+        };
+        let cfg = TextUNetConfig {
+            unet: UNetConfig {
+                cond_dim: t.width,
+                ..u.clone()
+            },
+            text,
+            pad_id: tokenizer.pad_id(),
+            energy: self.diffusion.energy,
+        };
+        cfg.check_tokenizer(tokenizer)?;
+        Ok(cfg)
     }
 
     /// The shape of one sample the model produces.
@@ -394,6 +539,12 @@ impl RunConfig {
                 size,
                 channels,
                 ..
+            }
+            | DataConfig::CaptionedFolder {
+                dir,
+                size,
+                channels,
+                ..
             } => {
                 let files = std::fs::read_dir(dir).map_or(0, |d| d.count());
                 Estimate::f32s(&[files, *channels, *size, *size]) * 2
@@ -411,7 +562,8 @@ impl RunConfig {
     ///
     /// # Errors
     ///
-    /// As [`Toy2d`]'s parser and [`ImageFolder::open`].
+    /// As [`Toy2d`]'s parser, [`ImageFolder::open`], [`RunConfig::tokenizer`] and
+    /// [`CaptionedImages::open`].
     pub fn dataset(&self) -> Result<Box<dyn Dataset>> {
         Ok(match &self.data {
             DataConfig::Toy2d { name } => Box::new(name.parse::<Toy2d>()?),
@@ -428,31 +580,83 @@ impl RunConfig {
                     range: *range,
                 },
             )?),
+            DataConfig::CaptionedFolder {
+                dir,
+                size,
+                channels,
+                range,
+                uncond_prob,
+                ..
+            } => {
+                let tokenizer = self.tokenizer()?.ok_or_else(|| {
+                    Error::Config("captioned data without a tokenizer".into())
+                })?;
+                Box::new(CaptionedImages::open(
+                    dir,
+                    &ImageFolderConfig {
+                        size: *size,
+                        channels: *channels,
+                        range: *range,
+                    },
+                    &tokenizer,
+                    *uncond_prob,
+                )?)
+            }
         })
     }
 
     /// The value range of image data (for writing samples as PNG).
     pub fn value_range(&self) -> ValueRange {
         match &self.data {
-            DataConfig::ImageFolder { range, .. } => *range,
+            DataConfig::ImageFolder { range, .. } | DataConfig::CaptionedFolder { range, .. } => {
+                *range
+            }
             DataConfig::Toy2d { .. } => ValueRange::MinusOneOne,
         }
     }
 
-    /// Builds the model on the variables of `vb`.
+    /// Builds the model on the variables of `vb` (a text-conditioned one with the data's
+    /// tokenizer).
     ///
     /// # Errors
     ///
-    /// As the model's constructor.
+    /// As the model's constructor and [`RunConfig::tokenizer`].
     pub fn build_model(&self, vb: candle_nn::VarBuilder) -> Result<Model> {
+        self.build_model_with(vb, self.tokenizer()?.as_ref())
+    }
+
+    /// [`RunConfig::build_model`] with the given tokenizer for a text-conditioned run (the
+    /// run directory's copy when loading a trained model).
+    ///
+    /// # Errors
+    ///
+    /// As the model's constructor; [`Error::Config`] for a text-conditioned run without a
+    /// tokenizer.
+    pub fn build_model_with(
+        &self,
+        vb: candle_nn::VarBuilder,
+        tokenizer: Option<&TextTokenizer>,
+    ) -> Result<Model> {
+        if self.is_text_conditioned() {
+            let tokenizer = tokenizer.ok_or_else(|| {
+                Error::Config("a text-conditioned run needs its tokenizer".into())
+            })?;
+            let cfg = self.text_unet_config(tokenizer)?;
+            return Ok(Model::TextUnet(Box::new(TextUNet::new(
+                &cfg,
+                self.diffusion.prediction,
+                vb,
+            )?)));
+        }
         Ok(match &self.model {
             ModelConfig::Mlp(c) => match self.diffusion.energy {
                 Some(form) => Model::Energy(EnergyMlp::new(c, form, vb)?),
                 None => Model::Mlp(ResidualMlp::new(c, self.diffusion.prediction, vb)?),
             },
-            ModelConfig::Unet(c) => {
-                Model::Unet(Box::new(UNet::new(c, self.diffusion.prediction, vb)?))
-            }
+            ModelConfig::Unet(c) => match self.diffusion.energy {
+                Some(form) => Model::EnergyUnet(Box::new(EnergyUNet::new(c, form, vb)?)),
+                None => Model::Unet(Box::new(UNet::new(c, self.diffusion.prediction, vb)?)),
+            },
         })
     }
 }
@@ -466,6 +670,10 @@ pub enum Model {
     Energy(EnergyMlp),
     /// The U-Net.
     Unet(Box<UNet>),
+    /// The U-Net read as an energy model.
+    EnergyUnet(Box<EnergyUNet>),
+    /// A U-Net conditioned on prompts (token ids as its condition), score or energy.
+    TextUnet(Box<TextUNet>),
 }
 
 impl Denoiser for Model {
@@ -474,6 +682,8 @@ impl Denoiser for Model {
             Self::Mlp(m) => m.parameterization(),
             Self::Energy(m) => m.parameterization(),
             Self::Unet(m) => m.parameterization(),
+            Self::EnergyUnet(m) => m.parameterization(),
+            Self::TextUnet(m) => m.parameterization(),
         }
     }
 
@@ -482,6 +692,8 @@ impl Denoiser for Model {
             Self::Mlp(m) => m.forward(x_t, t, cond),
             Self::Energy(m) => m.forward(x_t, t, cond),
             Self::Unet(m) => m.forward(x_t, t, cond),
+            Self::EnergyUnet(m) => m.forward(x_t, t, cond),
+            Self::TextUnet(m) => m.forward(x_t, t, cond),
         }
     }
 }
@@ -498,6 +710,8 @@ impl TrainableDenoiser for Model {
             Self::Mlp(m) => m.forward_train(x_t, t, cond, rng),
             Self::Energy(m) => m.forward_train(x_t, t, cond, rng),
             Self::Unet(m) => m.forward_train(x_t, t, cond, rng),
+            Self::EnergyUnet(m) => m.forward_train(x_t, t, cond, rng),
+            Self::TextUnet(m) => m.forward_train(x_t, t, cond, rng),
         }
     }
 
@@ -512,6 +726,8 @@ impl TrainableDenoiser for Model {
             Self::Mlp(m) => m.fused_mse_and_grads(x_t, t, cond, target),
             Self::Energy(m) => m.fused_mse_and_grads(x_t, t, cond, target),
             Self::Unet(m) => m.fused_mse_and_grads(x_t, t, cond, target),
+            Self::EnergyUnet(m) => m.fused_mse_and_grads(x_t, t, cond, target),
+            Self::TextUnet(m) => m.fused_mse_and_grads(x_t, t, cond, target),
         }
     }
 }
@@ -538,13 +754,18 @@ pub fn train_run(
         cfg.memory_estimate(),
     )?;
     let store = ParamStore::new(cfg.train.seed);
-    let model = cfg.build_model(store.var_builder(DType::F32, device))?;
+    let tokenizer = cfg.tokenizer()?;
+    let model = cfg.build_model_with(store.var_builder(DType::F32, device), tokenizer.as_ref())?;
     let data = cfg.dataset()?;
     let schedule = cfg.diffusion.schedule()?;
     let objective = DenoisingLoss::new(&model, &schedule);
     let mut opts = opts.clone();
     opts.extra_files
         .push(("config.toml".to_string(), cfg.to_toml()?));
+    if let Some(t) = &tokenizer {
+        opts.extra_files
+            .push((TOKENIZER_FILE.to_string(), t.to_json()?));
+    }
     crate::train::train(
         &store,
         &objective,
@@ -618,6 +839,8 @@ pub struct Trained {
     pub model: Model,
     /// The training noise schedule.
     pub schedule: DiscreteSchedule,
+    /// The tokenizer of a text-conditioned model (the run directory's copy).
+    pub tokenizer: Option<TextTokenizer>,
 }
 
 impl Trained {
@@ -631,8 +854,14 @@ impl Trained {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let config = RunConfig::from_file(&dir.join("config.toml"))?;
         let weights: HashMap<String, Tensor> = read_model_weights(dir, device)?;
+        let tokenizer = if config.is_text_conditioned() {
+            Some(TextTokenizer::from_file(&dir.join(TOKENIZER_FILE))?)
+        } else {
+            None
+        };
         let store = ParamStore::new(0);
-        let model = config.build_model(store.var_builder(DType::F32, device))?;
+        let model =
+            config.build_model_with(store.var_builder(DType::F32, device), tokenizer.as_ref())?;
         store.assign(
             &weights,
             &dir.join("model.safetensors").display().to_string(),
@@ -642,6 +871,7 @@ impl Trained {
             config,
             model,
             schedule,
+            tokenizer,
         })
     }
 }

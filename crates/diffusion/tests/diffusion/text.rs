@@ -211,3 +211,124 @@ fn a_text_conditioned_unet_trains_on_a_captioned_folder() -> Result<()> {
     let _ = fs::remove_dir_all(&out);
     Ok(())
 }
+
+/// Writes `n` 8×8 images (red on the left half or blue on the right half), their captions and
+/// a word-level tokenizer into a fresh directory.
+fn captioned_folder(name: &str, n: usize) -> Result<PathBuf> {
+    let dir = scratch(name)?;
+    let mut lines = String::new();
+    for i in 0..n {
+        let red = i % 2 == 0;
+        let img = image::RgbImage::from_fn(8, 8, |x, _| match ((x < 4) == red, red) {
+            (false, _) => image::Rgb([0, 0, 0]),
+            (true, true) => image::Rgb([230, 30, 30]),
+            (true, false) => image::Rgb([30, 30, 230]),
+        });
+        let file = format!("image_{i:05}.png");
+        img.save(dir.join(&file))?;
+        let caption = if red { "red left" } else { "blue right" };
+        lines.push_str(&format!(
+            "{{\"file\": \"{file}\", \"captions\": [\"{caption}\", \"{}\"]}}\n",
+            caption.split(' ').next().unwrap_or(caption)
+        ));
+    }
+    fs::write(dir.join("captions.jsonl"), lines)?;
+    TextTokenizer::word_level(["red", "blue", "left", "right"], 5)?
+        .save(&dir.join("tokenizer.json"))?;
+    Ok(dir)
+}
+
+/// A run configuration over captioned data trains a text-conditioned U-Net (score, and energy
+/// with `diffusion.energy`), keeps the tokenizer in the run directory, and loads back as the
+/// same model without the data.
+#[test]
+fn captioned_runs_train_and_load_back_as_text_models() -> Result<()> {
+    use recompose_diffusion::run::{Model, RunConfig, Trained, train_run};
+    use recompose_diffusion::train::TrainOptions;
+    use recompose_diffusion::Denoiser;
+
+    let data = captioned_folder("run-data", 6)?;
+    for energy in [None, Some("half_norm")] {
+        let toml = format!(
+            r#"
+[model]
+kind = "unet"
+image_size = 8
+in_channels = 3
+out_channels = 3
+model_channels = 8
+channel_mult = [1, 2]
+num_res_blocks = 1
+attention_resolutions = [4]
+num_head_channels = 8
+num_groups = 4
+time_embed_dim = 16
+
+[data]
+kind = "captioned_folder"
+dir = "{}"
+size = 8
+uncond_prob = 0.2
+
+[text]
+width = 16
+layers = 1
+heads = 2
+
+[diffusion]
+num_timesteps = 20
+{}
+
+[train]
+steps = 4
+batch_size = 4
+checkpoint_every = 4
+log_every = 1
+"#,
+            data.display(),
+            energy.map(|e| format!("energy = \"{e}\"")).unwrap_or_default()
+        );
+        let cfg = RunConfig::from_toml(&toml)?;
+        assert!(cfg.is_text_conditioned());
+        let out = scratch("run-out")?;
+        let opts = TrainOptions {
+            out_dir: out.clone(),
+            ..Default::default()
+        };
+        train_run(&cfg, &opts, &Device::Cpu, &mut |_| {})?;
+        assert!(out.join("tokenizer.json").is_file());
+        // The data may go: the run directory holds everything the model needs.
+        let moved = scratch("run-moved")?;
+        fs::remove_dir_all(&moved)?;
+        fs::rename(&out, &moved)?;
+        let trained = Trained::load(&moved, &Device::Cpu)?;
+        let Model::TextUnet(net) = &trained.model else {
+            panic!("a captioned run loads as a text model, got {:?}", trained.model);
+        };
+        assert_eq!(net.is_energy(), energy.is_some());
+        let tokenizer = trained.tokenizer.as_ref().expect("tokenizer");
+        let ids = tokenizer.encode_strict(&["red left", ""])?.ids_tensor(&Device::Cpu)?;
+        let x = normal_tensor(&mut seeded(1), &[2, 3, 8, 8], DType::F32, &Device::Cpu)?;
+        let t = Tensor::new(&[5f32, 5.0], &Device::Cpu)?;
+        let y = trained.model.forward(&x, &t, Some(&ids))?;
+        assert_eq!(y.dims(), [2, 3, 8, 8]);
+        assert!(y.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite()));
+        let _ = fs::remove_dir_all(&moved);
+    }
+    // Settings that do not fit together.
+    let base = |extra: &str, data_kind: &str| {
+        format!(
+            "[model]\nkind = \"unet\"\n[data]\nkind = \"{data_kind}\"\ndir = \"{}\"\nsize = 32\n{extra}",
+            data.display()
+        )
+    };
+    for (text, want) in [
+        (base("uncond_prob = 1.5\n", "captioned_folder"), "uncond_prob"),
+        (base("[text]\nwidth = 16\n", "image_folder"), "[text]"),
+    ] {
+        let err = RunConfig::from_toml(&text).unwrap_err();
+        assert!(err.to_string().contains(want), "{want}: {err}");
+    }
+    let _ = fs::remove_dir_all(&data);
+    Ok(())
+}
