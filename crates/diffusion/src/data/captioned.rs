@@ -8,8 +8,9 @@
 //! same way (dropout 0.05). Here the null condition is the empty prompt, which a text encoder
 //! sees as just its start and end tokens — the arrangement of text-to-image models.
 //!
-//! A captioned folder is a directory of `.png` files (read as [`ImageFolder`] reads them) and a
-//! file `captions.jsonl` with one JSON object per image:
+//! A captioned folder is a directory with a file `captions.jsonl` that lists its images, one
+//! JSON object per image (a PNG file of the directory, read as [`ImageFolder`] reads images;
+//! other files, such as masks, are ignored):
 //!
 //! ```text
 //! {"file": "image_00000.png", "captions": ["red circle top left", "red circle", "red"]}
@@ -73,11 +74,12 @@ impl CaptionedImages {
     ///
     /// # Errors
     ///
-    /// As [`ImageFolder::open`]; [`Error::Io`] if the captions file cannot be read;
-    /// [`Error::Config`] naming the file and line for a line that is not a caption object, a
-    /// file listed twice or not among the images, an image without captions (or not listed),
-    /// or `uncond_prob` outside \[0, 1\]; [`Error::Tokenizer`] for a caption with a word the
-    /// tokenizer does not know or too long for it.
+    /// As [`ImageFolder::from_files`] (a listed image that cannot be read or decoded);
+    /// [`Error::Io`] if the captions file cannot be read; [`Error::Config`] naming the file and
+    /// line for a line that is not a caption object, a file listed twice or outside the
+    /// directory, an image without captions, a file listing no image, or `uncond_prob` outside
+    /// \[0, 1\]; [`Error::Tokenizer`] for a caption with a word the tokenizer does not know or
+    /// too long for it.
     pub fn open(
         dir: impl AsRef<Path>,
         config: &ImageFolderConfig,
@@ -90,19 +92,14 @@ impl CaptionedImages {
                 "the condition dropout rate must lie in [0, 1], got {uncond_prob}"
             )));
         }
-        let images = ImageFolder::open(dir, config)?;
         let path = dir.join(CAPTIONS_FILE);
         let text = fs::read_to_string(&path).map_err(|source| Error::Io {
             path: path.clone(),
             source,
         })?;
-        let index: HashMap<PathBuf, usize> = images
-            .paths()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.file_name().map(|f| (PathBuf::from(f), i)))
-            .collect();
-        let mut captions: Vec<Option<Vec<Vec<u32>>>> = vec![None; images.len()];
+        let mut files: Vec<PathBuf> = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut captions: Vec<Vec<Vec<u32>>> = Vec::new();
         for (k, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
@@ -110,13 +107,19 @@ impl CaptionedImages {
             let at = |msg: String| format_error(&path, format!("line {}: {msg}", k + 1));
             let entry: CaptionLine = serde_json::from_str(line)
                 .map_err(|e| at(format!("not a caption object ({e})")))?;
-            let &i = index
-                .get(Path::new(&entry.file))
-                .ok_or_else(|| at(format!("`{}` is not an image of the folder", entry.file)))?;
+            let inside = Path::new(&entry.file)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if entry.file.is_empty() || !inside {
+                return Err(at(format!(
+                    "`{}` is not a file name inside the folder",
+                    entry.file
+                )));
+            }
             if entry.captions.is_empty() {
                 return Err(at(format!("`{}` has no caption", entry.file)));
             }
-            if captions[i].is_some() {
+            if seen.insert(entry.file.clone(), k).is_some() {
                 return Err(at(format!("`{}` is listed twice", entry.file)));
             }
             let texts: Vec<&str> = entry.captions.iter().map(String::as_str).collect();
@@ -130,20 +133,13 @@ impl CaptionedImages {
                 other => other,
             })?;
             let len = tokenizer.max_len();
-            captions[i] = Some(encoded.ids().chunks(len).map(<[u32]>::to_vec).collect());
+            captions.push(encoded.ids().chunks(len).map(<[u32]>::to_vec).collect());
+            files.push(dir.join(&entry.file));
         }
-        let captions = captions
-            .into_iter()
-            .zip(images.paths())
-            .map(|(c, p)| {
-                c.ok_or_else(|| {
-                    format_error(
-                        &path,
-                        format!("the image `{}` has no captions", p.display()),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        if files.is_empty() {
+            return Err(format_error(&path, "lists no image".into()));
+        }
+        let images = ImageFolder::from_files(files, config)?;
         let empty = tokenizer.encode(&[""])?.ids().to_vec();
         Ok(Self {
             images,
@@ -354,6 +350,27 @@ mod tests {
         Ok(())
     }
 
+    /// Only the listed images are data: other PNG files of the folder (masks) are ignored, and
+    /// the images come in the order of the captions file.
+    #[test]
+    fn the_captions_file_lists_the_images() -> Result<()> {
+        let dir = folder(
+            3,
+            "{\"file\": \"image_00002.png\", \"captions\": [\"blue\"]}\n\
+             {\"file\": \"image_00000.png\", \"captions\": [\"red\"]}\n",
+        )?;
+        let data = CaptionedImages::open(dir.path(), &config(), &tokenizer()?, 0.0)?;
+        assert_eq!(data.len(), Some(2));
+        let names: Vec<String> = data
+            .images()
+            .paths()
+            .iter()
+            .filter_map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+            .collect();
+        assert_eq!(names, ["image_00002.png", "image_00000.png"]);
+        Ok(())
+    }
+
     #[test]
     fn same_seed_same_batch_and_the_unconditional_view_draws_alike() -> Result<()> {
         let dir = folder(3, LINES)?;
@@ -378,14 +395,15 @@ mod tests {
     fn bad_captions_are_errors_that_name_the_line() -> Result<()> {
         let tok = tokenizer()?;
         let cases = [
-            (
-                "{\"file\": \"image_00000.png\", \"captions\": [\"red\"]}\n",
-                "image_00001.png",
-            ),
+            ("\n", "lists no image"),
             ("not json\n", "line 1"),
             (
                 "{\"file\": \"image_00000.png\", \"captions\": [\"red\"]}\n{\"file\": \"nope.png\", \"captions\": [\"red\"]}\n",
-                "line 2",
+                "nope.png",
+            ),
+            (
+                "{\"file\": \"../image_00000.png\", \"captions\": [\"red\"]}\n",
+                "inside the folder",
             ),
             (
                 "{\"file\": \"image_00000.png\", \"captions\": [\"red\"]}\n{\"file\": \"image_00000.png\", \"captions\": [\"red\"]}\n",

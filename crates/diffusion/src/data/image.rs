@@ -79,7 +79,25 @@ impl ImageFolder {
         let dir = dir.as_ref();
         check_channels(config.channels)?;
         check_size(config.size)?;
-        let paths = png_files(dir)?;
+        Self::load(png_files(dir)?, config)
+    }
+
+    /// Loads the given PNG files, in this order, as described by `config`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for no files or an invalid `config` (as [`ImageFolder::open`]);
+    /// [`Error::Io`] or [`Error::Image`] naming a file that cannot be read or decoded.
+    pub fn from_files(paths: Vec<PathBuf>, config: &ImageFolderConfig) -> Result<Self> {
+        check_channels(config.channels)?;
+        check_size(config.size)?;
+        if paths.is_empty() {
+            return Err(Error::Config("no image files given".into()));
+        }
+        Self::load(paths, config)
+    }
+
+    fn load(paths: Vec<PathBuf>, config: &ImageFolderConfig) -> Result<Self> {
         let item = config.channels * config.size * config.size;
         let mut data = Vec::with_capacity(paths.len() * item);
         for path in &paths {
