@@ -1,13 +1,16 @@
 //! A small expression language for compositions: `ring AND bar`, `left OR right`,
-//! `1.3*box_large NOT 0.3*box_small`, `horse AND (beach OR grass) NOT sunny`.
+//! `1.3*box_large NOT 0.3*box_small`, `horse AND (beach OR grass) NOT sunny`, and prompts of
+//! text-conditioned models: `"red circle top left" AND "blue square" NOT "green"`,
+//! `ring AND shapes:"red"`.
 //!
 //! # Grammar
 //!
 //! ```text
-//! expr  := and ( OR and )*
-//! and   := term ( ( AND | NOT ) term )*
-//! term  := [ number '*' ] atom
-//! atom  := name | '(' expr ')'
+//! expr   := and ( OR and )*
+//! and    := term ( ( AND | NOT ) term )*
+//! term   := [ number '*' ] atom
+//! atom   := name | prompt | '(' expr ')'
+//! prompt := [ name ':' ] '"' text '"'
 //! ```
 //!
 //! OR binds loosest; AND and NOT share one level and associate to the left, so
@@ -17,6 +20,14 @@
 //! `1e-2` or `-0.3`; `w*term` weights the term (a product's exponent, a mixture's weight, a
 //! negation's a or α — see [`crate::tree`]). Chains of the same operator are flattened:
 //! `a AND b AND c` is one product of three terms.
+//!
+//! A prompt is a double-quoted text, the condition of a text-conditioned model
+//! ([`crate::prompt`]); `shapes:"red circle"` names the model, a bare `"red circle"` belongs
+//! to the only text model of the composition (which one is decided when the expression is
+//! built, [`crate::tree::build_with`]). The text is kept as written (the model's tokenizer
+//! normalizes it); it may not be empty or blank (the empty prompt is the unconditional model,
+//! which guidance adds by itself), hold a control character, or hold a `"` — there are no
+//! escapes.
 //!
 //! An expression nests at most [`MAX_DEPTH`] levels (parentheses, weights and operators
 //! counted together); a deeper one is an error, not a stack overflow.
@@ -40,7 +51,7 @@ pub const MAX_DEPTH: usize = 64;
 /// [`MAX_DEPTH`] deep, so the recursion is bounded.
 fn depth(e: &Expr) -> usize {
     1 + match e {
-        Expr::Model { .. } => 0,
+        Expr::Model { .. } | Expr::Prompt { .. } => 0,
         Expr::Weighted { expr, .. } => depth(expr),
         Expr::And(v) | Expr::Or(v) => v.iter().map(depth).max().unwrap_or(0),
         Expr::Not(a, b) => depth(a).max(depth(b)),
@@ -66,6 +77,15 @@ pub enum Expr {
         /// Where it is written.
         span: Span,
     },
+    /// A prompt of a text-conditioned model: `"text"` or `model:"text"`.
+    Prompt {
+        /// The text model named in front of the prompt, if any.
+        model: Option<String>,
+        /// The prompt as written between the quotes (never empty or blank).
+        text: String,
+        /// Where it is written, the model's name and both quotes included.
+        span: Span,
+    },
     /// `weight*expr`.
     Weighted {
         /// The weight.
@@ -84,26 +104,53 @@ pub enum Expr {
 }
 
 impl Expr {
-    /// The model names, in order of first appearance, without repetitions.
-    pub fn model_names(&self) -> Vec<String> {
-        fn walk(e: &Expr, out: &mut Vec<String>) {
-            match e {
-                Expr::Model { name, .. } => {
-                    if !out.contains(name) {
-                        out.push(name.clone());
-                    }
-                }
-                Expr::Weighted { expr, .. } => walk(expr, out),
-                Expr::And(v) | Expr::Or(v) => v.iter().for_each(|x| walk(x, out)),
-                Expr::Not(a, b) => {
-                    walk(a, out);
-                    walk(b, out);
-                }
+    /// Calls `visit` on every model name and prompt, left to right.
+    fn walk<'a>(&'a self, visit: &mut dyn FnMut(&'a Expr)) {
+        match self {
+            Expr::Model { .. } | Expr::Prompt { .. } => visit(self),
+            Expr::Weighted { expr, .. } => expr.walk(visit),
+            Expr::And(v) | Expr::Or(v) => v.iter().for_each(|x| x.walk(visit)),
+            Expr::Not(a, b) => {
+                a.walk(visit);
+                b.walk(visit);
             }
         }
-        let mut out = Vec::new();
-        walk(self, &mut out);
+    }
+
+    /// The model names, in order of first appearance, without repetitions: the names of
+    /// models and the names qualifying prompts (`shapes` in `shapes:"red"`).
+    pub fn model_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        self.walk(&mut |e| {
+            let name = match e {
+                Expr::Model { name, .. } => Some(name),
+                Expr::Prompt { model, .. } => model.as_ref(),
+                _ => None,
+            };
+            if let Some(name) = name
+                && !out.contains(name)
+            {
+                out.push(name.clone());
+            }
+        });
         out
+    }
+
+    /// The prompts (qualifying model name, text), in order of appearance, with repetitions.
+    pub fn prompts(&self) -> Vec<(Option<&str>, &str)> {
+        let mut out = Vec::new();
+        self.walk(&mut |e| {
+            if let Expr::Prompt { model, text, .. } = e {
+                out.push((model.as_deref(), text.as_str()));
+            }
+        });
+        out
+    }
+
+    /// Whether the expression holds a prompt without a model name (`"red"`, not
+    /// `shapes:"red"`): it needs exactly one text model.
+    pub fn has_unqualified_prompts(&self) -> bool {
+        self.prompts().iter().any(|(model, _)| model.is_none())
     }
 }
 
@@ -122,6 +169,10 @@ impl fmt::Display for Expr {
         };
         match self {
             Expr::Model { name, .. } => write!(f, "{name}"),
+            Expr::Prompt { model, text, .. } => match model {
+                Some(m) => write!(f, "{m}:\"{text}\""),
+                None => write!(f, "\"{text}\""),
+            },
             Expr::Weighted { weight, expr, .. } => match **expr {
                 Expr::Weighted { .. } => write!(f, "{weight:?}*({expr})"),
                 _ => write!(f, "{weight:?}*{expr}"),
@@ -170,7 +221,10 @@ impl std::error::Error for ParseError {}
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Name(String),
+    /// A prompt's text, without its quotes.
+    Prompt(String),
     Number(f64),
+    Colon,
     And,
     Or,
     Not,
@@ -227,6 +281,15 @@ fn lex(text: &str) -> Result<Vec<(Tok, Span)>, ParseError> {
                 out.push(single(Tok::Close));
                 i += 1;
             }
+            ':' => {
+                out.push(single(Tok::Colon));
+                i += 1;
+            }
+            '"' => {
+                let (text, end) = lex_prompt(text, start)?;
+                out.push((Tok::Prompt(text), Span { start, end }));
+                i = end;
+            }
             c if c.is_ascii_digit() || c == '.' || c == '-' || c == '+' => {
                 i += 1;
                 while i < text.len() {
@@ -269,7 +332,7 @@ fn lex(text: &str) -> Result<Vec<(Tok, Span)>, ParseError> {
                 let end = start + other.len_utf8();
                 return Err(err(
                     format!(
-                        "unexpected character `{other}`; expressions use names, numbers, *, AND, OR, NOT and parentheses"
+                        "unexpected character `{other}`; expressions use names, \"prompts\", numbers, *, AND, OR, NOT and parentheses"
                     ),
                     start,
                     end,
@@ -285,6 +348,60 @@ fn lex(text: &str) -> Result<Vec<(Tok, Span)>, ParseError> {
         },
     ));
     Ok(out)
+}
+
+/// The prompt whose opening quote is at byte `start` of `text`: its text and the byte after its
+/// closing quote.
+fn lex_prompt(text: &str, start: usize) -> Result<(String, usize), ParseError> {
+    let err = |message: &str, s: usize, e: usize| ParseError {
+        message: message.to_string(),
+        span: Span { start: s, end: e },
+        source: text.to_string(),
+    };
+    let body = start + 1;
+    let Some(len) = text[body..].find('"') else {
+        return Err(err(
+            "unterminated prompt: a `\"` opens it but none closes it",
+            start,
+            text.len(),
+        ));
+    };
+    let close = body + len;
+    let inner = &text[body..close];
+    if let Some((k, c)) = inner.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(err(
+            "a prompt cannot hold a control character",
+            body + k,
+            body + k + c.len_utf8(),
+        ));
+    }
+    if inner.ends_with('\\') {
+        return Err(err(
+            "a prompt cannot hold a `\"` (there are no escapes)",
+            close - 1,
+            close + 1,
+        ));
+    }
+    // A quote followed at once by a word or another quote is a quote inside the prompt.
+    if let Some(next) = text[close + 1..].chars().next()
+        && (next == '"' || next.is_alphanumeric() || next == '_')
+    {
+        return Err(err(
+            "a prompt cannot hold a `\"` (there are no escapes); leave a space after the \
+             closing quote",
+            close,
+            close + 1,
+        ));
+    }
+    if inner.trim().is_empty() {
+        return Err(err(
+            "an empty prompt; the empty prompt is the unconditional model, which guidance adds \
+             by itself",
+            start,
+            close + 1,
+        ));
+    }
+    Ok((inner.to_string(), close + 1))
 }
 
 struct Parser<'a> {
@@ -420,7 +537,34 @@ impl Parser<'_> {
         match self.peek().clone() {
             (Tok::Name(name), span) => {
                 self.bump();
-                Ok(Expr::Model { name, span })
+                if self.peek().0 != Tok::Colon {
+                    return Ok(Expr::Model { name, span });
+                }
+                self.bump();
+                match self.peek().clone() {
+                    (Tok::Prompt(text), end) => {
+                        self.bump();
+                        Ok(Expr::Prompt {
+                            model: Some(name),
+                            text,
+                            span: Span {
+                                start: span.start,
+                                end: end.end,
+                            },
+                        })
+                    }
+                    _ => {
+                        Err(self.unexpected(&format!("a prompt in double quotes after `{name}:`")))
+                    }
+                }
+            }
+            (Tok::Prompt(text), span) => {
+                self.bump();
+                Ok(Expr::Prompt {
+                    model: None,
+                    text,
+                    span,
+                })
             }
             (Tok::Open, open) => {
                 // Each level of parentheses is a level of the parser's recursion.
@@ -444,7 +588,7 @@ impl Parser<'_> {
                 self.bump();
                 Ok(inner)
             }
-            _ => Err(self.unexpected("a model name, a number or `(`")),
+            _ => Err(self.unexpected("a model name, a \"prompt\", a number or `(`")),
         }
     }
 }
@@ -455,7 +599,9 @@ impl Parser<'_> {
 ///
 /// [`ParseError`] pointing at the first offending token: an empty expression, an unknown
 /// character, a missing operand or operator, unbalanced parentheses, a weight without `*`, a
-/// number that is not finite, a mixture weight that is not positive.
+/// number that is not finite, a mixture weight that is not positive, an unterminated, empty
+/// or blank prompt, a prompt holding a `"` or a control character, a model name and `:` not
+/// followed by a prompt.
 pub fn parse(text: &str) -> Result<Expr, ParseError> {
     let toks = lex(text)?;
     let mut p = Parser {
@@ -513,6 +659,18 @@ mod tests {
             ("(a)", "a"),
             ("1e-2*x.y-z", "0.01*x.y-z"),
             ("2*(3*a)", "2.0*(3.0*a)"),
+            ("\"red circle\"", "\"red circle\""),
+            (
+                "\"red circle top left\" AND \"blue square\" NOT \"green\"",
+                "((\"red circle top left\" AND \"blue square\") NOT \"green\")",
+            ),
+            ("ring AND shapes:\"red\"", "(ring AND shapes:\"red\")"),
+            ("shapes : \" a  b \"", "shapes:\" a  b \""),
+            (
+                "2*\"a AND b\" OR 0.5*x:\"c\"",
+                "(2.0*\"a AND b\" OR 0.5*x:\"c\")",
+            ),
+            ("(\"é (ü)\")", "\"é (ü)\""),
         ];
         for (text, want) in cases {
             let e = parse(text).unwrap_or_else(|err| panic!("{text}: {err}"));
@@ -520,6 +678,23 @@ mod tests {
         }
         let e = parse("b AND a AND b").expect("parses");
         assert_eq!(e.model_names(), vec![m("b"), m("a")]);
+        assert!(e.prompts().is_empty() && !e.has_unqualified_prompts());
+        let e = parse("ring AND c:\"x\" AND \"y\" NOT (c:\"x\" OR d:\"z\")").expect("parses");
+        assert_eq!(e.model_names(), vec![m("ring"), m("c"), m("d")]);
+        assert_eq!(
+            e.prompts(),
+            vec![
+                (Some("c"), "x"),
+                (None, "y"),
+                (Some("c"), "x"),
+                (Some("d"), "z")
+            ]
+        );
+        assert!(e.has_unqualified_prompts());
+        let Expr::Prompt { span, .. } = parse("  shapes:\"red\"").expect("parses") else {
+            panic!("a prompt");
+        };
+        assert_eq!((span.start, span.end), (2, 14));
     }
 
     #[test]
@@ -552,6 +727,31 @@ mod tests {
             assert!(err.message.contains("mixture weights must be positive"));
             assert_eq!(err.span.start, 0);
         }
+        let prompts: [(&str, usize, usize, &str); 9] = [
+            ("ring AND \"red", 9, 13, "unterminated prompt"),
+            ("\"\"", 0, 2, "empty prompt"),
+            ("a AND \"   \"", 6, 11, "empty prompt"),
+            ("\"say \"hi\"\"", 5, 6, "cannot hold a `\"`"),
+            ("\"a\"\"b\"", 2, 3, "cannot hold a `\"`"),
+            ("\"a \\\" b\"", 3, 5, "no escapes"),
+            ("\"a\tb\"", 2, 3, "control character"),
+            (
+                "shapes: red",
+                8,
+                11,
+                "a prompt in double quotes after `shapes:`",
+            ),
+            (": \"red\"", 0, 1, "expected a model name, a \"prompt\""),
+        ];
+        for (text, start, end, msg) in prompts {
+            let err = parse(text).expect_err(text);
+            assert_eq!(
+                (err.span.start, err.span.end),
+                (start, end),
+                "{text}: {err}"
+            );
+            assert!(err.message.contains(msg), "{text}: {}", err.message);
+        }
     }
 
     #[test]
@@ -565,6 +765,11 @@ mod tests {
         assert_eq!(lines[2], "           ^");
         let err = parse("ring AND").expect_err("bad");
         assert!(err.to_string().ends_with("\n          ^"), "{err}");
+        let err = parse("ring AND \"red").expect_err("bad");
+        let text = err.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "  ring AND \"red");
+        assert_eq!(lines[2], "           ^^^^", "{text}");
     }
 
     /// Deep nesting is an error at the token that goes too deep, not a stack overflow (the
@@ -617,9 +822,34 @@ mod tests {
             }
         }
 
+        /// Prompts with any printable text but a quote round-trip as written.
+        #[test]
+        fn prompts_round_trip(
+            text in "[ !#-\\[\\]-~]{0,12}[!#-\\[\\]-~][ !#-\\[\\]-~]{0,12}",
+            model in prop::option::of("m[a-z0-9_]{0,6}"),
+            weight in prop::option::of(0.1f64..4.0),
+        ) {
+            let atom = match &model {
+                Some(m) => format!("{m}:\"{text}\""),
+                None => format!("\"{text}\""),
+            };
+            let written = match weight {
+                Some(w) => format!("{w}*{atom} AND x"),
+                None => format!("{atom} AND x"),
+            };
+            let e = parse(&written).expect("a prompt parses");
+            prop_assert_eq!(e.prompts(), vec![(model.as_deref(), text.as_str())]);
+            let again = parse(&e.to_string()).expect("canonical form parses");
+            prop_assert_eq!(shape(&again), shape(&e));
+            prop_assert_eq!(again.prompts(), e.prompts());
+        }
+
         #[test]
         fn token_soup_never_panics(parts in prop::collection::vec(
-            prop::sample::select(vec!["a", "b_2", "AND", "or", "NOT", "(", ")", "*", "1.5", "-2", " "]),
+            prop::sample::select(vec![
+                "a", "b_2", "AND", "or", "NOT", "(", ")", "*", "1.5", "-2", " ", "\"red box\"",
+                "m:", "\"", ":",
+            ]),
             0..16,
         )) {
             let text = parts.join(" ");

@@ -12,8 +12,11 @@
 //! - [`mcmc`]: annealed samplers per chain — reverse diffusion with the composed ε, ULA, U-HMC,
 //!   MALA, HMC, interleaved with reverse steps or pure, with constant, β-proportional or adapted
 //!   step sizes and acceptance rates per level;
-//! - [`expr`] and [`tree`]: the expression language (`1.3*box_large NOT 0.3*box_small`) and its
-//!   translation into operators.
+//! - [`expr`] and [`tree`]: the expression language (`1.3*box_large NOT 0.3*box_small`,
+//!   `"red circle" AND "blue square" NOT "green"`) and its translation into operators;
+//! - [`prompt`]: prompt algebra for text-conditioned models (Liu et al., *Composable
+//!   Diffusion*, ECCV 2022): the prompts of one model in a product share one unconditional
+//!   base, s = s_u + Σ_i c_i (s_i − s_u), evaluated in one batched network call.
 //!
 //! ## Example: the product of two Gaussians
 //!
@@ -46,6 +49,7 @@ pub mod error;
 pub mod expr;
 pub mod mcmc;
 pub mod ops;
+pub mod prompt;
 pub mod tree;
 
 pub use component::{AnalyticLeaf, Component, EnergyLeaf, Eval, ScoreLeaf};
@@ -57,7 +61,8 @@ pub use mcmc::{
 pub use ops::{
     DEFAULT_NEGATION, Mixture, Product, classifier_free_guidance, classifier_guidance, negation,
 };
-pub use tree::build;
+pub use prompt::{GuidedPrompts, Prediction, PromptModel, PromptModels, PromptNetwork};
+pub use tree::{build, build_with};
 
 /// The crate README's example, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -8,6 +8,8 @@ use recompose_compose::{
 };
 use recompose_diffusion::{DiscreteSchedule, GaussianMixture, GaussianMixtureDenoiser, seeded};
 
+mod prompt;
+
 type Res = anyhow::Result<()>;
 
 fn schedule() -> DiscreteSchedule {
