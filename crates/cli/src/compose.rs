@@ -7,8 +7,12 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use recompose_compose::component::load;
-use recompose_compose::{AnnealConfig, Component, Kernel, StepSize, anneal, build, parse};
-use recompose_diffusion::run::RunConfig;
+use std::sync::Arc;
+
+use recompose_compose::prompt::{PromptModel, PromptModels, group_estimate};
+use recompose_compose::tree::build_with;
+use recompose_compose::{AnnealConfig, Component, Kernel, StepSize, anneal, parse};
+use recompose_diffusion::run::{Model, RunConfig, Trained};
 use recompose_diffusion::seeded;
 
 use crate::diffusion::{out_kind, write_samples};
@@ -20,11 +24,13 @@ use crate::{check_memory, positive, usage};
 #[derive(Debug, Args)]
 pub struct ComposeArgs {
     /// The composition, e.g. "ring AND bar", "left OR right", "1.3*box_large NOT 0.3*box_small"
-    /// (AND/NOT bind tighter than OR; parentheses group).
+    /// (AND/NOT bind tighter than OR; parentheses group). Double-quoted prompts are terms of a
+    /// text-conditioned model: '"red circle top left" AND "blue square" NOT "green"' (or
+    /// 'shapes:"red"' to name the model when several are given).
     #[arg(long)]
     expr: String,
     /// A model of the expression as NAME=DIR (a directory written by `recompose train`);
-    /// repeat for each name.
+    /// repeat for each name. A text-conditioned model serves the expression's prompts.
     #[arg(long = "model", value_name = "NAME=DIR")]
     models: Vec<String>,
     /// Number of samples (independent chains).
@@ -52,6 +58,10 @@ pub struct ComposeArgs {
     /// Seed of the initial noise and of every draw of the chains.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Classifier-free guidance scale γ of the prompts: a prompt P contributes
+    /// γ·(s_P − s_unconditional) to the score.
+    #[arg(long, default_value_t = 4.0, allow_negative_numbers = true)]
+    guidance: f64,
 }
 
 fn config(a: &ComposeArgs) -> Result<AnnealConfig> {
@@ -118,7 +128,34 @@ pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
             return Err(usage(format!("--model {name} is given twice")));
         }
     }
-    let names = expr.model_names();
+    if !(a.guidance.is_finite() && a.guidance >= 0.0) {
+        return Err(usage(format!(
+            "--guidance must be finite and non-negative, got {}",
+            a.guidance
+        )));
+    }
+    for dir in dirs.values() {
+        crate::diffusion::expect_family(dir, RunConfig::FAMILY.name)?;
+    }
+    // Checked from the saved configurations, before any weight is read.
+    let configs = dirs
+        .iter()
+        .map(|(name, dir)| {
+            Ok((
+                name.clone(),
+                RunConfig::from_file(&dir.join("config.toml"))?,
+            ))
+        })
+        .collect::<recompose_diffusion::Result<BTreeMap<_, _>>>()?;
+    let mut names = expr.model_names();
+    if expr.has_unqualified_prompts() {
+        // An unqualified prompt belongs to the only text model given.
+        for (name, c) in &configs {
+            if c.is_text_conditioned() && !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    }
     for name in &names {
         if !dirs.contains_key(name) {
             return Err(usage(format!(
@@ -132,22 +169,21 @@ pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
             a.expr
         )));
     }
-    for dir in dirs.values() {
-        crate::diffusion::expect_family(dir, RunConfig::FAMILY.name)?;
-    }
-    // Checked from the saved configurations, before any weight is read.
-    let configs = dirs
-        .values()
-        .map(|dir| RunConfig::from_file(&dir.join("config.toml")))
-        .collect::<recompose_diffusion::Result<Vec<_>>>()?;
     let dim = configs
-        .iter()
+        .values()
         .map(|c| c.model_item_shape().iter().product::<usize>())
         .max()
         .unwrap_or(0);
+    let prompts = expr.prompts().len();
     let leaves: Vec<_> = configs
-        .iter()
-        .map(|c| (c.model.param_bytes(), c.activation_bytes()))
+        .values()
+        .map(|c| {
+            if c.is_text_conditioned() {
+                group_estimate(c.model.param_bytes(), c.activation_bytes(), prompts, dim)
+            } else {
+                (c.model.param_bytes(), c.activation_bytes())
+            }
+        })
         .collect();
     check_memory(
         memory,
@@ -155,12 +191,32 @@ pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
         recompose_compose::mcmc::anneal_estimate(num, dim, &leaves),
     )?;
     let device = crate::device();
+    let mut text_models = PromptModels::new();
+    for (name, c) in &configs {
+        if c.is_text_conditioned() {
+            let trained = Trained::load(&dirs[name], &device)?;
+            let (Model::TextUnet(net), Some(tokenizer)) = (trained.model, trained.tokenizer) else {
+                anyhow::bail!("{}: not a text-conditioned model", dirs[name].display());
+            };
+            text_models.insert(PromptModel::new(
+                name,
+                Arc::new(*net),
+                tokenizer,
+                trained.schedule,
+                &device,
+            )?)?;
+        }
+    }
     let mut resolve = |name: &str| -> recompose_compose::Result<Box<dyn Component>> {
         load(name, &dirs[name], &device)
     };
-    let model = build(&expr, &mut resolve).map_err(|e| match e {
-        recompose_compose::Error::NeedsDensity(_) => usage(e.to_string()),
-        other => other.into(),
+    let mut resolve_prompt = |q: Option<&str>| text_models.resolve(q);
+    let model = build_with(&expr, &mut resolve, &mut resolve_prompt, a.guidance).map_err(|e| {
+        if e.is_bad_input() || matches!(e, recompose_compose::Error::NeedsDensity(_)) {
+            usage(e.to_string())
+        } else {
+            e.into()
+        }
     })?;
     cfg.validate(model.has_density())
         .map_err(|e| usage(e.to_string()))?;
@@ -168,7 +224,7 @@ pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
     let out = anneal(model.as_ref(), &cfg, num, &mut seeded(a.seed))?;
     let seconds = start.elapsed().as_secs_f64();
     // Item shape and value range of the models, from the first model's configuration.
-    let first = RunConfig::from_file(&dirs[&names[0]].join("config.toml"))?;
+    let first = &configs[&names[0]];
     let acc = out
         .mean_acceptance()
         .map(|r| format!(", acceptance {r:.3}"))

@@ -1494,3 +1494,110 @@ fn bad_input_exits_2_with_one_line() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Prompt algebra end to end: a shapes-text folder, a tiny text-conditioned U-Net trained on
+/// it (score and energy), and `compose` with quoted prompts to a PNG grid; typos, OR over a
+/// score model, MALA on a score model and a bad --guidance exit 2 with one line.
+#[test]
+fn compose_prompts_of_a_text_conditioned_model() {
+    let dir = scratch("compose-prompts");
+    let data = dir.join("data");
+    let data_s = data.to_str().expect("utf-8");
+    ok(&recompose(&[
+        "dataset",
+        "shapes-text",
+        "--num",
+        "8",
+        "--out",
+        data_s,
+        "--seed",
+        "2",
+    ]));
+    let cfg = dir.join("text.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\nkind = \"unet\"\nimage_size = 32\nin_channels = 3\nout_channels = 3\n\
+             model_channels = 8\nchannel_mult = [1, 2]\nnum_res_blocks = 1\n\
+             attention_resolutions = []\nnum_head_channels = 8\nnum_groups = 4\n\
+             time_embed_dim = 16\ndropout = 0.0\n\n[data]\nkind = \"captioned_folder\"\n\
+             dir = \"{data_s}\"\nsize = 32\n\n[text]\nwidth = 16\nlayers = 1\nheads = 2\n\n\
+             [diffusion]\nnum_timesteps = 10\n\n[train]\nbatch_size = 4\ncheckpoint_every = 2\n"
+        ),
+    )
+    .expect("config");
+    let cfg_s = cfg.to_str().expect("utf-8");
+    let train = |name: &str, energy: bool| {
+        let out = dir.join(name);
+        let out_s = out.to_str().expect("utf-8").to_string();
+        let mut args = vec![
+            "train", "--config", cfg_s, "--out", &out_s, "--steps", "2", "--quiet",
+        ];
+        if energy {
+            args.extend(["--energy", "half_norm"]);
+        }
+        ok(&recompose(&args));
+        assert!(out.join("tokenizer.json").is_file());
+        format!("shapes={out_s}")
+    };
+    let (score, energy) = (train("score", false), train("energy", true));
+    let grid = dir.join("grid.png");
+    let grid_s = grid.to_str().expect("utf-8");
+    for (model, sampler, expr) in [
+        (
+            &score,
+            "reverse",
+            "\"red circle top left\" AND \"blue square\" NOT \"green\"",
+        ),
+        (&score, "ula", "shapes:\"red\""),
+        (&energy, "hmc", "\"red\" AND 2*\"circle\""),
+        (&energy, "mala", "\"red\" OR \"blue\""),
+    ] {
+        let mut args = vec![
+            "compose",
+            "--expr",
+            expr,
+            "--model",
+            model,
+            "--num",
+            "4",
+            "--out",
+            grid_s,
+            "--sampler",
+            sampler,
+            "--guidance",
+            "2",
+        ];
+        if sampler != "reverse" {
+            args.extend(["--mcmc-steps", "1"]);
+        }
+        let text = ok(&recompose(&args));
+        assert!(text.contains("wrote 4 samples"), "{text}");
+        let png = image::open(&grid).expect("grid");
+        assert!(png.width() >= 64 && png.height() >= 64);
+    }
+    for (model, extra, want) in [
+        (&score, vec!["--expr", "\"red cirlce\""], "cirlce"),
+        (&score, vec!["--expr", "\"red\" OR \"blue\""], "density"),
+        (
+            &score,
+            vec!["--expr", "\"red\"", "--sampler", "mala"],
+            "mala",
+        ),
+        (
+            &score,
+            vec!["--expr", "\"red\"", "--guidance", "-1"],
+            "--guidance",
+        ),
+        (&score, vec!["--expr", "other:\"red\""], "other"),
+    ] {
+        let mut args = vec!["compose", "--model", model, "--num", "2", "--out", grid_s];
+        args.extend(extra);
+        let out = recompose(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{want}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

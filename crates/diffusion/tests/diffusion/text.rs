@@ -243,9 +243,9 @@ fn captioned_folder(name: &str, n: usize) -> Result<PathBuf> {
 /// same model without the data.
 #[test]
 fn captioned_runs_train_and_load_back_as_text_models() -> Result<()> {
+    use recompose_diffusion::Denoiser;
     use recompose_diffusion::run::{Model, RunConfig, Trained, train_run};
     use recompose_diffusion::train::TrainOptions;
-    use recompose_diffusion::Denoiser;
 
     let data = captioned_folder("run-data", 6)?;
     for energy in [None, Some("half_norm")] {
@@ -286,7 +286,9 @@ checkpoint_every = 4
 log_every = 1
 "#,
             data.display(),
-            energy.map(|e| format!("energy = \"{e}\"")).unwrap_or_default()
+            energy
+                .map(|e| format!("energy = \"{e}\""))
+                .unwrap_or_default()
         );
         let cfg = RunConfig::from_toml(&toml)?;
         assert!(cfg.is_text_conditioned());
@@ -303,16 +305,26 @@ log_every = 1
         fs::rename(&out, &moved)?;
         let trained = Trained::load(&moved, &Device::Cpu)?;
         let Model::TextUnet(net) = &trained.model else {
-            panic!("a captioned run loads as a text model, got {:?}", trained.model);
+            panic!(
+                "a captioned run loads as a text model, got {:?}",
+                trained.model
+            );
         };
         assert_eq!(net.is_energy(), energy.is_some());
         let tokenizer = trained.tokenizer.as_ref().expect("tokenizer");
-        let ids = tokenizer.encode_strict(&["red left", ""])?.ids_tensor(&Device::Cpu)?;
+        let ids = tokenizer
+            .encode_strict(&["red left", ""])?
+            .ids_tensor(&Device::Cpu)?;
         let x = normal_tensor(&mut seeded(1), &[2, 3, 8, 8], DType::F32, &Device::Cpu)?;
         let t = Tensor::new(&[5f32, 5.0], &Device::Cpu)?;
         let y = trained.model.forward(&x, &t, Some(&ids))?;
         assert_eq!(y.dims(), [2, 3, 8, 8]);
-        assert!(y.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite()));
+        assert!(
+            y.flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .all(|v| v.is_finite())
+        );
         let _ = fs::remove_dir_all(&moved);
     }
     // Settings that do not fit together.
@@ -323,7 +335,10 @@ log_every = 1
         )
     };
     for (text, want) in [
-        (base("uncond_prob = 1.5\n", "captioned_folder"), "uncond_prob"),
+        (
+            base("uncond_prob = 1.5\n", "captioned_folder"),
+            "uncond_prob",
+        ),
         (base("[text]\nwidth = 16\n", "image_folder"), "[text]"),
     ] {
         let err = RunConfig::from_toml(&text).unwrap_err();
