@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use recompose_core::memory::MemoryLimit;
-use recompose_scenes::objects::{IMAGE_SIZE, Kind, write_dataset_within, write_estimate};
 use recompose_diffusion::run::TOKENIZER_FILE;
 use recompose_diffusion::text::TextTokenizer;
+use recompose_scenes::objects::{IMAGE_SIZE, Kind, write_dataset_within, write_estimate};
 use recompose_scenes::shapes_text::{self, ShapesText};
 
 /// The token sequence length of the shapes-text tokenizer: the longest caption (four words)

@@ -48,10 +48,10 @@ use crate::denoiser::Denoiser;
 use crate::nn::{
     EnergyForm, EnergyMlp, EnergyUNet, MlpConfig, ParamStore, ResidualMlp, UNet, UNetConfig,
 };
-use crate::text::{TextEncoderConfig, TextTokenizer, TextUNet, TextUNetConfig};
 use crate::param::Parameterization;
 use crate::random::SeededRng;
 use crate::schedule::DiscreteSchedule;
+use crate::text::{TextEncoderConfig, TextTokenizer, TextUNet, TextUNetConfig};
 use crate::train::{
     DenoisingLoss, TrainConfig, TrainOptions, TrainProgress, TrainReport, TrainableDenoiser,
     read_model_weights,
@@ -588,9 +588,9 @@ impl RunConfig {
                 uncond_prob,
                 ..
             } => {
-                let tokenizer = self.tokenizer()?.ok_or_else(|| {
-                    Error::Config("captioned data without a tokenizer".into())
-                })?;
+                let tokenizer = self
+                    .tokenizer()?
+                    .ok_or_else(|| Error::Config("captioned data without a tokenizer".into()))?;
                 Box::new(CaptionedImages::open(
                     dir,
                     &ImageFolderConfig {

@@ -252,8 +252,7 @@ impl<'a, M: TrainableDenoiser + ?Sized> DenoisingLoss<'a, M> {
     fn cond_for<'c>(&'c self, batch_cond: Option<&'c Tensor>) -> Result<Option<&'c Tensor>> {
         match (batch_cond, self.cond) {
             (Some(_), Some(_)) => Err(Error::Config(
-                "the data come with conditions and the loss has a fixed one; give only one"
-                    .into(),
+                "the data come with conditions and the loss has a fixed one; give only one".into(),
             )),
             (Some(c), None) => Ok(Some(c)),
             (None, fixed) => Ok(fixed),

@@ -983,7 +983,10 @@ mod tests {
             }
             for t in texts {
                 let c: Condition = t.parse()?;
-                assert!(scene.objects.iter().any(|o| c.matches(&o.attributes)), "{t}");
+                assert!(
+                    scene.objects.iter().any(|o| c.matches(&o.attributes)),
+                    "{t}"
+                );
             }
         }
         let png = image::open(dir.join("image_00000.png"))
