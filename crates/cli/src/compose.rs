@@ -9,6 +9,9 @@ use clap::Args;
 use recompose_compose::component::load;
 use std::sync::Arc;
 
+use recompose_compose::Expr;
+use recompose_scenes::shapes_text::{self, Condition, check};
+
 use recompose_compose::prompt::{PromptModel, PromptModels, group_estimate};
 use recompose_compose::tree::build_with;
 use recompose_compose::{AnnealConfig, Component, Kernel, StepSize, anneal, parse};
@@ -62,6 +65,12 @@ pub struct ComposeArgs {
     /// γ·(s_P − s_unconditional) to the score.
     #[arg(long, default_value_t = 4.0, allow_negative_numbers = true)]
     guidance: f64,
+    /// Judge every sample with the shapes-text checker against the expression's prompts
+    /// (each prompt of the AND chain present, each prompt after NOT absent) and report the
+    /// fraction that satisfies them all. Needs a conjunction of shapes-text prompts and RGB
+    /// samples of 32 or 64 pixels.
+    #[arg(long)]
+    check: bool,
 }
 
 fn config(a: &ComposeArgs) -> Result<AnnealConfig> {
@@ -174,6 +183,11 @@ pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
         .map(|c| c.model_item_shape().iter().product::<usize>())
         .max()
         .unwrap_or(0);
+    let judge = if a.check {
+        Some(conditions(&expr)?)
+    } else {
+        None
+    };
     let prompts = expr.prompts().len();
     let leaves: Vec<_> = configs
         .values()
@@ -244,5 +258,54 @@ pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
         a.seed,
         a.out.display()
     );
+    if let Some((want, not)) = judge {
+        let item = first.model_item_shape();
+        let size = match item[..] {
+            [3, h, w] if h == w && shapes_text::SIZES.contains(&h) => h,
+            _ => {
+                return Err(usage(format!(
+                    "--check judges RGB images of {} pixels, but the samples have the shape \
+                     {item:?}",
+                    shapes_text::SIZES.map(|s| s.to_string()).join(" or ")
+                )));
+            }
+        };
+        let range = first.value_range();
+        let values = out.samples_vec()?;
+        let mut good = 0usize;
+        for sample in values.chunks(3 * size * size) {
+            let unit: Vec<f32> = sample.iter().map(|&v| range.to_unit(v)).collect();
+            let found = check::detect(&unit, size)?;
+            if check::satisfies_all(&found, &want, &not) {
+                good += 1;
+            }
+        }
+        outln!(
+            "check: {good} of {num} samples satisfy every condition ({:.1}%)",
+            100.0 * good as f64 / num as f64
+        );
+    }
     Ok(())
+}
+
+/// The shapes-text conditions of an expression's prompts for `--check`: those wanted and those
+/// excluded.
+fn conditions(expr: &Expr) -> Result<(Vec<Condition>, Vec<Condition>)> {
+    let (want, not) = expr.prompt_conjunction().ok_or_else(|| {
+        usage(
+            "--check judges a conjunction of prompts (AND, and NOT of single prompts), not \
+             named models or OR"
+                .to_string(),
+        )
+    })?;
+    let parse = |texts: Vec<&str>| -> Result<Vec<Condition>> {
+        texts
+            .into_iter()
+            .map(|t| {
+                t.parse::<Condition>()
+                    .map_err(|e| usage(format!("--check: {e}")))
+            })
+            .collect()
+    };
+    Ok((parse(want)?, parse(not)?))
 }

@@ -1576,7 +1576,29 @@ fn compose_prompts_of_a_text_conditioned_model() {
         let png = image::open(&grid).expect("grid");
         assert!(png.width() >= 64 && png.height() >= 64);
     }
+    // --check judges each sample with the shapes-text checker.
+    let text = ok(&recompose(&[
+        "compose",
+        "--expr",
+        "\"red\" NOT \"green\"",
+        "--model",
+        &score,
+        "--num",
+        "3",
+        "--out",
+        grid_s,
+        "--check",
+    ]));
+    assert!(
+        text.contains("check: ") && text.contains(" of 3 samples"),
+        "{text}"
+    );
     for (model, extra, want) in [
+        (
+            &energy,
+            vec!["--expr", "\"red\" OR \"blue\"", "--check"],
+            "--check",
+        ),
         (&score, vec!["--expr", "\"red cirlce\""], "cirlce"),
         (&score, vec!["--expr", "\"red\" OR \"blue\""], "density"),
         (

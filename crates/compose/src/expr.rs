@@ -117,6 +117,41 @@ impl Expr {
         }
     }
 
+    /// The prompts a sample of this expression should satisfy and those it should not, for
+    /// judging samples: every prompt of an AND chain (weights ignored) is wanted, every prompt
+    /// removed by NOT unwanted. `None` for expressions that are not such a conjunction of
+    /// prompts: named models, OR, or a NOT whose removed side is not a single prompt (`NOT (a
+    /// AND b)` asks for "not both", which is no list of unwanted prompts).
+    pub fn prompt_conjunction(&self) -> Option<(Vec<&str>, Vec<&str>)> {
+        fn positive<'a>(e: &'a Expr, want: &mut Vec<&'a str>, not: &mut Vec<&'a str>) -> bool {
+            match e {
+                Expr::Prompt { text, .. } => {
+                    want.push(text);
+                    true
+                }
+                Expr::Weighted { expr, .. } => positive(expr, want, not),
+                Expr::And(v) => v.iter().all(|x| positive(x, want, not)),
+                Expr::Not(a, b) => {
+                    let removed = match &**b {
+                        Expr::Weighted { expr, .. } => &**expr,
+                        other => other,
+                    };
+                    match removed {
+                        Expr::Prompt { text, .. } => {
+                            let kept = positive(a, want, not);
+                            not.push(text);
+                            kept
+                        }
+                        _ => false,
+                    }
+                }
+                Expr::Model { .. } | Expr::Or(_) => false,
+            }
+        }
+        let (mut want, mut not) = (Vec::new(), Vec::new());
+        positive(self, &mut want, &mut not).then_some((want, not))
+    }
+
     /// The model names, in order of first appearance, without repetitions: the names of
     /// models and the names qualifying prompts (`shapes` in `shapes:"red"`).
     pub fn model_names(&self) -> Vec<String> {
@@ -695,6 +730,32 @@ mod tests {
             panic!("a prompt");
         };
         assert_eq!((span.start, span.end), (2, 14));
+    }
+
+    #[test]
+    fn conjunctions_of_prompts_list_what_they_want_and_exclude() {
+        let get = |t: &str| {
+            parse(t).ok().and_then(|e| {
+                e.prompt_conjunction()
+                    .map(|(w, n)| (w.join("|"), n.join("|")))
+            })
+        };
+        assert_eq!(get("\"a\""), Some(("a".into(), String::new())));
+        assert_eq!(
+            get("\"a b\" AND 2*\"c\" NOT 0.5*\"d\""),
+            Some(("a b|c".into(), "d".into()))
+        );
+        assert_eq!(
+            get("(\"a\" NOT \"b\") NOT \"c\""),
+            Some(("a".into(), "b|c".into()))
+        );
+        for t in [
+            "\"a\" OR \"b\"",
+            "ring AND \"a\"",
+            "\"a\" NOT (\"b\" AND \"c\")",
+        ] {
+            assert_eq!(get(t), None, "{t}");
+        }
     }
 
     #[test]
