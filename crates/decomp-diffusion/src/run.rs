@@ -269,11 +269,18 @@ impl DecompRunConfig {
 }
 
 /// This crate's error as the diffusion crate's: its own errors pass through, a configuration
-/// error stays one, and the rest are wrapped.
+/// error (its own or the scene generator's) stays one, a memory refusal stays one, and the rest
+/// are wrapped.
 fn run_error(e: Error) -> recompose_diffusion::Error {
     match e {
         Error::Diffusion(d) => d,
-        Error::Config(m) => recompose_diffusion::Error::Config(m),
+        Error::Config(m) | Error::Scenes(recompose_scenes::Error::Config(m)) => {
+            recompose_diffusion::Error::Config(m)
+        }
+        Error::Scenes(recompose_scenes::Error::Memory(m)) | Error::Memory(m) => {
+            recompose_diffusion::Error::Memory(m)
+        }
+        Error::Scenes(s) if s.is_bad_input() => recompose_diffusion::Error::Config(s.to_string()),
         other => recompose_diffusion::Error::Run(Box::new(other)),
     }
 }
@@ -386,6 +393,18 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("tetris"), "{err}");
+        // Through the registry the unknown dataset is still the caller's mistake, said once.
+        let text = DecompRunConfig::preset("decomp-tetrominoes")?
+            .to_toml()?
+            .replace("\"tetrominoes\"", "\"tetris\"");
+        let err = Registry::new()
+            .with(DecompRunConfig::FAMILY)?
+            .from_toml(&text)
+            .err()
+            .expect("an unknown dataset is refused");
+        assert!(err.is_bad_input(), "{err}");
+        assert_eq!(err.to_string().matches("invalid configuration").count(), 1, "{err}");
+        assert!(err.to_string().contains("tetris"), "{err}");
         let err = DecompRunConfig::from_toml(
             "[decomp]\nimage_size = 64\n[data]\ndataset = \"tetrominoes\"\nnum_images = 4\n",
         )
