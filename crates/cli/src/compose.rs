@@ -14,7 +14,7 @@ use recompose_scenes::shapes_text::{self, Condition, check};
 
 use recompose_compose::prompt::{PromptModel, PromptModels, group_estimate};
 use recompose_compose::tree::build_with;
-use recompose_compose::{AnnealConfig, Component, Kernel, StepSize, anneal, parse};
+use recompose_compose::{AnnealConfig, Component, Kernel, Respaced, StepSize, anneal, parse};
 use recompose_diffusion::run::{Model, RunConfig, Trained};
 use recompose_diffusion::seeded;
 
@@ -46,10 +46,13 @@ pub struct ComposeArgs {
     /// need energy models).
     #[arg(long, default_value = "reverse")]
     sampler: String,
-    /// MCMC steps per noise level (default 10).
+    /// MCMC steps per noise level (default 10). Image models run them on the noisier half of
+    /// the levels, 2-D models on every level.
     #[arg(long, allow_negative_numbers = true)]
     mcmc_steps: Option<i64>,
-    /// Step size of the MCMC kernel (default: 0.001 for ula/mala, 0.03 for uhmc/hmc).
+    /// Step size of the MCMC kernel (default for 2-D models: 0.001 for ula/mala, 0.03 for
+    /// uhmc/hmc; for image models 0.035·β_t for ula/mala and 0.1·β_t, mass β_t for uhmc/hmc).
+    /// A given value is used at every level.
     #[arg(long, allow_negative_numbers = true)]
     step_size: Option<f64>,
     /// Adapt the step size towards this acceptance rate (mala and hmc only).
@@ -65,6 +68,11 @@ pub struct ComposeArgs {
     /// γ·(s_P − s_unconditional) to the score.
     #[arg(long, default_value_t = 4.0, allow_negative_numbers = true)]
     guidance: f64,
+    /// Sample on this many noise levels spread evenly over the models' schedule, the noisiest
+    /// and the cleanest included (the DDIM respacing; default: every level). Image models
+    /// trained on 1000 levels sample well on 100.
+    #[arg(long, allow_negative_numbers = true)]
+    levels: Option<i64>,
     /// Judge every sample with the shapes-text checker against the expression's prompts
     /// (each prompt of the AND chain present, each prompt after NOT absent) and report the
     /// fraction that satisfies them all. Needs a conjunction of shapes-text prompts and RGB
@@ -73,7 +81,10 @@ pub struct ComposeArgs {
     check: bool,
 }
 
-fn config(a: &ComposeArgs) -> Result<AnnealConfig> {
+/// The sampler's settings. 2-D models get the paper's 2-D settings; image models (`image`) its
+/// image settings — step sizes proportional to β_t, MCMC on the noisier half of the levels —
+/// and reverse steps whose clean-data estimate is clipped to the data's range `clip`.
+fn config(a: &ComposeArgs, image: bool, clip: f64) -> Result<AnnealConfig> {
     let mut cfg = match a.sampler.as_str() {
         "reverse" => {
             for (flag, given) in [
@@ -96,9 +107,16 @@ fn config(a: &ComposeArgs) -> Result<AnnealConfig> {
                     "--sampler must be reverse, ula, uhmc, mala or hmc, got '{name}'"
                 ))
             })?;
-            AnnealConfig::paper_2d(kernel)
+            if image {
+                AnnealConfig::paper_image(kernel)
+            } else {
+                AnnealConfig::paper_2d(kernel)
+            }
         }
     };
+    if image {
+        cfg.clip_x0 = Some(clip);
+    }
     if let Some(k) = a.mcmc_steps {
         cfg.mcmc_steps = positive("mcmc-steps", k, 1)?;
     }
@@ -109,8 +127,12 @@ fn config(a: &ComposeArgs) -> Result<AnnealConfig> {
         cfg.step_size = StepSize::Constant(s);
     }
     if let Some(target) = a.target_accept {
-        let StepSize::Constant(initial) = cfg.step_size else {
-            unreachable!("the CLI presets have constant step sizes")
+        // A β-proportional preset starts from its value at β = 0.02, the noisy end of the
+        // usual linear schedule.
+        let initial = match cfg.step_size {
+            StepSize::Constant(v) => v,
+            StepSize::BetaScaled(c) => c * 0.02,
+            StepSize::Adaptive { initial, .. } => initial,
         };
         cfg.step_size = StepSize::Adaptive { initial, target };
     }
@@ -121,7 +143,8 @@ fn config(a: &ComposeArgs) -> Result<AnnealConfig> {
 pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
     let num = positive("num", a.num, 1)?;
     let kind = out_kind(&a.out)?;
-    let cfg = config(&a)?;
+    // The flags alone, before any file is read (the model kind is known later).
+    config(&a, false, 1.0)?;
     // One line, as for every bad argument: the message and the column of the token.
     let expr = parse(&a.expr).map_err(|e| {
         let first = e.to_string().lines().next().unwrap_or_default().to_string();
@@ -178,6 +201,18 @@ pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
             a.expr
         )));
     }
+    let Some(first) = names.first().map(|n| &configs[n]) else {
+        return Err(usage(
+            "the expression's prompts need a text-conditioned model: give --model NAME=DIR"
+                .to_string(),
+        ));
+    };
+    let (lo, hi) = first.value_range().bounds();
+    let cfg = config(
+        &a,
+        first.model_item_shape().len() == 3,
+        f64::from(hi.abs().max(lo.abs())),
+    )?;
     let dim = configs
         .values()
         .map(|c| c.model_item_shape().iter().product::<usize>())
@@ -232,13 +267,19 @@ pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
             e.into()
         }
     })?;
+    let model: Box<dyn Component> = match a.levels {
+        None => model,
+        Some(levels) => {
+            let levels = positive("levels", levels, 2)?;
+            Box::new(Respaced::new(model, levels).map_err(|e| usage(format!("--levels: {e}")))?)
+        }
+    };
     cfg.validate(model.has_density())
         .map_err(|e| usage(e.to_string()))?;
     let start = Instant::now();
     let out = anneal(model.as_ref(), &cfg, num, &mut seeded(a.seed))?;
     let seconds = start.elapsed().as_secs_f64();
     // Item shape and value range of the models, from the first model's configuration.
-    let first = &configs[&names[0]];
     let acc = out
         .mean_acceptance()
         .map(|r| format!(", acceptance {r:.3}"))

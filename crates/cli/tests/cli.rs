@@ -1588,11 +1588,14 @@ fn compose_prompts_of_a_text_conditioned_model() {
         "--out",
         grid_s,
         "--check",
+        "--levels",
+        "4",
     ]));
     assert!(
         text.contains("check: ") && text.contains(" of 3 samples"),
         "{text}"
     );
+    assert!(text.contains("on 4 of 10 levels"), "{text}");
     for (model, extra, want) in [
         (
             &energy,
@@ -1612,6 +1615,16 @@ fn compose_prompts_of_a_text_conditioned_model() {
             "--guidance",
         ),
         (&score, vec!["--expr", "other:\"red\""], "other"),
+        (
+            &score,
+            vec!["--expr", "\"red\"", "--levels", "1"],
+            "--levels",
+        ),
+        (
+            &score,
+            vec!["--expr", "\"red\"", "--levels", "11"],
+            "--levels",
+        ),
     ] {
         let mut args = vec!["compose", "--model", model, "--num", "2", "--out", grid_s];
         args.extend(extra);

@@ -16,7 +16,9 @@
 //!   `"red circle" AND "blue square" NOT "green"`) and its translation into operators;
 //! - [`prompt`]: prompt algebra for text-conditioned models (Liu et al., *Composable
 //!   Diffusion*, ECCV 2022): the prompts of one model in a product share one unconditional
-//!   base, s = s_u + Σ_i c_i (s_i − s_u), evaluated in one batched network call.
+//!   base, s = s_u + Σ_i c_i (s_i − s_u), evaluated in one batched network call;
+//! - [`respace`]: any composition sampled on fewer noise levels than its models were trained
+//!   with (the DDIM / improved-DDPM respacing).
 //!
 //! ## Example: the product of two Gaussians
 //!
@@ -50,6 +52,7 @@ pub mod expr;
 pub mod mcmc;
 pub mod ops;
 pub mod prompt;
+pub mod respace;
 pub mod tree;
 
 pub use component::{AnalyticLeaf, Component, EnergyLeaf, Eval, ScoreLeaf};
@@ -62,6 +65,7 @@ pub use ops::{
     DEFAULT_NEGATION, Mixture, Product, classifier_free_guidance, classifier_guidance, negation,
 };
 pub use prompt::{GuidedPrompts, Prediction, PromptModel, PromptModels, PromptNetwork};
+pub use respace::Respaced;
 pub use tree::{build, build_with};
 
 /// The crate README's example, compiled and run as a doctest.

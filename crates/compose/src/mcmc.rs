@@ -51,6 +51,7 @@
 use candle_core::{D, DType, Device, Tensor};
 use rand::Rng;
 use recompose_core::random::{SeededRng, normal_vec};
+use recompose_diffusion::Marginal;
 use recompose_diffusion::sampler::{DdpmVariance, StepRule, Transition};
 
 use crate::component::{Component, Eval, divide};
@@ -155,6 +156,12 @@ pub struct AnnealConfig {
     pub refresh: f64,
     /// Run MCMC on this fraction of the levels, the noisiest ones (1 = every level).
     pub mcmc_fraction: f64,
+    /// Clip the clean-data estimate of each reverse step to \[−c, c\] (image models, whose
+    /// data lie in a known range; `None` for no clipping). The composed score s gives the
+    /// estimate x̂₀ = (x + σ_t² s)/√ᾱ_t (Tweedie); the step then uses the score of the clipped
+    /// estimate, (√ᾱ_t clip(x̂₀) − x)/σ_t² — the DDPM sampler's `clip_denoised`. MCMC steps are
+    /// never clipped.
+    pub clip_x0: Option<f64>,
 }
 
 impl AnnealConfig {
@@ -169,6 +176,7 @@ impl AnnealConfig {
             mass: Mass::Constant(1.0),
             refresh: 0.5,
             mcmc_fraction: 1.0,
+            clip_x0: None,
         }
     }
 
@@ -210,8 +218,14 @@ impl AnnealConfig {
     /// [`Error::NeedsDensity`] for a Metropolis kernel on a score-only model; [`Error::Config`]
     /// for K = 0 with a kernel, L = 0, a non-positive or non-finite step size or mass, γ outside
     /// \[0, 1), a target acceptance outside (0, 1), adaptation on an unadjusted kernel, an MCMC
-    /// fraction outside (0, 1], or neither reverse steps nor a kernel.
+    /// fraction outside (0, 1], a clipping bound that is not positive and finite, or neither
+    /// reverse steps nor a kernel.
     pub fn validate(&self, has_density: bool) -> Result<()> {
+        if let Some(c) = self.clip_x0.filter(|c| !(c.is_finite() && *c > 0.0)) {
+            return Err(Error::Config(format!(
+                "the clipping bound of x̂₀ must be positive and finite, got {c}"
+            )));
+        }
         let Some(kernel) = self.kernel else {
             if !self.reverse_steps {
                 return Err(Error::Config(
@@ -479,13 +493,13 @@ pub fn anneal(
             } else {
                 None
             };
+            let x = chains.x.to_dtype(DType::F64)?;
+            let mut score = e.score.to_dtype(DType::F64)?;
+            if let Some(bound) = config.clip_x0 {
+                score = clipped_score(&x, &score, from, bound)?;
+            }
             chains.x = c
-                .apply_score_tensor(
-                    from,
-                    &chains.x.to_dtype(DType::F64)?,
-                    &e.score.to_dtype(DType::F64)?,
-                    z.as_ref(),
-                )?
+                .apply_score_tensor(from, &x, &score, z.as_ref())?
                 .to_dtype(DType::F32)?;
         }
         // The next level evaluates a different target, even where x did not move.
@@ -508,6 +522,17 @@ pub fn anneal(
         evaluations: chains.evaluations,
         chain_steps,
     })
+}
+
+/// The score whose clean-data estimate is the given score's, clipped to \[−bound, bound\]
+/// (see [`AnnealConfig::clip_x0`]): x̂₀ = (x + σ² s)/√ᾱ, s' = (√ᾱ clip(x̂₀) − x)/σ².
+fn clipped_score(x: &Tensor, score: &Tensor, m: Marginal, bound: f64) -> Result<Tensor> {
+    let var = m.sigma * m.sigma;
+    if var == 0.0 {
+        return Ok(score.clone());
+    }
+    let x0 = ((x + (score * var)?)? / m.alpha)?.clamp(-bound, bound)?;
+    Ok((((x0 * m.alpha)? - x)? / var)?)
 }
 
 /// The outcome of the MCMC steps at one level.

@@ -485,3 +485,63 @@ fn pure_mcmc_evaluates_each_level_afresh() -> Res {
     assert_eq!(out.chain_steps, 100 * cfg.mcmc_steps * 10);
     Ok(())
 }
+
+/// Clipping x̂₀ in the reverse steps: with data at ±1.5 and the bound 1 every sample ends in
+/// \[−1, 1\] (the last step lands on the clipped estimate), while unclipped sampling reaches
+/// the modes; a bound far beyond the data changes nothing; a non-positive bound is refused.
+#[test]
+fn clipping_the_clean_estimate_bounds_the_samples() -> Res {
+    let data = GaussianMixture::new(
+        vec![0.5, 0.5],
+        vec![vec![-1.5], vec![1.5]],
+        vec![0.01, 0.01],
+    )?;
+    let model = analytic("pm", data);
+    let free = anneal(
+        model.as_ref(),
+        &AnnealConfig::reverse(),
+        500,
+        &mut seeded(1),
+    )?
+    .samples_vec()?;
+    let far = anneal(
+        model.as_ref(),
+        &AnnealConfig {
+            clip_x0: Some(1e3),
+            ..AnnealConfig::reverse()
+        },
+        500,
+        &mut seeded(1),
+    )?
+    .samples_vec()?;
+    let worst = free
+        .iter()
+        .zip(&far)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "a far bound moved a sample by {worst}");
+    let beyond = free.iter().filter(|v| v.abs() > 1.3).count();
+    assert!(
+        beyond > 450,
+        "{beyond} of 500 unclipped samples near the modes"
+    );
+    for kernel in [None, Some(Kernel::Ula)] {
+        let cfg = AnnealConfig {
+            clip_x0: Some(1.0),
+            ..quick(kernel)
+        };
+        let clipped = anneal(model.as_ref(), &cfg, 500, &mut seeded(1))?.samples_vec()?;
+        let max = clipped.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(max <= 1.0 + 1e-5, "a clipped sample at {max}");
+        assert!(clipped.iter().filter(|v| v.abs() > 0.9).count() > 450);
+    }
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let cfg = AnnealConfig {
+            clip_x0: Some(bad),
+            ..AnnealConfig::reverse()
+        };
+        let err = anneal(model.as_ref(), &cfg, 4, &mut seeded(0)).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
+    }
+    Ok(())
+}

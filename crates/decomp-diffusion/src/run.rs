@@ -397,13 +397,18 @@ mod tests {
         let text = DecompRunConfig::preset("decomp-tetrominoes")?
             .to_toml()?
             .replace("\"tetrominoes\"", "\"tetris\"");
-        let err = Registry::new()
+        let Err(err) = Registry::new()
             .with(DecompRunConfig::FAMILY)?
             .from_toml(&text)
-            .err()
-            .expect("an unknown dataset is refused");
+        else {
+            panic!("an unknown dataset is refused");
+        };
         assert!(err.is_bad_input(), "{err}");
-        assert_eq!(err.to_string().matches("invalid configuration").count(), 1, "{err}");
+        assert_eq!(
+            err.to_string().matches("invalid configuration").count(),
+            1,
+            "{err}"
+        );
         assert!(err.to_string().contains("tetris"), "{err}");
         let err = DecompRunConfig::from_toml(
             "[decomp]\nimage_size = 64\n[data]\ndataset = \"tetrominoes\"\nnum_images = 4\n",
