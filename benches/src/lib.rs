@@ -6,7 +6,8 @@
 //! here starts with `recompose_core::process::prepare()`, the set-up of the `recompose` binary.
 //!
 //! It also holds the tasks behind `cargo xtask` (a thin dispatcher): the reproductions that
-//! write `docs/results/` ([`reproduce`] for factorization, [`composition`], [`decomposition`]),
+//! write `docs/results/` ([`reproduce`] for factorization, [`composition`], [`image_composition`],
+//! [`decomposition`]),
 //! the coupled-diffusion tuner ([`tune`]), the comparisons with the PyTorch reference
 //! ([`torch`], with its script `torchbench.py`), the prepared GPU runs ([`gpu`]), the chart writer ([`plot`]), the fuzz targets of every reader of outside input ([`fuzz`]), the committed
 //! fixtures ([`fixtures`], [`reference`](mod@reference)) and the workspace's paths and commands
@@ -18,6 +19,7 @@ pub mod decomposition;
 pub mod fixtures;
 pub mod fuzz;
 pub mod gpu;
+pub mod image_composition;
 pub mod mlp;
 pub mod plot;
 pub mod reference;

@@ -18,6 +18,11 @@
 //!                                 regenerate docs/results/factorization.md and its charts
 //! cargo xtask reproduce composition [--quick | --full] [--reuse-models]
 //!                                 train the 2-D models, compose them, write docs/results/composition.md
+//! cargo xtask reproduce image-composition [--quick] [--reuse-models] [--score DIR] [--energy DIR]
+//!                                 [--no-energy] [--sets N] [--chains N] [--levels N] [--guidance G]
+//!                                 [--steps N] [--report NAME]
+//!                                 train a text-conditioned U-Net on shapes-text, compose prompts,
+//!                                 write docs/results/image-composition.md
 //! cargo xtask fixtures decomp [--example-only]
 //!                                 train the pretrained Decomp Diffusion model of fixtures/decomp-tetrominoes
 //!                                 and draw the README's example (or only draw the example)
@@ -48,9 +53,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::{Result, bail};
 use recompose_benches::fixtures::{decomp_fixture, fixtures, readme_example};
 use recompose_benches::workspace::{cargo, cargo_bin, root, run};
-use recompose_benches::{composition, decomposition, fuzz, reference, reproduce, torch, tune};
+use recompose_benches::{
+    composition, decomposition, fuzz, image_composition, reference, reproduce, torch, tune,
+};
 
-const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|all> | fixtures [--check] | crash-test | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick | --full] [--reuse-models] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,...] [--report NAME] [--no-torch] | fuzz [TARGET] [--seconds N] [--seed S] [--engine mutation|afl] [--report] | gpu build>";
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|all> | fixtures [--check] | crash-test | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick | --full] [--reuse-models] | reproduce image-composition [--quick] [--reuse-models] [--score DIR] [--energy DIR] [--no-energy] [--sets N] [--chains N] [--levels N] [--guidance G] [--steps N] [--report NAME] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,...] [--report NAME] [--no-torch] | fuzz [TARGET] [--seconds N] [--seed S] [--engine mutation|afl] [--report] | gpu build>";
 
 /// The benchmark suites in `benches/benches/`.
 const SUITES: [&str; 5] = ["vsa", "factorization", "diffusion", "compose", "decomp"];
@@ -89,6 +96,10 @@ fn main() -> Result<()> {
         ["reproduce", "composition", rest @ ..] => {
             composition::composition(&root(), &composition::CompositionArgs::parse(rest)?)
         }
+        ["reproduce", "image-composition", rest @ ..] => image_composition::image_composition(
+            &root(),
+            &image_composition::ImageCompositionArgs::parse(rest)?,
+        ),
         ["reproduce", "decomposition", rest @ ..] => {
             decomposition::decomposition(&root(), &decomposition::DecompositionArgs::parse(rest)?)
         }

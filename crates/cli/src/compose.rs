@@ -7,7 +7,6 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use recompose_compose::component::load;
-use std::sync::Arc;
 
 use recompose_compose::Expr;
 use recompose_scenes::shapes_text::{self, Condition, check};
@@ -15,7 +14,7 @@ use recompose_scenes::shapes_text::{self, Condition, check};
 use recompose_compose::prompt::{PromptModel, PromptModels, group_estimate};
 use recompose_compose::tree::build_with;
 use recompose_compose::{AnnealConfig, Component, Kernel, Respaced, StepSize, anneal, parse};
-use recompose_diffusion::run::{Model, RunConfig, Trained};
+use recompose_diffusion::run::RunConfig;
 use recompose_diffusion::seeded;
 
 use crate::diffusion::{out_kind, write_samples};
@@ -46,12 +45,13 @@ pub struct ComposeArgs {
     /// need energy models).
     #[arg(long, default_value = "reverse")]
     sampler: String,
-    /// MCMC steps per noise level (default 10). Image models run them on the noisier half of
-    /// the levels, 2-D models on every level.
+    /// MCMC steps per noise level (default 10; 20 for ula and mala on image models). Image
+    /// models run them on the noisier half of the levels, 2-D models on every level.
     #[arg(long, allow_negative_numbers = true)]
     mcmc_steps: Option<i64>,
     /// Step size of the MCMC kernel (default for 2-D models: 0.001 for ula/mala, 0.03 for
-    /// uhmc/hmc; for image models 0.035·β_t for ula/mala and 0.1·β_t, mass β_t for uhmc/hmc).
+    /// uhmc/hmc; for image models 2·β_t for ula, 0.035·β_t for mala and 0.1·β_t, mass β_t for
+    /// uhmc/hmc).
     /// A given value is used at every level.
     #[arg(long, allow_negative_numbers = true)]
     step_size: Option<f64>,
@@ -243,17 +243,7 @@ pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
     let mut text_models = PromptModels::new();
     for (name, c) in &configs {
         if c.is_text_conditioned() {
-            let trained = Trained::load(&dirs[name], &device)?;
-            let (Model::TextUnet(net), Some(tokenizer)) = (trained.model, trained.tokenizer) else {
-                anyhow::bail!("{}: not a text-conditioned model", dirs[name].display());
-            };
-            text_models.insert(PromptModel::new(
-                name,
-                Arc::new(*net),
-                tokenizer,
-                trained.schedule,
-                &device,
-            )?)?;
+            text_models.insert(PromptModel::load(name, &dirs[name], &device)?)?;
         }
     }
     let mut resolve = |name: &str| -> recompose_compose::Result<Box<dyn Component>> {

@@ -10,10 +10,6 @@ use recompose_diffusion::text::TextTokenizer;
 use recompose_scenes::objects::{IMAGE_SIZE, Kind, write_dataset_within, write_estimate};
 use recompose_scenes::shapes_text::{self, ShapesText};
 
-/// The token sequence length of the shapes-text tokenizer: the longest caption (four words)
-/// with its start and end tokens, and room to spare.
-const PROMPT_LEN: usize = 8;
-
 use crate::{check_memory, positive, usage};
 
 /// Arguments of `recompose dataset`.
@@ -96,7 +92,7 @@ fn run_shapes_text(a: DatasetArgs, memory: MemoryLimit) -> Result<()> {
     data.write_within(num, &a.out, memory)
         .map_err(scenes_error)?;
     // The tokenizer a text-conditioned model of these captions trains with.
-    let tokenizer = TextTokenizer::word_level(shapes_text::vocabulary(), PROMPT_LEN)?;
+    let tokenizer = TextTokenizer::word_level(shapes_text::vocabulary(), shapes_text::PROMPT_LEN)?;
     tokenizer.save(&a.out.join(TOKENIZER_FILE))?;
     outln!(
         "wrote {num} {} images of {size}×{size} (seed {}) with masks, labels.json, \

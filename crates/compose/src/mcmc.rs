@@ -192,21 +192,25 @@ impl AnnealConfig {
         }
     }
 
-    /// The paper's image-model settings: MCMC on the noisier half of the levels; MALA and ULA
-    /// η = 0.035 β_t; U-HMC and HMC ε = 0.1 β_t, m = β_t, γ = 0.7, L = 3; K = 10.
+    /// The paper's image-model settings (the authors' public code for their CLEVR products):
+    /// MCMC on the noisier half of the levels; ULA K = 20 steps of η = 2 β_t; MALA K = 20 steps
+    /// of η = 0.035 β_t; U-HMC and HMC K = 10 steps of L = 3 leapfrog steps, ε = 0.1 β_t,
+    /// m = β_t, γ = 0.7. The β_t are those of the schedule sampled (a [`crate::Respaced`]
+    /// schedule's, for the paper's 100 levels).
     pub fn paper_image(kernel: Kernel) -> Self {
-        let (step, mass) = if kernel.is_hamiltonian() {
-            (StepSize::BetaScaled(0.1), Mass::BetaScaled(1.0))
-        } else {
-            (StepSize::BetaScaled(0.035), Mass::Constant(1.0))
+        let (steps, step, mass) = match kernel {
+            Kernel::Ula => (20, StepSize::BetaScaled(2.0), Mass::Constant(1.0)),
+            Kernel::Mala => (20, StepSize::BetaScaled(0.035), Mass::Constant(1.0)),
+            Kernel::UHmc | Kernel::Hmc => (10, StepSize::BetaScaled(0.1), Mass::BetaScaled(1.0)),
         };
         Self {
             kernel: Some(kernel),
-            mcmc_steps: 10,
+            mcmc_steps: steps,
             step_size: step,
             mass,
             refresh: 0.7,
             mcmc_fraction: 0.5,
+            leapfrog_steps: 3,
             ..Self::reverse()
         }
     }

@@ -255,6 +255,33 @@ impl PromptModel {
     }
 }
 
+impl PromptModel {
+    /// The noise schedule the model was trained with.
+    pub fn schedule(&self) -> &DiscreteSchedule {
+        &self.schedule
+    }
+
+    /// The text-conditioned model of a directory written by `recompose train` (a run with a
+    /// `[text]` table), with the tokenizer saved beside it, on `device`; `name` is the model's
+    /// name in expressions.
+    ///
+    /// # Errors
+    ///
+    /// As [`recompose_diffusion::run::Trained::load`]; [`Error::Config`] when the run is not
+    /// text-conditioned; as [`PromptModel::new`].
+    pub fn load(name: &str, dir: &std::path::Path, device: &Device) -> Result<Self> {
+        use recompose_diffusion::run::{Model, Trained};
+        let trained = Trained::load(dir, device)?;
+        let (Model::TextUnet(net), Some(tokenizer)) = (trained.model, trained.tokenizer) else {
+            return Err(Error::Config(format!(
+                "{}: not a text-conditioned model (its prompts need a run with a [text] table)",
+                dir.display()
+            )));
+        };
+        Self::new(name, Arc::new(*net), tokenizer, trained.schedule, device)
+    }
+}
+
 /// The text models of a composition by name, resolving the qualifier of each prompt: a named
 /// one must exist, an unnamed one needs exactly one text model.
 #[derive(Debug, Clone, Default)]

@@ -49,6 +49,9 @@ pub const BACKGROUND: [f32; 3] = [0.1, 0.1, 0.1];
 pub const MAX_OBJECTS: usize = 3;
 /// The dataset's name on the command line and in `labels.json`.
 pub const NAME: &str = "shapes-text";
+/// The token sequence length for a tokenizer of the captions: the longest caption (four
+/// words) with start and end tokens, and room to spare.
+pub const PROMPT_LEN: usize = 8;
 
 /// Smallest and largest half-extent of an object, as a fraction of the image side (4 and 6
 /// pixels at 32).

@@ -1,0 +1,817 @@
+//! `cargo xtask reproduce image-composition`: prompt algebra on a text-conditioned image model,
+//! measured with the shapes-text checker (Du et al., *Reduce, Reuse, Recycle*, ICML 2023, §5.2
+//! and Table 2, on our procedural stand-in for their CLEVR scenes; the protocol is Liu et al.,
+//! *Composable Diffusion*, ECCV 2022, §4.1).
+//!
+//! The task writes a shapes-text dataset, trains a text-conditioned U-Net on it (score and,
+//! unless `--no-energy`, energy parameterization; or takes trained run directories), then
+//! composes prompts and judges every sample:
+//!
+//! - **1, 2 and 3 ANDed prompts**: full captions of objects in distinct quadrants
+//!   (`"red circle top left" AND "blue square bottom right"`); a sample counts when every
+//!   caption is found (colour, shape and quadrant of one detected object).
+//! - **NOT**: `"circle top left" NOT "red"` — the positive caption found and no object of the
+//!   negated colour anywhere.
+//!
+//! Each condition set is drawn from a seeded generator; every sampler starts its chains from the
+//! same noise for the same set, so the samplers differ only in how they move. Samplers: reverse
+//! diffusion on the sampled levels, reverse diffusion on as many levels as the ULA sampler makes
+//! model calls (capped at the training levels: R3's comparison at equal cost), and the annealed
+//! ULA, U-HMC, MALA and HMC samplers with the paper's image settings
+//! ([`AnnealConfig::paper_image`]); MALA and HMC need the energy model.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use rand::Rng;
+use recompose_compose::prompt::{PromptModel, PromptModels};
+use recompose_compose::{
+    AnnealConfig, Component, Error as ComposeError, Kernel, Respaced, anneal, build_with, parse,
+};
+use recompose_diffusion::data::plot::save_png_grid;
+use recompose_diffusion::run::{RunConfig, TOKENIZER_FILE, train_run};
+use recompose_diffusion::text::TextTokenizer;
+use recompose_diffusion::train::TrainOptions;
+use recompose_diffusion::{SeededRng, seeded};
+use recompose_scenes::shapes_text::check::{self, AccuracyConfig};
+use recompose_scenes::shapes_text::{self, Colour, Condition, Position, Shape, ShapesText};
+use serde_json::json;
+
+/// The options of `reproduce image-composition`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageCompositionArgs {
+    /// A tiny dataset, model and evaluation: checks the pipeline in minutes, numbers
+    /// meaningless; writes under target/ only.
+    pub quick: bool,
+    /// Reuse trained models whose configuration is unchanged and whose training finished;
+    /// resume cut trainings from their last checkpoint.
+    pub reuse_models: bool,
+    /// Evaluate this trained score-parameterized run instead of training one.
+    pub score: Option<PathBuf>,
+    /// Evaluate this trained energy-parameterized run instead of training one.
+    pub energy: Option<PathBuf>,
+    /// Train and evaluate the score model only.
+    pub no_energy: bool,
+    /// Condition sets per setting.
+    pub sets: usize,
+    /// Chains (samples) per condition set.
+    pub chains: usize,
+    /// Noise levels sampled (of the model's 1000).
+    pub levels: usize,
+    /// Classifier-free guidance scale of every prompt.
+    pub guidance: f64,
+    /// Training steps (overrides the recipe).
+    pub steps: Option<usize>,
+    /// Write the report under this name in docs/results (default `image-composition`).
+    pub report: Option<String>,
+}
+
+impl ImageCompositionArgs {
+    /// Parses `[--quick] [--reuse-models] [--score DIR] [--energy DIR] [--no-energy]
+    /// [--sets N] [--chains N] [--levels N] [--guidance G] [--steps N] [--report NAME]`.
+    ///
+    /// # Errors
+    ///
+    /// An unknown option or a value that is not valid for its option.
+    pub fn parse(args: &[&str]) -> Result<Self> {
+        use crate::workspace::{option_value, positive_option};
+        let mut out = Self {
+            quick: false,
+            reuse_models: false,
+            score: None,
+            energy: None,
+            no_energy: false,
+            sets: 8,
+            chains: 8,
+            levels: 50,
+            guidance: 4.0,
+            steps: None,
+            report: None,
+        };
+        let mut it = args.iter();
+        while let Some(&a) = it.next() {
+            match a {
+                "--quick" => out.quick = true,
+                "--reuse-models" => out.reuse_models = true,
+                "--no-energy" => out.no_energy = true,
+                "--score" => out.score = Some(PathBuf::from(option_value(&mut it, a)?)),
+                "--energy" => out.energy = Some(PathBuf::from(option_value(&mut it, a)?)),
+                "--sets" => out.sets = positive_option(a, option_value(&mut it, a)?)?,
+                "--chains" => out.chains = positive_option(a, option_value(&mut it, a)?)?,
+                "--levels" => out.levels = positive_option(a, option_value(&mut it, a)?)?,
+                "--steps" => out.steps = Some(positive_option(a, option_value(&mut it, a)?)?),
+                "--report" => out.report = Some(option_value(&mut it, a)?.to_string()),
+                "--guidance" => {
+                    let v = option_value(&mut it, a)?;
+                    out.guidance = match v.parse::<f64>() {
+                        Ok(g) if g.is_finite() && g >= 0.0 => g,
+                        _ => bail!("--guidance expects a non-negative number, got '{v}'"),
+                    };
+                }
+                other => bail!(
+                    "unknown option {other} (reproduce image-composition [--quick] \
+                     [--reuse-models] [--score DIR] [--energy DIR] [--no-energy] [--sets N] \
+                     [--chains N] [--levels N] [--guidance G] [--steps N] [--report NAME])"
+                ),
+            }
+        }
+        if out.levels < 2 {
+            bail!("--levels must be at least 2, got {}", out.levels);
+        }
+        if out.no_energy && out.energy.is_some() {
+            bail!("--no-energy and --energy DIR contradict each other");
+        }
+        if out.quick {
+            out.sets = out.sets.min(2);
+            out.chains = out.chains.min(2);
+            out.levels = out.levels.min(10);
+        }
+        Ok(out)
+    }
+
+    /// The command line that reproduces a run with these options.
+    pub fn command(&self) -> String {
+        let mut c = String::from("cargo xtask reproduce image-composition");
+        for (flag, on) in [
+            ("--quick", self.quick),
+            ("--reuse-models", self.reuse_models),
+            ("--no-energy", self.no_energy),
+        ] {
+            if on {
+                let _ = write!(c, " {flag}");
+            }
+        }
+        for (flag, dir) in [("--score", &self.score), ("--energy", &self.energy)] {
+            if let Some(d) = dir {
+                let _ = write!(c, " {flag} {}", d.display());
+            }
+        }
+        let _ = write!(
+            c,
+            " --sets {} --chains {} --levels {} --guidance {}",
+            self.sets, self.chains, self.levels, self.guidance
+        );
+        if let Some(s) = self.steps {
+            let _ = write!(c, " --steps {s}");
+        }
+        if let Some(r) = &self.report {
+            let _ = write!(c, " --report {r}");
+        }
+        c
+    }
+
+    fn report_name(&self) -> &str {
+        self.report.as_deref().unwrap_or("image-composition")
+    }
+}
+
+/// The parameterization of a model under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Param {
+    Score,
+    Energy,
+}
+
+impl Param {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Score => "score",
+            Self::Energy => "energy",
+        }
+    }
+}
+
+/// The dataset's seed, image side and size (full recipe / quick).
+const DATA_SEED: u64 = 1;
+const SIZE: usize = 32;
+fn num_images(quick: bool) -> usize {
+    if quick { 64 } else { 4000 }
+}
+
+/// The training recipe of the text-conditioned U-Net (see the report's setup section).
+pub fn recipe(data: &Path, energy: bool, quick: bool, steps: Option<usize>) -> Result<RunConfig> {
+    let (channels, mult, attention, text, default_steps, batch) = if quick {
+        (8, "[1, 2]", "[]", (16, 1, 2), 4, 4)
+    } else {
+        (32, "[1, 2, 2]", "[8]", (64, 2, 4), 4000, 32)
+    };
+    let head = if quick { 8 } else { 32 };
+    let groups = if quick { 4 } else { 16 };
+    let time = if quick { 16 } else { 128 };
+    let text_cfg = format!(
+        "[model]\nkind = \"unet\"\nimage_size = {SIZE}\nin_channels = 3\nout_channels = 3\n\
+         model_channels = {channels}\nchannel_mult = {mult}\nnum_res_blocks = 1\n\
+         attention_resolutions = {attention}\nnum_head_channels = {head}\nnum_groups = {groups}\n\
+         time_embed_dim = {time}\ndropout = 0.0\n\n\
+         [data]\nkind = \"captioned_folder\"\ndir = \"{}\"\nsize = {SIZE}\nuncond_prob = 0.1\n\n\
+         [text]\nwidth = {}\nlayers = {}\nheads = {}\n\n\
+         [diffusion]\nnum_timesteps = {}\n{}\n\
+         [train]\nbatch_size = {batch}\nsteps = {}\nlr = 5e-4\nema_decay = {}\n\
+         checkpoint_every = 250\nseed = 0\n",
+        data.display(),
+        text.0,
+        text.1,
+        text.2,
+        if quick { 20 } else { 1000 },
+        if energy {
+            "energy = \"squared_residual\"\n"
+        } else {
+            ""
+        },
+        steps.unwrap_or(default_steps),
+        if quick { 0.9 } else { 0.995 },
+    );
+    Ok(RunConfig::from_toml(&text_cfg)?)
+}
+
+/// Writes the dataset unless a complete copy is there.
+fn dataset(work: &Path, quick: bool) -> Result<PathBuf> {
+    let n = num_images(quick);
+    let dir = work.join(format!("data-{SIZE}px-{n}-seed{DATA_SEED}"));
+    // The tokenizer is written last: its presence means a complete dataset.
+    if !dir.join(TOKENIZER_FILE).is_file() {
+        let _ = std::fs::remove_dir_all(&dir);
+        ShapesText::new(DATA_SEED, SIZE)?.write(n, &dir)?;
+        // The tokenizer the model trains with, as `recompose dataset shapes-text` writes it.
+        TextTokenizer::word_level(shapes_text::vocabulary(), shapes_text::PROMPT_LEN)?
+            .save(&dir.join(TOKENIZER_FILE))?;
+    }
+    Ok(dir)
+}
+
+/// Trains (or reuses) a model; returns its directory and training seconds (`None` when reused
+/// from a finished run without timing, or given on the command line).
+fn train(
+    work: &Path,
+    data: &Path,
+    param: Param,
+    args: &ImageCompositionArgs,
+) -> Result<(PathBuf, Option<f64>)> {
+    let cfg = recipe(data, param == Param::Energy, args.quick, args.steps)?;
+    let dir = work.join(param.key());
+    let text = cfg.to_toml()?;
+    let same = std::fs::read_to_string(dir.join("config.toml"))
+        .ok()
+        .as_deref()
+        == Some(text.as_str());
+    let timing = dir.join("timing.json");
+    if args.reuse_models && same && timing.is_file() {
+        let t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&timing)?)?;
+        return Ok((dir, t["seconds"].as_f64()));
+    }
+    let resume = args.reuse_models && same && dir.join("checkpoint").join("state.json").exists();
+    if !resume && dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let opts = TrainOptions {
+        out_dir: dir.clone(),
+        resume,
+        revision: Some(crate::workspace::revision()),
+        ..Default::default()
+    };
+    let report = train_run(&cfg, &opts, &Device::Cpu, &mut |_| {})
+        .with_context(|| format!("training the {} model", param.key()))?;
+    eprintln!(
+        "trained the {} model in {:.0} s (loss {:.4})",
+        param.key(),
+        report.seconds,
+        report.recent_loss
+    );
+    std::fs::write(
+        &timing,
+        json!({"seconds": report.seconds, "steps_per_second": report.steps_per_second(), "resumed": resume})
+            .to_string(),
+    )?;
+    Ok((dir, Some(report.seconds)))
+}
+
+/// What the samples of a setting must show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setting {
+    /// k full captions ANDed.
+    And(usize),
+    /// A caption of shape and quadrant, NOT a colour.
+    Not,
+}
+
+impl Setting {
+    const ALL: [Setting; 4] = [
+        Setting::And(1),
+        Setting::And(2),
+        Setting::And(3),
+        Setting::Not,
+    ];
+
+    fn key(self) -> String {
+        match self {
+            Self::And(k) => format!("and{k}"),
+            Self::Not => "not".into(),
+        }
+    }
+
+    fn title(self) -> String {
+        match self {
+            Self::And(1) => "1 prompt".into(),
+            Self::And(k) => format!("{k} ANDed"),
+            Self::Not => "A NOT B".into(),
+        }
+    }
+
+    /// Condition set `i`: the expression and the conditions wanted and excluded.
+    fn draw(self, i: usize) -> (String, Vec<Condition>, Vec<Condition>) {
+        let mut rng = seeded(0x1c0_5e75);
+        rng.set_stream(
+            match self {
+                Self::And(k) => k as u64,
+                Self::Not => 0,
+            } * 1_000_000
+                + i as u64,
+        );
+        let mut quadrants = Position::ALL;
+        for q in 0..quadrants.len() {
+            let j = rng.random_range(q..quadrants.len());
+            quadrants.swap(q, j);
+        }
+        let colour = |r: &mut SeededRng| Colour::ALL[r.random_range(0..Colour::ALL.len())];
+        let shape = |r: &mut SeededRng| Shape::ALL[r.random_range(0..Shape::ALL.len())];
+        match self {
+            Self::And(k) => {
+                let want: Vec<Condition> = quadrants[..k]
+                    .iter()
+                    .map(|&p| {
+                        Condition::new(Some(colour(&mut rng)), Some(shape(&mut rng)), Some(p))
+                            .expect("a full caption")
+                    })
+                    .collect();
+                let expr = want
+                    .iter()
+                    .map(|c| format!("\"{c}\""))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                (expr, want, Vec::new())
+            }
+            Self::Not => {
+                let positive = Condition::new(None, Some(shape(&mut rng)), Some(quadrants[0]))
+                    .expect("shape and quadrant");
+                let negated = Condition::new(Some(colour(&mut rng)), None, None).expect("a colour");
+                (
+                    format!("\"{positive}\" NOT \"{negated}\""),
+                    vec![positive],
+                    vec![negated],
+                )
+            }
+        }
+    }
+}
+
+/// A sampler of the table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SamplerSpec {
+    name: &'static str,
+    kernel: Option<Kernel>,
+    /// Reverse diffusion on as many levels as ULA makes calls.
+    matched: bool,
+}
+
+const SAMPLERS: [SamplerSpec; 6] = [
+    SamplerSpec {
+        name: "reverse",
+        kernel: None,
+        matched: false,
+    },
+    SamplerSpec {
+        name: "ula",
+        kernel: Some(Kernel::Ula),
+        matched: false,
+    },
+    SamplerSpec {
+        name: "reverse, equal calls",
+        kernel: None,
+        matched: true,
+    },
+    SamplerSpec {
+        name: "uhmc",
+        kernel: Some(Kernel::UHmc),
+        matched: false,
+    },
+    SamplerSpec {
+        name: "mala",
+        kernel: Some(Kernel::Mala),
+        matched: false,
+    },
+    SamplerSpec {
+        name: "hmc",
+        kernel: Some(Kernel::Hmc),
+        matched: false,
+    },
+];
+
+/// One cell of the table: a model, a sampler, a setting.
+#[derive(Debug, Clone)]
+struct Cell {
+    param: Param,
+    sampler: &'static str,
+    setting: Setting,
+    levels: usize,
+    good: usize,
+    total: usize,
+    /// Network calls per chain (each evaluates every prompt of the expression at once).
+    calls: usize,
+    seconds: f64,
+    acceptance: Option<f64>,
+}
+
+/// Samples and judges one (model, sampler, setting); the first set's samples go to `grid`.
+#[allow(clippy::too_many_arguments)]
+fn run_cell(
+    model: &PromptModel,
+    param: Param,
+    spec: SamplerSpec,
+    setting: Setting,
+    levels: usize,
+    args: &ImageCompositionArgs,
+    grid: &Path,
+) -> Result<Cell> {
+    let mut cfg = match spec.kernel {
+        None => AnnealConfig::reverse(),
+        Some(k) => AnnealConfig::paper_image(k),
+    };
+    cfg.clip_x0 = Some(1.0);
+    if args.quick {
+        cfg.mcmc_steps = cfg.mcmc_steps.min(2);
+    }
+    let mut good = 0;
+    let mut calls = 0;
+    let mut accept = Vec::new();
+    let start = Instant::now();
+    let mut first = None;
+    for i in 0..args.sets {
+        let (text, want, not) = setting.draw(i);
+        let expr = parse(&text)?;
+        let mut none = |n: &str| -> recompose_compose::Result<Box<dyn Component>> {
+            Err(ComposeError::Config(format!("no model `{n}`")))
+        };
+        let mut models = PromptModels::new();
+        models.insert(model.clone())?;
+        let mut prompt = |q: Option<&str>| models.resolve(q);
+        let composed = build_with(&expr, &mut none, &mut prompt, args.guidance)?;
+        let composed = Respaced::new(composed, levels)?;
+        // The same initial noise for every sampler of this set.
+        let mut rng = seeded(0x5a3_0000 + i as u64);
+        let out = anneal(&composed, &cfg, args.chains, &mut rng)?;
+        calls = out.evaluations;
+        if let Some(a) = out.mean_acceptance() {
+            accept.push(a);
+        }
+        let values = out.samples_vec()?;
+        for sample in values.chunks(3 * SIZE * SIZE) {
+            let unit: Vec<f32> = sample.iter().map(|&v| 0.5 * (v + 1.0)).collect();
+            if check::satisfies_all(&check::detect(&unit, SIZE)?, &want, &not) {
+                good += 1;
+            }
+        }
+        if first.is_none() {
+            first = Some(out.samples);
+        }
+    }
+    if let Some(x) = first {
+        let images = x.reshape((args.chains, 3, SIZE, SIZE))?;
+        save_png_grid(
+            &images,
+            recompose_diffusion::data::ValueRange::MinusOneOne,
+            args.chains.min(8),
+            grid,
+        )?;
+    }
+    Ok(Cell {
+        param,
+        sampler: spec.name,
+        setting,
+        levels,
+        good,
+        total: args.sets * args.chains,
+        calls,
+        seconds: start.elapsed().as_secs_f64(),
+        acceptance: (!accept.is_empty()).then(|| accept.iter().sum::<f64>() / accept.len() as f64),
+    })
+}
+
+/// Runs the task (see the [module documentation](self)).
+///
+/// # Errors
+///
+/// Whatever training, sampling or writing reports.
+pub fn image_composition(root: &Path, args: &ImageCompositionArgs) -> Result<()> {
+    let total = Instant::now();
+    let work = root.join("target").join(if args.quick {
+        "reproduce-image-composition-quick"
+    } else {
+        "reproduce-image-composition"
+    });
+    std::fs::create_dir_all(&work)?;
+    let docs = root.join("docs").join("results");
+    let name = args.report_name().to_string();
+    let plots = if args.quick {
+        work.join("grids")
+    } else {
+        docs.join(&name)
+    };
+    std::fs::create_dir_all(&plots)?;
+
+    // The checker's own accuracy on dataset images.
+    let checker = check::accuracy(&AccuracyConfig::clean(
+        DATA_SEED,
+        SIZE,
+        if args.quick { 50 } else { 1000 },
+    ))?;
+
+    let mut models: Vec<(Param, PathBuf, Option<f64>)> = Vec::new();
+    let needs_data = args.score.is_none() || (args.energy.is_none() && !args.no_energy);
+    let data = if needs_data {
+        Some(dataset(&work, args.quick)?)
+    } else {
+        None
+    };
+    for param in [Param::Score, Param::Energy] {
+        let given = match param {
+            Param::Score => &args.score,
+            Param::Energy => &args.energy,
+        };
+        match (given, &data) {
+            (Some(dir), _) => models.push((param, dir.clone(), None)),
+            (None, _) if param == Param::Energy && args.no_energy => {}
+            (None, Some(data)) => {
+                let (dir, seconds) = train(&work, data, param, args)?;
+                models.push((param, dir, seconds));
+            }
+            (None, None) => unreachable!("the dataset is written when a model is trained"),
+        }
+    }
+
+    let mut cells = Vec::new();
+    for (param, dir, _) in &models {
+        let model = PromptModel::load("shapes", dir, &Device::Cpu)
+            .with_context(|| format!("loading {}", dir.display()))?;
+        let t_max = model.schedule().len();
+        let levels = args.levels.min(t_max);
+        for setting in Setting::ALL {
+            let mut ula_calls = None;
+            for spec in SAMPLERS {
+                if spec.kernel.is_some_and(Kernel::is_metropolis) && *param == Param::Score {
+                    continue;
+                }
+                let levels = if spec.matched {
+                    match ula_calls {
+                        Some(c) => usize::min(c, t_max),
+                        None => continue,
+                    }
+                } else {
+                    levels
+                };
+                let grid = plots.join(format!(
+                    "{}-{}-{}.png",
+                    param.key(),
+                    setting.key(),
+                    spec.name.replace(", ", "-").replace(' ', "-")
+                ));
+                let cell = run_cell(&model, *param, spec, setting, levels, args, &grid)?;
+                eprintln!(
+                    "{} {:<22} {:<8} {:>3}/{:<3} ({:.0}%) {} calls {:.0} s",
+                    param.key(),
+                    spec.name,
+                    setting.title(),
+                    cell.good,
+                    cell.total,
+                    100.0 * cell.good as f64 / cell.total as f64,
+                    cell.calls,
+                    cell.seconds
+                );
+                if spec.kernel == Some(Kernel::Ula) {
+                    ula_calls = Some(cell.calls);
+                }
+                cells.push(cell);
+            }
+        }
+    }
+    let report = render(
+        args,
+        &checker,
+        &models,
+        &cells,
+        total.elapsed().as_secs_f64(),
+    )?
+    // Paths relative to the workspace, whoever runs it.
+    .replace(&format!("{}/", root.display()), "");
+    let path = if args.quick {
+        work.join(format!("{name}-quick.md"))
+    } else {
+        docs.join(format!("{name}.md"))
+    };
+    std::fs::write(&path, report)?;
+    let raw: Vec<_> = cells
+        .iter()
+        .map(|c| {
+            json!({
+                "parameterization": c.param.key(),
+                "sampler": c.sampler,
+                "setting": c.setting.key(),
+                "levels": c.levels,
+                "good": c.good,
+                "total": c.total,
+                "calls_per_chain": c.calls,
+                "seconds": c.seconds,
+                "acceptance": c.acceptance,
+            })
+        })
+        .collect();
+    std::fs::write(
+        path.with_extension("json"),
+        serde_json::to_string_pretty(&raw)?,
+    )?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+fn render(
+    args: &ImageCompositionArgs,
+    checker: &check::Accuracy,
+    models: &[(Param, PathBuf, Option<f64>)],
+    cells: &[Cell],
+    wall: f64,
+) -> Result<String> {
+    let mut o = String::new();
+    let _ = writeln!(o, "# Prompt algebra on a text-conditioned image model\n");
+    let _ = writeln!(
+        o,
+        "Generated by `{}` (do not edit by hand). Every number but the timings is a \
+         deterministic function of the seeds.\n",
+        args.command()
+    );
+    let _ = writeln!(o, "## Setup\n");
+    let _ = writeln!(
+        o,
+        "- Checker (segmentation by the dataset's palette, shape by fill ratio and corners, \
+         quadrant by centroid) on {} dataset images with {} objects: {:.1}% of images with \
+         exactly the true objects, {:.1}% of objects found with colour, shape and quadrant right.",
+        checker.images,
+        checker.objects,
+        100.0 * checker.exact_set,
+        100.0 * checker.per_object
+    );
+    for (param, dir, seconds) in models {
+        let cfg = RunConfig::from_file(&dir.join("config.toml"))?;
+        let _ = writeln!(
+            o,
+            "- {} model: `{}`{}; its configuration:\n\n```toml\n{}```\n",
+            param.key(),
+            dir.file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_default(),
+            seconds
+                .map(|s| format!(", trained here in {s:.0} s on the CPU"))
+                .unwrap_or_default(),
+            cfg.to_toml()?
+        );
+    }
+    let _ = writeln!(
+        o,
+        "- Sampling: {} condition sets per setting, {} chains each (the same initial noise for \
+         every sampler), {} of the model's levels (respaced), guidance γ = {} on every prompt, \
+         reverse steps with x̂₀ clipped to [−1, 1]; MCMC with the paper's image settings on the \
+         noisier half of the levels. \"Calls\" counts network evaluations per chain, each \
+         evaluating every prompt of the expression and the unconditional model in one batch.\n",
+        args.sets, args.chains, args.levels, args.guidance
+    );
+    let _ = writeln!(o, "## Generation accuracy\n");
+    let _ = writeln!(
+        o,
+        "The fraction of samples that satisfy every condition (the positive captions found, the \
+         negated colour absent).\n"
+    );
+    let _ = write!(o, "| model | sampler | levels | calls / chain |");
+    for s in Setting::ALL {
+        let _ = write!(o, " {} |", s.title());
+    }
+    let _ = writeln!(o, " acceptance | seconds |");
+    let _ = writeln!(
+        o,
+        "|---|---|---:|---:|{}---:|---:|",
+        "---:|".repeat(Setting::ALL.len())
+    );
+    let mut keys: Vec<(Param, &str)> = Vec::new();
+    for c in cells {
+        if !keys.contains(&(c.param, c.sampler)) {
+            keys.push((c.param, c.sampler));
+        }
+    }
+    for (param, sampler) in keys {
+        let row: Vec<&Cell> = cells
+            .iter()
+            .filter(|c| c.param == param && c.sampler == sampler)
+            .collect();
+        let first = row[0];
+        let _ = write!(
+            o,
+            "| {} | {} | {} | {} |",
+            param.key(),
+            sampler,
+            first.levels,
+            first.calls
+        );
+        for s in Setting::ALL {
+            match row.iter().find(|c| c.setting == s) {
+                Some(c) => {
+                    let _ = write!(
+                        o,
+                        " {:.0}% ({}/{}) |",
+                        100.0 * c.good as f64 / c.total as f64,
+                        c.good,
+                        c.total
+                    );
+                }
+                None => {
+                    let _ = write!(o, " – |");
+                }
+            }
+        }
+        let acc: Vec<f64> = row.iter().filter_map(|c| c.acceptance).collect();
+        let secs: f64 = row.iter().map(|c| c.seconds).sum();
+        let _ = writeln!(
+            o,
+            " {} | {secs:.0} |",
+            if acc.is_empty() {
+                "–".to_string()
+            } else {
+                format!("{:.2}", acc.iter().sum::<f64>() / acc.len() as f64)
+            }
+        );
+    }
+    let _ = writeln!(o, "\n## Condition sets\n");
+    for s in Setting::ALL {
+        let sets: Vec<String> = (0..args.sets.min(4))
+            .map(|i| format!("`{}`", s.draw(i).0))
+            .collect();
+        let _ = writeln!(
+            o,
+            "- {}: {}{}",
+            s.title(),
+            sets.join(", "),
+            if args.sets > 4 { ", …" } else { "" }
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nThe grids (`{}/`) show the chains of the first condition set of each cell.\n",
+        args.report_name()
+    );
+    let _ = writeln!(o, "Total wall time {wall:.0} s on the CPU.");
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn condition_sets_are_seeded_distinct_and_well_formed() {
+        for s in Setting::ALL {
+            for i in 0..20 {
+                let (text, want, not) = s.draw(i);
+                assert_eq!(s.draw(i).0, text);
+                assert!(parse(&text).is_ok(), "{text}");
+                match s {
+                    Setting::And(k) => {
+                        assert_eq!(want.len(), k);
+                        assert!(not.is_empty());
+                        // Distinct quadrants.
+                        let quadrants: std::collections::BTreeSet<String> = want
+                            .iter()
+                            .map(|c| {
+                                let t = c.to_string();
+                                t.split(' ').skip(2).collect::<Vec<_>>().join(" ")
+                            })
+                            .collect();
+                        assert_eq!(quadrants.len(), k, "{text}");
+                    }
+                    Setting::Not => assert_eq!((want.len(), not.len()), (1, 1)),
+                }
+            }
+            assert_ne!(s.draw(0).0, s.draw(1).0);
+        }
+    }
+
+    #[test]
+    fn options_parse_and_name_the_command() -> Result<()> {
+        let a = ImageCompositionArgs::parse(&["--sets", "3", "--levels", "40", "--no-energy"])?;
+        assert_eq!((a.sets, a.levels, a.no_energy), (3, 40, true));
+        assert!(a.command().contains("--no-energy") && a.command().contains("--levels 40"));
+        assert!(ImageCompositionArgs::parse(&["--levels", "1"]).is_err());
+        assert!(ImageCompositionArgs::parse(&["--guidance", "-2"]).is_err());
+        assert!(ImageCompositionArgs::parse(&["--no-energy", "--energy", "x"]).is_err());
+        assert!(ImageCompositionArgs::parse(&["--bogus"]).is_err());
+        Ok(())
+    }
+}
