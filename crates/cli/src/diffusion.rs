@@ -8,7 +8,7 @@ use clap::Args;
 use recompose_decomp_diffusion::DecompRunConfig;
 use recompose_diffusion::data::ValueRange;
 use recompose_diffusion::data::plot::{ScatterConfig, save_png_grid, save_png_scatter};
-use recompose_diffusion::run::{Registry, RunConfig, Trained};
+use recompose_diffusion::run::{Model, Registry, RunConfig, Trained};
 use recompose_diffusion::train::{TrainOptions, TrainReport};
 use recompose_diffusion::{Sampler, SamplerConfig, SamplerKind, seeded};
 
@@ -80,7 +80,17 @@ pub struct SampleArgs {
     /// Seed of the initial noise and of the sampler's draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The prompt of a text-conditioned model, e.g. "red circle top left" (default: the empty
+    /// prompt, the unconditional model).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Classifier-free guidance scale γ of the prompt: y_∅ + γ (y_prompt − y_∅).
+    #[arg(long, allow_negative_numbers = true)]
+    guidance: Option<f64>,
 }
+
+/// The guidance scale of `sample --prompt` when none is given.
+const DEFAULT_GUIDANCE: f64 = 4.0;
 
 /// Every family of training runs the CLI knows: this workspace's denoisers and Decomp Diffusion.
 /// Refuses a run directory whose saved configuration belongs to another family of runs than
@@ -275,6 +285,19 @@ pub fn run_sample(a: SampleArgs, memory: MemoryLimit) -> Result<()> {
     expect_family(&a.checkpoint, RunConfig::FAMILY.name)?;
     // Checked from the saved configuration, before the weights are read.
     let saved = RunConfig::from_file(&a.checkpoint.join("config.toml"))?;
+    let text = saved.is_text_conditioned();
+    if !text && (a.prompt.is_some() || a.guidance.is_some()) {
+        return Err(usage(format!(
+            "--prompt and --guidance need a text-conditioned model; {} is not one",
+            a.checkpoint.display()
+        )));
+    }
+    let guidance = a.guidance.unwrap_or(DEFAULT_GUIDANCE);
+    if !(guidance.is_finite() && guidance >= 0.0) {
+        return Err(usage(format!(
+            "--guidance must be finite and non-negative, got {guidance}"
+        )));
+    }
     let item: usize = saved.model_item_shape().iter().product();
     check_memory(
         memory,
@@ -284,7 +307,8 @@ pub fn run_sample(a: SampleArgs, memory: MemoryLimit) -> Result<()> {
             saved.activation_bytes(),
             item,
             num,
-            sample_chunk(&saved),
+            // A guided prompt evaluates the doubled batch.
+            sample_chunk(&saved) * if text { 2 } else { 1 },
         ),
     )?;
     let device = crate::device();
@@ -318,6 +342,28 @@ pub fn run_sample(a: SampleArgs, memory: MemoryLimit) -> Result<()> {
         config = config.with_clip_x0(f64::from(hi.abs().max(lo.abs())));
     }
     let sampler = Sampler::new(trained.schedule.clone(), config)?;
+    let guided = match (&trained.model, &trained.tokenizer) {
+        (Model::TextUnet(net), Some(tokenizer)) => Some(
+            net.guided(
+                tokenizer,
+                a.prompt.as_deref().unwrap_or(""),
+                guidance,
+                &device,
+            )
+            .map_err(|e| {
+                if e.is_bad_input() {
+                    usage(format!("--prompt: {e}"))
+                } else {
+                    e.into()
+                }
+            })?,
+        ),
+        _ => None,
+    };
+    let denoiser: &dyn recompose_diffusion::Denoiser = match &guided {
+        Some(g) => g,
+        None => &trained.model,
+    };
     let mut rng = seeded(a.seed);
     let chunk = sample_chunk(&trained.config);
     let mut parts = Vec::new();
@@ -326,13 +372,18 @@ pub fn run_sample(a: SampleArgs, memory: MemoryLimit) -> Result<()> {
         let n = chunk.min(num - done);
         let mut shape = vec![n];
         shape.extend(&item);
-        parts.push(sampler.sample(&trained.model, &shape, steps, None, &device, &mut rng)?);
+        parts.push(sampler.sample(denoiser, &shape, steps, None, &device, &mut rng)?);
         done += n;
     }
     let x = candle_core::Tensor::cat(&parts, 0)?;
     write_samples(&x, range, kind, &a.out)?;
+    let prompt = match (&a.prompt, text) {
+        (Some(p), _) => format!(", prompt \"{p}\", guidance {guidance}"),
+        (None, true) => ", unconditional".to_string(),
+        (None, false) => String::new(),
+    };
     outln!(
-        "wrote {num} samples ({}, {steps} steps, seed {}) to {}",
+        "wrote {num} samples ({}, {steps} steps, seed {}{prompt}) to {}",
         a.sampler,
         a.seed,
         a.out.display()

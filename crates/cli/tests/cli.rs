@@ -603,6 +603,20 @@ fn train_resume_and_sample() {
     ]));
     let bytes = std::fs::read(&png).expect("png");
     assert_eq!(&bytes[1..4], b"PNG");
+    // A prompt needs a text-conditioned model.
+    let refused = recompose(&[
+        "sample",
+        "--checkpoint",
+        out,
+        "--num",
+        "2",
+        "--out",
+        png.to_str().expect("utf-8"),
+        "--prompt",
+        "red",
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("text-conditioned"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1575,6 +1589,47 @@ fn compose_prompts_of_a_text_conditioned_model() {
         assert!(text.contains("wrote 4 samples"), "{text}");
         let png = image::open(&grid).expect("grid");
         assert!(png.width() >= 64 && png.height() >= 64);
+    }
+    // `sample --prompt` draws from one guided prompt with any sampler; without it, from the
+    // unconditional model.
+    let score_dir = score.strip_prefix("shapes=").expect("NAME=DIR");
+    for extra in [vec!["--prompt", "red circle", "--guidance", "3"], vec![]] {
+        let mut args = vec![
+            "sample",
+            "--checkpoint",
+            score_dir,
+            "--num",
+            "2",
+            "--out",
+            grid_s,
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+        ];
+        args.extend(extra);
+        let text = ok(&recompose(&args));
+        assert!(text.contains("wrote 2 samples"), "{text}");
+    }
+    for (extra, want) in [
+        (vec!["--prompt", "purple circle"], "purple"),
+        (vec!["--prompt", "red", "--guidance", "-1"], "--guidance"),
+    ] {
+        let mut args = vec![
+            "sample",
+            "--checkpoint",
+            score_dir,
+            "--num",
+            "2",
+            "--out",
+            grid_s,
+        ];
+        args.extend(extra);
+        let out = recompose(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{want}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
     // --check judges each sample with the shapes-text checker.
     let text = ok(&recompose(&[
