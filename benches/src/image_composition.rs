@@ -210,7 +210,7 @@ pub fn recipe(data: &Path, energy: bool, quick: bool, steps: Option<usize>) -> R
          [text]\nwidth = {}\nlayers = {}\nheads = {}\n\n\
          [diffusion]\nnum_timesteps = {}\n{}\n\
          [train]\nbatch_size = {batch}\nsteps = {}\nlr = 5e-4\nema_decay = {}\n\
-         checkpoint_every = 250\nseed = 0\n",
+         ema_warmup = true\ncheckpoint_every = 250\nseed = 0\n",
         data.display(),
         text.0,
         text.1,
@@ -222,7 +222,7 @@ pub fn recipe(data: &Path, energy: bool, quick: bool, steps: Option<usize>) -> R
             ""
         },
         steps.unwrap_or(default_steps),
-        if quick { 0.9 } else { 0.995 },
+        if quick { 0.9 } else { 0.999 },
     );
     Ok(RunConfig::from_toml(&text_cfg)?)
 }
