@@ -65,13 +65,17 @@ pub struct ImageCompositionArgs {
     pub guidance: f64,
     /// Training steps (overrides the recipe).
     pub steps: Option<usize>,
+    /// MCMC steps per level of every kernel (default: the paper's, 20 for ULA and MALA, 10
+    /// for the Hamiltonian kernels).
+    pub mcmc_steps: Option<usize>,
     /// Write the report under this name in docs/results (default `image-composition`).
     pub report: Option<String>,
 }
 
 impl ImageCompositionArgs {
     /// Parses `[--quick] [--reuse-models] [--score DIR] [--energy DIR] [--no-energy]
-    /// [--sets N] [--chains N] [--levels N] [--guidance G] [--steps N] [--report NAME]`.
+    /// [--sets N] [--chains N] [--levels N] [--guidance G] [--steps N] [--mcmc-steps K]
+    /// [--report NAME]`.
     ///
     /// # Errors
     ///
@@ -89,6 +93,7 @@ impl ImageCompositionArgs {
             levels: 50,
             guidance: 4.0,
             steps: None,
+            mcmc_steps: None,
             report: None,
         };
         let mut it = args.iter();
@@ -103,6 +108,9 @@ impl ImageCompositionArgs {
                 "--chains" => out.chains = positive_option(a, option_value(&mut it, a)?)?,
                 "--levels" => out.levels = positive_option(a, option_value(&mut it, a)?)?,
                 "--steps" => out.steps = Some(positive_option(a, option_value(&mut it, a)?)?),
+                "--mcmc-steps" => {
+                    out.mcmc_steps = Some(positive_option(a, option_value(&mut it, a)?)?);
+                }
                 "--report" => out.report = Some(option_value(&mut it, a)?.to_string()),
                 "--guidance" => {
                     let v = option_value(&mut it, a)?;
@@ -114,7 +122,7 @@ impl ImageCompositionArgs {
                 other => bail!(
                     "unknown option {other} (reproduce image-composition [--quick] \
                      [--reuse-models] [--score DIR] [--energy DIR] [--no-energy] [--sets N] \
-                     [--chains N] [--levels N] [--guidance G] [--steps N] [--report NAME])"
+                     [--chains N] [--levels N] [--guidance G] [--steps N] [--mcmc-steps K] [--report NAME])"
                 ),
             }
         }
@@ -156,6 +164,9 @@ impl ImageCompositionArgs {
         );
         if let Some(s) = self.steps {
             let _ = write!(c, " --steps {s}");
+        }
+        if let Some(k) = self.mcmc_steps {
+            let _ = write!(c, " --mcmc-steps {k}");
         }
         if let Some(r) = &self.report {
             let _ = write!(c, " --report {r}");
@@ -440,6 +451,9 @@ fn run_cell(
         Some(k) => AnnealConfig::paper_image(k),
     };
     cfg.clip_x0 = Some(1.0);
+    if let Some(k) = args.mcmc_steps {
+        cfg.mcmc_steps = k;
+    }
     if args.quick {
         cfg.mcmc_steps = cfg.mcmc_steps.min(2);
     }
@@ -681,9 +695,15 @@ fn render(
         "- Sampling: {} condition sets per setting, {} chains each (the same initial noise for \
          every sampler), {} of the model's levels (respaced), guidance γ = {} on every prompt, \
          reverse steps with x̂₀ clipped to [−1, 1]; MCMC with the paper's image settings on the \
-         noisier half of the levels. \"Calls\" counts network evaluations per chain, each \
+         noisier half of the levels{}. \"Calls\" counts network evaluations per chain, each \
          evaluating every prompt of the expression and the unconditional model in one batch.\n",
-        args.sets, args.chains, args.levels, args.guidance
+        args.sets,
+        args.chains,
+        args.levels,
+        args.guidance,
+        args.mcmc_steps
+            .map(|k| format!(", {k} MCMC steps per level for every kernel"))
+            .unwrap_or_default()
     );
     let _ = writeln!(o, "## Generation accuracy\n");
     let _ = writeln!(
