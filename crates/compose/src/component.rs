@@ -11,8 +11,9 @@
 //!
 //! - [`ScoreLeaf`]: any [`Denoiser`] read as a score model, s = −ε̂/σ_t (ε̂ converted from the
 //!   model's parameterization). No log-density.
-//! - [`EnergyLeaf`]: an energy-parameterized MLP ([`EnergyMlp`]): ε̂ = ∇ₓE, s = −∇ₓE/σ_t and
-//!   log p_t = −E/σ_t + c(t). The energy and its gradient always come from the same evaluation.
+//! - [`EnergyLeaf`]: an energy-parameterized MLP ([`EnergyMlp`]) or U-Net ([`EnergyUNet`]):
+//!   ε̂ = ∇ₓE, s = −∇ₓE/σ_t and log p_t = −E/σ_t + c(t). The energy and its gradient always
+//!   come from the same evaluation.
 //! - [`AnalyticLeaf`]: a [`GaussianMixture`] diffused exactly, with its normalized log-density:
 //!   the ground truth the samplers are tested against.
 //!
@@ -24,7 +25,7 @@
 //! are the CPU fast path behind the same interface.
 
 use candle_core::{DType, Device, Tensor};
-use recompose_diffusion::nn::{EnergyForm, EnergyMlp, FrozenMlp, ResidualMlp};
+use recompose_diffusion::nn::{EnergyForm, EnergyMlp, EnergyUNet, FrozenMlp, ResidualMlp};
 use recompose_diffusion::{Denoiser, DiscreteSchedule, GaussianMixture, Parameterization};
 
 use crate::{Error, Result};
@@ -324,9 +325,13 @@ enum EnergyNetwork {
     Frozen(FrozenMlp, EnergyForm),
     /// Through candle's ops ([`EnergyMlp::energy_and_grad`]).
     Candle(EnergyMlp),
+    /// An energy U-Net through candle's ops ([`EnergyUNet::energy_and_grad`]), with the item
+    /// shape `[C, H, W]` its flattened points are reshaped to.
+    Image(Box<EnergyUNet>, Vec<usize>),
 }
 
-/// An energy-parameterized MLP: s = −∇ₓE/σ_t, log p_t = −E/σ_t (+ an unknown c(t)).
+/// An energy-parameterized network — the residual MLP or the U-Net: s = −∇ₓE/σ_t,
+/// log p_t = −E/σ_t (+ an unknown c(t)).
 #[derive(Debug, Clone)]
 pub struct EnergyLeaf {
     name: String,
@@ -371,6 +376,27 @@ impl EnergyLeaf {
     }
 }
 
+impl EnergyLeaf {
+    /// The energy U-Net `model` trained on `schedule`, evaluated on `device` (where its
+    /// weights live); its points are its images flattened.
+    pub fn unet(
+        name: &str,
+        model: EnergyUNet,
+        schedule: DiscreteSchedule,
+        device: &Device,
+    ) -> Self {
+        let c = model.net().config();
+        let item = vec![c.in_channels, c.image_size, c.image_size];
+        Self {
+            name: name.to_string(),
+            dim: item.iter().product(),
+            network: EnergyNetwork::Image(Box::new(model), item),
+            device: device.clone(),
+            schedule,
+        }
+    }
+}
+
 impl Component for EnergyLeaf {
     fn dim(&self) -> usize {
         self.dim
@@ -407,6 +433,18 @@ impl Component for EnergyLeaf {
                 let (e, g) = model.energy_and_grad(x, &t)?;
                 let score = g.to_dtype(DType::F32)?.affine(-f64::from(inv), 0.0)?;
                 (e, score)
+            }
+            EnergyNetwork::Image(model, item) => {
+                let t = Tensor::from_vec(vec![level as f32; n], n, &self.device)?;
+                let mut shape = vec![n];
+                shape.extend_from_slice(item);
+                let (e, g) = model.energy_and_grad(&x.reshape(shape)?, &t, None)?;
+                let score = g
+                    .detach()
+                    .to_dtype(DType::F32)?
+                    .reshape((n, self.dim))?
+                    .affine(-f64::from(inv), 0.0)?;
+                (e.detach(), score)
             }
         };
         let log_density = if density {
@@ -579,8 +617,7 @@ pub fn load(name: &str, dir: &std::path::Path, device: &Device) -> Result<Box<dy
         Model::Energy(model) if host => Box::new(EnergyLeaf::new(name, &model, schedule)?),
         Model::Energy(model) => Box::new(EnergyLeaf::on_device(name, model, schedule, device)),
         Model::Unet(net) => Box::new(ScoreLeaf::new(name, net, schedule, &item, device)?),
-        // Its ε̂ = ∇ₓE as a score; the energy itself is not read here yet.
-        Model::EnergyUnet(net) => Box::new(ScoreLeaf::new(name, net, schedule, &item, device)?),
+        Model::EnergyUnet(net) => Box::new(EnergyLeaf::unet(name, *net, schedule, device)),
         Model::TextUnet(_) => {
             return Err(Error::Config(format!(
                 "`{name}` is a text-conditioned model: compose it through quoted prompts \
