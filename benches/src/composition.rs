@@ -740,15 +740,16 @@ fn negation_section(o: &mut String, results: &[RunResult], learned: &[LearnedLev
     }
 }
 
-/// Score or energy parameterization.
+/// Score or energy parameterization (of the 2-D models here and of the image models of
+/// [`crate::image_composition`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Param {
+pub(crate) enum Param {
     Score,
     Energy,
 }
 
 impl Param {
-    fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Self::Score => "score",
             Self::Energy => "energy",

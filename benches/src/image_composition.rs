@@ -40,6 +40,8 @@ use recompose_scenes::shapes_text::check::{self, AccuracyConfig};
 use recompose_scenes::shapes_text::{self, Colour, Condition, Position, Shape, ShapesText};
 use serde_json::json;
 
+use crate::composition::Param;
+
 /// The options of `reproduce image-composition`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageCompositionArgs {
@@ -176,22 +178,6 @@ impl ImageCompositionArgs {
 
     fn report_name(&self) -> &str {
         self.report.as_deref().unwrap_or("image-composition")
-    }
-}
-
-/// The parameterization of a model under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Param {
-    Score,
-    Energy,
-}
-
-impl Param {
-    fn key(self) -> &'static str {
-        match self {
-            Self::Score => "score",
-            Self::Energy => "energy",
-        }
     }
 }
 

@@ -553,22 +553,10 @@ fn clipping_the_clean_estimate_bounds_the_samples() -> Res {
 fn energy_unet_leaf_has_a_log_density_whose_gradient_is_the_score() -> Res {
     use recompose_compose::EnergyLeaf;
     use recompose_diffusion::nn::{EnergyForm, EnergyUNet, ParamStore, UNetConfig};
+    // The tiny U-Net of the prompt tests, unconditional.
     let cfg = UNetConfig {
-        image_size: 8,
-        in_channels: 3,
-        out_channels: 3,
-        model_channels: 8,
-        channel_mult: vec![1, 2],
-        num_res_blocks: 1,
-        attention_resolutions: vec![4],
-        num_heads: 1,
-        num_head_channels: None,
-        num_groups: 4,
-        dropout: 0.0,
-        resblock_updown: true,
-        use_scale_shift_norm: false,
-        time_embed_dim: 16,
         cond_dim: 0,
+        ..prompt::tiny_unet()
     };
     let store = ParamStore::new(3);
     let net = EnergyUNet::new(
@@ -577,16 +565,8 @@ fn energy_unet_leaf_has_a_log_density_whose_gradient_is_the_score() -> Res {
         store.var_builder(candle_core::DType::F32, &Device::Cpu),
     )?;
     // Away from the zero-initialized output layer.
-    let mut rng = seeded(4);
-    for (_, var) in store.vars() {
-        let noise = recompose_diffusion::random::normal_tensor(
-            &mut rng,
-            var.dims(),
-            var.dtype(),
-            &Device::Cpu,
-        )?;
-        var.set(&(var.as_tensor() + (noise * 0.1)?)?)?;
-    }
+    prompt::perturb(&store, 4)?;
+    let mut rng = seeded(5);
     let leaf = EnergyLeaf::unet("img", net, schedule(), &Device::Cpu);
     assert!(leaf.has_density());
     assert_eq!(leaf.dim(), 3 * 8 * 8);

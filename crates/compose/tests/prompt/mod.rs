@@ -594,7 +594,7 @@ fn prompt_errors_are_clear() -> Res {
 
 // ---- A small real TextUNet ----------------------------------------------------------------
 
-fn tiny_unet() -> UNetConfig {
+pub(crate) fn tiny_unet() -> UNetConfig {
     UNetConfig {
         image_size: 8,
         in_channels: 3,
@@ -625,12 +625,19 @@ fn text_unet(energy: bool) -> anyhow::Result<(TextUNet, TextTokenizer)> {
         Parameterization::Epsilon,
         store.var_builder(DType::F32, &Device::Cpu),
     )?;
-    let mut rng = seeded(12);
+    perturb(&store, 12)?;
+    Ok((net, tok))
+}
+
+/// Moves every parameter of `store` by Gaussian noise of σ = 0.1 (seeded), so that the
+/// zero-initialized output layers pass a signal.
+pub(crate) fn perturb(store: &ParamStore, seed: u64) -> anyhow::Result<()> {
+    let mut rng = seeded(seed);
     for (_, var) in store.vars() {
         let noise = normal_tensor(&mut rng, var.as_tensor().dims(), DType::F32, &Device::Cpu)?;
         var.set(&(var.as_tensor() + (noise * 0.1)?)?)?;
     }
-    Ok((net, tok))
+    Ok(())
 }
 
 /// (f) The real network: the batched evaluation equals the guidance formula over separate
