@@ -202,7 +202,7 @@ pub fn recipe(data: &Path, energy: bool, quick: bool, steps: Option<usize>) -> R
         "[model]\nkind = \"unet\"\nimage_size = {SIZE}\nin_channels = 3\nout_channels = 3\n\
          model_channels = {channels}\nchannel_mult = {mult}\nnum_res_blocks = 1\n\
          attention_resolutions = {attention}\nnum_head_channels = {head}\nnum_groups = {groups}\n\
-         time_embed_dim = {time}\ndropout = 0.0\n\n\
+         time_embed_dim = {time}\ndropout = 0.0\ncoord_channels = true\n\n\
          [data]\nkind = \"captioned_folder\"\ndir = \"{}\"\nsize = {SIZE}\nuncond_prob = 0.1\n\n\
          [text]\nwidth = {}\nlayers = {}\nheads = {}\n\n\
          [diffusion]\nnum_timesteps = {}\n{}\n\

@@ -183,8 +183,14 @@ impl PromptNetwork for TextUNet {
                     .into(),
             ));
         }
-        let c = tile_rows(&self.condition(ids)?, n)?;
-        let y = self.unet().forward_repeated(x, t, Some(&c), p, None)?;
+        // Row i·p + k is prompt k.
+        let rows: Vec<u32> = (0..n * p).map(|r| (r % p) as u32).collect();
+        let c = self
+            .condition(ids)?
+            .select_rows(&Tensor::from_vec(rows, n * p, ids.device())?)?;
+        let y = self
+            .unet()
+            .forward_repeated(x, t, Some(&c.pooled), c.tokens.as_ref(), p, None)?;
         Ok(Prediction {
             energy: None,
             output: y.detach(),

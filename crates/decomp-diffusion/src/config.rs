@@ -146,6 +146,8 @@ impl DecompConfig {
             use_scale_shift_norm: false,
             time_embed_dim: self.emb_dim / 2,
             cond_dim: self.emb_dim / 2,
+            coord_channels: false,
+            context_dim: 0,
         }
     }
 

@@ -151,7 +151,9 @@ impl DecompModel {
         let mut rep_dims = vec![b, k];
         rep_dims.extend(&x_t.dims()[1..]);
         let zs = z.reshape((b * k, d))?;
-        let out = self.denoiser.forward_repeated(x_t, t, Some(&zs), k, None)?;
+        let out = self
+            .denoiser
+            .forward_repeated(x_t, t, Some(&zs), None, k, None)?;
         Ok(out.reshape(rep_dims.as_slice())?.mean(1)?)
     }
 

@@ -121,7 +121,7 @@ impl Denoiser for FactorMix<'_> {
             let z = Tensor::stack(zs, 1)?.flatten_to(1)?;
             let out = model
                 .denoiser()
-                .forward_repeated(x_t, t, Some(&z), n, None)?;
+                .forward_repeated(x_t, t, Some(&z), None, n, None)?;
             let sum = out.reshape(rep.as_slice())?.sum(1)?;
             total = Some(match total {
                 Some(acc) => (acc + sum)?,

@@ -611,13 +611,18 @@ pub(crate) fn tiny_unet() -> UNetConfig {
     }
 }
 
-/// A tiny TextUNet (score or energy) with random weights, perturbed so that the zero-initialized
-/// output layers pass a signal.
-fn text_unet(energy: bool) -> anyhow::Result<(TextUNet, TextTokenizer)> {
+/// A tiny TextUNet (score or energy; pooled conditioning, with cross-attention to the token
+/// states if `cross`) with random weights, perturbed so that the zero-initialized output layers
+/// pass a signal.
+fn text_unet(energy: bool, cross: bool) -> anyhow::Result<(TextUNet, TextTokenizer)> {
     let tok = TextTokenizer::word_level(["red", "blue", "circle", "square"], 5)?;
+    let unet = UNetConfig {
+        context_dim: usize::from(cross),
+        ..tiny_unet()
+    };
     let cfg = TextUNetConfig {
         energy: energy.then_some(EnergyForm::HalfNorm),
-        ..TextUNetConfig::for_tokenizer(tiny_unet(), &tok)?
+        ..TextUNetConfig::for_tokenizer(unet, &tok)?
     };
     let store = ParamStore::new(11);
     let net = TextUNet::new(
@@ -646,8 +651,8 @@ pub(crate) fn perturb(store: &ParamStore, seed: u64) -> anyhow::Result<()> {
 fn text_unet_guided_by_prompts() -> Res {
     let schedule = DiscreteSchedule::cosine(10, 0.008)?;
     let gamma = 3.0;
-    for energy in [false, true] {
-        let (net, tok) = text_unet(energy)?;
+    for (energy, cross) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (net, tok) = text_unet(energy, cross)?;
         let net = Arc::new(net);
         let model = PromptModel::new(
             "shapes",
@@ -704,7 +709,7 @@ fn text_unet_guided_by_prompts() -> Res {
             .zip(&want_s)
             .fold(0.0f64, |m, (g, w)| m.max((f64::from(*g) - w).abs()));
         eprintln!(
-            "TextUNet energy={energy}: batched vs separate max |Δs| = {diff:.2e} (max |s| = \
+            "TextUNet energy={energy} cross={cross}: batched vs separate max |Δs| = {diff:.2e} (max |s| = \
              {scale:.2}), one batched evaluation of {n}×4 rows in {batched:.3} s"
         );
         assert!(diff <= 1e-5 * scale, "{diff} (scale {scale})");

@@ -28,6 +28,7 @@
 //! | `y = x̂·s + β`, `x̂ = (x − μ)·r`, `r = 1/√(var + eps)` per (image, group) | `g_x̂ = g·s`, then `r (g_x̂ − mean g_x̂ − x̂ · mean(g_x̂ x̂))` over the group |
 //! | scale-shift norm: `s = γ(1 + scale)`, `β = β_γ(1 + scale) + shift` | as above (s, β do not depend on x)        |
 //! | `A = V Pᵀ`, `P = softmax(QᵀK/√d)` per head | `g_V = g P`, `g_P = gᵀ V`, `g_S = P ⊙ (g_P − rowsum(g_P ⊙ P))`, `g_Q = K g_Sᵀ/√d`, `g_K = (Q/√d) g_S` |
+//! | cross-attention `A = V Pᵀ`, `P = softmax(QᵀK/√d + mask)`, K, V from token states | through Q only: `g_Q = K g_Sᵀ/√d` (K and V do not depend on x; they get their parameter gradients through the tracked graph) |
 //! | `avg_pool2x(x)`                           | `nearest_up2x(g) / 4`                                    |
 //! | `nearest_up2x(x)`                         | `4 · avg_pool2x(g)` (the 2×2 sum)                         |
 //! | `cat(h, skip)` over channels               | the gradient split into its two channel ranges           |
@@ -39,7 +40,9 @@
 //! Every valid [`UNetConfig`] with `dropout = 0` (the input gradient is that of a
 //! deterministic function, so dropout is rejected with [`Error::Config`] instead of being
 //! silently switched off), both resampling styles (`resblock_updown` true or false), with or
-//! without scale-shift norm, any attention layout and conditioning width. The form
+//! without scale-shift norm, any attention layout and conditioning width, with or without
+//! coordinate channels and cross-attention to token states
+//! ([`EnergyUNet::energy_and_grad_context`]). The form
 //! `E = ‖g − x‖²` needs `out_channels = in_channels`.
 //!
 //! # Initialization and parameters
@@ -65,7 +68,8 @@ use crate::nn::conv::Conv2d;
 use crate::nn::energy::EnergyForm;
 use crate::nn::layers::{ConvSpec, avg_pool2x, upsample_nearest2x};
 use crate::nn::unet::{
-    AttentionBlock, Block, NORM_EPS, Norm, Pointwise, ResBlock, Resample, UNet, UNetConfig,
+    AttentionBlock, Block, CrossAttention, NORM_EPS, Norm, Pointwise, ResBlock, Resample,
+    TokenContext, UNet, UNetConfig, cross_weights,
 };
 use crate::param::Parameterization;
 use crate::{Error, Result};
@@ -112,7 +116,9 @@ struct AttnCache {
 
 enum BlockCache {
     Res(ResCache),
-    Attn(AttnCache),
+    /// The self-attention's values, then the cross-attention's (queries from the features,
+    /// keys and values from the tokens, weights `[BH, N, L]`).
+    Attn(AttnCache, Option<AttnCache>),
     /// A strided convolution, with the spatial size of its input.
     Down(usize, usize),
     Up,
@@ -321,14 +327,49 @@ fn attn_forward(a: &AttentionBlock, x: &Tensor) -> Result<(Tensor, AttnCache)> {
     Ok((out, AttnCache { norm, q, k, v, p }))
 }
 
+/// The gradient of the logits `g_S = P ⊙ (g_P − rowsum(g_P ⊙ P))` for the gradient `g_att`
+/// `[BH, d, N]` of the attended values `V Pᵀ`.
+fn logits_grad(c: &AttnCache, g_att: &Tensor) -> Result<Tensor> {
+    let g_p = g_att.t()?.matmul(&c.v)?;
+    let rowsum = (&g_p * &c.p)?.sum_keepdim(D::Minus1)?;
+    Ok((&c.p * g_p.broadcast_sub(&rowsum)?)?)
+}
+
+/// The cross-attention of `a` on `x` under the token states `ctx`, keeping its backward
+/// pass's values.
+fn cross_forward(
+    a: &CrossAttention,
+    x: &Tensor,
+    ctx: &TokenContext,
+) -> Result<(Tensor, AttnCache)> {
+    let (b, c, hh, ww) = x.dims4()?;
+    let (xn, norm) = norm_forward(&a.norm, x, None, false)?;
+    let q = a.queries(&xn)?;
+    let (k, v, bias) = a.keys_values(ctx)?;
+    let p = cross_weights(&q, &k, &bias)?;
+    let attended = v.matmul(&p.t()?)?.reshape((b, c, hh, ww))?;
+    let out = a.proj_out.forward_residual(&attended, x)?;
+    Ok((out, AttnCache { norm, q, k, v, p }))
+}
+
+/// The input gradient of [`cross_forward`]: through the queries only (the keys and values
+/// are functions of the tokens, not of x).
+fn cross_backward(a: &CrossAttention, c: &AttnCache, g: &Tensor) -> Result<Tensor> {
+    let (b, ch, hh, ww) = g.dims4()?;
+    let d = ch / a.heads;
+    let g_att = pointwise_input_grad(&a.proj_out, g)?.reshape((b * a.heads, d, hh * ww))?;
+    let g_s = logits_grad(c, &g_att)?;
+    let g_q = (c.k.matmul(&g_s.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    let g_xn = pointwise_input_grad(&a.q, &g_q.reshape((b, ch, hh, ww))?)?;
+    Ok((g + norm_backward(&c.norm, &g_xn)?)?)
+}
+
 fn attn_backward(a: &AttentionBlock, c: &AttnCache, g: &Tensor) -> Result<Tensor> {
     let (b, ch, hh, ww) = g.dims4()?;
     let d = ch / a.heads;
     let g_att = pointwise_input_grad(&a.proj_out, g)?.reshape((b * a.heads, d, hh * ww))?;
     let g_v = g_att.matmul(&c.p)?;
-    let g_p = g_att.t()?.matmul(&c.v)?;
-    let rowsum = (&g_p * &c.p)?.sum_keepdim(D::Minus1)?;
-    let g_s = (&c.p * g_p.broadcast_sub(&rowsum)?)?;
+    let g_s = logits_grad(c, &g_att)?;
     let g_q = (c.k.matmul(&g_s.t()?)? * (1.0 / (d as f64).sqrt()))?;
     let g_k = c.q.matmul(&g_s)?;
     let g_qkv = Tensor::cat(&[&g_q, &g_k, &g_v], 1)?.reshape((b, 3 * ch, hh, ww))?;
@@ -336,7 +377,12 @@ fn attn_backward(a: &AttentionBlock, c: &AttnCache, g: &Tensor) -> Result<Tensor
     Ok((g + norm_backward(&c.norm, &g_xn)?)?)
 }
 
-fn block_forward(block: &Block, x: &Tensor, emb_act: &Tensor) -> Result<(Tensor, BlockCache)> {
+fn block_forward(
+    block: &Block,
+    x: &Tensor,
+    emb_act: &Tensor,
+    ctx: Option<&TokenContext>,
+) -> Result<(Tensor, BlockCache)> {
     Ok(match block {
         Block::Res(r) => {
             let (out, c) = res_forward(r, x, emb_act)?;
@@ -344,7 +390,18 @@ fn block_forward(block: &Block, x: &Tensor, emb_act: &Tensor) -> Result<(Tensor,
         }
         Block::Attn(a) => {
             let (out, c) = attn_forward(a, x)?;
-            (out, BlockCache::Attn(c))
+            match (&a.cross, ctx) {
+                (None, _) => (out, BlockCache::Attn(c, None)),
+                (Some(cross), Some(ctx)) => {
+                    let (out, cc) = cross_forward(cross, &out, ctx)?;
+                    (out, BlockCache::Attn(c, Some(cc)))
+                }
+                (Some(_), None) => {
+                    return Err(Error::Shape(
+                        "energy unet: a cross-attention block needs token states".to_string(),
+                    ));
+                }
+            }
         }
         Block::Down(conv) => {
             let (h, w) = spatial(x)?;
@@ -357,7 +414,13 @@ fn block_forward(block: &Block, x: &Tensor, emb_act: &Tensor) -> Result<(Tensor,
 fn block_backward(block: &Block, cache: &BlockCache, g: &Tensor) -> Result<Tensor> {
     match (block, cache) {
         (Block::Res(r), BlockCache::Res(c)) => res_backward(r, c, g),
-        (Block::Attn(a), BlockCache::Attn(c)) => attn_backward(a, c, g),
+        (Block::Attn(a), BlockCache::Attn(c, cross)) => match (&a.cross, cross) {
+            (None, None) => attn_backward(a, c, g),
+            (Some(ca), Some(cc)) => attn_backward(a, c, &cross_backward(ca, cc, g)?),
+            _ => Err(Error::Config(
+                "energy unet: a block and its saved activations do not match".to_string(),
+            )),
+        },
         (Block::Down(conv), BlockCache::Down(h, w)) => conv_input_grad(conv, g, (*h, *w)),
         (Block::Up(conv), BlockCache::Up) => {
             let g = conv_input_grad(conv, g, spatial(g)?)?;
@@ -373,10 +436,11 @@ fn seq_forward(
     blocks: &[Block],
     mut h: Tensor,
     emb_act: &Tensor,
+    ctx: Option<&TokenContext>,
 ) -> Result<(Tensor, Vec<BlockCache>)> {
     let mut caches = Vec::with_capacity(blocks.len());
     for block in blocks {
-        let (out, c) = block_forward(block, &h, emb_act)?;
+        let (out, c) = block_forward(block, &h, emb_act, ctx)?;
         h = out;
         caches.push(c);
     }
@@ -455,7 +519,23 @@ impl EnergyUNet {
     ///
     /// As [`UNet::forward_with`].
     pub fn energy(&self, x: &Tensor, t: &Tensor, cond: Option<&Tensor>) -> Result<Tensor> {
-        let g = self.net.forward_with(x, t, cond, None)?;
+        self.energy_context(x, t, cond, None)
+    }
+
+    /// [`EnergyUNet::energy`] of a network that cross-attends to the token states `ctx` (see
+    /// [`UNet::forward_context`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`UNet::forward_context`].
+    pub fn energy_context(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: Option<&Tensor>,
+        ctx: Option<&TokenContext>,
+    ) -> Result<Tensor> {
+        let g = self.net.forward_context(x, t, cond, ctx, None)?;
         self.reduce(x, &g)
     }
 
@@ -481,20 +561,37 @@ impl EnergyUNet {
         t: &Tensor,
         cond: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
+        self.energy_and_grad_context(x, t, cond, None)
+    }
+
+    /// [`EnergyUNet::energy_and_grad`] of a network that cross-attends to the token states
+    /// `ctx` (see [`UNet::forward_context`]); the gradient is with respect to x only, and
+    /// the tokens' encoder receives its parameter gradient through the keys and values.
+    ///
+    /// # Errors
+    ///
+    /// As [`UNet::forward_context`].
+    pub fn energy_and_grad_context(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: Option<&Tensor>,
+        ctx: Option<&TokenContext>,
+    ) -> Result<(Tensor, Tensor)> {
         let net = &self.net;
-        net.check_inputs(x, t, cond, 1)?;
+        net.check_inputs(x, t, cond, ctx, 1)?;
         let emb_act = net.embedding(t, cond)?;
         // Forward pass, keeping what the backward pass needs.
-        let mut h = net.input_conv.forward(x)?;
+        let mut h = net.input_conv.forward(&net.input_features(x)?)?;
         let mut skips = vec![h.clone()];
         let mut input_caches = Vec::with_capacity(net.input_blocks.len());
         for seq in &net.input_blocks {
-            let (out, caches) = seq_forward(seq, h, &emb_act)?;
+            let (out, caches) = seq_forward(seq, h, &emb_act, ctx)?;
             h = out;
             skips.push(h.clone());
             input_caches.push(caches);
         }
-        let (out, middle_caches) = seq_forward(&net.middle_block, h, &emb_act)?;
+        let (out, middle_caches) = seq_forward(&net.middle_block, h, &emb_act, ctx)?;
         h = out;
         // Per output level: the index of the skip it takes, the channels of `h` before the
         // concatenation, and the activations.
@@ -504,7 +601,7 @@ impl EnergyUNet {
                 Error::Config("energy unet: unbalanced skip connections".to_string())
             })?;
             let split = h.dim(1)?;
-            let (out, caches) = seq_forward(seq, Tensor::cat(&[&h, &skip], 1)?, &emb_act)?;
+            let (out, caches) = seq_forward(seq, Tensor::cat(&[&h, &skip], 1)?, &emb_act, ctx)?;
             h = out;
             output_caches.push((skips.len(), split, caches));
         }
@@ -540,7 +637,12 @@ impl EnergyUNet {
         if let Some(gs) = skip_grads[0].take() {
             gh = (gh + gs)?;
         }
-        let jtu = conv_input_grad(&net.input_conv, &gh, spatial(x)?)?;
+        // The coordinate channels, if any, are constants: only x's channels take a gradient.
+        let jtu = conv_input_grad(&net.input_conv, &gh, spatial(x)?)?.narrow(
+            1,
+            0,
+            net.config().in_channels,
+        )?;
         let grad = match self.form {
             // ∇ₓ‖g − x‖² = Jᵀu − u with u = 2(g − x).
             EnergyForm::SquaredResidual => (jtu - u)?,
@@ -587,11 +689,32 @@ mod tests {
             use_scale_shift_norm: scale_shift,
             time_embed_dim: 8,
             cond_dim: 4,
+            coord_channels: false,
+            context_dim: 0,
         }
     }
 
-    /// The variants every gradient test runs: (scale-shift norm, resampling residual blocks).
-    const VARIANTS: [(bool, bool); 3] = [(false, true), (true, true), (false, false)];
+    /// The variants every gradient test runs: (scale-shift norm, resampling residual blocks,
+    /// coordinate channels, cross-attention to token states).
+    const VARIANTS: [(bool, bool, bool, bool); 5] = [
+        (false, true, false, false),
+        (true, true, false, false),
+        (false, false, false, false),
+        (true, false, true, false),
+        (false, true, false, true),
+    ];
+
+    /// The width of the token states of the cross-attention variants.
+    const CONTEXT_DIM: usize = 6;
+
+    /// The tiny configuration of a variant.
+    fn variant((scale_shift, updown, coords, cross): (bool, bool, bool, bool)) -> UNetConfig {
+        UNetConfig {
+            coord_channels: coords,
+            context_dim: if cross { CONTEXT_DIM } else { 0 },
+            ..tiny(scale_shift, updown)
+        }
+    }
     const FORMS: [EnergyForm; 2] = [EnergyForm::SquaredResidual, EnergyForm::HalfNorm];
 
     /// Moves every parameter away from its initialization (the zero-initialized layers would
@@ -613,8 +736,13 @@ mod tests {
         Ok((m, store))
     }
 
-    /// A batch of two images, times and conditionings (f64).
-    fn inputs(cfg: &UNetConfig, seed: u64) -> Result<(Tensor, Tensor, Tensor)> {
+    /// A batch of two images, times and conditionings (f64), with token states of four
+    /// positions (the first image's last one and the second's last two padding) when the
+    /// network cross-attends.
+    fn inputs(
+        cfg: &UNetConfig,
+        seed: u64,
+    ) -> Result<(Tensor, Tensor, Tensor, Option<TokenContext>)> {
         let mut rng = crate::random::seeded(seed);
         let s = cfg.image_size;
         let x = crate::random::normal_tensor(
@@ -626,7 +754,19 @@ mod tests {
         let t = Tensor::new(&[37f64, 612.0], &Device::Cpu)?;
         let cond =
             crate::random::normal_tensor(&mut rng, &[2, cfg.cond_dim], DType::F64, &Device::Cpu)?;
-        Ok((x, t, cond))
+        let ctx = if cfg.context_dim > 0 {
+            let states = crate::random::normal_tensor(
+                &mut rng,
+                &[2, 4, cfg.context_dim],
+                DType::F64,
+                &Device::Cpu,
+            )?;
+            let mask = Tensor::new(&[[1f64, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]], &Device::Cpu)?;
+            Some(TokenContext::new(&states, &mask)?)
+        } else {
+            None
+        };
+        Ok((x, t, cond, ctx))
     }
 
     fn max_abs(t: &Tensor) -> Result<f64> {
@@ -637,13 +777,13 @@ mod tests {
     #[test]
     fn input_gradient_matches_finite_differences() -> Result<()> {
         let mut worst = 0f64;
-        for (scale_shift, updown) in VARIANTS {
-            let cfg = tiny(scale_shift, updown);
+        for v in VARIANTS {
+            let cfg = variant(v);
             for form in FORMS {
                 let (m, _store) = model(&cfg, form, 3)?;
-                let (x, t, cond) = inputs(&cfg, 5)?;
-                let (e, grad) = m.energy_and_grad(&x, &t, Some(&cond))?;
-                let e_plain = m.energy(&x, &t, Some(&cond))?;
+                let (x, t, cond, ctx) = inputs(&cfg, 5)?;
+                let (e, grad) = m.energy_and_grad_context(&x, &t, Some(&cond), ctx.as_ref())?;
+                let e_plain = m.energy_context(&x, &t, Some(&cond), ctx.as_ref())?;
                 assert!(max_abs(&(&e - &e_plain)?)? < 1e-10 * (1.0 + max_abs(&e)?));
                 let grad = grad.flatten_from(1)?.to_vec2::<f64>()?;
                 let xv = x.flatten_from(1)?.to_vec2::<f64>()?;
@@ -657,15 +797,15 @@ mod tests {
                             let mut v = xv.clone();
                             v[img][j] += delta;
                             let xp = Tensor::new(v, &Device::Cpu)?.reshape(x.dims())?;
-                            Ok(m.energy(&xp, &t, Some(&cond))?.to_vec1::<f64>()?[img])
+                            Ok(m.energy_context(&xp, &t, Some(&cond), ctx.as_ref())?
+                                .to_vec1::<f64>()?[img])
                         };
                         let fd = (at(h)? - at(-h)?) / (2.0 * h);
                         let err = (fd - grad[img][j]).abs() / (1.0 + fd.abs());
                         worst = worst.max(err);
                         assert!(
                             err < 1e-6,
-                            "{form:?} ss {scale_shift} updown {updown} [{img}, {j}]: finite \
-                             difference {fd}, ∇ₓE {}",
+                            "{form:?} {v:?} [{img}, {j}]: finite difference {fd}, ∇ₓE {}",
                             grad[img][j]
                         );
                     }
@@ -680,26 +820,23 @@ mod tests {
     #[test]
     fn input_gradient_matches_candle_autograd() -> Result<()> {
         let mut worst = 0f64;
-        for (scale_shift, updown) in VARIANTS {
-            let cfg = tiny(scale_shift, updown);
+        for v in VARIANTS {
+            let cfg = variant(v);
             for form in FORMS {
                 let (m, _store) = model(&cfg, form, 4)?;
-                let (x, t, cond) = inputs(&cfg, 6)?;
+                let (x, t, cond, ctx) = inputs(&cfg, 6)?;
                 let xv = Var::from_tensor(&x)?;
                 let grads = m
-                    .energy(xv.as_tensor(), &t, Some(&cond))?
+                    .energy_context(xv.as_tensor(), &t, Some(&cond), ctx.as_ref())?
                     .sum_all()?
                     .backward()?;
                 let theirs = grads
                     .get(xv.as_tensor())
                     .ok_or_else(|| Error::Training("no input gradient".into()))?;
-                let (_, ours) = m.energy_and_grad(&x, &t, Some(&cond))?;
+                let (_, ours) = m.energy_and_grad_context(&x, &t, Some(&cond), ctx.as_ref())?;
                 let err = max_abs(&(theirs - &ours)?)? / max_abs(theirs)?.max(1.0);
                 worst = worst.max(err);
-                assert!(
-                    err < 1e-10,
-                    "{form:?} ss {scale_shift} updown {updown}: {err}"
-                );
+                assert!(err < 1e-10, "{form:?} {v:?}: {err}");
             }
         }
         eprintln!("input gradient vs candle autograd: max relative error {worst:.2e}");
@@ -737,22 +874,28 @@ mod tests {
             "middle_block.0.emb_layers.1.weight",
             "out.2.weight",
         ];
+        // And, with cross-attention, its query and key-value projections (the keys and values
+        // reach the loss only through the attention weights of the queries' gradient).
+        const CROSS_SINGLE: [&str; 2] = [
+            "middle_block.1.cross.q.weight",
+            "input_blocks.3.1.cross.kv.weight",
+        ];
         let h = 1e-5;
         let mut worst = 0f64;
         let (mut directions, mut entries) = (0, 0);
-        for (k, (scale_shift, updown)) in VARIANTS.into_iter().enumerate() {
-            let cfg = tiny(scale_shift, updown);
+        for (k, v) in VARIANTS.into_iter().enumerate() {
+            let cfg = variant(v);
             for form in FORMS {
-                let what = format!("{form:?} ss {scale_shift} updown {updown}");
+                let what = format!("{form:?} {v:?}");
                 let (m, store) = model(&cfg, form, 8 + k as u64)?;
-                let (x, t, cond) = inputs(&cfg, 9)?;
+                let (x, t, cond, ctx) = inputs(&cfg, 9)?;
                 let mut rng = crate::random::seeded(10);
                 let eps = crate::random::normal_tensor(&mut rng, x.dims(), DType::F64, x.device())?;
                 let loss = || -> Result<f64> {
-                    let (_, grad) = m.energy_and_grad(&x, &t, Some(&cond))?;
+                    let (_, grad) = m.energy_and_grad_context(&x, &t, Some(&cond), ctx.as_ref())?;
                     Ok((grad - &eps)?.sqr()?.mean_all()?.to_scalar::<f64>()?)
                 };
-                let (_, grad) = m.energy_and_grad(&x, &t, Some(&cond))?;
+                let (_, grad) = m.energy_and_grad_context(&x, &t, Some(&cond), ctx.as_ref())?;
                 let grads = (grad - &eps)?.sqr()?.mean_all()?.backward()?;
                 let vars = store.vars();
                 let mut blocks: Vec<(String, Vec<Member>)> = Vec::new();
@@ -801,7 +944,12 @@ mod tests {
                     );
                     directions += 1;
                 }
-                for name in SINGLE {
+                let cross: &[&str] = if cfg.context_dim > 0 {
+                    &CROSS_SINGLE
+                } else {
+                    &[]
+                };
+                for &name in SINGLE.iter().chain(cross) {
                     let var = store
                         .get(name)
                         .ok_or_else(|| Error::Training(format!("no variable {name}")))?;
@@ -844,23 +992,26 @@ mod tests {
     /// as they were, and image 1 alone gives the same values.
     #[test]
     fn images_of_a_batch_are_independent() -> Result<()> {
-        let cfg = tiny(true, true);
+        let cfg = variant((true, true, false, true));
         for form in FORMS {
             let (m, _store) = model(&cfg, form, 11)?;
-            let (x, t, cond) = inputs(&cfg, 12)?;
-            let (e, grad) = m.energy_and_grad(&x, &t, Some(&cond))?;
+            let (x, t, cond, ctx) = inputs(&cfg, 12)?;
+            let (e, grad) = m.energy_and_grad_context(&x, &t, Some(&cond), ctx.as_ref())?;
             let mut rng = crate::random::seeded(13);
             let bump = crate::random::normal_tensor(&mut rng, x.dims(), DType::F64, x.device())?;
             let mask = Tensor::new(&[1f64, 0.0], x.device())?.reshape((2, 1, 1, 1))?;
             let x2 = (&x + bump.broadcast_mul(&mask)?)?;
-            let (e2, grad2) = m.energy_and_grad(&x2, &t, Some(&cond))?;
+            let (e2, grad2) = m.energy_and_grad_context(&x2, &t, Some(&cond), ctx.as_ref())?;
             assert!(max_abs(&(grad.get(0)? - grad2.get(0)?)?)? > 1e-3);
             assert!(max_abs(&(grad.get(1)? - grad2.get(1)?)?)? < 1e-12);
             assert!(max_abs(&(e.get(1)? - e2.get(1)?)?)? < 1e-12);
-            let (e1, grad1) = m.energy_and_grad(
+            let second = Tensor::new(&[1u32], &Device::Cpu)?;
+            let ctx1 = ctx.as_ref().map(|c| c.select_rows(&second)).transpose()?;
+            let (e1, grad1) = m.energy_and_grad_context(
                 &x.narrow(0, 1, 1)?,
                 &t.narrow(0, 1, 1)?,
                 Some(&cond.narrow(0, 1, 1)?),
+                ctx1.as_ref(),
             )?;
             assert!(max_abs(&(grad.narrow(0, 1, 1)? - grad1)?)? < 1e-12);
             assert!(max_abs(&(e.narrow(0, 1, 1)? - e1)?)? < 1e-12);
@@ -911,8 +1062,8 @@ mod tests {
         ));
         // The half-norm energy takes any output width; wrong inputs are shape errors.
         let m = EnergyUNet::new(&channels, EnergyForm::HalfNorm, vb())?;
-        let (x, t, cond) = inputs(&channels, 3)?;
-        let (e, grad) = m.energy_and_grad(&x, &t, Some(&cond))?;
+        let (x, t, cond, ctx) = inputs(&channels, 3)?;
+        let (e, grad) = m.energy_and_grad_context(&x, &t, Some(&cond), ctx.as_ref())?;
         assert_eq!((e.dims(), grad.dims()), (&[2][..], x.dims()));
         assert!(matches!(
             m.energy_and_grad(&x, &t, None),

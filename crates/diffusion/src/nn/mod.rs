@@ -27,4 +27,4 @@ pub use energy_unet::EnergyUNet;
 pub use frozen::FrozenMlp;
 pub use mlp::{MlpConfig, ResidualMlp};
 pub use store::ParamStore;
-pub use unet::{UNet, UNetConfig};
+pub use unet::{TokenContext, UNet, UNetConfig};

@@ -30,8 +30,16 @@
 //! AttentionBlock(x):                              norm, qkv, proj_out (zero-initialized)
 //!     qkv = Conv1d_1x1(GroupNorm(x))              channels laid out [head][q|k|v][head_ch]
 //!     per head: softmax((q/√√d)ᵀ(k/√√d)) over keys, applied to v
-//!     return x + Conv1d_1x1(attention)
+//!     x = x + Conv1d_1x1(attention)
+//!     with context_dim > 0 (cross-attention, Rombach et al. 2022):     cross.norm, .q, .kv, .proj_out
+//!         q = Conv1d_1x1(GroupNorm(x)); k, v = Conv1d_1x1(token states)
+//!         per head: softmax(qᵀk/√d + mask) over the tokens, applied to v
+//!         x = x + Conv1d_1x1(attention)                                 (proj_out zero-initialized)
+//!     return x
 //! ```
+//!
+//! With `coord_channels` two constant planes (column and row in \[−1, 1\]) join the input of
+//! the first convolution, so that a conditioning can name places.
 //!
 //! With `use_scale_shift_norm` the embedding projection has 2C outputs (scale, shift) and the
 //! second normalization becomes `GroupNorm(h)·(1 + scale) + shift` (Dhariwal & Nichol 2021);
@@ -182,6 +190,23 @@ pub struct UNetConfig {
     pub time_embed_dim: usize,
     /// Width of the additive conditioning vector (0 = unconditional).
     pub cond_dim: usize,
+    /// Give the network absolute position: two constant channels, the pixel's column and row
+    /// mapped to \[−1, 1\], join the input of the first convolution (CoordConv; Liu et al.,
+    /// NeurIPS 2018). Convolutions and attention are translation-equivariant, so without them
+    /// a conditioning that names a place ("top left") can only be tied to pixels through the
+    /// zero padding at the borders. Off in the released Decomp Diffusion models.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub coord_channels: bool,
+    /// Width of the token states every attention block cross-attends to (0 = no
+    /// cross-attention): the Stable Diffusion arrangement (Rombach et al., CVPR 2022, §3.3),
+    /// where each attention block follows its self-attention with attention from the feature
+    /// map to a prompt's token states ([`TokenContext`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub context_dim: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Default for UNetConfig {
@@ -212,6 +237,8 @@ impl UNetConfig {
             use_scale_shift_norm: false,
             time_embed_dim: 32,
             cond_dim: 32,
+            coord_channels: false,
+            context_dim: 0,
         }
     }
 
@@ -817,13 +844,162 @@ impl ResBlock {
     }
 }
 
-/// A self-attention block (`AttentionBlock` with the legacy `QKVAttention` head layout).
+/// The token states a U-Net's cross-attention reads: a prompt encoder's output with its
+/// padding masked out of the keys.
+#[derive(Clone, Debug)]
+pub struct TokenContext {
+    /// The states, channels first: `[B, D, L]`.
+    pub(crate) states: Tensor,
+    /// Added to the attention logits: 0 for a token, −10⁴ for padding, `[B, 1, L]`.
+    pub(crate) key_bias: Tensor,
+}
+
+/// The logit offset of a padding position (its weight underflows to zero after the softmax).
+const MASKED_LOGIT: f64 = 1e4;
+
+impl TokenContext {
+    /// The context of token states `states` (`[B, L, D]`, a text encoder's output) under the
+    /// mask `mask` (`[B, L]`, any dtype, 1 for a token and 0 for padding; every row needs a
+    /// token, as [`crate::text::TextEncoder`] checks of its inputs).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shape`] for states that are not 3-D or a mask of another shape.
+    pub fn new(states: &Tensor, mask: &Tensor) -> Result<Self> {
+        let (b, l, _) = states.dims3().map_err(|_| {
+            Error::Shape(format!(
+                "unet: token states must be [B, L, D], got {:?}",
+                states.dims()
+            ))
+        })?;
+        if mask.dims() != [b, l] {
+            return Err(Error::Shape(format!(
+                "unet: the token mask must be [B, L] = [{b}, {l}], got {:?}",
+                mask.dims()
+            )));
+        }
+        let key_bias = ((mask.to_dtype(states.dtype())? - 1.0)? * MASKED_LOGIT)?.unsqueeze(1)?;
+        Ok(Self {
+            states: states.transpose(1, 2)?.contiguous()?,
+            key_bias,
+        })
+    }
+
+    /// The number of prompts B.
+    pub fn batch(&self) -> usize {
+        self.states.dims()[0]
+    }
+
+    /// The width D of a token state.
+    pub fn width(&self) -> usize {
+        self.states.dims()[1]
+    }
+
+    /// The rows `rows` (`u32` indices) in that order: repeats, tilings and selections of the
+    /// prompts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Candle`] for an index outside the batch or of another dtype.
+    pub fn select_rows(&self, rows: &Tensor) -> Result<Self> {
+        Ok(Self {
+            states: self.states.index_select(rows, 0)?,
+            key_bias: self.key_bias.index_select(rows, 0)?,
+        })
+    }
+
+    /// The same context cut from the graph of the encoder that made it.
+    pub fn detach(&self) -> Self {
+        Self {
+            states: self.states.detach(),
+            key_bias: self.key_bias.detach(),
+        }
+    }
+}
+
+/// The attention weights `softmax(QᵀK + bias)` `[BH, N, L]` of scaled queries `q` `[BH, d, N]`,
+/// keys `k` `[BH, d, L]` and a key bias `[BH, 1, L]`.
+pub(crate) fn cross_weights(q: &Tensor, k: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let logits = q.t()?.matmul(k)?.broadcast_add(bias)?;
+    Ok(candle_nn::ops::softmax(&logits, D::Minus1)?)
+}
+
+/// Cross-attention from a feature map to token states (Rombach et al., CVPR 2022, §3.3:
+/// Q from the features, K and V from the tokens, one head per `num_head_channels`):
+/// `x + proj_out(V softmax(QᵀK/√d + mask)ᵀ)` with `Q = q(GroupNorm(x))`, `[K; V] = kv(states)`.
+/// Parameters under `cross.` of the attention block: `norm`, `q`, `kv` (`[2C, D, 1]`),
+/// `proj_out` (zero-initialized, so an untrained block is the identity).
+#[derive(Clone, Debug)]
+pub(crate) struct CrossAttention {
+    pub(crate) norm: Norm,
+    pub(crate) q: Pointwise,
+    pub(crate) kv: Pointwise,
+    pub(crate) proj_out: Pointwise,
+    pub(crate) heads: usize,
+}
+
+impl CrossAttention {
+    fn new(cfg: &UNetConfig, ch: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm: Norm::new(cfg.num_groups, ch, vb.pp("norm"))?,
+            q: Pointwise::new(ch, ch, false, false, vb.pp("q"))?,
+            kv: Pointwise::new(cfg.context_dim, 2 * ch, false, false, vb.pp("kv"))?,
+            proj_out: Pointwise::new(ch, ch, true, false, vb.pp("proj_out"))?,
+            heads: cfg.heads_for(ch),
+        })
+    }
+
+    /// The scaled queries `[B·heads, d, H·W]` (Q/√d) of the normalized features `xn`.
+    pub(crate) fn queries(&self, xn: &Tensor) -> Result<Tensor> {
+        let (b, c, hh, ww) = xn.dims4()?;
+        let d = c / self.heads;
+        let q = self.q.forward(xn)?.reshape((b * self.heads, d, hh * ww))?;
+        Ok((q * (1.0 / (d as f64).sqrt()))?)
+    }
+
+    /// The keys and values `[B·heads, d, L]` of `ctx` and its key bias per head
+    /// `[B·heads, 1, L]`.
+    pub(crate) fn keys_values(&self, ctx: &TokenContext) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, _, l) = ctx.states.dims3()?;
+        let ch = self.q.weight.dim(0)?;
+        let (heads, d) = (self.heads, ch / self.heads);
+        let kv = self.kv.forward(&ctx.states)?;
+        let k = kv
+            .narrow(1, 0, ch)?
+            .contiguous()?
+            .reshape((b * heads, d, l))?;
+        let v = kv
+            .narrow(1, ch, ch)?
+            .contiguous()?
+            .reshape((b * heads, d, l))?;
+        let bias = ctx
+            .key_bias
+            .unsqueeze(1)?
+            .broadcast_as((b, heads, 1, l))?
+            .reshape((b * heads, 1, l))?;
+        Ok((k, v, bias))
+    }
+
+    fn forward(&self, x: &Tensor, ctx: &TokenContext) -> Result<Tensor> {
+        let (b, c, hh, ww) = x.dims4()?;
+        let xn = self.norm.forward(x, None, false)?;
+        let q = self.queries(&xn)?;
+        let (k, v, bias) = self.keys_values(ctx)?;
+        let p = cross_weights(&q, &k, &bias)?;
+        let attended = v.matmul(&p.t()?)?.reshape((b, c, hh, ww))?;
+        self.proj_out.forward_residual(&attended, x)
+    }
+}
+
+/// A self-attention block (`AttentionBlock` with the legacy `QKVAttention` head layout),
+/// followed by cross-attention to token states when the U-Net has a `context_dim`.
 #[derive(Clone, Debug)]
 pub(crate) struct AttentionBlock {
     pub(crate) norm: Norm,
     pub(crate) qkv: Pointwise,
     pub(crate) proj_out: Pointwise,
     pub(crate) heads: usize,
+    pub(crate) cross: Option<CrossAttention>,
 }
 
 impl AttentionBlock {
@@ -833,10 +1009,26 @@ impl AttentionBlock {
             qkv: Pointwise::new(ch, 3 * ch, false, false, vb.pp("qkv"))?,
             proj_out: Pointwise::new(ch, ch, true, false, vb.pp("proj_out"))?,
             heads: cfg.heads_for(ch),
+            cross: if cfg.context_dim > 0 {
+                Some(CrossAttention::new(cfg, ch, vb.pp("cross"))?)
+            } else {
+                None
+            },
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ctx: Option<&TokenContext>) -> Result<Tensor> {
+        let h = self.self_attention(x)?;
+        match (&self.cross, ctx) {
+            (Some(cross), Some(ctx)) => cross.forward(&h, ctx),
+            (None, _) => Ok(h),
+            (Some(_), None) => Err(Error::Shape(
+                "unet: a cross-attention block needs token states".to_string(),
+            )),
+        }
+    }
+
+    fn self_attention(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, hh, ww) = x.dims4()?;
         let len = hh * ww;
         let head_ch = c / self.heads;
@@ -891,10 +1083,16 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, emb_act: &Tensor, rng: Option<&mut SeededRng>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        emb_act: &Tensor,
+        ctx: Option<&TokenContext>,
+        rng: Option<&mut SeededRng>,
+    ) -> Result<Tensor> {
         match self {
             Self::Res(r) => r.forward(x, emb_act, rng),
-            Self::Attn(a) => a.forward(x),
+            Self::Attn(a) => a.forward(x, ctx),
             Self::Down(c) => Ok(c.forward(x)?),
             Self::Up(c) => Ok(c.forward(&upsample_nearest2x(x)?)?),
         }
@@ -913,11 +1111,12 @@ fn run_seq(
     blocks: &[Block],
     x: &Tensor,
     emb_act: &Tensor,
+    ctx: Option<&TokenContext>,
     mut rng: Option<&mut SeededRng>,
 ) -> Result<Tensor> {
     let mut h = x.clone();
     for block in blocks {
-        h = block.forward(&h, emb_act, rng.as_deref_mut())?;
+        h = block.forward(&h, emb_act, ctx, rng.as_deref_mut())?;
     }
     Ok(h)
 }
@@ -993,7 +1192,7 @@ impl UNet {
             vb.pp("time_embed.2"),
         )?;
         let input_conv = Conv2d::new(
-            config.in_channels,
+            config.in_channels + if config.coord_channels { 2 } else { 0 },
             base,
             ConvSpec::SAME3,
             vb.pp("input_blocks.0.0"),
@@ -1060,14 +1259,43 @@ impl UNet {
         Ok(self.time_embed_2.forward(&h)?)
     }
 
-    /// Checks `x` `[B, …]`, `t` `[B]` and `cond` `[B·n, cond_dim]`; returns `B`.
+    /// Checks `x` `[B, …]`, `t` `[B]`, `cond` `[B·n, cond_dim]` and the token context (`B·n`
+    /// prompts of width `context_dim`, given exactly when the network cross-attends); returns
+    /// `B`.
     pub(crate) fn check_inputs(
         &self,
         x: &Tensor,
         t: &Tensor,
         cond: Option<&Tensor>,
+        ctx: Option<&TokenContext>,
         n: usize,
     ) -> Result<usize> {
+        let b = self.check_cond(x, t, cond, n)?;
+        match (ctx, self.config.context_dim) {
+            (None, 0) => Ok(b),
+            (Some(_), 0) => Err(Error::Shape(
+                "unet: the model has no cross-attention (context_dim = 0) but got token states"
+                    .to_string(),
+            )),
+            (None, d) => Err(Error::Shape(format!(
+                "unet: the model cross-attends to token states of width {d}; none were given"
+            ))),
+            (Some(c), d) => {
+                if c.batch() != b * n || c.width() != d {
+                    return Err(Error::Shape(format!(
+                        "unet: the token states must be {} prompts of width {d}, got {} of \
+                         width {}",
+                        b * n,
+                        c.batch(),
+                        c.width()
+                    )));
+                }
+                Ok(b)
+            }
+        }
+    }
+
+    fn check_cond(&self, x: &Tensor, t: &Tensor, cond: Option<&Tensor>, n: usize) -> Result<usize> {
         let c = &self.config;
         let want = [c.in_channels, c.image_size, c.image_size];
         let dims = x.dims();
@@ -1132,15 +1360,34 @@ impl UNet {
         cond: Option<&Tensor>,
         dropout_rng: Option<&mut SeededRng>,
     ) -> Result<Tensor> {
-        self.check_inputs(x, t, cond, 1)?;
-        let emb_act = self.embedding(t, cond)?;
-        let h = self.input_conv.forward(x)?;
-        self.run_blocks(h.clone(), h, 0, &emb_act, dropout_rng)
+        self.forward_context(x, t, cond, None, dropout_rng)
     }
 
-    /// [`UNet::forward_with`] of `x` and `t` with every row repeated `n` times, image-major
+    /// [`UNet::forward_with`] with the token states `ctx` (`B` prompts) that the attention
+    /// blocks cross-attend to; required exactly when `context_dim > 0`.
+    ///
+    /// # Errors
+    ///
+    /// As [`UNet::forward_with`]; [`Error::Shape`] for token states given to a network without
+    /// cross-attention, missing, or of another batch or width.
+    pub fn forward_context(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: Option<&Tensor>,
+        ctx: Option<&TokenContext>,
+        dropout_rng: Option<&mut SeededRng>,
+    ) -> Result<Tensor> {
+        self.check_inputs(x, t, cond, ctx, 1)?;
+        let emb_act = self.embedding(t, cond)?;
+        let h = self.input_conv.forward(&self.input_features(x)?)?;
+        self.run_blocks(h.clone(), h, 0, &emb_act, ctx, dropout_rng)
+    }
+
+    /// [`UNet::forward_context`] of `x` and `t` with every row repeated `n` times, image-major
     /// (output row `b·n + r` is image `b`), under `n` conditionings per image: `cond` is
-    /// `[B·n, cond_dim]`; the output is `[B·n, out_channels, …]`. Decomp Diffusion runs its
+    /// `[B·n, cond_dim]` and `ctx` (when the network cross-attends) has `B·n` prompts; the
+    /// output is `[B·n, out_channels, …]`. Decomp Diffusion runs its
     /// K factors of an image this way. The result is the repeated forward pass's, but the input
     /// convolution and, where the first residual block takes the conditioning only after its
     /// first convolution (no scale-shift norm), that block's normalization and convolution run
@@ -1154,25 +1401,43 @@ impl UNet {
         x: &Tensor,
         t: &Tensor,
         cond: Option<&Tensor>,
+        ctx: Option<&TokenContext>,
         n: usize,
         mut dropout_rng: Option<&mut SeededRng>,
     ) -> Result<Tensor> {
         if n == 0 {
             return Err(Error::Config("unet: rows repeated 0 times".to_string()));
         }
-        self.check_inputs(x, t, cond, n)?;
+        self.check_inputs(x, t, cond, ctx, n)?;
         let t_rep = repeat_rows(&t.unsqueeze(1)?, n, None)?.flatten_all()?;
         let emb_act = self.embedding(&t_rep, cond)?;
-        let h = self.input_conv.forward(x)?;
+        let h = self.input_conv.forward(&self.input_features(x)?)?;
         let h_rep = repeat_rows(&h, n, None)?;
         match self.input_blocks.first().and_then(|seq| seq.first()) {
             Some(Block::Res(first)) if first.shares_input() => {
                 let out =
                     first.forward_repeated(&h, &h_rep, n, &emb_act, dropout_rng.as_deref_mut())?;
-                self.run_blocks(h_rep, out, 1, &emb_act, dropout_rng)
+                self.run_blocks(h_rep, out, 1, &emb_act, ctx, dropout_rng)
             }
-            _ => self.run_blocks(h_rep.clone(), h_rep, 0, &emb_act, dropout_rng),
+            _ => self.run_blocks(h_rep.clone(), h_rep, 0, &emb_act, ctx, dropout_rng),
         }
+    }
+
+    /// What the input convolution reads: `x`, followed by the column and row planes when
+    /// [`UNetConfig::coord_channels`] is set (pixel centres mapped to \[−1, 1\]).
+    pub(crate) fn input_features(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.config.coord_channels {
+            return Ok(x.clone());
+        }
+        let (b, _, h, w) = x.dims4()?;
+        let centre = |i: usize, n: usize| (2 * i + 1) as f64 / n as f64 - 1.0;
+        let mut planes = Vec::with_capacity(2 * h * w);
+        planes.extend((0..h * w).map(|p| centre(p % w, w)));
+        planes.extend((0..h * w).map(|p| centre(p / w, h)));
+        let coords = Tensor::from_vec(planes, (1, 2, h, w), x.device())?
+            .to_dtype(x.dtype())?
+            .broadcast_as((b, 2, h, w))?;
+        Ok(Tensor::cat(&[x, &coords], 1)?)
     }
 
     /// `SiLU(cat(cond, time embedding))`: `emb_layers.0` is the same SiLU in every block, so
@@ -1194,22 +1459,29 @@ impl UNet {
         mut h: Tensor,
         done: usize,
         emb_act: &Tensor,
+        ctx: Option<&TokenContext>,
         mut dropout_rng: Option<&mut SeededRng>,
     ) -> Result<Tensor> {
         let mut skips = Vec::with_capacity(self.input_blocks.len() + 1);
         skips.push(skip0);
         for (i, block) in self.input_blocks.iter().enumerate() {
             let from = if i == 0 { done.min(block.len()) } else { 0 };
-            h = run_seq(&block[from..], &h, emb_act, dropout_rng.as_deref_mut())?;
+            h = run_seq(&block[from..], &h, emb_act, ctx, dropout_rng.as_deref_mut())?;
             skips.push(h.clone());
         }
-        h = run_seq(&self.middle_block, &h, emb_act, dropout_rng.as_deref_mut())?;
+        h = run_seq(
+            &self.middle_block,
+            &h,
+            emb_act,
+            ctx,
+            dropout_rng.as_deref_mut(),
+        )?;
         for block in &self.output_blocks {
             let skip = skips
                 .pop()
                 .ok_or_else(|| Error::Config("unet: unbalanced skip connections".to_string()))?;
             h = Tensor::cat(&[&h, &skip], 1)?;
-            h = run_seq(block, &h, emb_act, dropout_rng.as_deref_mut())?;
+            h = run_seq(block, &h, emb_act, ctx, dropout_rng.as_deref_mut())?;
         }
         let h = self.out_norm.forward(&h, None, true)?;
         Ok(self.out_conv.forward(&h)?)
@@ -1278,6 +1550,149 @@ mod tests {
     }
 
     #[test]
+    fn coordinate_channels_are_the_pixel_centres_in_the_unit_square() -> Result<()> {
+        let cfg = UNetConfig {
+            image_size: 4,
+            coord_channels: true,
+            ..UNetConfig::decomp_tiny()
+        };
+        let store = ParamStore::new(0);
+        let net = UNet::new(
+            &cfg,
+            Parameterization::X0,
+            store.var_builder(DType::F32, &Device::Cpu),
+        )?;
+        // The first convolution reads x and the two planes.
+        let w = store.get("input_blocks.0.0.weight").expect("exists");
+        assert_eq!(w.dims(), &[16, 5, 3, 3]);
+        let x = Tensor::zeros((2, 3, 4, 4), DType::F32, &Device::Cpu)?;
+        let feats = net.input_features(&x)?;
+        assert_eq!(feats.dims(), &[2, 5, 4, 4]);
+        let centres = [-0.75f32, -0.25, 0.25, 0.75];
+        for b in 0..2 {
+            let col = feats.get(b)?.get(3)?.to_vec2::<f32>()?;
+            let row = feats.get(b)?.get(4)?.to_vec2::<f32>()?;
+            for r in 0..4 {
+                for c in 0..4 {
+                    assert_eq!(col[r][c], centres[c]);
+                    assert_eq!(row[r][c], centres[r]);
+                }
+            }
+        }
+        // Off by default and absent from the serialized form then.
+        let plain = UNetConfig::decomp_tiny();
+        assert!(!plain.coord_channels);
+        assert!(
+            !serde_json::to_string(&plain)
+                .expect("serializes")
+                .contains("coord")
+        );
+        let back: UNetConfig =
+            serde_json::from_str(&serde_json::to_string(&cfg).expect("serializes"))
+                .expect("parses");
+        assert_eq!(back, cfg);
+        Ok(())
+    }
+
+    /// Cross-attention reads the token states at the tokens and ignores them at the padding:
+    /// the prediction of an image changes when one of its tokens changes, not when a padded
+    /// position does, and not when another image's tokens do. Missing, unexpected and
+    /// mis-shaped token states are errors.
+    #[test]
+    fn cross_attention_reads_the_tokens_and_skips_the_padding() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = UNetConfig {
+            image_size: 8,
+            channel_mult: vec![1, 2],
+            attention_resolutions: vec![4],
+            num_groups: 4,
+            model_channels: 8,
+            num_head_channels: Some(8),
+            time_embed_dim: 8,
+            cond_dim: 4,
+            context_dim: 6,
+            ..UNetConfig::decomp_tiny()
+        };
+        let store = ParamStore::new(3);
+        let net = UNet::new(
+            &cfg,
+            Parameterization::Epsilon,
+            store.var_builder(DType::F32, &dev),
+        )?;
+        assert_eq!(
+            store
+                .get("middle_block.1.cross.kv.weight")
+                .expect("exists")
+                .dims(),
+            &[32, 6, 1]
+        );
+        // The zero-initialized projections would hide the attention: perturb every variable.
+        let mut rng = crate::random::seeded(4);
+        for (_, var) in store.vars() {
+            let noise = crate::random::normal_tensor(&mut rng, var.dims(), DType::F32, &dev)?;
+            var.set(&(var.as_tensor() + (noise * 0.2)?)?)?;
+        }
+        let x = crate::random::normal_tensor(&mut rng, &[2, 3, 8, 8], DType::F32, &dev)?;
+        let t = Tensor::new(&[5f32, 400.0], &dev)?;
+        let cond = crate::random::normal_tensor(&mut rng, &[2, 4], DType::F32, &dev)?;
+        let states = crate::random::normal_tensor(&mut rng, &[2, 3, 6], DType::F32, &dev)?;
+        let mask = Tensor::new(&[[1f32, 1.0, 0.0], [1.0, 1.0, 1.0]], &dev)?;
+        let run = |states: &Tensor| -> Result<Tensor> {
+            let ctx = TokenContext::new(states, &mask)?;
+            net.forward_context(&x, &t, Some(&cond), Some(&ctx), None)
+        };
+        let base = run(&states)?;
+        // Image `img`'s state at position `pos` replaced.
+        let bumped = |img: usize, pos: usize| -> Result<Tensor> {
+            let mut v = states.to_vec3::<f32>()?;
+            for e in &mut v[img][pos] {
+                *e += 1.5;
+            }
+            Tensor::new(v, &dev).map_err(Error::from)
+        };
+        let change = |y: &Tensor, img: usize| -> Result<f32> {
+            Ok((y.get(img)? - base.get(img)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?)
+        };
+        let padded = run(&bumped(0, 2)?)?;
+        assert_eq!(change(&padded, 0)?, 0.0);
+        assert_eq!(change(&padded, 1)?, 0.0);
+        let token = run(&bumped(0, 1)?)?;
+        assert!(change(&token, 0)? > 1e-4, "{}", change(&token, 0)?);
+        assert_eq!(change(&token, 1)?, 0.0);
+        // Errors, not panics.
+        assert!(matches!(
+            net.forward_with(&x, &t, Some(&cond), None),
+            Err(Error::Shape(_))
+        ));
+        let one = TokenContext::new(&states.narrow(0, 0, 1)?, &mask.narrow(0, 0, 1)?)?;
+        assert!(matches!(
+            net.forward_context(&x, &t, Some(&cond), Some(&one), None),
+            Err(Error::Shape(_))
+        ));
+        assert!(matches!(
+            TokenContext::new(&states, &mask.narrow(1, 0, 2)?),
+            Err(Error::Shape(_))
+        ));
+        let plain = UNet::new(
+            &UNetConfig {
+                context_dim: 0,
+                ..cfg.clone()
+            },
+            Parameterization::Epsilon,
+            ParamStore::new(0).var_builder(DType::F32, &dev),
+        )?;
+        let ctx = TokenContext::new(&states, &mask)?;
+        assert!(matches!(
+            plain.forward_context(&x, &t, Some(&cond), Some(&ctx), None),
+            Err(Error::Shape(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
     fn scale_shift_doubles_the_embedding_projection() -> Result<()> {
         let cfg = UNetConfig {
             use_scale_shift_norm: true,
@@ -1335,7 +1750,7 @@ mod tests {
             let t_rep = Tensor::new(&[120f32, 120.0, 120.0, 870.0, 870.0, 870.0], &dev)?;
             let (mut r1, mut r2) = (crate::random::seeded(5), crate::random::seeded(5));
             let want = net.forward_with(&x_rep, &t_rep, Some(&cond), Some(&mut r1))?;
-            let got = net.forward_repeated(&x, &t, Some(&cond), n, Some(&mut r2))?;
+            let got = net.forward_repeated(&x, &t, Some(&cond), None, n, Some(&mut r2))?;
             assert!(max_diff(&want, &got)? < 1e-5, "{}", max_diff(&want, &got)?);
             let probe = crate::random::normal_tensor(&mut rng, want.dims(), DType::F32, &dev)?;
             let gw = (want * &probe)?.sum_all()?.backward()?;
@@ -1351,8 +1766,14 @@ mod tests {
                     max_diff(a, g)?
                 );
             }
-            assert!(net.forward_repeated(&x, &t, Some(&cond), 2, None).is_err());
-            assert!(net.forward_repeated(&x, &t, Some(&cond), 0, None).is_err());
+            assert!(
+                net.forward_repeated(&x, &t, Some(&cond), None, 2, None)
+                    .is_err()
+            );
+            assert!(
+                net.forward_repeated(&x, &t, Some(&cond), None, 0, None)
+                    .is_err()
+            );
         }
         Ok(())
     }
@@ -1533,7 +1954,7 @@ mod tests {
             var.set(&(var.as_tensor() + (noise * 0.3)?)?)?;
         }
         let x = crate::random::normal_tensor(&mut rng, &[2, c, hw, hw], DType::F32, &dev)?;
-        let got = block.forward(&x)?;
+        let got = block.forward(&x, None)?;
 
         let len = hw * hw;
         let xn = block.norm.forward(&x, None, false)?.reshape((2, c, len))?;

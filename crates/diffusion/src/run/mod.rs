@@ -136,6 +136,11 @@ pub struct TextSettings {
     pub layers: usize,
     /// Attention heads per layer.
     pub heads: usize,
+    /// The U-Net's attention blocks also cross-attend to the token states (the Stable
+    /// Diffusion arrangement; `context_dim` = `width`); the pooled vector conditions it either
+    /// way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cross_attention: bool,
 }
 
 impl Default for TextSettings {
@@ -145,6 +150,7 @@ impl Default for TextSettings {
             width: small.width,
             layers: small.layers,
             heads: small.heads,
+            cross_attention: false,
         }
     }
 }
@@ -496,6 +502,7 @@ impl RunConfig {
         let cfg = TextUNetConfig {
             unet: UNetConfig {
                 cond_dim: t.width,
+                context_dim: if t.cross_attention { t.width } else { 0 },
                 ..u.clone()
             },
             text,

@@ -39,4 +39,4 @@ pub mod unet;
 
 pub use encoder::{TextEncoder, TextEncoderConfig, mean_pool};
 pub use tokenizer::{Encoded, TextTokenizer};
-pub use unet::{GuidedPrompt, TextUNet, TextUNetConfig};
+pub use unet::{GuidedPrompt, PromptCondition, TextUNet, TextUNetConfig};

@@ -1,4 +1,5 @@
-//! A text-conditioned U-Net: the text encoder's pooled prompt vector conditions the denoiser.
+//! A text-conditioned U-Net: the text encoder's pooled prompt vector conditions the denoiser,
+//! and its token states too when the U-Net cross-attends.
 //!
 //! Text-to-image diffusion conditions its denoiser on the states of a text encoder trained with
 //! it or frozen (Nichol et al., *GLIDE*, ICML 2022; Rombach et al., *High-Resolution Image
@@ -7,7 +8,10 @@
 //! the prompt's tokens is the U-Net's conditioning vector: it joins the time embedding that
 //! every residual block reads (the U-Net's `cond` path, `cond_dim` = the encoder's width). The
 //! empty prompt is the unconditional model of classifier-free guidance (Ho & Salimans 2022), as
-//! in the training data's condition dropout ([`crate::data::CaptionedImages`]).
+//! in the training data's condition dropout ([`crate::data::CaptionedImages`]). With
+//! `context_dim` = the encoder's width, every attention block of the U-Net also attends from
+//! the feature map to the token states (padding masked; Rombach et al. §3.3), GLIDE's
+//! arrangement of both paths ([`PromptCondition`]).
 //!
 //! The conditioning passed to [`Denoiser::forward`] is the prompts' token ids, `u32` `[B, L]`
 //! (one prompt per image, from [`TextTokenizer::encode`]); the attention mask is read from them
@@ -28,7 +32,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::denoiser::Denoiser;
-use crate::nn::{EnergyForm, EnergyUNet, UNet, UNetConfig};
+use crate::nn::{EnergyForm, EnergyUNet, TokenContext, UNet, UNetConfig};
 use crate::param::Parameterization;
 use crate::random::SeededRng;
 use crate::text::tokenizer::{END_TOKEN, START_TOKEN};
@@ -56,7 +60,8 @@ pub struct TextUNetConfig {
 
 impl TextUNetConfig {
     /// The settings for `unet` conditioned by a [`TextEncoderConfig::small`] encoder over the
-    /// vocabulary of `tokenizer` (the U-Net's `cond_dim` is set to the encoder's width).
+    /// vocabulary of `tokenizer` (the U-Net's `cond_dim` is set to the encoder's width, and so
+    /// is a nonzero `context_dim`: cross-attention stays on or off as asked).
     ///
     /// # Errors
     ///
@@ -66,6 +71,7 @@ impl TextUNetConfig {
         let cfg = Self {
             unet: UNetConfig {
                 cond_dim: text.width,
+                context_dim: if unet.context_dim > 0 { text.width } else { 0 },
                 ..unet
             },
             text,
@@ -89,6 +95,13 @@ impl TextUNetConfig {
             return Err(Error::Config(format!(
                 "the U-Net's cond_dim ({}) must equal the text encoder's width ({})",
                 self.unet.cond_dim, self.text.width
+            )));
+        }
+        if self.unet.context_dim != 0 && self.unet.context_dim != self.text.width {
+            return Err(Error::Config(format!(
+                "the U-Net's context_dim ({}) must be 0 (no cross-attention) or the text \
+                 encoder's width ({})",
+                self.unet.context_dim, self.text.width
             )));
         }
         if self.pad_id as usize >= self.text.vocab_size {
@@ -143,6 +156,42 @@ impl TextUNetConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// What a [`TextUNet`]'s image network reads of a batch of prompts.
+#[derive(Debug, Clone)]
+pub struct PromptCondition {
+    /// The pooled prompt vectors `[B, width]`, the U-Net's `cond`.
+    pub pooled: Tensor,
+    /// The token states the attention blocks cross-attend to, when the U-Net has
+    /// cross-attention (`context_dim > 0`).
+    pub tokens: Option<TokenContext>,
+}
+
+impl PromptCondition {
+    /// The rows `rows` (`u32` indices) in that order (repeats and tilings of the prompts).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Candle`] for an index outside the batch.
+    pub fn select_rows(&self, rows: &Tensor) -> Result<Self> {
+        Ok(Self {
+            pooled: self.pooled.index_select(rows, 0)?,
+            tokens: self
+                .tokens
+                .as_ref()
+                .map(|t| t.select_rows(rows))
+                .transpose()?,
+        })
+    }
+
+    /// The same condition cut from the encoder's graph.
+    pub fn detach(&self) -> Self {
+        Self {
+            pooled: self.pooled.detach(),
+            tokens: self.tokens.as_ref().map(TokenContext::detach),
+        }
     }
 }
 
@@ -242,31 +291,36 @@ impl TextUNet {
             ));
         };
         let c = self.condition(ids)?;
-        e.energy_and_grad(x_t, t, Some(&c))
+        e.energy_and_grad_context(x_t, t, Some(&c.pooled), c.tokens.as_ref())
     }
 
-    /// The prediction with the conditioning vectors `c`, in train mode with `rng`.
+    /// The prediction under the condition `c`, in train mode with `rng`.
     fn predict(
         &self,
         x_t: &Tensor,
         t: &Tensor,
-        c: &Tensor,
+        c: &PromptCondition,
         rng: Option<&mut SeededRng>,
     ) -> Result<Tensor> {
         match &self.image {
-            ImageNet::Score(u) => u.forward_with(x_t, t, Some(c), rng),
-            ImageNet::Energy(e) => Ok(e.energy_and_grad(x_t, t, Some(c))?.1),
+            ImageNet::Score(u) => {
+                u.forward_context(x_t, t, Some(&c.pooled), c.tokens.as_ref(), rng)
+            }
+            ImageNet::Energy(e) => Ok(e
+                .energy_and_grad_context(x_t, t, Some(&c.pooled), c.tokens.as_ref())?
+                .1),
         }
     }
 
-    /// The conditioning vectors `[B, width]` of the prompts `ids` (`u32` `[B, L]`): the mean of
-    /// the encoder's states over each prompt's tokens.
+    /// What the image network reads of the prompts `ids` (`u32` `[B, L]`): the mean of the
+    /// encoder's states over each prompt's tokens and, when the U-Net cross-attends, the
+    /// states themselves with the padding masked.
     ///
     /// # Errors
     ///
     /// [`Error::Shape`] as [`TextEncoder::forward`] (ids of another shape, dtype or
     /// vocabulary).
-    pub fn condition(&self, ids: &Tensor) -> Result<Tensor> {
+    pub fn condition(&self, ids: &Tensor) -> Result<PromptCondition> {
         if ids.dtype() != DType::U32 {
             return Err(Error::Shape(format!(
                 "a text-conditioned U-Net takes the prompts' token ids (u32 [B, L]) as its \
@@ -276,7 +330,13 @@ impl TextUNet {
             )));
         }
         let mask = ids.ne(self.config.pad_id)?.to_dtype(DType::F32)?;
-        self.encoder.pooled(ids, &mask)
+        let (states, pooled) = self.encoder.forward_pooled(ids, &mask)?;
+        let tokens = if self.config.unet.context_dim > 0 {
+            Some(TokenContext::new(&states, &mask)?)
+        } else {
+            None
+        };
+        Ok(PromptCondition { pooled, tokens })
     }
 
     /// The prompts of a forward call, required.
@@ -301,8 +361,8 @@ impl TextUNet {
 #[derive(Debug, Clone)]
 pub struct GuidedPrompt<'a> {
     net: &'a TextUNet,
-    /// The conditioning vectors `[2, width]`: the empty prompt's, then the prompt's.
-    cond: Tensor,
+    /// The condition of two prompts: the empty prompt, then the prompt.
+    cond: PromptCondition,
     guidance: f64,
 }
 
@@ -350,14 +410,10 @@ impl Denoiser for GuidedPrompt<'_> {
             ));
         }
         let b = x_t.dim(0)?;
-        let width = self.cond.dim(1)?;
-        let c = Tensor::cat(
-            &[
-                self.cond.narrow(0, 0, 1)?.broadcast_as((b, width))?,
-                self.cond.narrow(0, 1, 1)?.broadcast_as((b, width))?,
-            ],
-            0,
-        )?;
+        let rows: Vec<u32> = (0..2 * b).map(|i| u32::from(i >= b)).collect();
+        let c = self
+            .cond
+            .select_rows(&Tensor::from_vec(rows, 2 * b, x_t.device())?)?;
         let y = self
             .net
             .predict(
@@ -429,9 +485,16 @@ mod tests {
         }
     }
 
-    fn model(store: &ParamStore) -> Result<(TextUNet, TextTokenizer)> {
+    /// The tiny model, pooled-conditioned or (`cross`) cross-attending to the token states
+    /// too.
+    fn model(store: &ParamStore, cross: bool) -> Result<(TextUNet, TextTokenizer)> {
         let tok = tokenizer()?;
-        let cfg = TextUNetConfig::for_tokenizer(tiny(), &tok)?;
+        let unet = UNetConfig {
+            context_dim: usize::from(cross),
+            ..tiny()
+        };
+        let cfg = TextUNetConfig::for_tokenizer(unet, &tok)?;
+        assert_eq!(cfg.unet.context_dim, if cross { cfg.text.width } else { 0 });
         let net = TextUNet::new(
             &cfg,
             Parameterization::Epsilon,
@@ -457,8 +520,15 @@ mod tests {
 
     #[test]
     fn the_prompt_changes_the_prediction_of_its_own_image_only() -> Result<()> {
+        for cross in [false, true] {
+            prompt_changes_its_own_image(cross)?;
+        }
+        Ok(())
+    }
+
+    fn prompt_changes_its_own_image(cross: bool) -> Result<()> {
         let store = ParamStore::new(0);
-        let (net, tok) = model(&store)?;
+        let (net, tok) = model(&store, cross)?;
         perturb(&store)?;
         let x =
             crate::random::normal_tensor(&mut seeded(2), &[2, 3, 8, 8], DType::F32, &Device::Cpu)?;
@@ -485,8 +555,15 @@ mod tests {
     /// extrapolation; bad scales and unknown words are refused.
     #[test]
     fn guided_prompt_is_the_classifier_free_combination() -> Result<()> {
+        for cross in [false, true] {
+            guided_is_the_combination(cross)?;
+        }
+        Ok(())
+    }
+
+    fn guided_is_the_combination(cross: bool) -> Result<()> {
         let store = ParamStore::new(0);
-        let (net, tok) = model(&store)?;
+        let (net, tok) = model(&store, cross)?;
         perturb(&store)?;
         let dev = Device::Cpu;
         let x = crate::random::normal_tensor(&mut seeded(4), &[3, 3, 8, 8], DType::F32, &dev)?;
@@ -520,8 +597,15 @@ mod tests {
 
     #[test]
     fn training_mode_reaches_encoder_and_unet_parameters() -> Result<()> {
+        for cross in [false, true] {
+            training_reaches_every_parameter(cross)?;
+        }
+        Ok(())
+    }
+
+    fn training_reaches_every_parameter(cross: bool) -> Result<()> {
         let store = ParamStore::new(0);
-        let (net, tok) = model(&store)?;
+        let (net, tok) = model(&store, cross)?;
         perturb(&store)?;
         let x =
             crate::random::normal_tensor(&mut seeded(2), &[2, 3, 8, 8], DType::F32, &Device::Cpu)?;
@@ -550,11 +634,22 @@ mod tests {
     /// (the prompt enters through the embedding that the hand-written input gradient reads).
     #[test]
     fn energy_model_predicts_the_gradient_of_its_energy() -> Result<()> {
+        for cross in [false, true] {
+            energy_predicts_its_gradient(cross)?;
+        }
+        Ok(())
+    }
+
+    fn energy_predicts_its_gradient(cross: bool) -> Result<()> {
         let store = ParamStore::new(0);
         let tok = tokenizer()?;
+        let unet = UNetConfig {
+            context_dim: usize::from(cross),
+            ..tiny()
+        };
         let cfg = TextUNetConfig {
             energy: Some(EnergyForm::HalfNorm),
-            ..TextUNetConfig::for_tokenizer(tiny(), &tok)?
+            ..TextUNetConfig::for_tokenizer(unet, &tok)?
         };
         let net = TextUNet::new(
             &cfg,
@@ -604,7 +699,7 @@ mod tests {
         assert!(missing.is_empty(), "{missing:?}");
         // A score model has no energy; an energy model predicts ε only.
         let store = ParamStore::new(0);
-        let (score, _) = model(&store)?;
+        let (score, _) = model(&store, cross)?;
         assert!(matches!(
             score.energy_and_grad(&x, &t, &ids),
             Err(Error::Config(_))
@@ -623,7 +718,7 @@ mod tests {
     #[test]
     fn mismatches_are_clear_errors() -> Result<()> {
         let store = ParamStore::new(0);
-        let (net, tok) = model(&store)?;
+        let (net, tok) = model(&store, false)?;
         let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu)?;
         let t = Tensor::new(&[1f32], &Device::Cpu)?;
         assert!(matches!(net.forward(&x, &t, None), Err(Error::Shape(_))));
@@ -639,6 +734,14 @@ mod tests {
             unet: UNetConfig {
                 cond_dim: 3,
                 ..tiny()
+            },
+            ..net.config().clone()
+        };
+        assert!(matches!(bad.validate(), Err(Error::Config(_))));
+        let bad = TextUNetConfig {
+            unet: UNetConfig {
+                context_dim: 3,
+                ..net.config().unet.clone()
             },
             ..net.config().clone()
         };

@@ -29,6 +29,8 @@ fn tiny() -> UNetConfig {
         use_scale_shift_norm: true,
         time_embed_dim: 8,
         cond_dim: 4,
+        coord_channels: false,
+        context_dim: 0,
     }
 }
 

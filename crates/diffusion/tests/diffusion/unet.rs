@@ -163,6 +163,8 @@ fn small_config(resblock_updown: bool, use_scale_shift_norm: bool) -> UNetConfig
         use_scale_shift_norm,
         time_embed_dim: 16,
         cond_dim: 8,
+        coord_channels: false,
+        context_dim: 0,
     }
 }
 
