@@ -204,7 +204,7 @@ pub fn recipe(data: &Path, energy: bool, quick: bool, steps: Option<usize>) -> R
          attention_resolutions = {attention}\nnum_head_channels = {head}\nnum_groups = {groups}\n\
          time_embed_dim = {time}\ndropout = 0.0\ncoord_channels = true\n\n\
          [data]\nkind = \"captioned_folder\"\ndir = \"{}\"\nsize = {SIZE}\nuncond_prob = 0.1\n\n\
-         [text]\nwidth = {}\nlayers = {}\nheads = {}\n\n\
+         [text]\nwidth = {}\nlayers = {}\nheads = {}\ncross_attention = true\n\n\
          [diffusion]\nnum_timesteps = {}\n{}\n\
          [train]\nbatch_size = {batch}\nsteps = {}\nlr = 5e-4\nema_decay = {}\n\
          ema_warmup = true\ncheckpoint_every = 250\nseed = 0\n",
