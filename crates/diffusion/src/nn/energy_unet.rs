@@ -68,8 +68,8 @@ use crate::nn::conv::Conv2d;
 use crate::nn::energy::EnergyForm;
 use crate::nn::layers::{ConvSpec, avg_pool2x, upsample_nearest2x};
 use crate::nn::unet::{
-    AttentionBlock, Block, CrossAttention, NORM_EPS, Norm, Pointwise, ResBlock, Resample,
-    TokenContext, UNet, UNetConfig, cross_weights,
+    Attended, AttentionBlock, Block, CrossAttention, NORM_EPS, Norm, Pointwise, ResBlock, Resample,
+    TokenContext, UNet, UNetConfig,
 };
 use crate::param::Parameterization;
 use crate::{Error, Result};
@@ -112,6 +112,14 @@ struct AttnCache {
     v: Tensor,
     /// The attention weights, `[BH, L (queries), L (keys)]`.
     p: Tensor,
+}
+
+impl AttnCache {
+    /// The output of an attention and its cache.
+    fn new(norm: NormCache, a: Attended) -> (Tensor, Self) {
+        let Attended { out, q, k, v, p } = a;
+        (out, Self { norm, q, k, v, p })
+    }
 }
 
 enum BlockCache {
@@ -313,18 +321,8 @@ fn res_backward(r: &ResBlock, c: &ResCache, g: &Tensor) -> Result<Tensor> {
 }
 
 fn attn_forward(a: &AttentionBlock, x: &Tensor) -> Result<(Tensor, AttnCache)> {
-    let (b, c, hh, ww) = x.dims4()?;
-    let (len, heads) = (hh * ww, a.heads);
-    let d = c / heads;
     let (xn, norm) = norm_forward(&a.norm, x, None, false)?;
-    let qkv = a.qkv.forward(&xn)?.reshape((b * heads, 3 * d, len))?;
-    let q = (qkv.narrow(1, 0, d)? * (1.0 / (d as f64).sqrt()))?;
-    let k = qkv.narrow(1, d, d)?;
-    let v = qkv.narrow(1, 2 * d, d)?;
-    let p = candle_nn::ops::softmax(&q.t()?.matmul(&k)?, D::Minus1)?;
-    let attended = v.matmul(&p.t()?)?.reshape((b, c, hh, ww))?;
-    let out = a.proj_out.forward_residual(&attended, x)?;
-    Ok((out, AttnCache { norm, q, k, v, p }))
+    Ok(AttnCache::new(norm, a.attend(x, &a.qkv.forward(&xn)?)?))
 }
 
 /// The gradient of the logits `g_S = P ⊙ (g_P − rowsum(g_P ⊙ P))` for the gradient `g_att`
@@ -342,14 +340,8 @@ fn cross_forward(
     x: &Tensor,
     ctx: &TokenContext,
 ) -> Result<(Tensor, AttnCache)> {
-    let (b, c, hh, ww) = x.dims4()?;
     let (xn, norm) = norm_forward(&a.norm, x, None, false)?;
-    let q = a.queries(&xn)?;
-    let (k, v, bias) = a.keys_values(ctx)?;
-    let p = cross_weights(&q, &k, &bias)?;
-    let attended = v.matmul(&p.t()?)?.reshape((b, c, hh, ww))?;
-    let out = a.proj_out.forward_residual(&attended, x)?;
-    Ok((out, AttnCache { norm, q, k, v, p }))
+    Ok(AttnCache::new(norm, a.attend(x, &xn, ctx)?))
 }
 
 /// The input gradient of [`cross_forward`]: through the queries only (the keys and values

@@ -980,14 +980,45 @@ impl CrossAttention {
         Ok((k, v, bias))
     }
 
-    fn forward(&self, x: &Tensor, ctx: &TokenContext) -> Result<Tensor> {
-        let (b, c, hh, ww) = x.dims4()?;
-        let xn = self.norm.forward(x, None, false)?;
-        let q = self.queries(&xn)?;
+    /// The block's output on `x` given its normalized features `xn`, with the values a
+    /// backward pass needs.
+    pub(crate) fn attend(&self, x: &Tensor, xn: &Tensor, ctx: &TokenContext) -> Result<Attended> {
+        let q = self.queries(xn)?;
         let (k, v, bias) = self.keys_values(ctx)?;
         let p = cross_weights(&q, &k, &bias)?;
-        let attended = v.matmul(&p.t()?)?.reshape((b, c, hh, ww))?;
-        self.proj_out.forward_residual(&attended, x)
+        Attended::finish(&self.proj_out, x, q, k, v, p)
+    }
+
+    fn forward(&self, x: &Tensor, ctx: &TokenContext) -> Result<Tensor> {
+        let xn = self.norm.forward(x, None, false)?;
+        Ok(self.attend(x, &xn, ctx)?.out)
+    }
+}
+
+/// One attention's output `x + proj_out(V Pᵀ)` and what its backward pass needs, per head
+/// (`[B·heads, …]`): the queries scaled by 1/√d, the keys, the values and the weights
+/// `P` `[BH, queries, keys]`.
+pub(crate) struct Attended {
+    pub(crate) out: Tensor,
+    pub(crate) q: Tensor,
+    pub(crate) k: Tensor,
+    pub(crate) v: Tensor,
+    pub(crate) p: Tensor,
+}
+
+impl Attended {
+    /// Attends with the weights `p` and projects back onto the residual stream `x`.
+    fn finish(
+        proj_out: &Pointwise,
+        x: &Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        p: Tensor,
+    ) -> Result<Self> {
+        let attended = v.matmul(&p.t()?)?.reshape(x.dims4()?)?;
+        let out = proj_out.forward_residual(&attended, x)?;
+        Ok(Self { out, q, k, v, p })
     }
 }
 
@@ -1029,9 +1060,7 @@ impl AttentionBlock {
     }
 
     fn self_attention(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, hh, ww) = x.dims4()?;
-        let len = hh * ww;
-        let head_ch = c / self.heads;
+        let head_ch = x.dim(1)? / self.heads;
         let xn = self.norm.forward(x, None, false)?;
         let qkv = self.qkv.forward(&xn)?;
         if recompose_core::host::on_fast_path(&[&qkv]) {
@@ -1041,18 +1070,21 @@ impl AttentionBlock {
                 .apply_op1(attention::Attention { head_ch })?;
             return self.proj_out.forward_residual(&attended, x);
         }
-        let qkv = qkv.reshape((b * self.heads, 3 * head_ch, len))?;
-        let attended = {
-            // (q/√√d)ᵀ(k/√√d) = qᵀk/√d: scale q once.
-            let q = (qkv.narrow(1, 0, head_ch)? * (1.0 / (head_ch as f64).sqrt()))?;
-            let k = qkv.narrow(1, head_ch, head_ch)?;
-            let v = qkv.narrow(1, 2 * head_ch, head_ch)?;
-            let weights = candle_nn::ops::softmax(&q.t()?.matmul(&k)?, D::Minus1)?;
-            v.matmul(&weights.t()?)?
-        }
-        .reshape((b, c, len))?;
-        let out = self.proj_out.forward(&attended)?.reshape((b, c, hh, ww))?;
-        Ok((x + out)?)
+        Ok(self.attend(x, &qkv)?.out)
+    }
+
+    /// The self-attention's output on `x` given the projections `qkv` `[B, 3C, H, W]` of its
+    /// normalized features, through tensor ops, with the values a backward pass needs.
+    pub(crate) fn attend(&self, x: &Tensor, qkv: &Tensor) -> Result<Attended> {
+        let (b, c, hh, ww) = x.dims4()?;
+        let d = c / self.heads;
+        let qkv = qkv.reshape((b * self.heads, 3 * d, hh * ww))?;
+        // (q/√√d)ᵀ(k/√√d) = qᵀk/√d: scale q once.
+        let q = (qkv.narrow(1, 0, d)? * (1.0 / (d as f64).sqrt()))?;
+        let k = qkv.narrow(1, d, d)?;
+        let v = qkv.narrow(1, 2 * d, d)?;
+        let p = candle_nn::ops::softmax(&q.t()?.matmul(&k)?, D::Minus1)?;
+        Attended::finish(&self.proj_out, x, q, k, v, p)
     }
 }
 
