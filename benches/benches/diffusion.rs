@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{Criterion, Throughput, criterion_group};
-use recompose_benches::mlp::{ENERGY_GROUP, MLP_GROUP, MlpWorkload};
+use recompose_benches::step::{ENERGY_GROUP, MLP_GROUP, StepWorkload};
 use recompose_diffusion::Denoiser;
 use recompose_diffusion::nn::{ParamStore, UNet, UNetConfig};
 use recompose_diffusion::random::normal_tensor;
@@ -49,10 +49,10 @@ fn train_step(
 }
 
 /// The training steps of the 2-D MLP and its energy form, as `train` takes them
-/// ([`MlpWorkload`], shared with the `bench-steps` timing server).
+/// ([`StepWorkload`], shared with the `bench-steps` timing server).
 fn mlp(c: &mut Criterion) {
     for (group, energy) in [(MLP_GROUP, false), (ENERGY_GROUP, true)] {
-        let mut work = MlpWorkload::new(energy, &candle_core::Device::Cpu).expect("mlp workload");
+        let mut work = StepWorkload::mlp(energy, &candle_core::Device::Cpu).expect("mlp workload");
         let mut g = c.benchmark_group(group);
         g.sample_size(20)
             .warm_up_time(Duration::from_secs(1))

@@ -2,7 +2,8 @@
 //!
 //! The criterion suites live in `benches/benches/`. The library holds what they share with the
 //! other programs that time the same work: the Decomp Diffusion workloads ([`decomp`]), which
-//! the criterion suite `decomp` and the `bench-steps` timing server both run. Every program
+//! the criterion suite `decomp` and the `bench-steps` timing server both run, and the training
+//! steps of the 2-D MLP and of the text-conditioned U-Net ([`step`]). Every program
 //! here starts with `recompose_core::process::prepare()`, the set-up of the `recompose` binary.
 //!
 //! It also holds the tasks behind `cargo xtask` (a thin dispatcher): the reproductions that
@@ -20,10 +21,10 @@ pub mod fixtures;
 pub mod fuzz;
 pub mod gpu;
 pub mod image_composition;
-pub mod mlp;
 pub mod plot;
 pub mod reference;
 pub mod reproduce;
+pub mod step;
 pub mod torch;
 pub mod tune;
 pub mod workspace;

@@ -1,4 +1,5 @@
-//! The PyTorch half of `cargo xtask bench diffusion` and `cargo xtask bench decomp`.
+//! The PyTorch half of `cargo xtask bench diffusion`, `cargo xtask bench decomp` and
+//! `cargo xtask bench image`.
 //!
 //! After criterion has timed `benches/benches/<suite>.rs`, [`torch_comparison`] times the same
 //! workloads in PyTorch on the same machine with the same number of threads, and puts both
@@ -16,6 +17,13 @@
 //!   images, x0 MSE of the mean over factors);
 //! * `decomp/forward/<cfg>/batch=16`: the composed prediction (one DDIM step of 16 images);
 //! * `decomp/encode/<cfg>/batch=16`: the encoder alone, eval mode.
+//!
+//! Suite `image` (the text-conditioned U-Net of the image-composition recipe, score and energy
+//! models; [`crate::step`]):
+//!
+//! * `text-unet/train-step/batch=32`, `text-unet-energy/train-step/batch=32`: one Adam step;
+//! * `text-unet/guided/chains=64`, `text-unet-energy/guided/chains=64`: one guided prediction
+//!   for 64 chains (the cost of one sampling step).
 //!
 //! `<cfg>` runs over the four small configurations of the reference benchmark (32 or 16 px, 32 or
 //! 16 base channels). The PyTorch models live in `torchbench.py` (embedded here, written to
@@ -126,6 +134,8 @@ pub enum Suite {
     Diffusion,
     /// `benches/benches/decomp.rs`: the whole Decomp Diffusion model.
     Decomp,
+    /// `benches/benches/image.rs`: the text-conditioned U-Net of the image-composition recipe.
+    Image,
 }
 
 impl Suite {
@@ -134,6 +144,7 @@ impl Suite {
         match self {
             Self::Diffusion => "diffusion",
             Self::Decomp => "decomp",
+            Self::Image => "image",
         }
     }
 
@@ -147,7 +158,7 @@ impl Suite {
         };
         match self {
             Self::Diffusion => {
-                let mut w: Vec<Workload> = [crate::mlp::MLP_GROUP, crate::mlp::ENERGY_GROUP]
+                let mut w: Vec<Workload> = [crate::step::MLP_GROUP, crate::step::ENERGY_GROUP]
                     .map(|group| Workload {
                         group: group.into(),
                         items: 1,
@@ -165,6 +176,23 @@ impl Suite {
                 w.extend(per_config("decomp/encode", 16, 16));
                 w
             }
+            Self::Image => [false, true]
+                .into_iter()
+                .flat_map(|energy| {
+                    [
+                        Workload {
+                            group: crate::step::text_train_group(energy),
+                            items: crate::step::TEXT_BATCH as u64,
+                            unit: "img/s",
+                        },
+                        Workload {
+                            group: crate::step::text_guided_group(energy),
+                            items: crate::step::GUIDED_CHAINS as u64,
+                            unit: "chains/s",
+                        },
+                    ]
+                })
+                .collect(),
         }
     }
 }
@@ -202,8 +230,12 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
             .map(|&c| decomp_group("train-step", c))
             .collect(),
         Suite::Diffusion => vec![
-            crate::mlp::MLP_GROUP.into(),
-            crate::mlp::ENERGY_GROUP.into(),
+            crate::step::MLP_GROUP.into(),
+            crate::step::ENERGY_GROUP.into(),
+        ],
+        Suite::Image => vec![
+            crate::step::text_train_group(false),
+            crate::step::text_train_group(true),
         ],
     };
     let server = build_server(root)?;
@@ -240,7 +272,8 @@ pub fn torch_comparison(root: &Path, suite: Suite) -> Result<()> {
 
     let reference = match suite {
         Suite::Decomp => decomp_group("train-step", REFERENCE_CONFIG),
-        Suite::Diffusion => crate::mlp::MLP_GROUP.to_string(),
+        Suite::Diffusion => crate::step::MLP_GROUP.to_string(),
+        Suite::Image => crate::step::text_train_group(false),
     };
     let interleaved_md =
         (!interleaved.is_empty()).then(|| interleaved_section(&interleaved, &reference));
@@ -531,6 +564,8 @@ fn interleaved_rounds(
 ) -> Result<Vec<Round>> {
     let suite = if group.starts_with("decomp/") {
         Suite::Decomp
+    } else if group.starts_with("text-unet") {
+        Suite::Image
     } else {
         Suite::Diffusion
     };
@@ -863,6 +898,7 @@ fn markdown(
     let title = match suite {
         Suite::Diffusion => "Diffusion benchmarks",
         Suite::Decomp => "Decomp Diffusion benchmarks",
+        Suite::Image => "Image-composition benchmarks",
     };
     let _ = writeln!(s, "# {title}: recompose (candle) vs PyTorch\n");
     let _ = writeln!(
@@ -892,6 +928,11 @@ fn markdown(
             "training images per second (16 per step), denoiser images per second for the \
              composed prediction (16 images × 3 factors per call; a DDIM sampling run of S \
              steps costs S such calls), encoded images per second"
+        }
+        Suite::Image => {
+            "training images per second (32 per step), chains per second of one guided \
+             prediction (64 chains, the network on 128 rows; a sampling run of S steps costs S \
+             such calls)"
         }
     };
     let _ = writeln!(
@@ -934,6 +975,27 @@ fn markdown(
                  timings on another 2-vCPU machine (reference README: train 0.752 / 0.393 / \
                  0.256 / 0.201 s per step, forward 208 / 86 / 72 / 51 ms, encoder 38 / 37 / 13 \
                  / 13 ms for a–d) are a guide to the machine, not part of this comparison."
+            );
+        }
+        Suite::Image => {
+            let _ = writeln!(
+                s,
+                "\nWorkloads (the model of the image-composition recipe, \
+                 `cargo xtask reproduce image-composition`: a text encoder of 2 pre-norm \
+                 transformer layers, width 64, 4 heads, over 8 tokens; a 32 px U-Net with 32 \
+                 base channels, multipliers 1, 2, 2, one residual block per level, attention \
+                 at 8 px with 32 channels per head, 16-group GroupNorm, a time embedding of \
+                 128, coordinate channels, the pooled prompt vector joined to the time \
+                 embedding and cross-attention to the token states in every attention block): \
+                 `text-unet/train-step/batch=32` = text encoder and U-Net forward, ε MSE, \
+                 backward, optimizer step; `text-unet/guided/chains=64` = one \
+                 classifier-free-guided prediction for 64 chains under one prompt (the empty \
+                 prompt and the prompt encoded, the U-Net on the doubled batch of 128) without \
+                 parameter gradients; `text-unet-energy/…` = the same network as an energy \
+                 model (E = ‖g − x‖², ε̂ = ∇ₓE: the training step differentiates an input \
+                 gradient, PyTorch with `create_graph=True`; the guided prediction is an input \
+                 gradient). The PyTorch model has the Rust model's parameter count \
+                 (asserted)."
             );
         }
     }
@@ -991,6 +1053,21 @@ fn civil_date(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The PyTorch twin of the image-composition recipe's model has as many parameters as the
+    /// Rust model (the script asserts its own count against `TEXT_UNET_PARAMS`).
+    #[test]
+    fn the_torch_text_unet_has_the_rust_parameter_count() -> Result<()> {
+        let (_, _, store) = crate::step::text_unet(false, &candle_core::Device::Cpu)
+            .map_err(anyhow::Error::from_boxed)?;
+        let rust: usize = store.vars().iter().map(|(_, v)| v.elem_count()).sum();
+        let line = SCRIPT
+            .lines()
+            .find_map(|l| l.strip_prefix("TEXT_UNET_PARAMS = "))
+            .context("TEXT_UNET_PARAMS not in torchbench.py")?;
+        assert_eq!(line.replace('_', "").parse::<usize>()?, rust);
+        Ok(())
+    }
 
     #[test]
     fn interleaved_rounds_report_the_median_ratio_and_the_sign_test() {
@@ -1094,5 +1171,14 @@ mod tests {
             2 + 2 * UNET_CONFIGS.len()
         );
         assert_eq!(Suite::Decomp.workloads().len(), 3 * UNET_CONFIGS.len());
+        for w in Suite::Image.workloads() {
+            let model = w.group.split('/').next().unwrap_or_default();
+            let kind = w.group.split('/').nth(1).unwrap_or_default();
+            assert!(
+                SCRIPT.contains(&format!("\"{model}\"")) && SCRIPT.contains(&format!("/{kind}/")),
+                "{} not in torchbench.py",
+                w.group
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
-"""PyTorch side of `cargo xtask bench diffusion` and `cargo xtask bench decomp`.
+"""PyTorch side of `cargo xtask bench diffusion`, `cargo xtask bench decomp` and `cargo xtask bench image`.
 
-Times the same workloads as `benches/benches/diffusion.rs` and `benches/benches/decomp.rs`
+Times the same workloads as `benches/benches/diffusion.rs`, `benches/benches/decomp.rs` and
+`benches/benches/image.rs`
 (the criterion suites of the Rust crates) with PyTorch on the CPU, with the same number of
 threads. Suite `diffusion`:
 
@@ -19,6 +20,16 @@ Suite `decomp` (the whole Decomp Diffusion model: latent encoder + shared U-Net,
 * `decomp/forward/<cfg>/batch=16`: the composed prediction from given latents, eval mode,
   no grad (one DDIM sampling step of 16 images);
 * `decomp/encode/<cfg>/batch=16`: the encoder alone, eval mode, no grad.
+
+Suite `image` (the text-conditioned U-Net of the image-composition recipe: text encoder,
+coordinate channels, pooled prompt vector and cross-attention to the token states; as a score
+model and as an energy model E = |g - x|^2 with eps_hat = dE/dx):
+
+* `text-unet/train-step/batch=32`, `text-unet-energy/train-step/batch=32`: one Adam step of
+  text encoder and U-Net with the eps MSE (the energy model's with `create_graph=True`);
+* `text-unet/guided/chains=64`, `text-unet-energy/guided/chains=64`: one classifier-free-guided
+  prediction for 64 chains (the empty prompt and the prompt encoded, the U-Net on 128 rows),
+  without parameter gradients.
 
 Each workload: 3 warm-up calls, then the median wall time of 10 calls (`time.perf_counter`).
 The last line of stdout is one JSON object:
@@ -39,7 +50,7 @@ off, cuDNN's autotuner on, and each timed call ends with `torch.cuda.synchronize
 wall time covers its kernels. `--batch N` sets the image batch of the decomp suite (default 16;
 it appears in the keys).
 
-Usage: python torchbench.py [--suite diffusion|decomp] [--threads N] [--only SUBSTRING] [--serve]
+Usage: python torchbench.py [--suite diffusion|decomp|image] [--threads N] [--only SUBSTRING] [--serve]
        [--device cpu|cuda|cuda:N] [--batch N]
 """
 
@@ -248,8 +259,36 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+class CrossAttention(nn.Module):
+    """Attention from the feature map to token states (latent diffusion's arrangement): Q from
+    the normalized features, K and V from the states, padded tokens masked by a key bias."""
+
+    def __init__(self, channels, context_dim, num_heads):
+        super().__init__()
+        self.heads = num_heads
+        self.norm = group_norm(channels)
+        self.q = nn.Conv1d(channels, channels, 1)
+        self.kv = nn.Conv1d(context_dim, 2 * channels, 1)
+        self.proj_out = nn.Conv1d(channels, channels, 1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x, ctx):
+        states, bias = ctx  # [B, D, L], [B, 1, L]
+        b, c, hh, ww = x.shape
+        n, length, d = hh * ww, states.shape[2], c // self.heads
+        q = self.q(self.norm(x).reshape(b, c, n)).reshape(b * self.heads, d, n) / math.sqrt(d)
+        kv = self.kv(states)
+        k = kv[:, :c].reshape(b * self.heads, d, length)
+        v = kv[:, c:].reshape(b * self.heads, d, length)
+        bias = bias[:, None].expand(b, self.heads, 1, length).reshape(b * self.heads, 1, length)
+        w = (torch.einsum("bct,bcs->bts", q, k) + bias).softmax(dim=-1)
+        a = torch.einsum("bts,bcs->bct", w, v).reshape(b, c, n)
+        return x + self.proj_out(a).reshape(b, c, hh, ww)
+
+
 class AttentionBlock(nn.Module):
-    def __init__(self, channels, num_heads):
+    def __init__(self, channels, num_heads, context_dim=0):
         super().__init__()
         assert channels % num_heads == 0
         self.heads = num_heads
@@ -258,8 +297,9 @@ class AttentionBlock(nn.Module):
         self.proj_out = nn.Conv1d(channels, channels, 1)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
+        self.cross = CrossAttention(channels, context_dim, num_heads) if context_dim else None
 
-    def forward(self, x, emb=None):
+    def forward(self, x, emb=None, ctx=None):
         b, c, hh, ww = x.shape
         n = hh * ww
         qkv = self.qkv(self.norm(x).reshape(b, c, n))
@@ -269,13 +309,19 @@ class AttentionBlock(nn.Module):
         scale = 1.0 / math.sqrt(math.sqrt(ch))
         w = torch.einsum("bct,bcs->bts", q * scale, k * scale).softmax(dim=-1)
         a = torch.einsum("bts,bcs->bct", w, v).reshape(b, c, n)
-        return x + self.proj_out(a).reshape(b, c, hh, ww)
+        x = x + self.proj_out(a).reshape(b, c, hh, ww)
+        return x if self.cross is None else self.cross(x, ctx)
 
 
 class Sequence(nn.ModuleList):
-    def forward(self, h, emb):
+    def forward(self, h, emb, ctx=None):
         for layer in self:
-            h = layer(h, emb) if isinstance(layer, (ResBlock, AttentionBlock)) else layer(h)
+            if isinstance(layer, AttentionBlock):
+                h = layer(h, emb, ctx)
+            elif isinstance(layer, ResBlock):
+                h = layer(h, emb)
+            else:
+                h = layer(h)
         return h
 
 
@@ -292,11 +338,15 @@ class UNet(nn.Module):
         cond_dim=32,
         in_channels=3,
         dropout=0.0,
+        time_embed_dim=None,
+        coord_channels=False,
+        context_dim=0,
     ):
         super().__init__()
         self.image_size = image_size
         self.model_channels = model_channels
-        temb = cond_dim
+        self.coord_channels = coord_channels
+        temb = cond_dim if time_embed_dim is None else time_embed_dim
         emb_dim = cond_dim + temb
 
         def heads(ch):
@@ -309,7 +359,8 @@ class UNet(nn.Module):
             nn.Linear(model_channels, temb), nn.SiLU(), nn.Linear(temb, temb)
         )
         ch = model_channels * channel_mult[0]
-        self.input_blocks = nn.ModuleList([Sequence([nn.Conv2d(in_channels, ch, 3, padding=1)])])
+        first_in = in_channels + (2 if coord_channels else 0)
+        self.input_blocks = nn.ModuleList([Sequence([nn.Conv2d(first_in, ch, 3, padding=1)])])
         skip_chans = [ch]
         ds = 1
         for level, mult in enumerate(channel_mult):
@@ -318,7 +369,7 @@ class UNet(nn.Module):
                 layers = [ResBlock(ch, out, emb_dim, dropout)]
                 ch = out
                 if ds in attention_ds:
-                    layers.append(AttentionBlock(ch, heads(ch)))
+                    layers.append(AttentionBlock(ch, heads(ch), context_dim))
                 self.input_blocks.append(Sequence(layers))
                 skip_chans.append(ch)
             if level != len(channel_mult) - 1:
@@ -328,7 +379,7 @@ class UNet(nn.Module):
         self.middle_block = Sequence(
             [
                 ResBlock(ch, ch, emb_dim, dropout),
-                AttentionBlock(ch, heads(ch)),
+                AttentionBlock(ch, heads(ch), context_dim),
                 ResBlock(ch, ch, emb_dim, dropout),
             ]
         )
@@ -339,7 +390,7 @@ class UNet(nn.Module):
                 layers = [ResBlock(ch + skip_chans.pop(), out, emb_dim, dropout)]
                 ch = out
                 if ds in attention_ds:
-                    layers.append(AttentionBlock(ch, heads(ch)))
+                    layers.append(AttentionBlock(ch, heads(ch), context_dim))
                 if level and i == num_res_blocks:
                     layers.append(ResBlock(ch, ch, emb_dim, dropout, "up"))
                     ds //= 2
@@ -349,17 +400,23 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
 
-    def forward(self, x, t, cond):
+    def forward(self, x, t, cond, ctx=None):
         temb = self.time_embed(sinusoidal(t, self.model_channels))
         emb = torch.cat([cond, temb], dim=1)
         skips = []
         h = x
+        if self.coord_channels:
+            # Column and row planes in [-1, 1] (CoordConv).
+            b, _, hh, ww = x.shape
+            cols = torch.linspace(-1.0, 1.0, ww, device=x.device).expand(b, 1, hh, ww)
+            rows = torch.linspace(-1.0, 1.0, hh, device=x.device)[:, None].expand(b, 1, hh, ww)
+            h = torch.cat([x, cols, rows], dim=1)
         for block in self.input_blocks:
-            h = block(h, emb)
+            h = block(h, emb, ctx)
             skips.append(h)
-        h = self.middle_block(h, emb)
+        h = self.middle_block(h, emb, ctx)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, ctx)
         return self.out_conv(F.silu(self.out_norm(h)))
 
 
@@ -472,6 +529,164 @@ def bench_unet(results, gen, wanted):
             results[key] = median_seconds(
                 key, train_step(model, opt, lambda m: F.mse_loss(m(x, t, cond), x0))
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# The text-conditioned U-Net of the image-composition recipe: a pre-norm transformer text
+# encoder (CLIP's arrangement without the causal mask; exact GELU; mean of the token states over
+# the real tokens as the pooled vector) and the U-Net above with coordinate channels, the pooled
+# vector joined to the time embedding, and cross-attention to the token states in every
+# attention block.
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.layer_norm1 = nn.LayerNorm(width)
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
+        self.layer_norm2 = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, 4 * width)
+        self.fc2 = nn.Linear(4 * width, width)
+
+    def forward(self, x, key_bias):
+        n, length, width = x.shape
+        d = width // self.heads
+        h = self.layer_norm1(x)
+
+        def split(t):
+            return t.reshape(n, length, self.heads, d).transpose(1, 2)
+
+        q = split(self.q_proj(h)) / math.sqrt(d)
+        k, v = split(self.k_proj(h)), split(self.v_proj(h))
+        w = (q @ k.transpose(-1, -2) + key_bias).softmax(dim=-1)
+        a = (w @ v).transpose(1, 2).reshape(n, length, width)
+        x = x + self.out_proj(a)
+        return x + self.fc2(F.gelu(self.fc1(self.layer_norm2(x))))
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, vocab_size, max_len, width=64, layers=2, heads=4):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.position_embedding = nn.Embedding(max_len, width)
+        self.layers = nn.ModuleList([EncoderLayer(width, heads) for _ in range(layers)])
+        self.final_layer_norm = nn.LayerNorm(width)
+
+    def forward(self, ids, mask):
+        x = self.token_embedding(ids) + self.position_embedding.weight[: ids.shape[1]]
+        key_bias = torch.zeros(mask.shape, device=ids.device).masked_fill(~mask, -math.inf)
+        for layer in self.layers:
+            x = layer(x, key_bias[:, None, None, :])
+        states = self.final_layer_norm(x)
+        m = mask.float()[..., None]
+        return states, (states * m).sum(1) / m.sum(1), key_bias[:, None, :]
+
+
+# The recipe's word-level tokenizer: <pad> 0, <unk> 1, <|startoftext|> 2, <|endoftext|> 3, then
+# the shapes-text words; prompts as "<|startoftext|> words <|endoftext|>" padded to 8 tokens.
+TEXT_WORDS = ["red", "green", "blue", "yellow", "circle", "square", "triangle",
+              "top", "bottom", "left", "right"]
+TEXT_LEN = 8
+TEXT_PROMPTS = ["red circle top left", "blue square bottom right", "green", "triangle", "",
+                "yellow triangle top right", "bottom left", "yellow circle"]
+# Parameters of the recipe's score model, text encoder included (the Rust model's count; the
+# bench crate's tests check that the two agree).
+TEXT_UNET_PARAMS = 1_486_243
+
+
+def encode_prompts(prompts):
+    ids = []
+    for p in prompts:
+        row = [2] + [4 + TEXT_WORDS.index(w) for w in p.split()] + [3]
+        ids.append(row + [0] * (TEXT_LEN - len(row)))
+    return torch.tensor(ids, dtype=torch.long)
+
+
+class TextUNet(nn.Module):
+    def __init__(self, energy):
+        super().__init__()
+        self.energy = energy
+        self.text_encoder = TextEncoder(4 + len(TEXT_WORDS), TEXT_LEN)
+        self.unet = UNet(
+            image_size=32,
+            model_channels=32,
+            attention_ds=(4,),
+            num_head_channels=32,
+            channel_mult=(1, 2, 2),
+            cond_dim=64,
+            time_embed_dim=128,
+            coord_channels=True,
+            context_dim=64,
+        )
+
+    def condition(self, ids):
+        states, pooled, key_bias = self.text_encoder(ids, ids != 0)
+        return pooled, (states.transpose(1, 2), key_bias)
+
+    def predict(self, x, t, cond, create_graph):
+        """The network's prediction under a condition; for an energy model the input gradient
+        of E = |g - x|^2 (a graph to differentiate again when training)."""
+        if not self.energy:
+            return self.unet(x, t, *cond)
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            energy = (self.unet(xr, t, *cond) - xr).pow(2).sum()
+            (grad,) = torch.autograd.grad(energy, xr, create_graph=create_graph)
+        return grad
+
+    def forward(self, x, t, ids):
+        return self.predict(x, t, self.condition(ids), create_graph=True)
+
+
+def bench_image(results, gen, wanted):
+    for energy in (False, True):
+        name = "text-unet-energy" if energy else "text-unet"
+        torch.manual_seed(0)
+        model = TextUNet(energy)
+        n = num_params(model)
+        assert n == TEXT_UNET_PARAMS, f"{name}: {n} parameters, expected {TEXT_UNET_PARAMS}"
+        print(f"{name}: {n} parameters", file=sys.stderr)
+        perturb(model, gen)
+
+        batch = 32
+        key = f"{name}/train-step/batch={batch}/recompose"
+        if wanted(key):
+            model.train()
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            x = on_device(torch.randn(batch, 3, 32, 32, generator=gen))
+            target = on_device(torch.randn(batch, 3, 32, 32, generator=gen))
+            t = on_device(torch.randint(0, 1000, (batch,), generator=gen))
+            ids = on_device(encode_prompts([TEXT_PROMPTS[i % 8] for i in range(batch)]))
+            results[key] = median_seconds(
+                key, train_step(model, opt, lambda m: F.mse_loss(m(x, t, ids), target))
+            )
+
+        chains = 64
+        key = f"{name}/guided/chains={chains}/recompose"
+        if wanted(key):
+            # Sampling needs no parameter gradients: autograd records the input gradient only.
+            model.eval().requires_grad_(False)
+            x = on_device(torch.randn(chains, 3, 32, 32, generator=gen))
+            t = on_device(torch.full((2 * chains,), 500))
+            rows = on_device(torch.tensor([0] * chains + [1] * chains))
+            ids = on_device(encode_prompts(["", TEXT_PROMPTS[0]]))
+
+            def guided():
+                with torch.no_grad():
+                    pooled, (states, bias) = model.condition(ids)
+                    cond = (pooled[rows], (states[rows], bias[rows]))
+                    if not energy:
+                        y = model.predict(torch.cat([x, x]), t, cond, create_graph=False)
+                if energy:
+                    y = model.predict(torch.cat([x, x]), t, cond, create_graph=False).detach()
+                uncond, prompted = y[:chains], y[chains:]
+                return uncond + 4.0 * (prompted - uncond)
+
+            results[key] = median_seconds(key, guided)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,7 +805,7 @@ def default_threads():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=("diffusion", "decomp"), default="diffusion")
+    parser.add_argument("--suite", choices=("diffusion", "decomp", "image"), default="diffusion")
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--only", default=None, help="run only workloads whose id contains this")
     parser.add_argument(
@@ -626,6 +841,8 @@ def main():
         bench_mlp(results, gen, wanted)
         bench_energy_mlp(results, gen, wanted)
         bench_unet(results, gen, wanted)
+    elif args.suite == "image":
+        bench_image(results, gen, wanted)
     else:
         bench_decomp(results, gen, wanted, args.batch)
     if args.serve:

@@ -9,7 +9,7 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use recompose_benches::decomp::{DecompWorkload, config};
-use recompose_benches::mlp::MlpWorkload;
+use recompose_benches::step::StepWorkload;
 use recompose_compose::{
     AnnealConfig, Component, EnergyLeaf, Kernel, Product, ScoreLeaf, StepSize, anneal,
     mcmc::mcmc_at_level,
@@ -118,7 +118,7 @@ fn host_tensor(values: Vec<f32>, device: &Device) -> Result<Tensor> {
 /// The MLP or energy MLP training step's loss and gradients (the paper's network, batch 1000,
 /// every weight perturbed).
 fn mlp_step(energy: bool, device: &Device) -> Outputs {
-    let work = MlpWorkload::new(energy, device).map_err(anyhow::Error::from_boxed)?;
+    let work = StepWorkload::mlp(energy, device).map_err(anyhow::Error::from_boxed)?;
     perturb(work.store(), 0.1, 12)?;
     let (loss, grads) = work.loss_and_grads().map_err(anyhow::Error::from_boxed)?;
     let mut out = vec![("loss".to_string(), loss)];

@@ -5,8 +5,8 @@
 //!                                 feature type-checks, the test suite,
 //!                                 benches compile, fixtures current, fuzz targets 10 s each, docs
 //! cargo xtask bench <suite>       run a criterion suite: vsa, factorization, diffusion, compose,
-//!                                 decomp or all; diffusion and decomp also time the same models
-//!                                 in PyTorch (local venv)
+//!                                 decomp, image or all; diffusion, decomp and image also time the
+//!                                 same models in PyTorch (local venv)
 //! cargo xtask fixtures [--check]  regenerate fixtures/ (or verify the committed ones)
 //! cargo xtask crash-test          the crash-safety tests of `recompose train`, the long kill-and-resume
 //!                                 run included (crates/cli/tests/crash.rs)
@@ -57,10 +57,17 @@ use recompose_benches::{
     composition, decomposition, fuzz, image_composition, reference, reproduce, torch, tune,
 };
 
-const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|all> | fixtures [--check] | crash-test | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick | --full] [--reuse-models] | reproduce image-composition [--quick] [--reuse-models] [--score DIR] [--energy DIR] [--no-energy] [--sets N] [--chains N] [--levels N] [--guidance G] [--steps N] [--mcmc-steps K] [--report NAME] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,...] [--report NAME] [--no-torch] | fuzz [TARGET] [--seconds N] [--seed S] [--engine mutation|afl] [--report] | gpu build>";
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|image|all> | fixtures [--check] | crash-test | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick | --full] [--reuse-models] | reproduce image-composition [--quick] [--reuse-models] [--score DIR] [--energy DIR] [--no-energy] [--sets N] [--chains N] [--levels N] [--guidance G] [--steps N] [--mcmc-steps K] [--report NAME] | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,...] [--report NAME] [--no-torch] | fuzz [TARGET] [--seconds N] [--seed S] [--engine mutation|afl] [--report] | gpu build>";
 
 /// The benchmark suites in `benches/benches/`.
-const SUITES: [&str; 5] = ["vsa", "factorization", "diffusion", "compose", "decomp"];
+const SUITES: [&str; 6] = [
+    "vsa",
+    "factorization",
+    "diffusion",
+    "compose",
+    "decomp",
+    "image",
+];
 
 fn main() -> Result<()> {
     recompose_core::process::keep_freed_memory();
@@ -148,6 +155,7 @@ fn bench(suite: &str) -> Result<()> {
         match s {
             "diffusion" => torch::torch_comparison(&root(), torch::Suite::Diffusion)?,
             "decomp" => torch::torch_comparison(&root(), torch::Suite::Decomp)?,
+            "image" => torch::torch_comparison(&root(), torch::Suite::Image)?,
             _ => {}
         }
     }

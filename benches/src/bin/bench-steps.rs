@@ -1,10 +1,14 @@
 //! `bench-steps GROUP [--device DEVICE]`: a timing server for the workloads that `cargo xtask bench diffusion`,
-//! `cargo xtask bench decomp` and `cargo xtask reproduce decomposition` interleave with the same
+//! `cargo xtask bench image`, `cargo xtask bench decomp` and `cargo xtask reproduce decomposition` interleave with the same
 //! workloads in PyTorch, a few calls at a time, while both processes stay warm.
 //!
 //! GROUP is the workload's criterion group: `mlp/train-step/batch=1000` or
 //! `mlp-energy/train-step/batch=1000` (one training step of the 2-D MLP or its energy form,
-//! [`recompose_benches::mlp::MlpWorkload::train_step`]); `decomp/train-step/CONFIG/batch=16`
+//! [`recompose_benches::step::StepWorkload::train_step`]); `text-unet/train-step/batch=32` or
+//! `text-unet-energy/train-step/batch=32` (one training step of the image-composition recipe's
+//! text-conditioned U-Net, score or energy) or `text-unet/guided/chains=64`,
+//! `text-unet-energy/guided/chains=64` (one guided prediction,
+//! [`recompose_benches::step::GuidedWorkload::predict`]); `decomp/train-step/CONFIG/batch=16`
 //! (one Decomp Diffusion training step,
 //! [`recompose_benches::decomp::DecompWorkload::train_step`]) or `decomp/forward/CONFIG/batch=16`
 //! (the composed prediction of the batch from given latents on the detached model, the cost of
@@ -24,7 +28,9 @@ use candle_core::Device;
 
 use recompose_benches::composition::TrainDevice;
 use recompose_benches::decomp::{DecompWorkload, Error, configs};
-use recompose_benches::mlp::{ENERGY_GROUP, MLP_GROUP, MlpWorkload};
+use recompose_benches::step::{
+    ENERGY_GROUP, GuidedWorkload, MLP_GROUP, StepWorkload, text_guided_group, text_train_group,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -33,8 +39,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const WARMUP: usize = 3;
 
 const USAGE: &str = "usage: bench-steps GROUP [--device cpu|cuda:N] (GROUP: \
-mlp/train-step/batch=1000, mlp-energy/train-step/batch=1000, decomp/train-step/CONFIG/batch=N \
-or decomp/forward/CONFIG/batch=N)";
+mlp/train-step/batch=1000, mlp-energy/train-step/batch=1000, text-unet[-energy]/train-step/batch=32, \
+text-unet[-energy]/guided/chains=64, decomp/train-step/CONFIG/batch=N or decomp/forward/CONFIG/batch=N)";
 
 fn main() -> Result<(), Error> {
     // SAFETY: first thing in `main`, before any other thread exists.
@@ -89,8 +95,21 @@ fn open_device(name: &str) -> Result<Device, Error> {
 /// The call a group names, on `device`.
 fn workload(group: &str, device: &Device) -> Result<Box<dyn FnMut() -> Result<(), Error>>, Error> {
     if group == MLP_GROUP || group == ENERGY_GROUP {
-        let mut work = MlpWorkload::new(group == ENERGY_GROUP, device)?;
+        let mut work = StepWorkload::mlp(group == ENERGY_GROUP, device)?;
         return Ok(Box::new(move || work.train_step()));
+    }
+    for energy in [false, true] {
+        if group == text_train_group(energy) {
+            let mut work = StepWorkload::text_unet(energy, device)?;
+            return Ok(Box::new(move || work.train_step()));
+        }
+        if group == text_guided_group(energy) {
+            let work = GuidedWorkload::new(energy, device)?;
+            return Ok(Box::new(move || {
+                black_box(work.predict()?);
+                Ok(())
+            }));
+        }
     }
     let parts: Vec<&str> = group.split('/').collect();
     let ["decomp", kind, name, batch] = parts.as_slice() else {
