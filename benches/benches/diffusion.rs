@@ -103,11 +103,7 @@ fn unet(c: &mut Criterion) {
         // Zero-initialized output layers would make the backward pass artificially cheap
         // (no effect on cost in practice, but keep every weight generic).
         let mut rng = seeded(2);
-        for (_, v) in store.vars() {
-            let n = randn(&mut rng, v.dims());
-            v.set(&(v.as_tensor() + (n * 0.02).expect("scale")).expect("add"))
-                .expect("set");
-        }
+        recompose_benches::decomp::perturb(&store, &mut rng, 0.02).expect("perturb");
         let s = cfg.image_size;
         let cond_dim = cfg.cond_dim;
 

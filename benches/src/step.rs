@@ -93,11 +93,7 @@ pub fn text_unet(
         run.diffusion.prediction,
         store.var_builder(DType::F32, device),
     )?;
-    let mut rng = seeded(2);
-    for (_, v) in store.vars() {
-        let n = normal_tensor(&mut rng, v.dims(), DType::F32, device)?;
-        v.set(&(v.as_tensor() + (n * 0.02)?)?)?;
-    }
+    crate::decomp::perturb(&store, &mut seeded(2), 0.02)?;
     Ok((model, tokenizer, store))
 }
 
