@@ -243,13 +243,19 @@ pub struct GuidedWorkload {
 }
 
 impl GuidedWorkload {
-    /// The workload of a score model or (with `energy`) an energy model, on `device`.
+    /// The workload of a score model or (with `energy`) an energy model, on `device`, built
+    /// on constant weights as a loaded model is (no autograd graph is recorded).
     ///
     /// # Errors
     ///
     /// From building the model.
     pub fn new(energy: bool, device: &Device) -> Result<Self, Error> {
-        let (model, tokenizer, _) = text_unet(energy, device)?;
+        let (trained, tokenizer, store) = text_unet(energy, device)?;
+        let model = TextUNet::new(
+            trained.config(),
+            trained.parameterization(),
+            store.frozen_var_builder(DType::F32, device),
+        )?;
         let size = model.config().unet.image_size;
         let mut rng = seeded(3);
         let x = normal_tensor(

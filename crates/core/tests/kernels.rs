@@ -369,8 +369,8 @@ fn group_norm_reference(
     Ok(y.reshape(dims)?)
 }
 
-/// [`GroupNorm`] with and without SiLU against the tensor-op form: values and the gradients
-/// of `x`, `a` and `b`, for 2-D, 3-D and 4-D inputs, one group, one channel per group, and
+/// [`GroupNorm`] with and without SiLU against the tensor-op form: values, the gradients
+/// of `x`, `a` and `b`, and [`GroupNorm::input_grad`], for 2-D, 3-D and 4-D inputs, one group, one channel per group, and
 /// large inputs of many parts.
 #[test]
 fn group_norm_matches_tensor_ops() -> Result<()> {
@@ -400,10 +400,16 @@ fn group_norm_matches_tensor_ops() -> Result<()> {
             // With two values per group the input gradient is nearly zero, a difference of
             // terms of size 1/σ: both sides round there (up to ~1.4·10⁻⁵ seen).
             let probe = randn(&mut rng, dims, 1.0, 0.0)?;
+            let reference = grads(&want, &probe)?;
+            // The untracked input gradient equals autograd's on the reference.
+            let dx = op.input_grad(x.as_tensor(), a.as_tensor(), b.as_tensor(), &probe)?;
+            assert!(!dx.track_op(), "{what}: input_grad records no graph");
+            let want_dx = reference.get(x.as_tensor()).expect("reference d/dx");
+            assert_close(&format!("{what}, input_grad"), &dx, want_dx, 1e-4)?;
             assert_grads(
                 &what,
                 &grads(&got, &probe)?,
-                &grads(&want, &probe)?,
+                &reference,
                 &[
                     ("x", x.as_tensor()),
                     ("a", a.as_tensor()),

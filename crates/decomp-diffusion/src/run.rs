@@ -352,13 +352,16 @@ impl DecompTrained {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let config = DecompRunConfig::from_file(&dir.join("config.toml"))?;
         let weights: HashMap<String, Tensor> = read_model_weights(dir, device)?;
+        // Checked and converted through a store; the model is built on the detached values
+        // (inference records no autograd graph).
         let store = ParamStore::new(0);
-        let model =
-            DecompModel::from_config(&config.decomp, store.var_builder(DType::F32, device))?;
+        DecompModel::from_config(&config.decomp, store.var_builder(DType::F32, device))?;
         store.assign(
             &weights,
             &dir.join("model.safetensors").display().to_string(),
         )?;
+        let model =
+            DecompModel::from_config(&config.decomp, store.frozen_var_builder(DType::F32, device))?;
         Ok(Self {
             config,
             model,

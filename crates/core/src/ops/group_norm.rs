@@ -122,6 +122,33 @@ impl CustomOp3 for GroupNorm {
     }
 }
 
+impl GroupNorm {
+    /// The input gradient of this group norm at `x` `[B, C, …]` (per-sample scale and shift
+    /// `[B, C]`) for the output gradient `grad`, computed by the one-kernel backward pass of
+    /// [`GroupNorm`] without recording an autograd graph: for inference-time vector–Jacobian
+    /// products (an energy model's ∇ₓE), where nothing differentiates the result again.
+    ///
+    /// # Errors
+    ///
+    /// When the shapes do not fit or a tensor is not `f32` on the CPU.
+    pub fn input_grad(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let total = x.elem_count();
+        let ss = Tensor::stack(&[scale, shift], 0)?.contiguous()?;
+        let flat = x.contiguous()?.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            &ss,
+            &GroupNormGrad { norm: *self },
+        )?;
+        flat.narrow(0, 0, total)?.reshape(x.shape())
+    }
+}
+
 /// The backward pass of [`GroupNorm`] in one kernel: inputs `x` `[B, C, …]`, the output
 /// gradient of the same shape and `[2, B, C]` (scale, shift); output, flat, the input
 /// gradient followed by `[B, groups, 2, C / groups]` (scale then shift gradient per group).

@@ -57,11 +57,17 @@
 //! # Speed
 //!
 //! The convolutions of both passes, the projections and the resampling run on the CPU fast
-//! paths for `f32`; the group norms and the attention are candle's elementwise ops and matrix
-//! products (their intermediate values are needed by the backward pass).
+//! paths for `f32`. The group norms are candle's elementwise ops while the parameters record
+//! a graph (training: the backward pass must itself be differentiable) and the fused CPU
+//! kernel with its one-pass input gradient when nothing is tracked (inference on weights
+//! loaded for sampling, see [`crate::nn::ParamStore::frozen_var_builder`]); the attention is
+//! candle's matrix products.
 
 use candle_core::{D, Module, Tensor};
 use candle_nn::VarBuilder;
+
+use recompose_core::host::on_fast_path;
+use recompose_core::ops::group_norm;
 
 use crate::denoiser::Denoiser;
 use crate::nn::conv::Conv2d;
@@ -85,16 +91,38 @@ pub struct EnergyUNet {
 }
 
 /// What a group norm (with optional SiLU) keeps for its backward pass.
-struct NormCache {
-    /// The normalized input, `[B, G, n]`.
-    xhat: Tensor,
-    /// `1/√(var + eps)` per image and group, `[B, G, 1]`.
-    inv_std: Tensor,
-    /// The per-image, per-channel scale of the affine map, `[B, C, 1, 1]`.
-    scale: Tensor,
-    /// The SiLU's argument, σ of it and its value, when the norm is followed by one.
-    act: Option<(Tensor, Tensor, Tensor)>,
-    dims: (usize, usize, usize, usize),
+enum NormCache {
+    /// The tensor-op form, whose backward pass is itself a tracked graph (training).
+    Ops {
+        /// The normalized input, `[B, G, n]`.
+        xhat: Tensor,
+        /// `1/√(var + eps)` per image and group, `[B, G, 1]`.
+        inv_std: Tensor,
+        /// The per-image, per-channel scale of the affine map, `[B, C, 1, 1]`.
+        scale: Tensor,
+        /// The SiLU's argument, σ of it and its value, when the norm is followed by one.
+        act: Option<(Tensor, Tensor, Tensor)>,
+        dims: (usize, usize, usize, usize),
+    },
+    /// The fused CPU kernel, when nothing is tracked (inference): the input, the per-image
+    /// scale and shift `[B, C]` and the kernel, whose one-pass input gradient serves the
+    /// backward pass.
+    Fused {
+        x: Tensor,
+        scale: Tensor,
+        shift: Tensor,
+        op: group_norm::GroupNorm,
+    },
+}
+
+impl NormCache {
+    /// The spatial size of the norm's input.
+    fn spatial(&self) -> Result<(usize, usize)> {
+        match self {
+            Self::Ops { dims, .. } => Ok((dims.2, dims.3)),
+            Self::Fused { x, .. } => spatial(x),
+        }
+    }
 }
 
 /// What a residual block keeps for its backward pass.
@@ -146,7 +174,10 @@ fn silu_backward(g: &Tensor, z: &Tensor, s: &Tensor, a: &Tensor) -> Result<Tenso
 }
 
 /// The group norm of `norm` on `x` `[B, C, H, W]` (modulated by `film` `[B, 2C]` if given,
-/// then SiLU if `act`), as the U-Net computes it, keeping its backward pass's values.
+/// then SiLU if `act`), as the U-Net computes it, keeping its backward pass's values. When
+/// no input records a graph and the CPU fast path applies, the fused kernel computes it
+/// (and later its input gradient); otherwise tensor ops, so that the backward pass can be
+/// differentiated again.
 fn norm_forward(
     norm: &Norm,
     x: &Tensor,
@@ -156,6 +187,25 @@ fn norm_forward(
     let (b, c, h, w) = x.dims4()?;
     let groups = norm.groups;
     let (scale, shift) = norm.scale_shift(b, c, film)?;
+    let untracked = !(x.track_op() || scale.track_op() || shift.track_op());
+    if untracked && on_fast_path(&[x, &scale, &shift]) {
+        let op = group_norm::GroupNorm {
+            groups,
+            eps: NORM_EPS,
+            silu: act,
+        };
+        let (x, scale, shift) = (x.contiguous()?, scale.contiguous()?, shift.contiguous()?);
+        let out = x.apply_op3_no_bwd(&scale, &shift, &op)?;
+        return Ok((
+            out,
+            NormCache::Fused {
+                x,
+                scale,
+                shift,
+                op,
+            },
+        ));
+    }
     let xg = x.reshape((b, groups, (c / groups) * h * w))?;
     let centered = xg.broadcast_sub(&xg.mean_keepdim(2)?)?;
     let var = centered.sqr()?.mean_keepdim(2)?;
@@ -174,7 +224,7 @@ fn norm_forward(
     };
     Ok((
         out,
-        NormCache {
+        NormCache::Ops {
             xhat,
             inv_std,
             scale,
@@ -186,19 +236,33 @@ fn norm_forward(
 
 /// The input gradient of [`norm_forward`] for the upstream gradient `g`.
 fn norm_backward(cache: &NormCache, g: &Tensor) -> Result<Tensor> {
-    let g_y = match &cache.act {
+    let (xhat, inv_std, scale, act, dims) = match cache {
+        NormCache::Fused {
+            x,
+            scale,
+            shift,
+            op,
+        } => return Ok(op.input_grad(x, scale, shift, g)?),
+        NormCache::Ops {
+            xhat,
+            inv_std,
+            scale,
+            act,
+            dims,
+        } => (xhat, inv_std, scale, act, *dims),
+    };
+    let g_y = match act {
         Some((y, s, a)) => silu_backward(g, y, s, a)?,
         None => g.clone(),
     };
-    let xhat = &cache.xhat;
-    let g_xhat = g_y.broadcast_mul(&cache.scale)?.reshape(xhat.dims())?;
+    let g_xhat = g_y.broadcast_mul(scale)?.reshape(xhat.dims())?;
     let m1 = g_xhat.mean_keepdim(2)?;
     let m2 = (&g_xhat * xhat)?.mean_keepdim(2)?;
     let g_x = g_xhat
         .broadcast_sub(&m1)?
         .sub(&xhat.broadcast_mul(&m2)?)?
-        .broadcast_mul(&cache.inv_std)?;
-    Ok(g_x.reshape(cache.dims)?)
+        .broadcast_mul(inv_std)?;
+    Ok(g_x.reshape(dims)?)
 }
 
 /// The input gradient of the convolution `conv` (bias irrelevant) for the upstream gradient `g`,
@@ -307,7 +371,7 @@ fn res_forward(r: &ResBlock, x: &Tensor, emb_act: &Tensor) -> Result<(Tensor, Re
 }
 
 fn res_backward(r: &ResBlock, c: &ResCache, g: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = c.out_norm.dims;
+    let (h, w) = c.out_norm.spatial()?;
     let g_a2 = conv_input_grad(&r.out_conv, g, (h, w))?;
     let g_p = norm_backward(&c.out_norm, &g_a2)?;
     let g_a1 = conv_input_grad(&r.in_conv, &g_p, (h, w))?;
@@ -832,6 +896,55 @@ mod tests {
             }
         }
         eprintln!("input gradient vs candle autograd: max relative error {worst:.2e}");
+        Ok(())
+    }
+
+    /// On weights loaded for inference (no graph recorded) the group norms run the fused
+    /// kernel and its one-pass input gradient: the energy and ∇ₓE equal those of the
+    /// tracked tensor-op form (f32, every variant and form), and nothing is recorded.
+    #[test]
+    fn frozen_weights_take_the_fused_norms_with_the_same_gradient() -> Result<()> {
+        let mut worst = 0f64;
+        for v in VARIANTS {
+            let cfg = variant(v);
+            for form in FORMS {
+                let store = ParamStore::new(8);
+                let tracked =
+                    EnergyUNet::new(&cfg, form, store.var_builder(DType::F32, &Device::Cpu))?;
+                perturb(&store, 108)?;
+                let frozen = EnergyUNet::new(
+                    &cfg,
+                    form,
+                    store.frozen_var_builder(DType::F32, &Device::Cpu),
+                )?;
+                let (x, t, cond, ctx) = inputs(&cfg, 9)?;
+                let (x, t, cond) = (
+                    x.to_dtype(DType::F32)?,
+                    t.to_dtype(DType::F32)?,
+                    cond.to_dtype(DType::F32)?,
+                );
+                let ctx = match ctx {
+                    Some(c) => Some(TokenContext {
+                        states: c.states.to_dtype(DType::F32)?,
+                        key_bias: c.key_bias.to_dtype(DType::F32)?,
+                    }),
+                    None => None,
+                };
+                let (e0, g0) =
+                    tracked.energy_and_grad_context(&x, &t, Some(&cond), ctx.as_ref())?;
+                let (e1, g1) = frozen.energy_and_grad_context(&x, &t, Some(&cond), ctx.as_ref())?;
+                assert!(g0.track_op() && !g1.track_op() && !e1.track_op(), "{v:?}");
+                let f64s = |a: &Tensor| a.to_dtype(DType::F64);
+                let err_e = max_abs(&(f64s(&e0)? - f64s(&e1)?)?)? / max_abs(&f64s(&e0)?)?.max(1.0);
+                let err_g = max_abs(&(f64s(&g0)? - f64s(&g1)?)?)? / max_abs(&f64s(&g0)?)?.max(1.0);
+                worst = worst.max(err_e).max(err_g);
+                assert!(
+                    err_e < 1e-4 && err_g < 1e-4,
+                    "{form:?} {v:?}: {err_e:e} {err_g:e}"
+                );
+            }
+        }
+        eprintln!("fused vs tensor-op norms: max relative difference {worst:.2e}");
         Ok(())
     }
 

@@ -67,6 +67,17 @@ impl ParamStore {
         VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
     }
 
+    /// A [`VarBuilder`] over detached copies of the current values (the handles, not the
+    /// data), for inference: a network built from it computes without recording an autograd
+    /// graph, so every intermediate buffer is freed as soon as it is used instead of being
+    /// kept alive by the graph until the output is dropped. Only the names the store holds
+    /// can be read from it, and reading one gives its current value (changed values reach a
+    /// network built earlier only through a new builder).
+    pub fn frozen_var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        let tensors: HashMap<String, Tensor> = self.tensors().into_iter().collect();
+        VarBuilder::from_tensors(tensors, dtype, device)
+    }
+
     /// The variables, sorted by name.
     pub fn vars(&self) -> Vec<(String, Var)> {
         self.lock()

@@ -837,7 +837,8 @@ impl Run for RunConfig {
 
 /// A trained model read back from a `recompose train` output directory: its configuration
 /// (`config.toml`), the EMA weights (`model.safetensors`, checked against `model.json`) and the
-/// schedule.
+/// schedule. The model is for inference: its weights are constants, not variables, so its
+/// computations record no autograd graph.
 #[derive(Debug, Clone)]
 pub struct Trained {
     /// The run configuration.
@@ -866,12 +867,17 @@ impl Trained {
         } else {
             None
         };
+        // The weights are checked and converted through a store, then the model is built on
+        // their detached values: inference records no autograd graph.
         let store = ParamStore::new(0);
-        let model =
-            config.build_model_with(store.var_builder(DType::F32, device), tokenizer.as_ref())?;
+        config.build_model_with(store.var_builder(DType::F32, device), tokenizer.as_ref())?;
         store.assign(
             &weights,
             &dir.join("model.safetensors").display().to_string(),
+        )?;
+        let model = config.build_model_with(
+            store.frozen_var_builder(DType::F32, device),
+            tokenizer.as_ref(),
         )?;
         let schedule = config.diffusion.schedule()?;
         Ok(Self {
