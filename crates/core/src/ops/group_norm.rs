@@ -107,12 +107,7 @@ impl CustomOp3 for GroupNorm {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c, s) = self.sizes(x.dims())?;
-        let ss = Tensor::stack(&[scale, shift], 0)?.contiguous()?;
-        let flat = x.contiguous()?.apply_op3_no_bwd(
-            &grad.contiguous()?,
-            &ss,
-            &GroupNormGrad { norm: *self },
-        )?;
+        let flat = self.grad_kernel(x, scale, shift, grad)?;
         let (g, cg, total) = (self.groups, c / self.groups, b * c * s);
         let dx = flat.narrow(0, 0, total)?.reshape(x.shape())?;
         let stats = flat.narrow(0, total, 2 * b * c)?.reshape((b, g, 2, cg))?;
@@ -138,14 +133,22 @@ impl GroupNorm {
         shift: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        let total = x.elem_count();
+        let flat = self.grad_kernel(x, scale, shift, grad)?;
+        flat.narrow(0, 0, x.elem_count())?.reshape(x.shape())
+    }
+
+    /// The flat output of [`GroupNormGrad`] (input gradient, then the per-group scale and
+    /// shift gradients) for the output gradient `grad`.
+    fn grad_kernel(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         let ss = Tensor::stack(&[scale, shift], 0)?.contiguous()?;
-        let flat = x.contiguous()?.apply_op3_no_bwd(
-            &grad.contiguous()?,
-            &ss,
-            &GroupNormGrad { norm: *self },
-        )?;
-        flat.narrow(0, 0, total)?.reshape(x.shape())
+        x.contiguous()?
+            .apply_op3_no_bwd(&grad.contiguous()?, &ss, &GroupNormGrad { norm: *self })
     }
 }
 
