@@ -173,6 +173,13 @@ impl DecompRunConfig {
     pub fn validate(&self) -> Result<()> {
         self.decomp.validate()?;
         self.train.validate()?;
+        if !self.train.timesteps.is_uniform() || self.train.loss_weight.is_some() {
+            return Err(Error::Config(
+                "train.timesteps and train.loss_weight are options of the denoising loss; \
+                 Decomp Diffusion draws its timesteps uniformly and weighs them equally"
+                    .into(),
+            ));
+        }
         self.kind()?;
         if self.data.num_images == 0 {
             return Err(Error::Config("data.num_images must be positive".into()));

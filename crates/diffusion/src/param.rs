@@ -79,6 +79,18 @@ pub enum Parameterization {
 }
 
 impl Parameterization {
+    /// How much this parameterization's target moves per unit change of ε at a fixed x_t, on a
+    /// variance-preserving schedule (α² + σ² = 1): 1 for ε, σ/α for x₀ (x₀ = (x_t − σ ε)/α),
+    /// 1/α for v (v = (ε − σ x_t)/α). The squared ratio of two of these converts one
+    /// parameterization's squared error into another's at the same noise level.
+    pub fn error_scale(self, alpha: f64, sigma: f64) -> f64 {
+        match self {
+            Self::Epsilon => 1.0,
+            Self::X0 => sigma / alpha,
+            Self::V => 1.0 / alpha,
+        }
+    }
+
     /// The predicted noise ε̂ from a model `output` in this parameterization at `x_t`, with
     /// per-sample α and σ.
     ///

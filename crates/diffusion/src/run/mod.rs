@@ -385,6 +385,12 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         self.train.validate()?;
         self.diffusion.schedule()?;
+        self.train
+            .timesteps
+            .validate(self.diffusion.num_timesteps)?;
+        if let Some(w) = &self.train.loss_weight {
+            w.validate()?;
+        }
         match &self.model {
             ModelConfig::Mlp(m) => {
                 m.validate()?;
@@ -765,7 +771,9 @@ pub fn train_run(
     let model = cfg.build_model_with(store.var_builder(DType::F32, device), tokenizer.as_ref())?;
     let data = cfg.dataset()?;
     let schedule = cfg.diffusion.schedule()?;
-    let objective = DenoisingLoss::new(&model, &schedule);
+    let objective = DenoisingLoss::new(&model, &schedule)
+        .with_timesteps(cfg.train.timesteps)?
+        .with_weight(cfg.train.loss_weight)?;
     let mut opts = opts.clone();
     opts.extra_files
         .push(("config.toml".to_string(), cfg.to_toml()?));

@@ -2,7 +2,7 @@
 //! per-step loss logs, and atomic checkpoints that resume bit for bit.
 //!
 //! The objective is DDPM's simplified loss (Ho et al. 2020, eq. 14) in any parameterization: for
-//! clean data x₀, a timestep t uniform in `0..T`, ε ~ N(0, I) and `x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε`,
+//! clean data x₀, a timestep t uniform in `0..T` (or drawn as [`TimestepSampling`] says), ε ~ N(0, I) and `x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε`,
 //! minimize `‖f_θ(x_t, t) − target‖²` averaged over elements, with target ε, x₀ or
 //! `v = √ᾱ ε − √(1−ᾱ) x₀` (Salimans & Ho 2022) ([`DenoisingLoss`]). Other objectives (the
 //! Decomp Diffusion encoder + denoiser, energy models) implement [`Objective`] and reuse the loop.
@@ -62,6 +62,7 @@ use std::time::Instant;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use rand::{Rng, SeedableRng};
+use rand_distr::Distribution;
 use recompose_core::memory::MemoryLimit;
 use serde::{Deserialize, Serialize};
 
@@ -218,6 +219,124 @@ pub trait Objective {
     }
 }
 
+/// How the denoising loss draws each sample's timestep from `0..T`.
+///
+/// Every choice other than [`TimestepSampling::Uniform`] reweights the simplified loss over
+/// noise levels: the expected loss becomes Σ_t p(t) E‖f_θ(x_t, t) − target‖². In a
+/// configuration file, `[train] timesteps = { kind = "range", min = 600, max = 1000 }` or
+/// `{ kind = "logit_normal", mean = 0.5, std = 1.0 }`; absent means uniform.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TimestepSampling {
+    /// Uniform over `0..T` (DDPM's choice).
+    #[default]
+    Uniform,
+    /// Uniform over `min..max`: a model trained for one band of noise levels only, as the
+    /// expert denoisers of eDiff-I (Balaji et al. 2022, §4) are.
+    Range {
+        /// First timestep drawn.
+        min: usize,
+        /// One past the last timestep drawn (at most T).
+        max: usize,
+    },
+    /// Logit-normal over the fraction t/T: u ~ N(mean, std²), t = ⌊T·sigmoid(u)⌋ (Esser et al.
+    /// 2024, eq. 19, on the discrete grid). A positive mean moves the weight towards the noisy
+    /// end, where a sample's layout is decided.
+    LogitNormal {
+        /// Mean of u.
+        mean: f64,
+        /// Standard deviation of u (positive).
+        std: f64,
+    },
+}
+
+impl TimestepSampling {
+    /// Whether this is the default, [`TimestepSampling::Uniform`] (so that configuration files
+    /// written before the option existed stay as they were).
+    pub fn is_uniform(&self) -> bool {
+        matches!(self, Self::Uniform)
+    }
+
+    /// Checks the settings against a schedule of `steps` levels.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an empty or out-of-range band or a non-positive or non-finite
+    /// spread.
+    pub fn validate(&self, steps: usize) -> Result<()> {
+        match *self {
+            Self::Uniform => Ok(()),
+            Self::Range { min, max } if min < max && max <= steps => Ok(()),
+            Self::Range { min, max } => Err(Error::Config(format!(
+                "train.timesteps: the range {min}..{max} must be non-empty and end at most at \
+                 the schedule's {steps} steps"
+            ))),
+            Self::LogitNormal { mean, std } if mean.is_finite() && std.is_finite() && std > 0.0 => {
+                Ok(())
+            }
+            Self::LogitNormal { mean, std } => Err(Error::Config(format!(
+                "train.timesteps: logit_normal needs a finite mean and a positive std, got \
+                 mean {mean}, std {std}"
+            ))),
+        }
+    }
+
+    /// One timestep in `0..steps` (the settings already validated against `steps`).
+    pub fn draw(&self, steps: usize, rng: &mut SeededRng) -> usize {
+        match *self {
+            Self::Uniform => rng.random_range(0..steps),
+            Self::Range { min, max } => rng.random_range(min..max),
+            Self::LogitNormal { mean, std } => {
+                let z: f64 = rand_distr::StandardNormal.sample(rng);
+                let u = mean + std * z;
+                let frac = 1.0 / (1.0 + (-u).exp());
+                ((frac * steps as f64) as usize).min(steps - 1)
+            }
+        }
+    }
+}
+
+/// A per-sample weight of the denoising loss that makes it the squared error of another
+/// parameterization's target: the model still predicts its own, and the implied `target`
+/// prediction is what is scored, w(t) = (c_target / c_model)² with c from
+/// [`Parameterization::error_scale`] (Kingma & Gao 2023, §2.3, write every such objective as a
+/// weighting of the ε loss). An ε or energy model trained as `v` weighs the noisy levels, where
+/// a sample's layout is decided, as a v-prediction model does: w = 1/ᾱ_t. `max` caps the weight
+/// (w = 1/ᾱ reaches 2.5·10⁴ at the last level of DDPM's linear schedule).
+///
+/// In a configuration file: `[train] loss_weight = { target = "v", max = 1000.0 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossWeight {
+    /// The parameterization whose squared error the loss becomes.
+    pub target: Parameterization,
+    /// The largest weight (none: uncapped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+impl LossWeight {
+    /// Checks the cap.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a cap that is not positive and finite.
+    pub fn validate(&self) -> Result<()> {
+        match self.max {
+            Some(m) if !(m.is_finite() && m > 0.0) => Err(Error::Config(format!(
+                "train.loss_weight.max must be positive, got {m}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The weight of a sample of a `model`-parameterized denoiser at noise level (α, σ).
+    pub fn weight(&self, model: Parameterization, alpha: f64, sigma: f64) -> f64 {
+        let w = (self.target.error_scale(alpha, sigma) / model.error_scale(alpha, sigma)).powi(2);
+        self.max.map_or(w, |m| w.min(m))
+    }
+}
+
 /// The denoising loss of a [`TrainableDenoiser`] over a [`DiscreteSchedule`] (see the
 /// [module documentation](self)).
 pub struct DenoisingLoss<'a, M: ?Sized> {
@@ -225,6 +344,8 @@ pub struct DenoisingLoss<'a, M: ?Sized> {
     sqrt_ab: Vec<f32>,
     sigma: Vec<f32>,
     cond: Option<&'a Tensor>,
+    timesteps: TimestepSampling,
+    weight: Option<LossWeight>,
 }
 
 impl<'a, M: TrainableDenoiser + ?Sized> DenoisingLoss<'a, M> {
@@ -236,7 +357,33 @@ impl<'a, M: TrainableDenoiser + ?Sized> DenoisingLoss<'a, M> {
             sqrt_ab: (0..n).map(|i| schedule.sqrt_alpha_bar(i) as f32).collect(),
             sigma: (0..n).map(|i| schedule.sigma(i) as f32).collect(),
             cond: None,
+            timesteps: TimestepSampling::Uniform,
+            weight: None,
         }
+    }
+
+    /// The same loss with each sample's squared error weighted by `weight` (none: unweighted).
+    /// A weighted loss is always computed through autograd, never by a model's fused path.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid cap ([`LossWeight::validate`]).
+    pub fn with_weight(self, weight: Option<LossWeight>) -> Result<Self> {
+        if let Some(w) = &weight {
+            w.validate()?;
+        }
+        Ok(Self { weight, ..self })
+    }
+
+    /// The same loss with timesteps drawn by `timesteps` instead of uniformly.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the sampling does not fit the schedule
+    /// ([`TimestepSampling::validate`]).
+    pub fn with_timesteps(self, timesteps: TimestepSampling) -> Result<Self> {
+        timesteps.validate(self.sqrt_ab.len())?;
+        Ok(Self { timesteps, ..self })
     }
 
     /// The same loss with a fixed conditioning tensor passed to the model (for data without
@@ -262,15 +409,16 @@ impl<'a, M: TrainableDenoiser + ?Sized> DenoisingLoss<'a, M> {
 
 impl<M: TrainableDenoiser + ?Sized> DenoisingLoss<'_, M> {
     /// Draws timesteps and noise for the batch `x0`: the noisy inputs x_t, the times (as
-    /// float step indices) and the regression target of the model's parameterization.
-    fn noisy_batch(&self, x0: &Tensor, rng: &mut SeededRng) -> Result<(Tensor, Tensor, Tensor)> {
+    /// float step indices), the regression target of the model's parameterization and, for a
+    /// weighted loss, the per-sample weights.
+    fn noisy_batch(&self, x0: &Tensor, rng: &mut SeededRng) -> Result<NoisyBatch> {
         let b = x0
             .dims()
             .first()
             .copied()
             .ok_or_else(|| Error::Shape("a training batch needs a batch dimension".into()))?;
         let steps = self.sqrt_ab.len();
-        let idx: Vec<usize> = (0..b).map(|_| rng.random_range(0..steps)).collect();
+        let idx: Vec<usize> = (0..b).map(|_| self.timesteps.draw(steps, rng)).collect();
         let dev = x0.device();
         let eps = normal_tensor(rng, x0.dims(), x0.dtype(), dev)?;
         let alpha = Tensor::from_vec(idx.iter().map(|&i| self.sqrt_ab[i]).collect(), b, dev)?
@@ -281,19 +429,50 @@ impl<M: TrainableDenoiser + ?Sized> DenoisingLoss<'_, M> {
         let t = Tensor::from_vec(idx.iter().map(|&i| i as f32).collect(), b, dev)?;
         let param: Parameterization = self.model.parameterization();
         let target = param.target(x0, &eps, &alpha, &sigma)?;
-        Ok((x_t, t, target))
+        let weight = match &self.weight {
+            None => None,
+            Some(w) => {
+                let ws: Vec<f32> = idx
+                    .iter()
+                    .map(|&i| {
+                        w.weight(param, f64::from(self.sqrt_ab[i]), f64::from(self.sigma[i])) as f32
+                    })
+                    .collect();
+                Some(Tensor::from_vec(ws, b, dev)?.to_dtype(x0.dtype())?)
+            }
+        };
+        Ok(NoisyBatch {
+            x_t,
+            t,
+            target,
+            weight,
+        })
     }
 }
 
+/// One batch of the denoising loss: inputs, times, targets and optional per-sample weights.
+struct NoisyBatch {
+    x_t: Tensor,
+    t: Tensor,
+    target: Tensor,
+    weight: Option<Tensor>,
+}
+
 impl<M: TrainableDenoiser + ?Sized> DenoisingLoss<'_, M> {
-    /// The model's training-mode prediction on a noisy batch and its mean squared error against
-    /// the target, as a tracked candle op.
+    /// The model's training-mode prediction on a noisy batch and its (weighted) mean squared
+    /// error against the target, as a tracked candle op.
     fn autograd_mse(
         &self,
-        (x_t, t, target): (&Tensor, &Tensor, &Tensor),
+        batch: &NoisyBatch,
         cond: Option<&Tensor>,
         rng: &mut SeededRng,
     ) -> Result<Tensor> {
+        let NoisyBatch {
+            x_t,
+            t,
+            target,
+            weight,
+        } = batch;
         let pred = self.model.forward_train(x_t, t, cond, rng)?;
         if pred.dims() != target.dims() {
             return Err(Error::Shape(format!(
@@ -302,15 +481,23 @@ impl<M: TrainableDenoiser + ?Sized> DenoisingLoss<'_, M> {
                 target.dims()
             )));
         }
-        Ok((pred - target)?.sqr()?.mean_all()?)
+        let sq = (pred - target)?.sqr()?;
+        Ok(match weight {
+            None => sq.mean_all()?,
+            Some(w) => {
+                let mut shape = vec![1; sq.rank()];
+                shape[0] = w.dims1()?;
+                sq.broadcast_mul(&w.reshape(shape)?)?.mean_all()?
+            }
+        })
     }
 }
 
 impl<M: TrainableDenoiser + ?Sized> Objective for DenoisingLoss<'_, M> {
     fn loss(&self, x0: &Tensor, cond: Option<&Tensor>, rng: &mut SeededRng) -> Result<Tensor> {
         let cond = self.cond_for(cond)?;
-        let (x_t, t, target) = self.noisy_batch(x0, rng)?;
-        self.autograd_mse((&x_t, &t, &target), cond, rng)
+        let batch = self.noisy_batch(x0, rng)?;
+        self.autograd_mse(&batch, cond, rng)
     }
 
     fn loss_and_grads(
@@ -320,11 +507,15 @@ impl<M: TrainableDenoiser + ?Sized> Objective for DenoisingLoss<'_, M> {
         rng: &mut SeededRng,
     ) -> Result<(Tensor, GradStore)> {
         let cond = self.cond_for(cond)?;
-        let (x_t, t, target) = self.noisy_batch(x0, rng)?;
-        if let Some(done) = self.model.fused_mse_and_grads(&x_t, &t, cond, &target)? {
+        let batch = self.noisy_batch(x0, rng)?;
+        if batch.weight.is_none()
+            && let Some(done) =
+                self.model
+                    .fused_mse_and_grads(&batch.x_t, &batch.t, cond, &batch.target)?
+        {
             return Ok(done);
         }
-        let loss = self.autograd_mse((&x_t, &t, &target), cond, rng)?;
+        let loss = self.autograd_mse(&batch, cond, rng)?;
         let grads = loss.backward()?;
         Ok((loss, grads))
     }
@@ -392,6 +583,14 @@ pub struct TrainConfig {
     pub log_format: LogFormat,
     /// Seed of the weights' initialization and of every draw during training.
     pub seed: u64,
+    /// How denoising losses draw timesteps; written to a configuration file only when not
+    /// uniform.
+    #[serde(skip_serializing_if = "TimestepSampling::is_uniform")]
+    pub timesteps: TimestepSampling,
+    /// The denoising loss's per-sample weight ([`LossWeight`]); none: unweighted (and not
+    /// written to a configuration file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_weight: Option<LossWeight>,
 }
 
 impl Default for TrainConfig {
@@ -414,6 +613,8 @@ impl Default for TrainConfig {
             log_every: 1,
             log_format: LogFormat::Jsonl,
             seed: 0,
+            timesteps: TimestepSampling::Uniform,
+            loss_weight: None,
         }
     }
 }
@@ -1280,6 +1481,163 @@ mod tests {
             };
             assert!(matches!(bad.restore(), Err(Error::Checkpoint(_))));
         }
+        Ok(())
+    }
+
+    /// The timestep draws follow their laws: a band is uniform on `min..max` (mean and range
+    /// checked), and the logit-normal lands below T/2 with probability Φ(−mean/std), since
+    /// sigmoid(u) < ½ exactly when u < 0 (Φ(−0.5) = 0.3085 for mean 0.5, std 1).
+    #[test]
+    fn timestep_sampling_follows_its_law() -> Result<()> {
+        let n = 40_000;
+        let mut rng = crate::random::seeded(3);
+        let band = TimestepSampling::Range {
+            min: 850,
+            max: 1000,
+        };
+        band.validate(1000)?;
+        let draws: Vec<usize> = (0..n).map(|_| band.draw(1000, &mut rng)).collect();
+        assert_eq!(draws.iter().min(), Some(&850));
+        assert_eq!(draws.iter().max(), Some(&999));
+        let mean = draws.iter().sum::<usize>() as f64 / n as f64;
+        // Var of a uniform on 150 values is (150² − 1)/12; 5 standard errors.
+        let se = ((150.0f64 * 150.0 - 1.0) / 12.0 / n as f64).sqrt();
+        assert!((mean - 924.5).abs() < 5.0 * se, "{mean}");
+
+        let ln = TimestepSampling::LogitNormal {
+            mean: 0.5,
+            std: 1.0,
+        };
+        ln.validate(1000)?;
+        let draws: Vec<usize> = (0..n).map(|_| ln.draw(1000, &mut rng)).collect();
+        assert!(draws.iter().all(|&t| t < 1000));
+        let below = draws.iter().filter(|&&t| t < 500).count() as f64 / n as f64;
+        let se = (0.3085f64 * 0.6915 / n as f64).sqrt();
+        assert!((below - 0.3085).abs() < 5.0 * se, "{below}");
+
+        // Uniform is the stream's plain draw, so existing runs keep their bytes.
+        let mut a = crate::random::seeded(9);
+        let mut b = crate::random::seeded(9);
+        for _ in 0..100 {
+            assert_eq!(
+                TimestepSampling::Uniform.draw(1000, &mut a),
+                rand::Rng::random_range(&mut b, 0..1000)
+            );
+        }
+        Ok(())
+    }
+
+    /// Impossible settings are configuration errors, and the key is written only when set.
+    #[test]
+    fn timestep_sampling_is_checked_and_written_only_when_set() {
+        for bad in [
+            TimestepSampling::Range { min: 5, max: 5 },
+            TimestepSampling::Range { min: 0, max: 1001 },
+            TimestepSampling::LogitNormal {
+                mean: 0.0,
+                std: 0.0,
+            },
+            TimestepSampling::LogitNormal {
+                mean: f64::NAN,
+                std: 1.0,
+            },
+        ] {
+            assert!(
+                matches!(bad.validate(1000), Err(Error::Config(_))),
+                "{bad:?}"
+            );
+        }
+        let written = |c: &TrainConfig| toml::to_string(c).expect("toml");
+        assert!(!written(&TrainConfig::default()).contains("timesteps"));
+        let cfg = TrainConfig {
+            timesteps: TimestepSampling::LogitNormal {
+                mean: 0.5,
+                std: 1.2,
+            },
+            ..TrainConfig::default()
+        };
+        let back: TrainConfig = toml::from_str(&written(&cfg)).expect("toml");
+        assert_eq!(back, cfg);
+        let parsed: TrainConfig =
+            toml::from_str("timesteps = { kind = \"range\", min = 600, max = 1000 }")
+                .expect("toml");
+        assert_eq!(
+            parsed.timesteps,
+            TimestepSampling::Range {
+                min: 600,
+                max: 1000
+            }
+        );
+        assert!(toml::from_str::<TrainConfig>("timesteps = { kind = \"cosine\" }").is_err());
+    }
+
+    /// Weighted as `v`, the loss of an ε model is exactly the mean squared error of the v it
+    /// implies, v̂ = (ε̂ − σ x_t)/α against v = α ε − σ x₀ (an identity of the VP schedule,
+    /// checked on the draws the loss itself made); capped, each weight is min(1/ᾱ, max).
+    #[test]
+    fn loss_weight_scores_the_implied_target() -> Result<()> {
+        use crate::nn::{MlpConfig, ResidualMlp};
+        let dev = candle_core::Device::Cpu;
+        let cfg = MlpConfig {
+            data_dim: 2,
+            hidden: 16,
+            block_hidden: 32,
+            num_blocks: 1,
+            time_embed_dim: 8,
+            num_timesteps: 100,
+        };
+        let store = ParamStore::new(4);
+        let net = ResidualMlp::new(
+            &cfg,
+            Parameterization::Epsilon,
+            store.var_builder(DType::F64, &dev),
+        )?;
+        let schedule = DiscreteSchedule::linear(100, 1e-4, 0.02)?;
+        let x0 = normal_tensor(&mut crate::random::seeded(1), &[256, 2], DType::F64, &dev)?;
+        let plain = DenoisingLoss::new(&net, &schedule);
+        let batch = plain.noisy_batch(&x0, &mut crate::random::seeded(2))?;
+        let idx: Vec<usize> = batch
+            .t
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&t| t as usize)
+            .collect();
+        let col = |f: &dyn Fn(usize) -> f64| -> Result<Tensor> {
+            Ok(Tensor::from_vec(
+                idx.iter().map(|&i| f(i)).collect::<Vec<f64>>(),
+                (256, 1),
+                &dev,
+            )?)
+        };
+        let alpha = col(&|i| schedule.sqrt_alpha_bar(i))?;
+        let sigma = col(&|i| schedule.sigma(i))?;
+        let eps_hat = net.forward(&batch.x_t, &batch.t, None)?;
+        let v_hat = (&eps_hat - batch.x_t.broadcast_mul(&sigma)?)?.broadcast_div(&alpha)?;
+        let v = (batch.target.broadcast_mul(&alpha)? - x0.broadcast_mul(&sigma)?)?;
+        let want = (v_hat - v)?.sqr()?.mean_all()?.to_scalar::<f64>()?;
+        let as_v = |max| {
+            DenoisingLoss::new(&net, &schedule).with_weight(Some(LossWeight {
+                target: Parameterization::V,
+                max,
+            }))
+        };
+        let got = as_v(None)?
+            .loss(&x0, None, &mut crate::random::seeded(2))?
+            .to_scalar::<f64>()?;
+        assert!((got - want).abs() <= 1e-5 * want, "{got} vs {want}");
+
+        let cap = col(&|i| (1.0 / schedule.alpha_bar(i)).min(2.0))?;
+        let want = (&eps_hat - &batch.target)?
+            .sqr()?
+            .broadcast_mul(&cap)?
+            .mean_all()?
+            .to_scalar::<f64>()?;
+        let got = as_v(Some(2.0))?
+            .loss(&x0, None, &mut crate::random::seeded(2))?
+            .to_scalar::<f64>()?;
+        assert!((got - want).abs() <= 1e-5 * want, "{got} vs {want}");
+        assert!(as_v(Some(0.0)).is_err());
+        assert!(as_v(Some(f64::INFINITY)).is_err());
         Ok(())
     }
 }

@@ -660,3 +660,80 @@ fn data_parallel_training_is_the_single_run_for_one_rank_and_keeps_replicas_equa
     }
     Ok(())
 }
+
+/// A run's timestep law and loss weight travel through its configuration file (written only
+/// when set), train to a finite loss and resume bit for bit; a band outside the schedule is a
+/// configuration error before anything is written.
+#[test]
+fn timestep_law_and_loss_weight_run_and_resume() -> Result<()> {
+    use recompose_diffusion::train::{LossWeight, TimestepSampling};
+    let mut cfg = small_ring_config(20);
+    cfg.train.timesteps = TimestepSampling::LogitNormal {
+        mean: 0.5,
+        std: 1.2,
+    };
+    cfg.train.loss_weight = Some(LossWeight {
+        target: Parameterization::V,
+        max: Some(50.0),
+    });
+    let text = cfg.to_toml()?;
+    assert!(
+        text.contains("logit_normal") && text.contains("loss_weight"),
+        "{text}"
+    );
+    assert_eq!(RunConfig::from_toml(&text)?, cfg);
+    let plain = small_ring_config(20).to_toml()?;
+    assert!(
+        !plain
+            .lines()
+            .any(|l| l.starts_with("timesteps") || l.starts_with("loss_weight")),
+        "{plain}"
+    );
+
+    let full = scratch("weighted-full");
+    let cut = scratch("weighted-cut");
+    let opts = |dir: &Path| TrainOptions {
+        out_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    let report = train_run(&cfg, &opts(&full), &Device::Cpu, &mut |_| {})?;
+    assert!(report.last_loss.is_finite());
+    train_run(
+        &cfg,
+        &TrainOptions {
+            halt_after: Some(10),
+            ..opts(&cut)
+        },
+        &Device::Cpu,
+        &mut |_| {},
+    )?;
+    train_run(
+        &cfg,
+        &TrainOptions {
+            resume: true,
+            ..opts(&cut)
+        },
+        &Device::Cpu,
+        &mut |_| {},
+    )?;
+    assert_eq!(
+        read(&full.join("model.safetensors"))?,
+        read(&cut.join("model.safetensors"))?
+    );
+
+    let mut bad = small_ring_config(5);
+    bad.train.timesteps = TimestepSampling::Range { min: 10, max: 5000 };
+    let dir = scratch("bad-band");
+    let err = train_run(&bad, &opts(&dir), &Device::Cpu, &mut |_| {})
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("the band beyond the schedule was accepted"))?;
+    assert!(
+        matches!(err, recompose_diffusion::Error::Config(_)),
+        "{err}"
+    );
+    assert!(!dir.exists());
+    for d in [full, cut] {
+        let _ = fs::remove_dir_all(d);
+    }
+    Ok(())
+}
