@@ -104,14 +104,16 @@ enum NormCache {
         act: Option<(Tensor, Tensor, Tensor)>,
         dims: (usize, usize, usize, usize),
     },
-    /// The fused CPU kernel, when nothing is tracked (inference): the input, the per-image
-    /// scale and shift `[B, C]` and the kernel, whose one-pass input gradient serves the
-    /// backward pass.
+    /// The fused CPU kernel: the input, the per-image scale and shift `[B, C]` and the
+    /// kernel, whose one-pass input gradient serves the backward pass. When the inputs are
+    /// tracked (training), the forward pass and the input gradient are both recorded ops, the
+    /// latter differentiable once more by its second-order kernel.
     Fused {
         x: Tensor,
         scale: Tensor,
         shift: Tensor,
         op: group_norm::GroupNorm,
+        tracked: bool,
     },
 }
 
@@ -174,10 +176,10 @@ fn silu_backward(g: &Tensor, z: &Tensor, s: &Tensor, a: &Tensor) -> Result<Tenso
 }
 
 /// The group norm of `norm` on `x` `[B, C, H, W]` (modulated by `film` `[B, 2C]` if given,
-/// then SiLU if `act`), as the U-Net computes it, keeping its backward pass's values. When
-/// no input records a graph and the CPU fast path applies, the fused kernel computes it
-/// (and later its input gradient); otherwise tensor ops, so that the backward pass can be
-/// differentiated again.
+/// then SiLU if `act`), as the U-Net computes it, keeping its backward pass's values. On the
+/// CPU fast path the fused kernel computes it (and later its input gradient, a recorded op
+/// with an exact second-order backward pass when the inputs are tracked); otherwise tensor
+/// ops, whose backward pass candle differentiates again.
 fn norm_forward(
     norm: &Norm,
     x: &Tensor,
@@ -187,15 +189,19 @@ fn norm_forward(
     let (b, c, h, w) = x.dims4()?;
     let groups = norm.groups;
     let (scale, shift) = norm.scale_shift(b, c, film)?;
-    let untracked = !(x.track_op() || scale.track_op() || shift.track_op());
-    if untracked && on_fast_path(&[x, &scale, &shift]) {
+    if on_fast_path(&[x, &scale, &shift]) {
+        let tracked = x.track_op() || scale.track_op() || shift.track_op();
         let op = group_norm::GroupNorm {
             groups,
             eps: NORM_EPS,
             silu: act,
         };
         let (x, scale, shift) = (x.contiguous()?, scale.contiguous()?, shift.contiguous()?);
-        let out = x.apply_op3_no_bwd(&scale, &shift, &op)?;
+        let out = if tracked {
+            x.apply_op3(&scale, &shift, op)?
+        } else {
+            x.apply_op3_no_bwd(&scale, &shift, &op)?
+        };
         return Ok((
             out,
             NormCache::Fused {
@@ -203,6 +209,7 @@ fn norm_forward(
                 scale,
                 shift,
                 op,
+                tracked,
             },
         ));
     }
@@ -242,7 +249,14 @@ fn norm_backward(cache: &NormCache, g: &Tensor) -> Result<Tensor> {
             scale,
             shift,
             op,
-        } => return Ok(op.input_grad(x, scale, shift, g)?),
+            tracked,
+        } => {
+            return Ok(if *tracked {
+                op.input_grad_tracked(x, scale, shift, g)?
+            } else {
+                op.input_grad(x, scale, shift, g)?
+            });
+        }
         NormCache::Ops {
             xhat,
             inv_std,
@@ -945,6 +959,80 @@ mod tests {
             }
         }
         eprintln!("fused vs tensor-op norms: max relative difference {worst:.2e}");
+        Ok(())
+    }
+
+    /// Training on the CPU fast path (f32): the group norms run the fused kernel, recorded,
+    /// and their input gradients the second-order kernel; the loss mean((∇ₓE − ε)²) and the
+    /// gradient of every parameter equal those of the f64 tensor-op form (itself checked
+    /// against finite differences above) on the same weights, every variant and form.
+    #[test]
+    fn fused_norms_train_like_tensor_ops() -> Result<()> {
+        let mut worst = 0f64;
+        for v in VARIANTS {
+            let cfg = variant(v);
+            for form in FORMS {
+                let (m64, s64) = model(&cfg, form, 12)?;
+                let s32 = ParamStore::new(12);
+                let m32 = EnergyUNet::new(&cfg, form, s32.var_builder(DType::F32, &Device::Cpu))?;
+                for (name, var) in s32.vars() {
+                    let src = s64
+                        .get(&name)
+                        .ok_or_else(|| Error::Training(format!("no f64 variable {name}")))?;
+                    var.set(&src.as_tensor().to_dtype(DType::F32)?)?;
+                }
+                let (x, t, cond, ctx) = inputs(&cfg, 13)?;
+                let eps = crate::random::normal_tensor(
+                    &mut crate::random::seeded(14),
+                    x.dims(),
+                    DType::F64,
+                    &Device::Cpu,
+                )?;
+                let f32s = |a: &Tensor| a.to_dtype(DType::F32);
+                let ctx32 = match &ctx {
+                    Some(c) => Some(TokenContext {
+                        states: f32s(&c.states)?,
+                        key_bias: f32s(&c.key_bias)?,
+                    }),
+                    None => None,
+                };
+                let (_, g64) = m64.energy_and_grad_context(&x, &t, Some(&cond), ctx.as_ref())?;
+                let l64 = (g64 - &eps)?.sqr()?.mean_all()?;
+                let (_, g32) = m32.energy_and_grad_context(
+                    &f32s(&x)?,
+                    &f32s(&t)?,
+                    Some(&f32s(&cond)?),
+                    ctx32.as_ref(),
+                )?;
+                let l32 = (g32 - f32s(&eps)?)?.sqr()?.mean_all()?;
+                let (a, b) = (
+                    l32.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+                    l64.to_scalar::<f64>()?,
+                );
+                assert!((a - b).abs() < 1e-4 * b, "{form:?} {v:?}: loss {a} vs {b}");
+                let (gr64, gr32) = (l64.backward()?, l32.backward()?);
+                for (name, var) in s32.vars() {
+                    let what = format!("{form:?} {v:?} {name}");
+                    let want = gr64
+                        .get(s64.get(&name).expect("same names").as_tensor())
+                        .ok_or_else(|| Error::Training(format!("{what}: no f64 gradient")))?;
+                    let got = gr32
+                        .get(var.as_tensor())
+                        .ok_or_else(|| Error::Training(format!("{what}: no f32 gradient")))?
+                        .to_dtype(DType::F64)?;
+                    let diff = (&got - want)?
+                        .sqr()?
+                        .sum_all()?
+                        .sqrt()?
+                        .to_scalar::<f64>()?;
+                    let norm = want.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+                    let err = diff / norm.max(1e-6);
+                    worst = worst.max(err);
+                    assert!(err < 1e-3, "{what}: relative difference {err:e}");
+                }
+            }
+        }
+        eprintln!("fused tracked norms vs f64 tensor ops: max relative difference {worst:.2e}");
         Ok(())
     }
 
