@@ -207,19 +207,28 @@ pub fn recipe(data: &Path, energy: bool, quick: bool, steps: Option<usize>) -> R
          [text]\nwidth = {}\nlayers = {}\nheads = {}\ncross_attention = true\n\n\
          [diffusion]\nnum_timesteps = {}\n{}\n\
          [train]\nbatch_size = {batch}\nsteps = {}\nlr = 5e-4\nema_decay = {}\n\
-         ema_warmup = true\ncheckpoint_every = 250\nseed = 0\n",
+         ema_warmup = true\ncheckpoint_every = 250\nseed = 0\n\
+         timesteps = {{ kind = \"logit_normal\", mean = 1.0, std = 1.5 }}\n{}",
         data.display(),
         text.0,
         text.1,
         text.2,
         if quick { 20 } else { 1000 },
+        // The layout a prompt names is decided at the noisiest levels: v-prediction (or, for
+        // the energy model, whose output is ε̂ = ∇ₓE, the loss weighted as v's) and timesteps
+        // drawn towards the noisy end give those levels the weight that position words need.
         if energy {
             "energy = \"squared_residual\"\n"
         } else {
-            ""
+            "prediction = \"v\"\n"
         },
         steps.unwrap_or(default_steps),
         if quick { 0.9 } else { 0.999 },
+        if energy {
+            "loss_weight = { target = \"v\", max = 100.0 }\ngrad_clip = 1.0\n"
+        } else {
+            ""
+        },
     );
     Ok(RunConfig::from_toml(&text_cfg)?)
 }
