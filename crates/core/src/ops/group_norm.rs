@@ -6,7 +6,7 @@
 //! one for the statistics), with an exact backward pass in one kernel; tested against the same
 //! function written with tensor ops, forward and backward. [`GroupNorm::input_grad_tracked`]
 //! is that backward pass as a differentiable op of its own (input, output gradient, scale and
-//! shift), whose backward pass is the second-order kernel [`GroupNormVjpGrad`]: an energy
+//! shift), whose backward pass is one second-order kernel: an energy
 //! model's loss on ∇ₓE differentiates the input gradient once more.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor, bail};
@@ -142,7 +142,7 @@ impl GroupNorm {
 
     /// The input gradient of this group norm, `Jᵀ grad`, as an op that records its inputs:
     /// differentiable in `x`, `grad`, `scale` and `shift` (the second derivative of the norm,
-    /// exact, in one kernel: [`GroupNormVjpGrad`]). For training energy models, whose loss
+    /// exact, in one kernel). For training energy models, whose loss
     /// depends on ∇ₓE.
     ///
     /// # Errors
