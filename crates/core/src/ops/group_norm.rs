@@ -111,13 +111,30 @@ impl CustomOp3 for GroupNorm {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c, s) = self.sizes(x.dims())?;
         let flat = self.grad_kernel(x, scale, shift, grad)?;
-        let (g, cg, total) = (self.groups, c / self.groups, b * c * s);
+        let total = b * c * s;
         let dx = flat.narrow(0, 0, total)?.reshape(x.shape())?;
-        let stats = flat.narrow(0, total, 2 * b * c)?.reshape((b, g, 2, cg))?;
-        let d_scale = stats.narrow(2, 0, 1)?.reshape((b, c))?;
-        let d_shift = stats.narrow(2, 1, 1)?.reshape((b, c))?;
+        let (d_scale, d_shift) = scale_shift_grads(&flat, total, b, c, self.groups)?;
         Ok((Some(dx), Some(d_scale), Some(d_shift)))
     }
+}
+
+/// The scale and shift gradients (`[B, C]` each) from a gradient kernel's flat output, whose
+/// per-group statistics `[B, groups, 2, C / groups]` (scale then shift gradient) start at
+/// `offset`.
+fn scale_shift_grads(
+    flat: &Tensor,
+    offset: usize,
+    b: usize,
+    c: usize,
+    groups: usize,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let stats = flat
+        .narrow(0, offset, 2 * b * c)?
+        .reshape((b, groups, 2, c / groups))?;
+    Ok((
+        stats.narrow(2, 0, 1)?.reshape((b, c))?,
+        stats.narrow(2, 1, 1)?.reshape((b, c))?,
+    ))
 }
 
 impl GroupNorm {
@@ -325,14 +342,10 @@ impl CustomOp3 for GroupNormVjp {
             &ss.contiguous()?,
             &GroupNormVjpGrad { norm: self.norm },
         )?;
-        let (groups, cg, total) = (self.norm.groups, c / self.norm.groups, b * c * s);
+        let total = b * c * s;
         let dx = flat.narrow(0, 0, total)?.reshape(x.shape())?;
         let dg = flat.narrow(0, total, total)?.reshape(x.shape())?;
-        let stats = flat
-            .narrow(0, 2 * total, 2 * b * c)?
-            .reshape((b, groups, 2, cg))?;
-        let d_scale = stats.narrow(2, 0, 1)?.reshape((b, c))?;
-        let d_shift = stats.narrow(2, 1, 1)?.reshape((b, c))?;
+        let (d_scale, d_shift) = scale_shift_grads(&flat, 2 * total, b, c, self.norm.groups)?;
         let d_ss = Tensor::stack(&[d_scale, d_shift], 0)?;
         Ok((Some(dx), Some(dg), Some(d_ss)))
     }
