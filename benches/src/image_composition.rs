@@ -4,8 +4,10 @@
 //! *Composable Diffusion*, ECCV 2022, §4.1).
 //!
 //! The task writes a shapes-text dataset, trains a text-conditioned U-Net on it (score and,
-//! unless `--no-energy`, energy parameterization; or takes trained run directories), then
-//! composes prompts and judges every sample:
+//! unless `--no-energy`, energy parameterization; or takes trained run directories) and, unless
+//! `--no-experts`, expert networks for bands of the noisier levels ([`expert_bands`]; eDiff-I's
+//! expert denoisers, [`recompose_compose::LevelExperts`]), then composes prompts and judges
+//! every sample:
 //!
 //! - **1, 2 and 3 ANDed prompts**: full captions of objects in distinct quadrants
 //!   (`"red circle top left" AND "blue square bottom right"`); a sample counts when every
@@ -57,6 +59,14 @@ pub struct ImageCompositionArgs {
     pub energy: Option<PathBuf>,
     /// Train and evaluate the score model only.
     pub no_energy: bool,
+    /// Train and evaluate the models without expert networks.
+    pub no_experts: bool,
+    /// Expert networks of a given score run, (first training timestep, run directory).
+    pub score_experts: Vec<(usize, PathBuf)>,
+    /// Expert networks of a given energy run, (first training timestep, run directory).
+    pub energy_experts: Vec<(usize, PathBuf)>,
+    /// Training steps of each expert network (overrides the recipe).
+    pub expert_steps: Option<usize>,
     /// Condition sets per setting.
     pub sets: usize,
     /// Chains (samples) per condition set.
@@ -76,7 +86,8 @@ pub struct ImageCompositionArgs {
 
 impl ImageCompositionArgs {
     /// Parses `[--quick] [--reuse-models] [--score DIR] [--energy DIR] [--no-energy]
-    /// [--sets N] [--chains N] [--levels N] [--guidance G] [--steps N] [--mcmc-steps K]
+    /// [--no-experts] [--score-expert DIR@T]… [--energy-expert DIR@T]… [--sets N] [--chains N]
+    /// [--levels N] [--guidance G] [--steps N] [--expert-steps N] [--mcmc-steps K]
     /// [--report NAME]`.
     ///
     /// # Errors
@@ -90,6 +101,10 @@ impl ImageCompositionArgs {
             score: None,
             energy: None,
             no_energy: false,
+            no_experts: false,
+            score_experts: Vec::new(),
+            energy_experts: Vec::new(),
+            expert_steps: None,
             sets: 8,
             chains: 8,
             levels: 50,
@@ -104,6 +119,14 @@ impl ImageCompositionArgs {
                 "--quick" => out.quick = true,
                 "--reuse-models" => out.reuse_models = true,
                 "--no-energy" => out.no_energy = true,
+                "--no-experts" => out.no_experts = true,
+                "--score-expert" => out.score_experts.push(expert(option_value(&mut it, a)?)?),
+                "--energy-expert" => {
+                    out.energy_experts.push(expert(option_value(&mut it, a)?)?);
+                }
+                "--expert-steps" => {
+                    out.expert_steps = Some(positive_option(a, option_value(&mut it, a)?)?);
+                }
                 "--score" => out.score = Some(PathBuf::from(option_value(&mut it, a)?)),
                 "--energy" => out.energy = Some(PathBuf::from(option_value(&mut it, a)?)),
                 "--sets" => out.sets = positive_option(a, option_value(&mut it, a)?)?,
@@ -123,16 +146,29 @@ impl ImageCompositionArgs {
                 }
                 other => bail!(
                     "unknown option {other} (reproduce image-composition [--quick] \
-                     [--reuse-models] [--score DIR] [--energy DIR] [--no-energy] [--sets N] \
-                     [--chains N] [--levels N] [--guidance G] [--steps N] [--mcmc-steps K] [--report NAME])"
+                     [--reuse-models] [--score DIR] [--energy DIR] [--no-energy] [--no-experts] \
+                     [--score-expert DIR@T]... [--energy-expert DIR@T]... [--sets N] [--chains N] \
+                     [--levels N] [--guidance G] [--steps N] [--expert-steps N] [--mcmc-steps K] \
+                     [--report NAME])"
                 ),
             }
         }
         if out.levels < 2 {
             bail!("--levels must be at least 2, got {}", out.levels);
         }
-        if out.no_energy && out.energy.is_some() {
-            bail!("--no-energy and --energy DIR contradict each other");
+        if out.no_energy && (out.energy.is_some() || !out.energy_experts.is_empty()) {
+            bail!("--no-energy contradicts --energy and --energy-expert");
+        }
+        for (flag, run, experts) in [
+            ("--score-expert", &out.score, &out.score_experts),
+            ("--energy-expert", &out.energy, &out.energy_experts),
+        ] {
+            if !experts.is_empty() && (run.is_none() || out.no_experts) {
+                bail!(
+                    "{flag} adds an expert to a given run ({}) and contradicts --no-experts",
+                    flag.trim_end_matches("-expert")
+                );
+            }
         }
         if out.quick {
             out.sets = out.sets.min(2);
@@ -149,6 +185,7 @@ impl ImageCompositionArgs {
             ("--quick", self.quick),
             ("--reuse-models", self.reuse_models),
             ("--no-energy", self.no_energy),
+            ("--no-experts", self.no_experts),
         ] {
             if on {
                 let _ = write!(c, " {flag}");
@@ -159,6 +196,14 @@ impl ImageCompositionArgs {
                 let _ = write!(c, " {flag} {}", d.display());
             }
         }
+        for (flag, experts) in [
+            ("--score-expert", &self.score_experts),
+            ("--energy-expert", &self.energy_experts),
+        ] {
+            for (t, d) in experts {
+                let _ = write!(c, " {flag} {}@{t}", d.display());
+            }
+        }
         let _ = write!(
             c,
             " --sets {} --chains {} --levels {} --guidance {}",
@@ -166,6 +211,9 @@ impl ImageCompositionArgs {
         );
         if let Some(s) = self.steps {
             let _ = write!(c, " --steps {s}");
+        }
+        if let Some(s) = self.expert_steps {
+            let _ = write!(c, " --expert-steps {s}");
         }
         if let Some(k) = self.mcmc_steps {
             let _ = write!(c, " --mcmc-steps {k}");
@@ -176,8 +224,39 @@ impl ImageCompositionArgs {
         c
     }
 
+    /// The given expert networks of a given run of `param`.
+    fn given_experts(&self, param: Param) -> &[(usize, PathBuf)] {
+        match param {
+            Param::Score => &self.score_experts,
+            Param::Energy => &self.energy_experts,
+        }
+    }
+
     fn report_name(&self) -> &str {
         self.report.as_deref().unwrap_or("image-composition")
+    }
+}
+
+/// `DIR@T`: an expert network and the first training timestep it serves.
+fn expert(v: &str) -> Result<(usize, PathBuf)> {
+    match v.rsplit_once('@') {
+        Some((dir, t)) if !dir.is_empty() => match t.parse::<usize>() {
+            Ok(t) if t > 0 => Ok((t, PathBuf::from(dir))),
+            _ => bail!("an expert is DIR@T with T a positive timestep, got '{v}'"),
+        },
+        _ => bail!("an expert is DIR@T with T a positive timestep, got '{v}'"),
+    }
+}
+
+/// The recipe's expert bands, training timesteps [min, max) of the model's schedule: each band
+/// gets a network of its own, trained on its levels alone, that replaces the model's own network
+/// there when sampling. Position and shape words decide the layout at the noisy levels, where
+/// the network trained on every level responds to them least.
+pub fn expert_bands(quick: bool) -> Vec<(usize, usize)> {
+    if quick {
+        vec![(10, 15), (15, 20)]
+    } else {
+        vec![(500, 850), (850, 1000)]
     }
 }
 
@@ -188,12 +267,27 @@ fn num_images(quick: bool) -> usize {
     if quick { 64 } else { 4000 }
 }
 
-/// The training recipe of the text-conditioned U-Net (see the report's setup section).
-pub fn recipe(data: &Path, energy: bool, quick: bool, steps: Option<usize>) -> Result<RunConfig> {
-    let (channels, mult, attention, text, default_steps, batch) = if quick {
+/// The training recipe of the text-conditioned U-Net (see the report's setup section): the
+/// model on every level, or with `band` = [min, max) an expert network for those training
+/// timesteps alone ([`expert_bands`]).
+pub fn recipe(
+    data: &Path,
+    energy: bool,
+    quick: bool,
+    steps: Option<usize>,
+    band: Option<(usize, usize)>,
+) -> Result<RunConfig> {
+    let (channels, mult, attention, text, mut default_steps, batch) = if quick {
         (8, "[1, 2]", "[]", (16, 1, 2), 4, 4)
     } else {
         (32, "[1, 2, 2]", "[8]", (64, 2, 4), 4000, 32)
+    };
+    if band.is_some() && !quick {
+        default_steps = 1500;
+    }
+    let timesteps = match band {
+        Some((min, max)) => format!("{{ kind = \"range\", min = {min}, max = {max} }}"),
+        None => "{ kind = \"logit_normal\", mean = 1.0, std = 1.5 }".to_string(),
     };
     let head = if quick { 8 } else { 32 };
     let groups = if quick { 4 } else { 16 };
@@ -208,7 +302,7 @@ pub fn recipe(data: &Path, energy: bool, quick: bool, steps: Option<usize>) -> R
          [diffusion]\nnum_timesteps = {}\n{}\n\
          [train]\nbatch_size = {batch}\nsteps = {}\nlr = 5e-4\nema_decay = {}\n\
          ema_warmup = true\ncheckpoint_every = 250\nseed = 0\n\
-         timesteps = {{ kind = \"logit_normal\", mean = 1.0, std = 1.5 }}\n{}",
+         timesteps = {timesteps}\n{}",
         data.display(),
         text.0,
         text.1,
@@ -254,10 +348,20 @@ fn train(
     work: &Path,
     data: &Path,
     param: Param,
+    band: Option<(usize, usize)>,
     args: &ImageCompositionArgs,
 ) -> Result<(PathBuf, Option<f64>)> {
-    let cfg = recipe(data, param == Param::Energy, args.quick, args.steps)?;
-    let dir = work.join(param.key());
+    let steps = if band.is_some() {
+        args.expert_steps
+    } else {
+        args.steps
+    };
+    let cfg = recipe(data, param == Param::Energy, args.quick, steps, band)?;
+    let name = match band {
+        Some((min, max)) => format!("{}-t{min}-{max}", param.key()),
+        None => param.key().to_string(),
+    };
+    let dir = work.join(&name);
     let text = cfg.to_toml()?;
     let same = std::fs::read_to_string(dir.join("config.toml"))
         .ok()
@@ -279,12 +383,10 @@ fn train(
         ..Default::default()
     };
     let report = train_run(&cfg, &opts, &Device::Cpu, &mut |_| {})
-        .with_context(|| format!("training the {} model", param.key()))?;
+        .with_context(|| format!("training the {name} model"))?;
     eprintln!(
-        "trained the {} model in {:.0} s (loss {:.4})",
-        param.key(),
-        report.seconds,
-        report.recent_loss
+        "trained the {name} model in {:.0} s (loss {:.4})",
+        report.seconds, report.recent_loss
     );
     std::fs::write(
         &timing,
@@ -292,6 +394,21 @@ fn train(
             .to_string(),
     )?;
     Ok((dir, Some(report.seconds)))
+}
+
+/// One trained network of the evaluation.
+struct Network {
+    dir: PathBuf,
+    /// Training seconds, when trained (not reused without timing, not given).
+    seconds: Option<f64>,
+}
+
+/// A model of the evaluation: its network on every level and its expert networks, each with
+/// the first training timestep it serves ([`recompose_compose::LevelExperts`]).
+struct Model {
+    param: Param,
+    base: Network,
+    experts: Vec<(usize, Network)>,
 }
 
 /// What the samples of a setting must show.
@@ -537,7 +654,7 @@ pub fn image_composition(root: &Path, args: &ImageCompositionArgs) -> Result<()>
         if args.quick { 50 } else { 1000 },
     ))?;
 
-    let mut models: Vec<(Param, PathBuf, Option<f64>)> = Vec::new();
+    let mut models: Vec<Model> = Vec::new();
     let needs_data = args.score.is_none() || (args.energy.is_none() && !args.no_energy);
     let data = if needs_data {
         Some(dataset(&work, args.quick)?)
@@ -550,20 +667,56 @@ pub fn image_composition(root: &Path, args: &ImageCompositionArgs) -> Result<()>
             Param::Energy => &args.energy,
         };
         match (given, &data) {
-            (Some(dir), _) => models.push((param, dir.clone(), None)),
+            (Some(dir), _) => models.push(Model {
+                param,
+                base: Network {
+                    dir: dir.clone(),
+                    seconds: None,
+                },
+                experts: args
+                    .given_experts(param)
+                    .iter()
+                    .map(|(t, dir)| {
+                        (
+                            *t,
+                            Network {
+                                dir: dir.clone(),
+                                seconds: None,
+                            },
+                        )
+                    })
+                    .collect(),
+            }),
             (None, _) if param == Param::Energy && args.no_energy => {}
             (None, Some(data)) => {
-                let (dir, seconds) = train(&work, data, param, args)?;
-                models.push((param, dir, seconds));
+                let (dir, seconds) = train(&work, data, param, None, args)?;
+                let mut experts = Vec::new();
+                if !args.no_experts {
+                    for band in expert_bands(args.quick) {
+                        let (dir, seconds) = train(&work, data, param, Some(band), args)?;
+                        experts.push((band.0, Network { dir, seconds }));
+                    }
+                }
+                models.push(Model {
+                    param,
+                    base: Network { dir, seconds },
+                    experts,
+                });
             }
             (None, None) => unreachable!("the dataset is written when a model is trained"),
         }
     }
 
     let mut cells = Vec::new();
-    for (param, dir, _) in &models {
-        let model = PromptModel::load("shapes", dir, &Device::Cpu)
-            .with_context(|| format!("loading {}", dir.display()))?;
+    for m in &models {
+        let param = &m.param;
+        let experts: Vec<(usize, &Path)> = m
+            .experts
+            .iter()
+            .map(|(t, n)| (*t, n.dir.as_path()))
+            .collect();
+        let model = PromptModel::load_with_experts("shapes", &m.base.dir, &experts, &Device::Cpu)
+            .with_context(|| format!("loading {}", m.base.dir.display()))?;
         let t_max = model.schedule().len();
         let levels = args.levels.min(t_max);
         for setting in Setting::ALL {
@@ -647,7 +800,7 @@ pub fn image_composition(root: &Path, args: &ImageCompositionArgs) -> Result<()>
 fn render(
     args: &ImageCompositionArgs,
     checker: &check::Accuracy,
-    models: &[(Param, PathBuf, Option<f64>)],
+    models: &[Model],
     cells: &[Cell],
     wall: f64,
 ) -> Result<String> {
@@ -670,20 +823,27 @@ fn render(
         100.0 * checker.exact_set,
         100.0 * checker.per_object
     );
-    for (param, dir, seconds) in models {
-        let cfg = RunConfig::from_file(&dir.join("config.toml"))?;
-        let _ = writeln!(
-            o,
-            "- {} model: `{}`{}; its configuration:\n\n```toml\n{}```\n",
-            param.key(),
-            dir.file_name()
-                .map(|f| f.to_string_lossy().to_string())
-                .unwrap_or_default(),
-            seconds
-                .map(|s| format!(", trained here in {s:.0} s on the CPU"))
-                .unwrap_or_default(),
-            cfg.to_toml()?
-        );
+    for m in models {
+        let networks =
+            std::iter::once((None, &m.base)).chain(m.experts.iter().map(|(t, n)| (Some(*t), n)));
+        for (from, net) in networks {
+            let cfg = RunConfig::from_file(&net.dir.join("config.toml"))?;
+            let _ = writeln!(
+                o,
+                "- {} model{}: `{}`{}; its configuration:\n\n```toml\n{}```\n",
+                m.param.key(),
+                from.map(|t| format!(", expert network from training timestep {t} on"))
+                    .unwrap_or_default(),
+                net.dir
+                    .file_name()
+                    .map(|f| f.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                net.seconds
+                    .map(|s| format!(", trained here in {s:.0} s on the CPU"))
+                    .unwrap_or_default(),
+                cfg.to_toml()?
+            );
+        }
     }
     let _ = writeln!(
         o,
@@ -827,6 +987,63 @@ mod tests {
         assert!(ImageCompositionArgs::parse(&["--guidance", "-2"]).is_err());
         assert!(ImageCompositionArgs::parse(&["--no-energy", "--energy", "x"]).is_err());
         assert!(ImageCompositionArgs::parse(&["--bogus"]).is_err());
+        // Experts of given runs: parsed, named in the command, and refused where they
+        // contradict other options.
+        let a = ImageCompositionArgs::parse(&[
+            "--score",
+            "s",
+            "--score-expert",
+            "hi@850",
+            "--score-expert",
+            "mid@500",
+        ])?;
+        assert_eq!(
+            a.score_experts,
+            [(850, PathBuf::from("hi")), (500, PathBuf::from("mid"))]
+        );
+        assert!(
+            a.command()
+                .contains("--score-expert hi@850 --score-expert mid@500")
+        );
+        let a2 = ImageCompositionArgs::parse(&a.command().split(' ').skip(4).collect::<Vec<_>>())?;
+        assert_eq!(a2, a);
+        for bad in [
+            &["--score-expert", "hi@850"][..],
+            &["--score", "s", "--score-expert", "hi"],
+            &["--score", "s", "--score-expert", "hi@0"],
+            &["--score", "s", "--score-expert", "@850"],
+            &["--score", "s", "--no-experts", "--score-expert", "hi@850"],
+            &["--no-energy", "--energy-expert", "hi@850"],
+        ] {
+            assert!(ImageCompositionArgs::parse(bad).is_err(), "{bad:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn expert_recipes_train_their_band_alone() -> Result<()> {
+        for quick in [true, false] {
+            let bands = expert_bands(quick);
+            let steps = recipe(Path::new("d"), false, quick, None, None)?
+                .diffusion
+                .num_timesteps;
+            // Bands are ordered, disjoint, inside the schedule and end at its last level.
+            assert!(
+                bands
+                    .windows(2)
+                    .all(|w| w[0].1 == w[1].0 && w[0].0 < w[0].1)
+            );
+            assert_eq!(bands.last().map(|b| b.1), Some(steps));
+            for band in bands {
+                let cfg = recipe(Path::new("d"), true, quick, None, Some(band))?;
+                let toml = cfg.to_toml()?;
+                assert!(
+                    toml.contains(&format!("min = {}", band.0))
+                        && toml.contains(&format!("max = {}", band.1)),
+                    "{toml}"
+                );
+            }
+        }
         Ok(())
     }
 }

@@ -18,7 +18,7 @@ use recompose_diffusion::run::RunConfig;
 use recompose_diffusion::seeded;
 
 use crate::diffusion::{out_kind, write_samples};
-use recompose_core::memory::MemoryLimit;
+use recompose_core::memory::{Estimate, MemoryLimit};
 
 use crate::{check_memory, positive, usage};
 
@@ -35,6 +35,12 @@ pub struct ComposeArgs {
     /// repeat for each name. A text-conditioned model serves the expression's prompts.
     #[arg(long = "model", value_name = "NAME=DIR")]
     models: Vec<String>,
+    /// An expert network of the text model NAME, as NAME=DIR@T: the run in DIR (trained on
+    /// the noisy levels, `[train] timesteps = { kind = "range", min = T, … }`) replaces the
+    /// model's own network from training timestep T up to the next expert's (eDiff-I's expert
+    /// denoisers). Repeat for several bands.
+    #[arg(long = "expert", value_name = "NAME=DIR@T")]
+    experts: Vec<String>,
     /// Number of samples (independent chains).
     #[arg(long, allow_negative_numbers = true)]
     num: i64,
@@ -160,13 +166,38 @@ pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
             return Err(usage(format!("--model {name} is given twice")));
         }
     }
+    let mut experts: BTreeMap<String, Vec<(usize, PathBuf)>> = BTreeMap::new();
+    for e in &a.experts {
+        let parsed = e.split_once('=').and_then(|(name, rest)| {
+            let (dir, t) = rest.rsplit_once('@')?;
+            let t = t.parse::<usize>().ok()?;
+            (!name.is_empty() && !dir.is_empty()).then(|| (name.to_string(), dir, t))
+        });
+        let (name, dir, t) = parsed.ok_or_else(|| {
+            usage(format!(
+                "--expert must be NAME=DIR@T with T a timestep, got '{e}'"
+            ))
+        })?;
+        if !dirs.contains_key(&name) {
+            return Err(usage(format!(
+                "--expert {name}: no --model {name}=DIR to add it to"
+            )));
+        }
+        experts
+            .entry(name)
+            .or_default()
+            .push((t, PathBuf::from(dir)));
+    }
     if !(a.guidance.is_finite() && a.guidance >= 0.0) {
         return Err(usage(format!(
             "--guidance must be finite and non-negative, got {}",
             a.guidance
         )));
     }
-    for dir in dirs.values() {
+    for dir in dirs
+        .values()
+        .chain(experts.values().flatten().map(|(_, d)| d))
+    {
         crate::diffusion::expect_family(dir, RunConfig::FAMILY.name)?;
     }
     // Checked from the saved configurations, before any weight is read.
@@ -224,11 +255,33 @@ pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
         None
     };
     let prompts = expr.prompts().len();
+    // The weights of every expert are held beside the model's own; one network runs at a time.
+    let mut expert_params = BTreeMap::new();
+    for (name, list) in &experts {
+        if !configs[name].is_text_conditioned() {
+            return Err(usage(format!(
+                "--expert {name}: experts serve text-conditioned models; {} is not one",
+                dirs[name].display()
+            )));
+        }
+        for (_, dir) in list {
+            let c = RunConfig::from_file(&dir.join("config.toml"))?;
+            if !c.is_text_conditioned() {
+                return Err(usage(format!(
+                    "--expert {name}: {} is not a text-conditioned model",
+                    dir.display()
+                )));
+            }
+            *expert_params.entry(name.clone()).or_insert(Estimate::ZERO) += c.model.param_bytes();
+        }
+    }
     let leaves: Vec<_> = configs
-        .values()
-        .map(|c| {
+        .iter()
+        .map(|(name, c)| {
             if c.is_text_conditioned() {
-                group_estimate(c.model.param_bytes(), c.activation_bytes(), prompts, dim)
+                let params = c.model.param_bytes()
+                    + expert_params.get(name).copied().unwrap_or(Estimate::ZERO);
+                group_estimate(params, c.activation_bytes(), prompts, dim)
             } else {
                 (c.model.param_bytes(), c.activation_bytes())
             }
@@ -243,7 +296,21 @@ pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
     let mut text_models = PromptModels::new();
     for (name, c) in &configs {
         if c.is_text_conditioned() {
-            text_models.insert(PromptModel::load(name, &dirs[name], &device)?)?;
+            let list: Vec<(usize, &std::path::Path)> = experts
+                .get(name)
+                .into_iter()
+                .flatten()
+                .map(|(t, d)| (*t, d.as_path()))
+                .collect();
+            let model =
+                PromptModel::load_with_experts(name, &dirs[name], &list, &device).map_err(|e| {
+                    if e.is_bad_input() {
+                        usage(e.to_string())
+                    } else {
+                        e.into()
+                    }
+                })?;
+            text_models.insert(model)?;
         }
     }
     let mut resolve = |name: &str| -> recompose_compose::Result<Box<dyn Component>> {

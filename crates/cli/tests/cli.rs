@@ -1651,7 +1651,44 @@ fn compose_prompts_of_a_text_conditioned_model() {
         "{text}"
     );
     assert!(text.contains("on 4 of 10 levels"), "{text}");
+    // An expert network for the noisier levels (any run of the same tokenizer, schedule and
+    // form; here the model's own).
+    let expert = format!("{score}@6");
+    let text = ok(&recompose(&[
+        "compose", "--expr", "\"red\"", "--model", &score, "--expert", &expert, "--num", "2",
+        "--out", grid_s,
+    ]));
+    assert!(text.contains("wrote 2 samples"), "{text}");
+    let energy_expert = format!("{energy}@6");
+    let late_expert = format!("{score}@10");
+    let zero_expert = format!("{score}@0");
+    let other_expert = format!("other={score_dir}@5");
     for (model, extra, want) in [
+        (
+            &score,
+            vec!["--expr", "\"red\"", "--expert", &energy_expert],
+            "energy model",
+        ),
+        (
+            &score,
+            vec!["--expr", "\"red\"", "--expert", &late_expert],
+            "past the schedule",
+        ),
+        (
+            &score,
+            vec!["--expr", "\"red\"", "--expert", &zero_expert],
+            "positive timestep",
+        ),
+        (
+            &score,
+            vec!["--expr", "\"red\"", "--expert", &other_expert],
+            "--expert other",
+        ),
+        (
+            &score,
+            vec!["--expr", "\"red\"", "--expert", score_dir],
+            "NAME=DIR@T",
+        ),
         (
             &energy,
             vec!["--expr", "\"red\" OR \"blue\"", "--check"],

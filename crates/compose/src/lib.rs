@@ -17,6 +17,7 @@
 //! - [`prompt`]: prompt algebra for text-conditioned models (Liu et al., *Composable
 //!   Diffusion*, ECCV 2022): the prompts of one model in a product share one unconditional
 //!   base, s = s_u + Σ_i c_i (s_i − s_u), evaluated in one batched network call;
+//! - [`experts`]: one text model made of expert networks for bands of noise levels (eDiff-I);
 //! - [`respace`]: any composition sampled on fewer noise levels than its models were trained
 //!   with (the DDIM / improved-DDPM respacing).
 //!
@@ -48,6 +49,7 @@
 
 pub mod component;
 pub mod error;
+pub mod experts;
 pub mod expr;
 pub mod mcmc;
 pub mod ops;
@@ -57,6 +59,7 @@ pub mod tree;
 
 pub use component::{AnalyticLeaf, Component, EnergyLeaf, Eval, ScoreLeaf};
 pub use error::{Error, Result};
+pub use experts::LevelExperts;
 pub use expr::{Expr, ParseError, parse};
 pub use mcmc::{
     AnnealConfig, AnnealOutput, Kernel, LevelStats, Mass, StepSize, anneal, mcmc_at_level,

@@ -18,6 +18,8 @@ use recompose_diffusion::{Denoiser, DiscreteSchedule, GaussianMixture, Parameter
 
 use super::{Res, moments, points, quick, schedule};
 
+mod experts;
+
 /// The variance of every prompted model and of the unconditional one.
 const V_COND: f64 = 0.1;
 const V_UNCOND: f64 = 0.25;
@@ -32,6 +34,8 @@ struct FakeText {
     schedule: DiscreteSchedule,
     energy: bool,
     parameterization: Parameterization,
+    /// Every word's vector is multiplied by it (1 unless a test needs a second network).
+    scale: f64,
     calls: AtomicUsize,
     rows: AtomicUsize,
 }
@@ -61,6 +65,7 @@ impl FakeText {
             schedule: schedule(),
             energy,
             parameterization,
+            scale: 1.0,
             calls: AtomicUsize::new(0),
             rows: AtomicUsize::new(0),
         }
@@ -74,7 +79,7 @@ impl FakeText {
             if let Some(v) = self.words.get(id) {
                 any = true;
                 for (m, x) in mean.iter_mut().zip(v) {
-                    *m += x;
+                    *m += self.scale * x;
                 }
             }
         }
