@@ -283,7 +283,7 @@ pub fn recipe(
         (32, "[1, 2, 2]", "[8]", (64, 2, 4), 4000, 32)
     };
     if band.is_some() && !quick {
-        default_steps = 1500;
+        default_steps = 3000;
     }
     let timesteps = match band {
         Some((min, max)) => format!("{{ kind = \"range\", min = {min}, max = {max} }}"),
