@@ -38,7 +38,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -51,10 +50,12 @@ use recompose_diffusion::data::Toy2d;
 use recompose_diffusion::data::plot::{ScatterConfig, save_png_scatter};
 use recompose_diffusion::metrics::wasserstein2;
 use recompose_diffusion::nn::{EnergyForm, MlpConfig};
-use recompose_diffusion::run::{ModelConfig, RunConfig, train_run};
-use recompose_diffusion::train::{LrDecay, TrainOptions};
+use recompose_diffusion::run::{ModelConfig, RunConfig};
+use recompose_diffusion::train::LrDecay;
 use recompose_diffusion::{SeededRng, seeded};
 use serde_json::json;
+
+use crate::runs::{Job, parallel, train_or_reuse};
 
 /// Settings of `cargo xtask reproduce composition`.
 #[derive(Clone, Copy, Debug)]
@@ -982,42 +983,9 @@ fn sampling_fingerprint(
     ))
 }
 
-/// A unit of work for [`parallel`].
-type Job<'a, T> = Box<dyn FnOnce() -> Result<T> + Send + 'a>;
-
 /// A trained model: distribution, parameterization, seconds, steps per second, and the source
 /// revisions that trained it.
 type Trained = (String, Param, f64, f64, String);
-
-/// Runs `jobs` on `threads` worker threads, results in job order.
-fn parallel<T: Send>(
-    jobs: Vec<Box<dyn FnOnce() -> Result<T> + Send + '_>>,
-    threads: usize,
-) -> Result<Vec<T>> {
-    let n = jobs.len();
-    let queue = Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>());
-    let results: Mutex<Vec<Option<Result<T>>>> = Mutex::new((0..n).map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..threads.max(1) {
-            scope.spawn(|| {
-                loop {
-                    let next = queue.lock().map(|mut q| q.pop()).ok().flatten();
-                    let Some((i, job)) = next else { break };
-                    let r = job();
-                    if let Ok(mut res) = results.lock() {
-                        res[i] = Some(r);
-                    }
-                }
-            });
-        }
-    });
-    results
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("a worker panicked"))?
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("a job did not run"))))
-        .collect()
-}
 
 fn model_dir(work: &Path, dist: Toy2d, param: Param) -> PathBuf {
     work.join(format!("{}-{}", dist.name(), param.key()))
@@ -1034,60 +1002,14 @@ fn train_models(work: &Path, args: &CompositionArgs) -> Result<Vec<Trained>> {
             let reuse = args.reuse_models;
             let train_device = args.device;
             jobs.push(Box::new(move || {
-                let text = cfg.to_toml()?;
-                let same = std::fs::read_to_string(dir.join("config.toml"))
-                    .ok()
-                    .as_deref()
-                    == Some(text.as_str());
-                // timing.json is written once training has finished.
-                let timing = dir.join("timing.json");
-                if reuse && same && timing.exists() {
-                    let t: serde_json::Value =
-                        serde_json::from_str(&std::fs::read_to_string(&timing)?)?;
-                    return Ok((
-                        dist.name().to_string(),
-                        param,
-                        t["seconds"].as_f64().unwrap_or(f64::NAN),
-                        t["steps_per_second"].as_f64().unwrap_or(f64::NAN),
-                        crate::workspace::provenance_text(&dir),
-                    ));
-                }
-                // A run that was cut resumes from its last checkpoint.
-                let resume = reuse && same && dir.join("checkpoint").join("state.json").exists();
-                if !resume && dir.exists() {
-                    std::fs::remove_dir_all(&dir)?;
-                }
-                let opts = TrainOptions {
-                    out_dir: dir.clone(),
-                    resume,
-                    revision: Some(crate::workspace::revision()),
-                    ..Default::default()
-                };
                 let device = train_device.open()?;
-                let report = train_run(&cfg, &opts, &device, &mut |_| {})
-                    .with_context(|| format!("training {} ({})", dist.name(), param.key()))?;
-                eprintln!(
-                    "trained {} {} in {:.0} s (loss {:.4}){}",
-                    dist.name(),
-                    param.key(),
-                    report.seconds,
-                    report.recent_loss,
-                    if resume { ", resumed" } else { "" }
-                );
-                std::fs::write(
-                    &timing,
-                    json!({
-                        "seconds": report.seconds,
-                        "steps_per_second": report.steps_per_second(),
-                        "resumed": resume,
-                    })
-                    .to_string(),
-                )?;
+                let what = format!("{} {}", dist.name(), param.key());
+                let t = train_or_reuse(&cfg, &dir, reuse, &device, &what)?;
                 Ok((
                     dist.name().to_string(),
                     param,
-                    report.seconds,
-                    report.steps_per_second(),
+                    t.seconds.unwrap_or(f64::NAN),
+                    t.steps_per_second.unwrap_or(f64::NAN),
                     crate::workspace::provenance_text(&dir),
                 ))
             }));

@@ -10,7 +10,7 @@
 //! write `docs/results/` ([`reproduce`] for factorization, [`composition`], [`image_composition`],
 //! [`decomposition`]),
 //! the coupled-diffusion tuner ([`tune`]), the comparisons with the PyTorch reference
-//! ([`torch`], with its script `torchbench.py`), the prepared GPU runs ([`gpu`]), the chart writer ([`plot`]), the fuzz targets of every reader of outside input ([`fuzz`]), the committed
+//! ([`torch`], with its script `torchbench.py`), the prepared GPU runs ([`gpu`]), the chart writer ([`plot`]), the fuzz targets of every reader of outside input ([`fuzz`]), the training and worker pool the reproductions share ([`runs`]), the committed
 //! fixtures ([`fixtures`], [`reference`](mod@reference)) and the workspace's paths and commands
 //! ([`workspace`]). Like xtask, these tasks report errors with `anyhow`.
 
@@ -24,6 +24,7 @@ pub mod image_composition;
 pub mod plot;
 pub mod reference;
 pub mod reproduce;
+pub mod runs;
 pub mod step;
 pub mod torch;
 pub mod tune;

@@ -888,6 +888,30 @@ fn existing_checkpoint(out_dir: &Path) -> Option<PathBuf> {
         .find(|d| d.join("state.json").is_file())
 }
 
+/// The step of the checkpoint a resume of the run in `out_dir` would start from (`None` when
+/// it holds none): equal to the configured steps once the training has finished.
+///
+/// # Errors
+///
+/// [`Error::Io`] if the sidecar cannot be read; [`Error::Checkpoint`] if it is not a recompose
+/// checkpoint's.
+pub fn checkpoint_step(out_dir: &Path) -> Result<Option<usize>> {
+    let Some(dir) = existing_checkpoint(out_dir) else {
+        return Ok(None);
+    };
+    let path = dir.join("state.json");
+    let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+    let state: CheckpointState = serde_json::from_str(&text)
+        .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
+    if state.format != FORMAT {
+        return Err(Error::Checkpoint(format!(
+            "{}: not a recompose checkpoint",
+            path.display()
+        )));
+    }
+    Ok(Some(state.step))
+}
+
 /// Reads the EMA weights written by [`train`] (`DIR/model.safetensors`, verified against
 /// `DIR/model.json` when present).
 ///

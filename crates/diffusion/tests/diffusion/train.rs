@@ -11,7 +11,7 @@ use recompose_diffusion::data::Toy2d;
 use recompose_diffusion::metrics::wasserstein2;
 use recompose_diffusion::nn::{MlpConfig, ParamStore, ResidualMlp};
 use recompose_diffusion::run::{ModelConfig, RunConfig, Trained, train_run};
-use recompose_diffusion::train::{DenoisingLoss, Objective, TrainOptions};
+use recompose_diffusion::train::{DenoisingLoss, Objective, TrainOptions, checkpoint_step};
 use recompose_diffusion::{DdpmVariance, Denoiser, Parameterization, SamplerKind, sample, seeded};
 
 fn scratch(name: &str) -> PathBuf {
@@ -206,6 +206,10 @@ fn resume_after_interrupt_is_bit_exact() -> Result<()> {
     };
     let report = train_run(&cfg, &opts, &Device::Cpu, &mut |_| {})?;
     assert_eq!(report.end_step, 17);
+    // The checkpoint a resume starts from: the last one written (every 10 steps), then the end.
+    assert_eq!(checkpoint_step(&cut)?, Some(10));
+    assert_eq!(checkpoint_step(&full)?, Some(30));
+    assert_eq!(checkpoint_step(&scratch("empty"))?, None);
     // Starting afresh over a checkpoint is refused.
     let err = train_run(
         &cfg,
