@@ -168,25 +168,22 @@ pub fn run_compose(a: ComposeArgs, memory: MemoryLimit) -> Result<()> {
     }
     let mut experts: BTreeMap<String, Vec<(usize, PathBuf)>> = BTreeMap::new();
     for e in &a.experts {
-        let parsed = e.split_once('=').and_then(|(name, rest)| {
-            let (dir, t) = rest.rsplit_once('@')?;
-            let t = t.parse::<usize>().ok()?;
-            (!name.is_empty() && !dir.is_empty()).then(|| (name.to_string(), dir, t))
-        });
-        let (name, dir, t) = parsed.ok_or_else(|| {
-            usage(format!(
-                "--expert must be NAME=DIR@T with T a timestep, got '{e}'"
-            ))
-        })?;
+        let (name, spec) = match e.split_once('=') {
+            Some((name, spec)) if !name.is_empty() => (name.to_string(), spec),
+            _ => {
+                return Err(usage(format!(
+                    "--expert must be NAME=DIR@T with T a positive timestep, got '{e}'"
+                )));
+            }
+        };
+        let (t, dir) = recompose_compose::experts::parse_expert(spec)
+            .map_err(|err| usage(format!("--expert {name}: {err}")))?;
         if !dirs.contains_key(&name) {
             return Err(usage(format!(
                 "--expert {name}: no --model {name}=DIR to add it to"
             )));
         }
-        experts
-            .entry(name)
-            .or_default()
-            .push((t, PathBuf::from(dir)));
+        experts.entry(name).or_default().push((t, dir));
     }
     if !(a.guidance.is_finite() && a.guidance >= 0.0) {
         return Err(usage(format!(

@@ -15,7 +15,7 @@
 //! whose points are all at levels of one band runs that band's network alone; points spread
 //! over several bands are split by band and put back in order.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
@@ -204,6 +204,28 @@ impl PromptNetwork for LevelExperts {
             None
         };
         Ok(Prediction { energy, output })
+    }
+}
+
+/// Reads an expert written as `DIR@T`: the run directory of the network and the first
+/// training timestep it serves (the form of `recompose compose --expert NAME=DIR@T` after the
+/// name). The directory is what comes before the last `@`, so it may hold `@` itself.
+///
+/// # Errors
+///
+/// [`Error::Config`] quoting `spec` when it has no `@`, an empty directory, or a timestep that
+/// is not a positive integer (the base network serves the levels below every threshold).
+pub fn parse_expert(spec: &str) -> Result<(usize, PathBuf)> {
+    match spec.rsplit_once('@') {
+        Some((dir, t)) if !dir.is_empty() => match t.parse::<usize>() {
+            Ok(t) if t > 0 => Ok((t, PathBuf::from(dir))),
+            _ => Err(Error::Config(format!(
+                "an expert is DIR@T with T a positive timestep, got '{spec}'"
+            ))),
+        },
+        _ => Err(Error::Config(format!(
+            "an expert is DIR@T with T a positive timestep, got '{spec}'"
+        ))),
     }
 }
 

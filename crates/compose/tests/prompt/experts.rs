@@ -3,6 +3,7 @@
 
 use super::*;
 use recompose_compose::LevelExperts;
+use recompose_compose::experts::parse_expert;
 
 /// A fake whose words' vectors are `scale` times the base's.
 fn scaled(energy: bool, param: Parameterization, scale: f64) -> Arc<FakeText> {
@@ -138,6 +139,28 @@ fn mixed_levels_are_split_and_put_back_in_order() -> Res {
     experts.predict(&x, &t, &ids, false)?;
     assert_eq!(nets[1].calls.load(Ordering::SeqCst), before + 1);
     Ok(())
+}
+
+/// `DIR@T` splits at the last `@`; a missing or non-positive timestep or an empty directory
+/// is a configuration error quoting the text.
+#[test]
+fn expert_specs_parse_at_the_last_at_sign() {
+    assert_eq!(
+        parse_expert("runs/a@b@850").unwrap(),
+        (850, std::path::PathBuf::from("runs/a@b"))
+    );
+    assert_eq!(
+        parse_expert("mid@500").unwrap(),
+        (500, std::path::PathBuf::from("mid"))
+    );
+    for bad in ["mid", "@500", "mid@0", "mid@-3", "mid@x", "mid@"] {
+        let err = parse_expert(bad).expect_err(bad);
+        assert!(
+            matches!(err, Error::Config(_)) && err.is_bad_input(),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&format!("'{bad}'")), "{err}");
+    }
 }
 
 /// Networks that do not fit together are refused with a message naming the mismatch.
