@@ -7,7 +7,10 @@
 //! unless `--no-energy`, energy parameterization; or takes trained run directories) and, unless
 //! `--no-experts`, expert networks for bands of the noisier levels ([`expert_bands`]; eDiff-I's
 //! expert denoisers, [`recompose_compose::LevelExperts`]), then composes prompts and judges
-//! every sample:
+//! every sample. The full recipe's networks live in `fixtures/image-composition-full/`
+//! (committed, so that `--reuse-models` samples without retraining); the networks train side by
+//! side, and the (model, setting) groups of the evaluation run side by side, `--jobs` at a time
+//! on one thread each. `--settings` and `--samplers` evaluate a part of the table.
 //!
 //! - **1, 2 and 3 ANDed prompts**: full captions of objects in distinct quadrants
 //!   (`"red circle top left" AND "blue square bottom right"`); a sample counts when every
@@ -29,20 +32,21 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use rand::Rng;
+use recompose_compose::experts::parse_expert;
 use recompose_compose::prompt::{PromptModel, PromptModels};
 use recompose_compose::{
     AnnealConfig, Component, Error as ComposeError, Kernel, Respaced, anneal, build_with, parse,
 };
 use recompose_diffusion::data::plot::save_png_grid;
-use recompose_diffusion::run::{RunConfig, TOKENIZER_FILE, train_run};
+use recompose_diffusion::run::{RunConfig, TOKENIZER_FILE};
 use recompose_diffusion::text::TextTokenizer;
-use recompose_diffusion::train::TrainOptions;
 use recompose_diffusion::{SeededRng, seeded};
 use recompose_scenes::shapes_text::check::{self, AccuracyConfig};
 use recompose_scenes::shapes_text::{self, Colour, Condition, Position, Shape, ShapesText};
 use serde_json::json;
 
 use crate::composition::Param;
+use crate::runs::{Job, parallel, train_or_reuse};
 
 /// The options of `reproduce image-composition`.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +86,14 @@ pub struct ImageCompositionArgs {
     pub mcmc_steps: Option<usize>,
     /// Write the report under this name in docs/results (default `image-composition`).
     pub report: Option<String>,
+    /// Trainings, and (model, setting) groups of sampling runs, at a time, each on one thread
+    /// (`--jobs`, default 2).
+    pub jobs: usize,
+    /// The settings evaluated (`--settings and1,and2,and3,not`; default all).
+    pub settings: Vec<String>,
+    /// The samplers evaluated (`--samplers reverse,ula,reverse-equal,uhmc,mala,hmc`; default
+    /// all; `reverse-equal` needs `ula`, whose model calls it matches).
+    pub samplers: Vec<String>,
 }
 
 impl ImageCompositionArgs {
@@ -112,6 +124,9 @@ impl ImageCompositionArgs {
             steps: None,
             mcmc_steps: None,
             report: None,
+            jobs: 2,
+            settings: Setting::ALL.iter().map(|s| s.key()).collect(),
+            samplers: SAMPLERS.iter().map(|s| s.key.to_string()).collect(),
         };
         let mut it = args.iter();
         while let Some(&a) = it.next() {
@@ -120,9 +135,12 @@ impl ImageCompositionArgs {
                 "--reuse-models" => out.reuse_models = true,
                 "--no-energy" => out.no_energy = true,
                 "--no-experts" => out.no_experts = true,
-                "--score-expert" => out.score_experts.push(expert(option_value(&mut it, a)?)?),
+                "--score-expert" => out
+                    .score_experts
+                    .push(parse_expert(option_value(&mut it, a)?)?),
                 "--energy-expert" => {
-                    out.energy_experts.push(expert(option_value(&mut it, a)?)?);
+                    out.energy_experts
+                        .push(parse_expert(option_value(&mut it, a)?)?);
                 }
                 "--expert-steps" => {
                     out.expert_steps = Some(positive_option(a, option_value(&mut it, a)?)?);
@@ -137,6 +155,15 @@ impl ImageCompositionArgs {
                     out.mcmc_steps = Some(positive_option(a, option_value(&mut it, a)?)?);
                 }
                 "--report" => out.report = Some(option_value(&mut it, a)?.to_string()),
+                "--jobs" => out.jobs = positive_option(a, option_value(&mut it, a)?)?,
+                "--settings" => {
+                    let all: Vec<String> = Setting::ALL.iter().map(|s| s.key()).collect();
+                    out.settings = list_option(a, option_value(&mut it, a)?, &all)?;
+                }
+                "--samplers" => {
+                    let all: Vec<String> = SAMPLERS.iter().map(|s| s.key.to_string()).collect();
+                    out.samplers = list_option(a, option_value(&mut it, a)?, &all)?;
+                }
                 "--guidance" => {
                     let v = option_value(&mut it, a)?;
                     out.guidance = match v.parse::<f64>() {
@@ -149,9 +176,14 @@ impl ImageCompositionArgs {
                      [--reuse-models] [--score DIR] [--energy DIR] [--no-energy] [--no-experts] \
                      [--score-expert DIR@T]... [--energy-expert DIR@T]... [--sets N] [--chains N] \
                      [--levels N] [--guidance G] [--steps N] [--expert-steps N] [--mcmc-steps K] \
-                     [--report NAME])"
+                     [--report NAME] [--jobs N] [--settings LIST] [--samplers LIST])"
                 ),
             }
+        }
+        if out.samplers.iter().any(|s| s == "reverse-equal")
+            && !out.samplers.iter().any(|s| s == "ula")
+        {
+            bail!("--samplers: reverse-equal matches the model calls of ula; name ula too");
         }
         if out.levels < 2 {
             bail!("--levels must be at least 2, got {}", out.levels);
@@ -221,6 +253,15 @@ impl ImageCompositionArgs {
         if let Some(r) = &self.report {
             let _ = write!(c, " --report {r}");
         }
+        let _ = write!(c, " --jobs {}", self.jobs);
+        let all_settings: Vec<String> = Setting::ALL.iter().map(|s| s.key()).collect();
+        if self.settings != all_settings {
+            let _ = write!(c, " --settings {}", self.settings.join(","));
+        }
+        let all_samplers: Vec<String> = SAMPLERS.iter().map(|s| s.key.to_string()).collect();
+        if self.samplers != all_samplers {
+            let _ = write!(c, " --samplers {}", self.samplers.join(","));
+        }
         c
     }
 
@@ -237,15 +278,20 @@ impl ImageCompositionArgs {
     }
 }
 
-/// `DIR@T`: an expert network and the first training timestep it serves.
-fn expert(v: &str) -> Result<(usize, PathBuf)> {
-    match v.rsplit_once('@') {
-        Some((dir, t)) if !dir.is_empty() => match t.parse::<usize>() {
-            Ok(t) if t > 0 => Ok((t, PathBuf::from(dir))),
-            _ => bail!("an expert is DIR@T with T a positive timestep, got '{v}'"),
-        },
-        _ => bail!("an expert is DIR@T with T a positive timestep, got '{v}'"),
+/// A comma-separated subset of `all`, kept in `all`'s order.
+fn list_option(flag: &str, v: &str, all: &[String]) -> Result<Vec<String>> {
+    let given: Vec<&str> = v.split(',').map(str::trim).collect();
+    if let Some(bad) = given.iter().find(|g| !all.iter().any(|a| a == *g)) {
+        bail!(
+            "{flag}: unknown entry '{bad}' (expected some of {})",
+            all.join(",")
+        );
     }
+    Ok(all
+        .iter()
+        .filter(|a| given.contains(&a.as_str()))
+        .cloned()
+        .collect())
 }
 
 /// The recipe's expert bands, training timesteps [min, max) of the model's schedule: each band
@@ -277,14 +323,12 @@ pub fn recipe(
     steps: Option<usize>,
     band: Option<(usize, usize)>,
 ) -> Result<RunConfig> {
-    let (channels, mult, attention, text, mut default_steps, batch) = if quick {
+    // Every network of the full recipe, the base and each expert, trains 3000 steps.
+    let (channels, mult, attention, text, default_steps, batch) = if quick {
         (8, "[1, 2]", "[]", (16, 1, 2), 4, 4)
     } else {
-        (32, "[1, 2, 2]", "[8]", (64, 2, 4), 4000, 32)
+        (32, "[1, 2, 2]", "[8]", (64, 2, 4), 3000, 32)
     };
-    if band.is_some() && !quick {
-        default_steps = 3000;
-    }
     let timesteps = match band {
         Some((min, max)) => format!("{{ kind = \"range\", min = {min}, max = {max} }}"),
         None => "{ kind = \"logit_normal\", mean = 1.0, std = 1.5 }".to_string(),
@@ -342,15 +386,15 @@ fn dataset(work: &Path, quick: bool) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Trains (or reuses) a model; returns its directory and training seconds (`None` when reused
-/// from a finished run without timing, or given on the command line).
-fn train(
+/// The job that trains (or reuses) a network of the recipe in `work`; it returns the run
+/// directory and the training seconds (`None` when reused from a finished run without timing).
+fn train_job(
     work: &Path,
     data: &Path,
     param: Param,
     band: Option<(usize, usize)>,
     args: &ImageCompositionArgs,
-) -> Result<(PathBuf, Option<f64>)> {
+) -> Result<Job<'static, Network>> {
     let steps = if band.is_some() {
         args.expert_steps
     } else {
@@ -362,38 +406,20 @@ fn train(
         None => param.key().to_string(),
     };
     let dir = work.join(&name);
-    let text = cfg.to_toml()?;
-    let same = std::fs::read_to_string(dir.join("config.toml"))
-        .ok()
-        .as_deref()
-        == Some(text.as_str());
-    let timing = dir.join("timing.json");
-    if args.reuse_models && same && timing.is_file() {
-        let t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&timing)?)?;
-        return Ok((dir, t["seconds"].as_f64()));
-    }
-    let resume = args.reuse_models && same && dir.join("checkpoint").join("state.json").exists();
-    if !resume && dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    let opts = TrainOptions {
-        out_dir: dir.clone(),
-        resume,
-        revision: Some(crate::workspace::revision()),
-        ..Default::default()
-    };
-    let report = train_run(&cfg, &opts, &Device::Cpu, &mut |_| {})
-        .with_context(|| format!("training the {name} model"))?;
-    eprintln!(
-        "trained the {name} model in {:.0} s (loss {:.4})",
-        report.seconds, report.recent_loss
-    );
-    std::fs::write(
-        &timing,
-        json!({"seconds": report.seconds, "steps_per_second": report.steps_per_second(), "resumed": resume})
-            .to_string(),
-    )?;
-    Ok((dir, Some(report.seconds)))
+    let reuse = args.reuse_models;
+    Ok(Box::new(move || {
+        let t = train_or_reuse(
+            &cfg,
+            &dir,
+            reuse,
+            &Device::Cpu,
+            &format!("the {name} network"),
+        )?;
+        Ok(Network {
+            dir,
+            seconds: t.seconds,
+        })
+    }))
 }
 
 /// One trained network of the evaluation.
@@ -494,6 +520,8 @@ impl Setting {
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct SamplerSpec {
     name: &'static str,
+    /// The name in `--samplers` and in grid file names.
+    key: &'static str,
     kernel: Option<Kernel>,
     /// Reverse diffusion on as many levels as ULA makes calls.
     matched: bool,
@@ -502,31 +530,37 @@ struct SamplerSpec {
 const SAMPLERS: [SamplerSpec; 6] = [
     SamplerSpec {
         name: "reverse",
+        key: "reverse",
         kernel: None,
         matched: false,
     },
     SamplerSpec {
         name: "ula",
+        key: "ula",
         kernel: Some(Kernel::Ula),
         matched: false,
     },
     SamplerSpec {
         name: "reverse, equal calls",
+        key: "reverse-equal",
         kernel: None,
         matched: true,
     },
     SamplerSpec {
         name: "uhmc",
+        key: "uhmc",
         kernel: Some(Kernel::UHmc),
         matched: false,
     },
     SamplerSpec {
         name: "mala",
+        key: "mala",
         kernel: Some(Kernel::Mala),
         matched: false,
     },
     SamplerSpec {
         name: "hmc",
+        key: "hmc",
         kernel: Some(Kernel::Hmc),
         matched: false,
     },
@@ -545,6 +579,57 @@ struct Cell {
     calls: usize,
     seconds: f64,
     acceptance: Option<f64>,
+}
+
+/// Runs every sampler of `samplers` on one (model, setting), in order; grids go to `plots`.
+fn run_setting(
+    model: &PromptModel,
+    param: Param,
+    samplers: &[SamplerSpec],
+    setting: Setting,
+    args: &ImageCompositionArgs,
+    plots: &Path,
+) -> Result<Vec<Cell>> {
+    let t_max = model.schedule().len();
+    let levels = args.levels.min(t_max);
+    let mut ula_calls = None;
+    let mut cells = Vec::new();
+    for &spec in samplers {
+        if spec.kernel.is_some_and(Kernel::is_metropolis) && param == Param::Score {
+            continue;
+        }
+        let levels = if spec.matched {
+            match ula_calls {
+                Some(c) => usize::min(c, t_max),
+                None => continue,
+            }
+        } else {
+            levels
+        };
+        let grid = plots.join(format!(
+            "{}-{}-{}.png",
+            param.key(),
+            setting.key(),
+            spec.key
+        ));
+        let cell = run_cell(model, param, spec, setting, levels, args, &grid)?;
+        eprintln!(
+            "{} {:<22} {:<8} {:>3}/{:<3} ({:.0}%) {} calls {:.0} s",
+            param.key(),
+            spec.name,
+            setting.title(),
+            cell.good,
+            cell.total,
+            100.0 * cell.good as f64 / cell.total as f64,
+            cell.calls,
+            cell.seconds
+        );
+        if spec.kernel == Some(Kernel::Ula) {
+            ula_calls = Some(cell.calls);
+        }
+        cells.push(cell);
+    }
+    Ok(cells)
 }
 
 /// Samples and judges one (model, sampler, setting); the first set's samples go to `grid`.
@@ -631,14 +716,31 @@ fn run_cell(
 ///
 /// Whatever training, sampling or writing reports.
 pub fn image_composition(root: &Path, args: &ImageCompositionArgs) -> Result<()> {
+    // One thread per training or sampling group: `--jobs` of them run side by side. Set before
+    // candle starts its pool (it reads the variable once).
+    if !recompose_core::process::pin_threads(Some(1)) {
+        bail!("could not pin candle to one thread (RAYON_NUM_THREADS=1): set it before running");
+    }
+    // The recipe names its dataset relative to the workspace, so that the configurations of
+    // the committed networks hold on every checkout.
+    std::env::set_current_dir(root)
+        .with_context(|| format!("entering the workspace {}", root.display()))?;
     let total = Instant::now();
-    let work = root.join("target").join(if args.quick {
+    let work = Path::new("target").join(if args.quick {
         "reproduce-image-composition-quick"
     } else {
         "reproduce-image-composition"
     });
     std::fs::create_dir_all(&work)?;
-    let docs = root.join("docs").join("results");
+    // The full recipe's networks take hours to train: they are kept in fixtures/ (weights,
+    // configuration, tokenizer, loss log, provenance and timing; not the checkpoints).
+    let networks = if args.quick {
+        work.clone()
+    } else {
+        PathBuf::from("fixtures").join("image-composition-full")
+    };
+    std::fs::create_dir_all(&networks)?;
+    let docs = Path::new("docs").join("results");
     let name = args.report_name().to_string();
     let plots = if args.quick {
         work.join("grids")
@@ -654,62 +756,84 @@ pub fn image_composition(root: &Path, args: &ImageCompositionArgs) -> Result<()>
         if args.quick { 50 } else { 1000 },
     ))?;
 
-    let mut models: Vec<Model> = Vec::new();
     let needs_data = args.score.is_none() || (args.energy.is_none() && !args.no_energy);
     let data = if needs_data {
         Some(dataset(&work, args.quick)?)
     } else {
         None
     };
+    let given = |dir: &PathBuf| Network {
+        dir: dir.clone(),
+        seconds: None,
+    };
+    // Every network to train, trained side by side; the workers take jobs from the end of the
+    // list, so the energy networks (the slowest) start first.
+    let mut jobs: Vec<Job<'static, Network>> = Vec::new();
+    let mut trained_params = Vec::new();
     for param in [Param::Score, Param::Energy] {
-        let given = match param {
+        let run = match param {
             Param::Score => &args.score,
             Param::Energy => &args.energy,
         };
-        match (given, &data) {
-            (Some(dir), _) => models.push(Model {
+        if run.is_some() || (param == Param::Energy && args.no_energy) {
+            continue;
+        }
+        let data = data
+            .as_deref()
+            .context("the dataset is written when a model is trained")?;
+        jobs.push(train_job(&networks, data, param, None, args)?);
+        if !args.no_experts {
+            for band in expert_bands(args.quick) {
+                jobs.push(train_job(&networks, data, param, Some(band), args)?);
+            }
+        }
+        trained_params.push(param);
+    }
+    let mut trained = parallel(jobs, args.jobs)?.into_iter();
+    let mut models: Vec<Model> = Vec::new();
+    for param in [Param::Score, Param::Energy] {
+        let run = match param {
+            Param::Score => &args.score,
+            Param::Energy => &args.energy,
+        };
+        if let Some(dir) = run {
+            models.push(Model {
                 param,
-                base: Network {
-                    dir: dir.clone(),
-                    seconds: None,
-                },
+                base: given(dir),
                 experts: args
                     .given_experts(param)
                     .iter()
-                    .map(|(t, dir)| {
-                        (
-                            *t,
-                            Network {
-                                dir: dir.clone(),
-                                seconds: None,
-                            },
-                        )
-                    })
+                    .map(|(t, dir)| (*t, given(dir)))
                     .collect(),
-            }),
-            (None, _) if param == Param::Energy && args.no_energy => {}
-            (None, Some(data)) => {
-                let (dir, seconds) = train(&work, data, param, None, args)?;
-                let mut experts = Vec::new();
-                if !args.no_experts {
-                    for band in expert_bands(args.quick) {
-                        let (dir, seconds) = train(&work, data, param, Some(band), args)?;
-                        experts.push((band.0, Network { dir, seconds }));
-                    }
+            });
+        } else if trained_params.contains(&param) {
+            let base = trained.next().context("a trained network")?;
+            let mut experts = Vec::new();
+            if !args.no_experts {
+                for band in expert_bands(args.quick) {
+                    experts.push((band.0, trained.next().context("a trained expert")?));
                 }
-                models.push(Model {
-                    param,
-                    base: Network { dir, seconds },
-                    experts,
-                });
             }
-            (None, None) => unreachable!("the dataset is written when a model is trained"),
+            models.push(Model {
+                param,
+                base,
+                experts,
+            });
         }
     }
 
-    let mut cells = Vec::new();
+    // One job per (model, setting): its samplers run in turn (reverse diffusion at equal calls
+    // needs ULA's count first).
+    let settings: Vec<Setting> = Setting::ALL
+        .into_iter()
+        .filter(|s| args.settings.contains(&s.key()))
+        .collect();
+    let samplers: Vec<SamplerSpec> = SAMPLERS
+        .into_iter()
+        .filter(|s| args.samplers.iter().any(|k| k == s.key))
+        .collect();
+    let mut jobs: Vec<Job<'_, Vec<Cell>>> = Vec::new();
     for m in &models {
-        let param = &m.param;
         let experts: Vec<(usize, &Path)> = m
             .experts
             .iter()
@@ -717,47 +841,18 @@ pub fn image_composition(root: &Path, args: &ImageCompositionArgs) -> Result<()>
             .collect();
         let model = PromptModel::load_with_experts("shapes", &m.base.dir, &experts, &Device::Cpu)
             .with_context(|| format!("loading {}", m.base.dir.display()))?;
-        let t_max = model.schedule().len();
-        let levels = args.levels.min(t_max);
-        for setting in Setting::ALL {
-            let mut ula_calls = None;
-            for spec in SAMPLERS {
-                if spec.kernel.is_some_and(Kernel::is_metropolis) && *param == Param::Score {
-                    continue;
-                }
-                let levels = if spec.matched {
-                    match ula_calls {
-                        Some(c) => usize::min(c, t_max),
-                        None => continue,
-                    }
-                } else {
-                    levels
-                };
-                let grid = plots.join(format!(
-                    "{}-{}-{}.png",
-                    param.key(),
-                    setting.key(),
-                    spec.name.replace(", ", "-").replace(' ', "-")
-                ));
-                let cell = run_cell(&model, *param, spec, setting, levels, args, &grid)?;
-                eprintln!(
-                    "{} {:<22} {:<8} {:>3}/{:<3} ({:.0}%) {} calls {:.0} s",
-                    param.key(),
-                    spec.name,
-                    setting.title(),
-                    cell.good,
-                    cell.total,
-                    100.0 * cell.good as f64 / cell.total as f64,
-                    cell.calls,
-                    cell.seconds
-                );
-                if spec.kernel == Some(Kernel::Ula) {
-                    ula_calls = Some(cell.calls);
-                }
-                cells.push(cell);
-            }
+        for &setting in &settings {
+            let model = model.clone();
+            let param = m.param;
+            let samplers = samplers.clone();
+            let plots = plots.clone();
+            jobs.push(Box::new(move || {
+                run_setting(&model, param, &samplers, setting, args, &plots)
+            }));
         }
     }
+    // Workers take jobs from the end: the largest settings (most prompts) first.
+    let cells: Vec<Cell> = parallel(jobs, args.jobs)?.into_iter().flatten().collect();
     let report = render(
         args,
         &checker,
@@ -804,6 +899,10 @@ fn render(
     cells: &[Cell],
     wall: f64,
 ) -> Result<String> {
+    let settings: Vec<Setting> = Setting::ALL
+        .into_iter()
+        .filter(|s| args.settings.contains(&s.key()))
+        .collect();
     let mut o = String::new();
     let _ = writeln!(o, "# Prompt algebra on a text-conditioned image model\n");
     let _ = writeln!(
@@ -834,12 +933,12 @@ fn render(
                 m.param.key(),
                 from.map(|t| format!(", expert network from training timestep {t} on"))
                     .unwrap_or_default(),
-                net.dir
-                    .file_name()
-                    .map(|f| f.to_string_lossy().to_string())
-                    .unwrap_or_default(),
+                net.dir.display(),
                 net.seconds
-                    .map(|s| format!(", trained here in {s:.0} s on the CPU"))
+                    .map(|s| format!(
+                        ", trained in {s:.0} s on one CPU thread (up to {} networks side by side)",
+                        args.jobs
+                    ))
                     .unwrap_or_default(),
                 cfg.to_toml()?
             );
@@ -867,14 +966,14 @@ fn render(
          negated colour absent).\n"
     );
     let _ = write!(o, "| model | sampler | levels | calls / chain |");
-    for s in Setting::ALL {
+    for s in &settings {
         let _ = write!(o, " {} |", s.title());
     }
     let _ = writeln!(o, " acceptance | seconds |");
     let _ = writeln!(
         o,
         "|---|---|---:|---:|{}---:|---:|",
-        "---:|".repeat(Setting::ALL.len())
+        "---:|".repeat(settings.len())
     );
     let mut keys: Vec<(Param, &str)> = Vec::new();
     for c in cells {
@@ -896,7 +995,7 @@ fn render(
             first.levels,
             first.calls
         );
-        for s in Setting::ALL {
+        for &s in &settings {
             match row.iter().find(|c| c.setting == s) {
                 Some(c) => {
                     let _ = write!(
@@ -924,8 +1023,14 @@ fn render(
             }
         );
     }
+    let _ = writeln!(
+        o,
+        "\nSeconds: the row's sampling time summed over its settings, each setting on one CPU \
+         thread with up to {} settings side by side.",
+        args.jobs
+    );
     let _ = writeln!(o, "\n## Condition sets\n");
-    for s in Setting::ALL {
+    for &s in &settings {
         let sets: Vec<String> = (0..args.sets.min(4))
             .map(|i| format!("`{}`", s.draw(i).0))
             .collect();
@@ -1014,6 +1119,34 @@ mod tests {
             &["--score", "s", "--score-expert", "@850"],
             &["--score", "s", "--no-experts", "--score-expert", "hi@850"],
             &["--no-energy", "--energy-expert", "hi@850"],
+        ] {
+            assert!(ImageCompositionArgs::parse(bad).is_err(), "{bad:?}");
+        }
+        // Subsets of settings and samplers keep the table's order and round-trip through the
+        // command; the defaults are every one and are not written.
+        let all = ImageCompositionArgs::parse(&[])?;
+        assert_eq!(all.settings, ["and1", "and2", "and3", "not"]);
+        assert_eq!(all.samplers.len(), SAMPLERS.len());
+        assert!(!all.command().contains("--settings") && !all.command().contains("--samplers"));
+        let a = ImageCompositionArgs::parse(&[
+            "--settings",
+            "not,and1",
+            "--samplers",
+            "reverse-equal,ula",
+            "--jobs",
+            "3",
+        ])?;
+        assert_eq!(a.settings, ["and1", "not"]);
+        assert_eq!(a.samplers, ["ula", "reverse-equal"]);
+        assert_eq!(a.jobs, 3);
+        let a2 = ImageCompositionArgs::parse(&a.command().split(' ').skip(4).collect::<Vec<_>>())?;
+        assert_eq!(a2, a);
+        for bad in [
+            &["--settings", "and4"][..],
+            &["--settings", ""],
+            &["--samplers", "reverse,euler"],
+            &["--samplers", "reverse-equal"],
+            &["--jobs", "0"],
         ] {
             assert!(ImageCompositionArgs::parse(bad).is_err(), "{bad:?}");
         }
