@@ -125,8 +125,8 @@ impl ImageCompositionArgs {
             mcmc_steps: None,
             report: None,
             jobs: 2,
-            settings: Setting::ALL.iter().map(|s| s.key()).collect(),
-            samplers: SAMPLERS.iter().map(|s| s.key.to_string()).collect(),
+            settings: setting_keys(),
+            samplers: sampler_keys(),
         };
         let mut it = args.iter();
         while let Some(&a) = it.next() {
@@ -157,12 +157,10 @@ impl ImageCompositionArgs {
                 "--report" => out.report = Some(option_value(&mut it, a)?.to_string()),
                 "--jobs" => out.jobs = positive_option(a, option_value(&mut it, a)?)?,
                 "--settings" => {
-                    let all: Vec<String> = Setting::ALL.iter().map(|s| s.key()).collect();
-                    out.settings = list_option(a, option_value(&mut it, a)?, &all)?;
+                    out.settings = list_option(a, option_value(&mut it, a)?, &setting_keys())?;
                 }
                 "--samplers" => {
-                    let all: Vec<String> = SAMPLERS.iter().map(|s| s.key.to_string()).collect();
-                    out.samplers = list_option(a, option_value(&mut it, a)?, &all)?;
+                    out.samplers = list_option(a, option_value(&mut it, a)?, &sampler_keys())?;
                 }
                 "--guidance" => {
                     let v = option_value(&mut it, a)?;
@@ -254,15 +252,29 @@ impl ImageCompositionArgs {
             let _ = write!(c, " --report {r}");
         }
         let _ = write!(c, " --jobs {}", self.jobs);
-        let all_settings: Vec<String> = Setting::ALL.iter().map(|s| s.key()).collect();
-        if self.settings != all_settings {
+        if self.settings != setting_keys() {
             let _ = write!(c, " --settings {}", self.settings.join(","));
         }
-        let all_samplers: Vec<String> = SAMPLERS.iter().map(|s| s.key.to_string()).collect();
-        if self.samplers != all_samplers {
+        if self.samplers != sampler_keys() {
             let _ = write!(c, " --samplers {}", self.samplers.join(","));
         }
         c
+    }
+
+    /// The run of `param` given on the command line (`--score` / `--energy`).
+    fn given_run(&self, param: Param) -> Option<&PathBuf> {
+        match param {
+            Param::Score => self.score.as_ref(),
+            Param::Energy => self.energy.as_ref(),
+        }
+    }
+
+    /// The settings to evaluate, in the table's order.
+    fn selected_settings(&self) -> Vec<Setting> {
+        Setting::ALL
+            .into_iter()
+            .filter(|s| self.settings.contains(&s.key()))
+            .collect()
     }
 
     /// The given expert networks of a given run of `param`.
@@ -276,6 +288,16 @@ impl ImageCompositionArgs {
     fn report_name(&self) -> &str {
         self.report.as_deref().unwrap_or("image-composition")
     }
+}
+
+/// The `--settings` names of every setting, in the table's order.
+fn setting_keys() -> Vec<String> {
+    Setting::ALL.iter().map(|s| s.key()).collect()
+}
+
+/// The `--samplers` names of every sampler, in the table's order.
+fn sampler_keys() -> Vec<String> {
+    SAMPLERS.iter().map(|s| s.key.to_string()).collect()
 }
 
 /// A comma-separated subset of `all`, kept in `all`'s order.
@@ -771,10 +793,7 @@ pub fn image_composition(root: &Path, args: &ImageCompositionArgs) -> Result<()>
     let mut jobs: Vec<Job<'static, Network>> = Vec::new();
     let mut trained_params = Vec::new();
     for param in [Param::Score, Param::Energy] {
-        let run = match param {
-            Param::Score => &args.score,
-            Param::Energy => &args.energy,
-        };
+        let run = args.given_run(param);
         if run.is_some() || (param == Param::Energy && args.no_energy) {
             continue;
         }
@@ -792,10 +811,7 @@ pub fn image_composition(root: &Path, args: &ImageCompositionArgs) -> Result<()>
     let mut trained = parallel(jobs, args.jobs)?.into_iter();
     let mut models: Vec<Model> = Vec::new();
     for param in [Param::Score, Param::Energy] {
-        let run = match param {
-            Param::Score => &args.score,
-            Param::Energy => &args.energy,
-        };
+        let run = args.given_run(param);
         if let Some(dir) = run {
             models.push(Model {
                 param,
@@ -824,10 +840,7 @@ pub fn image_composition(root: &Path, args: &ImageCompositionArgs) -> Result<()>
 
     // One job per (model, setting): its samplers run in turn (reverse diffusion at equal calls
     // needs ULA's count first).
-    let settings: Vec<Setting> = Setting::ALL
-        .into_iter()
-        .filter(|s| args.settings.contains(&s.key()))
-        .collect();
+    let settings = args.selected_settings();
     let samplers: Vec<SamplerSpec> = SAMPLERS
         .into_iter()
         .filter(|s| args.samplers.iter().any(|k| k == s.key))
@@ -899,10 +912,7 @@ fn render(
     cells: &[Cell],
     wall: f64,
 ) -> Result<String> {
-    let settings: Vec<Setting> = Setting::ALL
-        .into_iter()
-        .filter(|s| args.settings.contains(&s.key()))
-        .collect();
+    let settings = args.selected_settings();
     let mut o = String::new();
     let _ = writeln!(o, "# Prompt algebra on a text-conditioned image model\n");
     let _ = writeln!(
