@@ -188,9 +188,9 @@ impl PromptNetwork for TextUNet {
         let c = self
             .condition(ids)?
             .select_rows(&Tensor::from_vec(rows, n * p, ids.device())?)?;
-        let y = self
-            .unet()
-            .forward_repeated(x, t, Some(&c.pooled), c.tokens.as_ref(), p, None)?;
+        let y =
+            self.unet()
+                .forward_repeated(x, t, c.pooled.as_ref(), c.tokens.as_ref(), p, None)?;
         Ok(Prediction {
             energy: None,
             output: y.detach(),

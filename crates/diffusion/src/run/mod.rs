@@ -141,6 +141,21 @@ pub struct TextSettings {
     /// way.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cross_attention: bool,
+    /// The pooled prompt vector joins the time embedding of every residual block (default).
+    /// Off (`pooled = false`, with `cross_attention`), the prompt reaches the U-Net through
+    /// cross-attention alone, as in Stable Diffusion: a condition the feature map reads where
+    /// it attends, not everywhere at once.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub pooled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_yes(v: &bool) -> bool {
+    *v
 }
 
 impl Default for TextSettings {
@@ -151,6 +166,7 @@ impl Default for TextSettings {
             layers: small.layers,
             heads: small.heads,
             cross_attention: false,
+            pooled: true,
         }
     }
 }
@@ -423,6 +439,16 @@ impl RunConfig {
                 "a [text] table needs captioned data (data kind \"captioned_folder\")".into(),
             ));
         }
+        if let Some(t) = &self.text
+            && !t.pooled
+            && !t.cross_attention
+        {
+            return Err(Error::Config(
+                "text.pooled = false leaves the prompt only the cross-attention path: set \
+                 text.cross_attention = true"
+                    .into(),
+            ));
+        }
         if let DataConfig::CaptionedFolder { uncond_prob, .. } = &self.data
             && !(0.0..=1.0).contains(uncond_prob)
         {
@@ -507,7 +533,7 @@ impl RunConfig {
         };
         let cfg = TextUNetConfig {
             unet: UNetConfig {
-                cond_dim: t.width,
+                cond_dim: if t.pooled { t.width } else { 0 },
                 context_dim: if t.cross_attention { t.width } else { 0 },
                 ..u.clone()
             },

@@ -11,7 +11,9 @@
 //! in the training data's condition dropout ([`crate::data::CaptionedImages`]). With
 //! `context_dim` = the encoder's width, every attention block of the U-Net also attends from
 //! the feature map to the token states (padding masked; Rombach et al. §3.3), GLIDE's
-//! arrangement of both paths ([`PromptCondition`]).
+//! arrangement of both paths ([`PromptCondition`]); with `cond_dim` = 0 the token states alone
+//! condition it, Stable Diffusion's arrangement, which reads a prompt's words where the feature
+//! map attends to them rather than in every residual block at once.
 //!
 //! The conditioning passed to [`Denoiser::forward`] is the prompts' token ids, `u32` `[B, L]`
 //! (one prompt per image, from [`TextTokenizer::encode`]); the attention mask is read from them
@@ -47,7 +49,8 @@ pub const TEXT_ENCODER_PREFIX: &str = "text_encoder";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextUNetConfig {
-    /// The U-Net; its `cond_dim` must equal the encoder's width.
+    /// The U-Net; its `cond_dim` must equal the encoder's width (the pooled vector conditions
+    /// it) or be 0 with a nonzero `context_dim` (the token states alone, by cross-attention).
     pub unet: UNetConfig,
     /// The text encoder; its vocabulary size and length must match the tokenizer's.
     pub text: TextEncoderConfig,
@@ -86,16 +89,24 @@ impl TextUNetConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an invalid U-Net or encoder, or a U-Net `cond_dim` other than the
-    /// encoder's width.
+    /// [`Error::Config`] for an invalid U-Net or encoder, a U-Net `cond_dim` other than the
+    /// encoder's width or 0, or a U-Net that reads the prompt neither way.
     pub fn validate(&self) -> Result<()> {
         self.unet.validate()?;
         self.text.validate()?;
-        if self.unet.cond_dim != self.text.width {
+        if self.unet.cond_dim != self.text.width && self.unet.cond_dim != 0 {
             return Err(Error::Config(format!(
-                "the U-Net's cond_dim ({}) must equal the text encoder's width ({})",
+                "the U-Net's cond_dim ({}) must equal the text encoder's width ({}), or be 0 \
+                 when the prompt conditions by cross-attention alone",
                 self.unet.cond_dim, self.text.width
             )));
+        }
+        if self.unet.cond_dim == 0 && self.unet.context_dim == 0 {
+            return Err(Error::Config(
+                "the U-Net reads the prompt neither through the pooled vector (cond_dim = 0) \
+                 nor by cross-attention (context_dim = 0)"
+                    .into(),
+            ));
         }
         if self.unet.context_dim != 0 && self.unet.context_dim != self.text.width {
             return Err(Error::Config(format!(
@@ -162,8 +173,9 @@ impl TextUNetConfig {
 /// What a [`TextUNet`]'s image network reads of a batch of prompts.
 #[derive(Debug, Clone)]
 pub struct PromptCondition {
-    /// The pooled prompt vectors `[B, width]`, the U-Net's `cond`.
-    pub pooled: Tensor,
+    /// The pooled prompt vectors `[B, width]`, the U-Net's `cond`, when it reads them
+    /// (`cond_dim > 0`).
+    pub pooled: Option<Tensor>,
     /// The token states the attention blocks cross-attend to, when the U-Net has
     /// cross-attention (`context_dim > 0`).
     pub tokens: Option<TokenContext>,
@@ -177,7 +189,11 @@ impl PromptCondition {
     /// [`Error::Candle`] for an index outside the batch.
     pub fn select_rows(&self, rows: &Tensor) -> Result<Self> {
         Ok(Self {
-            pooled: self.pooled.index_select(rows, 0)?,
+            pooled: self
+                .pooled
+                .as_ref()
+                .map(|p| p.index_select(rows, 0))
+                .transpose()?,
             tokens: self
                 .tokens
                 .as_ref()
@@ -189,7 +205,7 @@ impl PromptCondition {
     /// The same condition cut from the encoder's graph.
     pub fn detach(&self) -> Self {
         Self {
-            pooled: self.pooled.detach(),
+            pooled: self.pooled.as_ref().map(Tensor::detach),
             tokens: self.tokens.as_ref().map(TokenContext::detach),
         }
     }
@@ -291,7 +307,7 @@ impl TextUNet {
             ));
         };
         let c = self.condition(ids)?;
-        e.energy_and_grad_context(x_t, t, Some(&c.pooled), c.tokens.as_ref())
+        e.energy_and_grad_context(x_t, t, c.pooled.as_ref(), c.tokens.as_ref())
     }
 
     /// The prediction under the condition `c`, in train mode with `rng`.
@@ -304,17 +320,18 @@ impl TextUNet {
     ) -> Result<Tensor> {
         match &self.image {
             ImageNet::Score(u) => {
-                u.forward_context(x_t, t, Some(&c.pooled), c.tokens.as_ref(), rng)
+                u.forward_context(x_t, t, c.pooled.as_ref(), c.tokens.as_ref(), rng)
             }
             ImageNet::Energy(e) => Ok(e
-                .energy_and_grad_context(x_t, t, Some(&c.pooled), c.tokens.as_ref())?
+                .energy_and_grad_context(x_t, t, c.pooled.as_ref(), c.tokens.as_ref())?
                 .1),
         }
     }
 
     /// What the image network reads of the prompts `ids` (`u32` `[B, L]`): the mean of the
-    /// encoder's states over each prompt's tokens and, when the U-Net cross-attends, the
-    /// states themselves with the padding masked.
+    /// encoder's states over each prompt's tokens (unless the U-Net reads the prompt by
+    /// cross-attention alone) and, when the U-Net cross-attends, the states themselves with the
+    /// padding masked.
     ///
     /// # Errors
     ///
@@ -336,6 +353,7 @@ impl TextUNet {
         } else {
             None
         };
+        let pooled = (self.config.unet.cond_dim > 0).then_some(pooled);
         Ok(PromptCondition { pooled, tokens })
     }
 
@@ -485,16 +503,44 @@ mod tests {
         }
     }
 
-    /// The tiny model, pooled-conditioned or (`cross`) cross-attending to the token states
-    /// too.
-    fn model(store: &ParamStore, cross: bool) -> Result<(TextUNet, TextTokenizer)> {
+    /// How the U-Net reads the prompt: the pooled vector, the token states by
+    /// cross-attention, or both.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Reads {
+        Pooled,
+        Both,
+        Tokens,
+    }
+
+    const READS: [Reads; 3] = [Reads::Pooled, Reads::Both, Reads::Tokens];
+
+    impl Reads {
+        /// The settings of the tiny model reading the prompt this way.
+        fn config(self, tok: &TextTokenizer) -> Result<TextUNetConfig> {
+            let unet = UNetConfig {
+                context_dim: usize::from(self != Reads::Pooled),
+                ..tiny()
+            };
+            let mut cfg = TextUNetConfig::for_tokenizer(unet, tok)?;
+            if self == Reads::Tokens {
+                cfg.unet.cond_dim = 0;
+            }
+            cfg.validate()?;
+            Ok(cfg)
+        }
+    }
+
+    /// The tiny model, reading the prompt as `reads` says.
+    fn model(store: &ParamStore, reads: Reads) -> Result<(TextUNet, TextTokenizer)> {
         let tok = tokenizer()?;
-        let unet = UNetConfig {
-            context_dim: usize::from(cross),
-            ..tiny()
+        let cfg = reads.config(&tok)?;
+        let w = cfg.text.width;
+        let want = match reads {
+            Reads::Pooled => (w, 0),
+            Reads::Both => (w, w),
+            Reads::Tokens => (0, w),
         };
-        let cfg = TextUNetConfig::for_tokenizer(unet, &tok)?;
-        assert_eq!(cfg.unet.context_dim, if cross { cfg.text.width } else { 0 });
+        assert_eq!((cfg.unet.cond_dim, cfg.unet.context_dim), want);
         let net = TextUNet::new(
             &cfg,
             Parameterization::Epsilon,
@@ -520,15 +566,15 @@ mod tests {
 
     #[test]
     fn the_prompt_changes_the_prediction_of_its_own_image_only() -> Result<()> {
-        for cross in [false, true] {
-            prompt_changes_its_own_image(cross)?;
+        for reads in READS {
+            prompt_changes_its_own_image(reads)?;
         }
         Ok(())
     }
 
-    fn prompt_changes_its_own_image(cross: bool) -> Result<()> {
+    fn prompt_changes_its_own_image(reads: Reads) -> Result<()> {
         let store = ParamStore::new(0);
-        let (net, tok) = model(&store, cross)?;
+        let (net, tok) = model(&store, reads)?;
         perturb(&store)?;
         let x =
             crate::random::normal_tensor(&mut seeded(2), &[2, 3, 8, 8], DType::F32, &Device::Cpu)?;
@@ -555,15 +601,15 @@ mod tests {
     /// extrapolation; bad scales and unknown words are refused.
     #[test]
     fn guided_prompt_is_the_classifier_free_combination() -> Result<()> {
-        for cross in [false, true] {
-            guided_is_the_combination(cross)?;
+        for reads in READS {
+            guided_is_the_combination(reads)?;
         }
         Ok(())
     }
 
-    fn guided_is_the_combination(cross: bool) -> Result<()> {
+    fn guided_is_the_combination(reads: Reads) -> Result<()> {
         let store = ParamStore::new(0);
-        let (net, tok) = model(&store, cross)?;
+        let (net, tok) = model(&store, reads)?;
         perturb(&store)?;
         let dev = Device::Cpu;
         let x = crate::random::normal_tensor(&mut seeded(4), &[3, 3, 8, 8], DType::F32, &dev)?;
@@ -597,15 +643,15 @@ mod tests {
 
     #[test]
     fn training_mode_reaches_encoder_and_unet_parameters() -> Result<()> {
-        for cross in [false, true] {
-            training_reaches_every_parameter(cross)?;
+        for reads in READS {
+            training_reaches_every_parameter(reads)?;
         }
         Ok(())
     }
 
-    fn training_reaches_every_parameter(cross: bool) -> Result<()> {
+    fn training_reaches_every_parameter(reads: Reads) -> Result<()> {
         let store = ParamStore::new(0);
-        let (net, tok) = model(&store, cross)?;
+        let (net, tok) = model(&store, reads)?;
         perturb(&store)?;
         let x =
             crate::random::normal_tensor(&mut seeded(2), &[2, 3, 8, 8], DType::F32, &Device::Cpu)?;
@@ -634,22 +680,18 @@ mod tests {
     /// (the prompt enters through the embedding that the hand-written input gradient reads).
     #[test]
     fn energy_model_predicts_the_gradient_of_its_energy() -> Result<()> {
-        for cross in [false, true] {
-            energy_predicts_its_gradient(cross)?;
+        for reads in READS {
+            energy_predicts_its_gradient(reads)?;
         }
         Ok(())
     }
 
-    fn energy_predicts_its_gradient(cross: bool) -> Result<()> {
+    fn energy_predicts_its_gradient(reads: Reads) -> Result<()> {
         let store = ParamStore::new(0);
         let tok = tokenizer()?;
-        let unet = UNetConfig {
-            context_dim: usize::from(cross),
-            ..tiny()
-        };
         let cfg = TextUNetConfig {
             energy: Some(EnergyForm::HalfNorm),
-            ..TextUNetConfig::for_tokenizer(unet, &tok)?
+            ..reads.config(&tok)?
         };
         let net = TextUNet::new(
             &cfg,
@@ -699,7 +741,7 @@ mod tests {
         assert!(missing.is_empty(), "{missing:?}");
         // A score model has no energy; an energy model predicts ε only.
         let store = ParamStore::new(0);
-        let (score, _) = model(&store, cross)?;
+        let (score, _) = model(&store, reads)?;
         assert!(matches!(
             score.energy_and_grad(&x, &t, &ids),
             Err(Error::Config(_))
@@ -718,7 +760,7 @@ mod tests {
     #[test]
     fn mismatches_are_clear_errors() -> Result<()> {
         let store = ParamStore::new(0);
-        let (net, tok) = model(&store, false)?;
+        let (net, tok) = model(&store, Reads::Pooled)?;
         let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu)?;
         let t = Tensor::new(&[1f32], &Device::Cpu)?;
         assert!(matches!(net.forward(&x, &t, None), Err(Error::Shape(_))));
@@ -746,6 +788,16 @@ mod tests {
             ..net.config().clone()
         };
         assert!(matches!(bad.validate(), Err(Error::Config(_))));
+        // A U-Net that reads the prompt neither way is refused.
+        let deaf = TextUNetConfig {
+            unet: UNetConfig {
+                cond_dim: 0,
+                context_dim: 0,
+                ..net.config().unet.clone()
+            },
+            ..net.config().clone()
+        };
+        assert!(matches!(deaf.validate(), Err(Error::Config(_))));
         Ok(())
     }
 }

@@ -248,7 +248,13 @@ fn captioned_runs_train_and_load_back_as_text_models() -> Result<()> {
     use recompose_diffusion::train::TrainOptions;
 
     let data = captioned_folder("run-data", 6)?;
-    for energy in [None, Some("half_norm")] {
+    // Score and energy models reading the pooled prompt vector, and a score model reading the
+    // token states alone (cross-attention, no pooled vector).
+    for (energy, reads) in [
+        (None, ""),
+        (Some("half_norm"), ""),
+        (None, "cross_attention = true\npooled = false\n"),
+    ] {
         let toml = format!(
             r#"
 [model]
@@ -274,7 +280,7 @@ uncond_prob = 0.2
 width = 16
 layers = 1
 heads = 2
-
+{reads}
 [diffusion]
 num_timesteps = 20
 {}
@@ -311,6 +317,7 @@ log_every = 1
             );
         };
         assert_eq!(net.is_energy(), energy.is_some());
+        assert_eq!(net.config().unet.cond_dim == 0, !reads.is_empty());
         let tokenizer = trained.tokenizer.as_ref().expect("tokenizer");
         let ids = tokenizer
             .encode_strict(&["red left", ""])?
@@ -340,6 +347,10 @@ log_every = 1
             "uncond_prob",
         ),
         (base("[text]\nwidth = 16\n", "image_folder"), "[text]"),
+        (
+            base("[text]\npooled = false\n", "captioned_folder"),
+            "cross_attention",
+        ),
     ] {
         let err = RunConfig::from_toml(&text).unwrap_err();
         assert!(err.to_string().contains(want), "{want}: {err}");
