@@ -35,7 +35,8 @@ use rand::Rng;
 use recompose_compose::experts::parse_expert;
 use recompose_compose::prompt::{PromptModel, PromptModels};
 use recompose_compose::{
-    AnnealConfig, Component, Error as ComposeError, Kernel, Respaced, anneal, build_with, parse,
+    AnnealConfig, Component, Error as ComposeError, Kernel, Respaced, StepSize, anneal, build_with,
+    parse,
 };
 use recompose_diffusion::data::plot::save_png_grid;
 use recompose_diffusion::run::{RunConfig, TOKENIZER_FILE};
@@ -84,6 +85,9 @@ pub struct ImageCompositionArgs {
     /// MCMC steps per level of every kernel (default: the paper's, 20 for ULA and MALA, 10
     /// for the Hamiltonian kernels).
     pub mcmc_steps: Option<usize>,
+    /// Multiplies the step size of every kernel (each is a multiple of β_t: 2 for ULA, 0.035
+    /// for MALA, 0.1 for the Hamiltonian kernels, the paper's settings).
+    pub step_scale: Option<f64>,
     /// Write the report under this name in docs/results (default `image-composition`).
     pub report: Option<String>,
     /// Trainings, and (model, setting) groups of sampling runs, at a time, each on one thread
@@ -100,7 +104,7 @@ impl ImageCompositionArgs {
     /// Parses `[--quick] [--reuse-models] [--score DIR] [--energy DIR] [--no-energy]
     /// [--no-experts] [--score-expert DIR@T]… [--energy-expert DIR@T]… [--sets N] [--chains N]
     /// [--levels N] [--guidance G] [--steps N] [--expert-steps N] [--mcmc-steps K]
-    /// [--report NAME]`.
+    /// [--step-scale S] [--report NAME] [--jobs N] [--settings LIST] [--samplers LIST]`.
     ///
     /// # Errors
     ///
@@ -123,6 +127,7 @@ impl ImageCompositionArgs {
             guidance: 4.0,
             steps: None,
             mcmc_steps: None,
+            step_scale: None,
             report: None,
             jobs: 2,
             settings: setting_keys(),
@@ -154,6 +159,13 @@ impl ImageCompositionArgs {
                 "--mcmc-steps" => {
                     out.mcmc_steps = Some(positive_option(a, option_value(&mut it, a)?)?);
                 }
+                "--step-scale" => {
+                    let v = option_value(&mut it, a)?;
+                    out.step_scale = match v.parse::<f64>() {
+                        Ok(s) if s.is_finite() && s > 0.0 => Some(s),
+                        _ => bail!("--step-scale expects a positive number, got '{v}'"),
+                    };
+                }
                 "--report" => out.report = Some(option_value(&mut it, a)?.to_string()),
                 "--jobs" => out.jobs = positive_option(a, option_value(&mut it, a)?)?,
                 "--settings" => {
@@ -174,7 +186,7 @@ impl ImageCompositionArgs {
                      [--reuse-models] [--score DIR] [--energy DIR] [--no-energy] [--no-experts] \
                      [--score-expert DIR@T]... [--energy-expert DIR@T]... [--sets N] [--chains N] \
                      [--levels N] [--guidance G] [--steps N] [--expert-steps N] [--mcmc-steps K] \
-                     [--report NAME] [--jobs N] [--settings LIST] [--samplers LIST])"
+                     [--step-scale S] [--report NAME] [--jobs N] [--settings LIST] [--samplers LIST])"
                 ),
             }
         }
@@ -247,6 +259,9 @@ impl ImageCompositionArgs {
         }
         if let Some(k) = self.mcmc_steps {
             let _ = write!(c, " --mcmc-steps {k}");
+        }
+        if let Some(s) = self.step_scale {
+            let _ = write!(c, " --step-scale {s}");
         }
         if let Some(r) = &self.report {
             let _ = write!(c, " --report {r}");
@@ -335,29 +350,42 @@ fn num_images(quick: bool) -> usize {
     if quick { 64 } else { 4000 }
 }
 
+/// The size of a network of [`recipe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    /// A tiny network on a 20-level schedule that checks the pipeline (`--quick`).
+    Quick,
+    /// The small pretrained network of `fixtures/image-composition/`
+    /// (`cargo xtask fixtures image-composition`): 24 base channels, 3.5 MB.
+    Fixture,
+    /// The networks of the experiments (`fixtures/image-composition-full/`): 32 base channels.
+    Full,
+}
+
 /// The training recipe of the text-conditioned U-Net (see the report's setup section): the
 /// model on every level, or with `band` = [min, max) an expert network for those training
 /// timesteps alone ([`expert_bands`]).
 pub fn recipe(
     data: &Path,
     energy: bool,
-    quick: bool,
+    scale: Scale,
     steps: Option<usize>,
     band: Option<(usize, usize)>,
 ) -> Result<RunConfig> {
     // Every network of the full recipe, the base and each expert, trains 3000 steps.
-    let (channels, mult, attention, text, default_steps, batch) = if quick {
-        (8, "[1, 2]", "[]", (16, 1, 2), 4, 4)
-    } else {
-        (32, "[1, 2, 2]", "[8]", (64, 2, 4), 3000, 32)
+    let quick = scale == Scale::Quick;
+    let (channels, mult, attention, text, default_steps, batch) = match scale {
+        Scale::Quick => (8, "[1, 2]", "[]", (16, 1, 2), 4, 4),
+        Scale::Fixture => (24, "[1, 2, 2]", "[8]", (64, 2, 4), 4000, 32),
+        Scale::Full => (32, "[1, 2, 2]", "[8]", (64, 2, 4), 3000, 32),
     };
     let timesteps = match band {
         Some((min, max)) => format!("{{ kind = \"range\", min = {min}, max = {max} }}"),
         None => "{ kind = \"logit_normal\", mean = 1.0, std = 1.5 }".to_string(),
     };
-    let head = if quick { 8 } else { 32 };
-    let groups = if quick { 4 } else { 16 };
-    let time = if quick { 16 } else { 128 };
+    let head = if quick { 8 } else { channels };
+    let groups = if quick { 4 } else { channels / 2 };
+    let time = if quick { 16 } else { 4 * channels };
     let text_cfg = format!(
         "[model]\nkind = \"unet\"\nimage_size = {SIZE}\nin_channels = 3\nout_channels = 3\n\
          model_channels = {channels}\nchannel_mult = {mult}\nnum_res_blocks = 1\n\
@@ -393,8 +421,8 @@ pub fn recipe(
     Ok(RunConfig::from_toml(&text_cfg)?)
 }
 
-/// Writes the dataset unless a complete copy is there.
-fn dataset(work: &Path, quick: bool) -> Result<PathBuf> {
+/// Writes the dataset into `work` unless a complete copy is there; returns its directory.
+pub(crate) fn dataset(work: &Path, quick: bool) -> Result<PathBuf> {
     let n = num_images(quick);
     let dir = work.join(format!("data-{SIZE}px-{n}-seed{DATA_SEED}"));
     // The tokenizer is written last: its presence means a complete dataset.
@@ -422,7 +450,12 @@ fn train_job(
     } else {
         args.steps
     };
-    let cfg = recipe(data, param == Param::Energy, args.quick, steps, band)?;
+    let scale = if args.quick {
+        Scale::Quick
+    } else {
+        Scale::Full
+    };
+    let cfg = recipe(data, param == Param::Energy, scale, steps, band)?;
     let name = match band {
         Some((min, max)) => format!("{}-t{min}-{max}", param.key()),
         None => param.key().to_string(),
@@ -673,6 +706,9 @@ fn run_cell(
     if let Some(k) = args.mcmc_steps {
         cfg.mcmc_steps = k;
     }
+    if let (Some(s), StepSize::BetaScaled(c)) = (args.step_scale, cfg.step_size) {
+        cfg.step_size = StepSize::BetaScaled(s * c);
+    }
     if args.quick {
         cfg.mcmc_steps = cfg.mcmc_steps.min(2);
     }
@@ -730,6 +766,49 @@ fn run_cell(
         seconds: start.elapsed().as_secs_f64(),
         acceptance: (!accept.is_empty()).then(|| accept.iter().sum::<f64>() / accept.len() as f64),
     })
+}
+
+/// Trains the small pretrained network of `fixtures/image-composition/`
+/// ([`Scale::Fixture`], score parameterization, every level; `cargo xtask fixtures
+/// image-composition`) on the full recipe's dataset, in `target/image-composition-fixture`
+/// (a cut training resumes from its checkpoint), and copies the run into the fixture
+/// directory: weights and manifest, configuration, tokenizer, loss log, provenance, timing.
+///
+/// # Errors
+///
+/// Whatever writing the dataset, training or copying reports.
+pub fn fixture(root: &Path) -> Result<()> {
+    // The configuration names its dataset relative to the workspace (as the full recipe's).
+    std::env::set_current_dir(root)
+        .with_context(|| format!("entering the workspace {}", root.display()))?;
+    let work = Path::new("target").join("reproduce-image-composition");
+    std::fs::create_dir_all(&work)?;
+    let data = dataset(&work, false)?;
+    let cfg = recipe(&data, false, Scale::Fixture, None, None)?;
+    let run = Path::new("target").join("image-composition-fixture");
+    let t = train_or_reuse(&cfg, &run, true, &Device::Cpu, "the fixture network")?;
+    let dir = Path::new("fixtures").join("image-composition");
+    std::fs::create_dir_all(&dir)?;
+    for f in [
+        "model.safetensors",
+        "model.json",
+        "config.toml",
+        TOKENIZER_FILE,
+        "loss.jsonl",
+        "provenance.json",
+        crate::runs::TIMING_FILE,
+    ] {
+        std::fs::copy(run.join(f), dir.join(f)).with_context(|| format!("copying {f}"))?;
+    }
+    eprintln!(
+        "{} the fixture network; wrote {}",
+        match t.seconds {
+            Some(s) => format!("trained in {s:.0} s"),
+            None => "reused".to_string(),
+        },
+        dir.display()
+    );
+    Ok(())
 }
 
 /// Runs the task (see the [module documentation](self)).
@@ -959,7 +1038,7 @@ fn render(
         "- Sampling: {} condition sets per setting, {} chains each (the same initial noise for \
          every sampler), {} of the model's levels (respaced), guidance γ = {} on every prompt, \
          reverse steps with x̂₀ clipped to [−1, 1]; MCMC with the paper's image settings on the \
-         noisier half of the levels{}. \"Calls\" counts network evaluations per chain, each \
+         noisier half of the levels{}{}. \"Calls\" counts network evaluations per chain, each \
          evaluating every prompt of the expression and the unconditional model in one batch.\n",
         args.sets,
         args.chains,
@@ -967,6 +1046,21 @@ fn render(
         args.guidance,
         args.mcmc_steps
             .map(|k| format!(", {k} MCMC steps per level for every kernel"))
+            .unwrap_or_default(),
+        args.step_scale
+            .map(|s| {
+                let at = |k: Kernel| match AnnealConfig::paper_image(k).step_size {
+                    StepSize::BetaScaled(c) => format!("{}·β_t", c * s),
+                    other => format!("{other:?}"),
+                };
+                format!(
+                    ", every kernel's step size {s} times the paper's (ULA {}, MALA {}, U-HMC \
+                     and HMC {})",
+                    at(Kernel::Ula),
+                    at(Kernel::Mala),
+                    at(Kernel::Hmc)
+                )
+            })
             .unwrap_or_default()
     );
     let _ = writeln!(o, "## Generation accuracy\n");
@@ -1145,7 +1239,10 @@ mod tests {
             "reverse-equal,ula",
             "--jobs",
             "3",
+            "--step-scale",
+            "0.25",
         ])?;
+        assert_eq!(a.step_scale, Some(0.25));
         assert_eq!(a.settings, ["and1", "not"]);
         assert_eq!(a.samplers, ["ula", "reverse-equal"]);
         assert_eq!(a.jobs, 3);
@@ -1157,6 +1254,8 @@ mod tests {
             &["--samplers", "reverse,euler"],
             &["--samplers", "reverse-equal"],
             &["--jobs", "0"],
+            &["--step-scale", "0"],
+            &["--step-scale", "nan"],
         ] {
             assert!(ImageCompositionArgs::parse(bad).is_err(), "{bad:?}");
         }
@@ -1167,7 +1266,8 @@ mod tests {
     fn expert_recipes_train_their_band_alone() -> Result<()> {
         for quick in [true, false] {
             let bands = expert_bands(quick);
-            let steps = recipe(Path::new("d"), false, quick, None, None)?
+            let scale = if quick { Scale::Quick } else { Scale::Full };
+            let steps = recipe(Path::new("d"), false, scale, None, None)?
                 .diffusion
                 .num_timesteps;
             // Bands are ordered, disjoint, inside the schedule and end at its last level.
@@ -1178,7 +1278,7 @@ mod tests {
             );
             assert_eq!(bands.last().map(|b| b.1), Some(steps));
             for band in bands {
-                let cfg = recipe(Path::new("d"), true, quick, None, Some(band))?;
+                let cfg = recipe(Path::new("d"), true, scale, None, Some(band))?;
                 let toml = cfg.to_toml()?;
                 assert!(
                     toml.contains(&format!("min = {}", band.0))

@@ -85,7 +85,13 @@ pub fn text_unet(
     device: &Device,
 ) -> Result<(TextUNet, TextTokenizer, ParamStore), Error> {
     let tokenizer = TextTokenizer::word_level(shapes_text::vocabulary(), shapes_text::PROMPT_LEN)?;
-    let run = crate::image_composition::recipe(Path::new("data"), energy, false, None, None)?;
+    let run = crate::image_composition::recipe(
+        Path::new("data"),
+        energy,
+        crate::image_composition::Scale::Full,
+        None,
+        None,
+    )?;
     let cfg = run.text_unet_config(&tokenizer)?;
     let store = ParamStore::new(0);
     let model = TextUNet::new(
