@@ -356,7 +356,7 @@ pub enum Scale {
     /// A tiny network on a 20-level schedule that checks the pipeline (`--quick`).
     Quick,
     /// The small pretrained network of `fixtures/image-composition/`
-    /// (`cargo xtask fixtures image-composition`): 24 base channels, 3.5 MB.
+    /// (`cargo xtask fixtures image-composition`): 24 base channels, 3.6 MB.
     Fixture,
     /// The networks of the experiments (`fixtures/image-composition-full/`): 32 base channels.
     Full,
@@ -422,7 +422,7 @@ pub fn recipe(
 }
 
 /// Writes the dataset into `work` unless a complete copy is there; returns its directory.
-pub(crate) fn dataset(work: &Path, quick: bool) -> Result<PathBuf> {
+fn dataset(work: &Path, quick: bool) -> Result<PathBuf> {
     let n = num_images(quick);
     let dir = work.join(format!("data-{SIZE}px-{n}-seed{DATA_SEED}"));
     // The tokenizer is written last: its presence means a complete dataset.
@@ -1258,6 +1258,45 @@ mod tests {
             &["--step-scale", "nan"],
         ] {
             assert!(ImageCompositionArgs::parse(bad).is_err(), "{bad:?}");
+        }
+        Ok(())
+    }
+
+    /// The committed networks are what their recipes train: `--reuse-models` and `cargo
+    /// xtask fixtures image-composition` keep them (a recipe whose text drifted from a
+    /// committed configuration would retrain that network).
+    #[test]
+    fn committed_networks_are_their_recipes() -> Result<()> {
+        let root = crate::workspace::root();
+        let data = Path::new("target")
+            .join("reproduce-image-composition")
+            .join(format!(
+                "data-{SIZE}px-{}-seed{DATA_SEED}",
+                num_images(false)
+            ));
+        let bands = expert_bands(false);
+        let networks = [
+            ("image-composition/config.toml", Scale::Fixture, None),
+            (
+                "image-composition-full/score/config.toml",
+                Scale::Full,
+                None,
+            ),
+            (
+                "image-composition-full/score-t500-850/config.toml",
+                Scale::Full,
+                Some(bands[0]),
+            ),
+            (
+                "image-composition-full/score-t850-1000/config.toml",
+                Scale::Full,
+                Some(bands[1]),
+            ),
+        ];
+        for (file, scale, band) in networks {
+            let committed = std::fs::read_to_string(root.join("fixtures").join(file))?;
+            let want = recipe(&data, false, scale, None, band)?.to_toml()?;
+            assert_eq!(committed, want, "{file}");
         }
         Ok(())
     }
