@@ -52,7 +52,8 @@ pub struct ComposeArgs {
     #[arg(long, default_value = "reverse")]
     sampler: String,
     /// MCMC steps per noise level (default 10; 20 for ula and mala on image models). Image
-    /// models run them on the noisier half of the levels, 2-D models on every level.
+    /// models run them on the noisier half of the levels, 2-D models on every level
+    /// (`--mcmc-fraction` changes that).
     #[arg(long, allow_negative_numbers = true)]
     mcmc_steps: Option<i64>,
     /// Step size of the MCMC kernel (default for 2-D models: 0.001 for ula/mala, 0.03 for
@@ -64,6 +65,10 @@ pub struct ComposeArgs {
     /// Adapt the step size towards this acceptance rate (mala and hmc only).
     #[arg(long, allow_negative_numbers = true)]
     target_accept: Option<f64>,
+    /// Run MCMC on this fraction of the noise levels, the noisiest first, in (0, 1] (default:
+    /// 0.5 for image models, the paper's noisier half; 1, every level, for 2-D models).
+    #[arg(long, allow_negative_numbers = true)]
+    mcmc_fraction: Option<f64>,
     /// Pure annealed MCMC: no reverse-diffusion step between noise levels.
     #[arg(long)]
     mcmc_only: bool,
@@ -97,6 +102,7 @@ fn config(a: &ComposeArgs, image: bool, clip: f64) -> Result<AnnealConfig> {
                 ("--mcmc-steps", a.mcmc_steps.is_some()),
                 ("--step-size", a.step_size.is_some()),
                 ("--target-accept", a.target_accept.is_some()),
+                ("--mcmc-fraction", a.mcmc_fraction.is_some()),
                 ("--mcmc-only", a.mcmc_only),
             ] {
                 if given {
@@ -141,6 +147,14 @@ fn config(a: &ComposeArgs, image: bool, clip: f64) -> Result<AnnealConfig> {
             StepSize::Adaptive { initial, .. } => initial,
         };
         cfg.step_size = StepSize::Adaptive { initial, target };
+    }
+    if let Some(f) = a.mcmc_fraction {
+        if !(f > 0.0 && f <= 1.0) {
+            return Err(usage(format!(
+                "--mcmc-fraction must lie in (0, 1], got {f}"
+            )));
+        }
+        cfg.mcmc_fraction = f;
     }
     cfg.reverse_steps = !a.mcmc_only;
     Ok(cfg)

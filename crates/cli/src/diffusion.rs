@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use recompose_compose::{GuidedPrompts, PromptModel};
 use recompose_decomp_diffusion::DecompRunConfig;
 use recompose_diffusion::data::ValueRange;
 use recompose_diffusion::data::plot::{ScatterConfig, save_png_grid, save_png_scatter};
-use recompose_diffusion::run::{Model, Registry, RunConfig, Trained};
+use recompose_diffusion::run::{Registry, RunConfig, Trained};
 use recompose_diffusion::train::{TrainOptions, TrainReport};
 use recompose_diffusion::{Sampler, SamplerConfig, SamplerKind, seeded};
 
@@ -87,6 +88,12 @@ pub struct SampleArgs {
     /// Classifier-free guidance scale γ of the prompt: y_∅ + γ (y_prompt − y_∅).
     #[arg(long, allow_negative_numbers = true)]
     guidance: Option<f64>,
+    /// An expert network of the text-conditioned model, as DIR@T: the run in DIR (trained on
+    /// the noisy levels, `[train] timesteps = { kind = "range", min = T, … }`) replaces the
+    /// model's own network from training timestep T up to the next expert's (eDiff-I's expert
+    /// denoisers). Repeat for several bands.
+    #[arg(long = "expert", value_name = "DIR@T")]
+    experts: Vec<String>,
 }
 
 /// The guidance scale of `sample --prompt` when none is given.
@@ -286,11 +293,27 @@ pub fn run_sample(a: SampleArgs, memory: MemoryLimit) -> Result<()> {
     // Checked from the saved configuration, before the weights are read.
     let saved = RunConfig::from_file(&a.checkpoint.join("config.toml"))?;
     let text = saved.is_text_conditioned();
-    if !text && (a.prompt.is_some() || a.guidance.is_some()) {
+    if !text && (a.prompt.is_some() || a.guidance.is_some() || !a.experts.is_empty()) {
         return Err(usage(format!(
-            "--prompt and --guidance need a text-conditioned model; {} is not one",
+            "--prompt, --guidance and --expert need a text-conditioned model; {} is not one",
             a.checkpoint.display()
         )));
+    }
+    let mut experts = Vec::with_capacity(a.experts.len());
+    let mut expert_params = recompose_core::memory::Estimate::ZERO;
+    for e in &a.experts {
+        let (t, dir) = recompose_compose::experts::parse_expert(e)
+            .map_err(|err| usage(format!("--expert: {err}")))?;
+        expect_family(&dir, RunConfig::FAMILY.name)?;
+        let c = RunConfig::from_file(&dir.join("config.toml"))?;
+        if !c.is_text_conditioned() {
+            return Err(usage(format!(
+                "--expert: {} is not a text-conditioned model",
+                dir.display()
+            )));
+        }
+        expert_params += c.model.param_bytes();
+        experts.push((t, dir));
     }
     let guidance = a.guidance.unwrap_or(DEFAULT_GUIDANCE);
     if !(guidance.is_finite() && guidance >= 0.0) {
@@ -303,7 +326,8 @@ pub fn run_sample(a: SampleArgs, memory: MemoryLimit) -> Result<()> {
         memory,
         format_args!("drawing {num} samples"),
         recompose_diffusion::memory::sample_estimate(
-            saved.model.param_bytes(),
+            // The experts' weights are held beside the model's own.
+            saved.model.param_bytes() + expert_params,
             saved.activation_bytes(),
             item,
             num,
@@ -312,8 +336,30 @@ pub fn run_sample(a: SampleArgs, memory: MemoryLimit) -> Result<()> {
         ),
     )?;
     let device = crate::device();
-    let trained = Trained::load(&a.checkpoint, &device)?;
-    let t_max = trained.schedule.len();
+    // A text-conditioned model (with its experts) samples through its guided prompt; any
+    // other through its own network.
+    let (denoiser, schedule): (Box<dyn recompose_diffusion::Denoiser>, _) = if text {
+        let list: Vec<(usize, &Path)> = experts.iter().map(|(t, d)| (*t, d.as_path())).collect();
+        let bad_input = |e: recompose_compose::Error, what: &str| {
+            if e.is_bad_input() {
+                usage(format!("{what}{e}"))
+            } else {
+                e.into()
+            }
+        };
+        let model = PromptModel::load_with_experts("model", &a.checkpoint, &list, &device)
+            .map_err(|e| bad_input(e, ""))?;
+        let guided = match a.prompt.as_deref() {
+            Some(p) => GuidedPrompts::new(&model, &[(guidance, p)]),
+            None => GuidedPrompts::unconditional(&model),
+        }
+        .map_err(|e| bad_input(e, "--prompt: "))?;
+        (Box::new(guided), model.schedule)
+    } else {
+        let trained = Trained::load(&a.checkpoint, &device)?;
+        (Box::new(trained.model), trained.schedule)
+    };
+    let t_max = schedule.len();
     let steps = match a.steps {
         Some(s) => positive("steps", s, 1)?,
         None if matches!(
@@ -330,58 +376,40 @@ pub fn run_sample(a: SampleArgs, memory: MemoryLimit) -> Result<()> {
             "--steps {steps} exceeds the model's {t_max} training steps"
         )));
     }
-    let item = trained.config.model_item_shape();
+    let item = saved.model_item_shape();
     let image = item.len() == 3;
     if image && matches!(kind, OutKind::Csv) {
         return Err(usage("an image model writes a .png grid, not .csv"));
     }
-    let range = trained.config.value_range();
+    let range = saved.value_range();
     let mut config = SamplerConfig::new(sampler_kind);
     if image {
         let (lo, hi) = range.bounds();
         config = config.with_clip_x0(f64::from(hi.abs().max(lo.abs())));
     }
-    let sampler = Sampler::new(trained.schedule.clone(), config)?;
-    let guided = match (&trained.model, &trained.tokenizer) {
-        (Model::TextUnet(net), Some(tokenizer)) => Some(
-            net.guided(
-                tokenizer,
-                a.prompt.as_deref().unwrap_or(""),
-                guidance,
-                &device,
-            )
-            .map_err(|e| {
-                if e.is_bad_input() {
-                    usage(format!("--prompt: {e}"))
-                } else {
-                    e.into()
-                }
-            })?,
-        ),
-        _ => None,
-    };
-    let denoiser: &dyn recompose_diffusion::Denoiser = match &guided {
-        Some(g) => g,
-        None => &trained.model,
-    };
+    let sampler = Sampler::new(schedule, config)?;
     let mut rng = seeded(a.seed);
-    let chunk = sample_chunk(&trained.config);
+    let chunk = sample_chunk(&saved);
     let mut parts = Vec::new();
     let mut done = 0;
     while done < num {
         let n = chunk.min(num - done);
         let mut shape = vec![n];
         shape.extend(&item);
-        parts.push(sampler.sample(denoiser, &shape, steps, None, &device, &mut rng)?);
+        parts.push(sampler.sample(&denoiser, &shape, steps, None, &device, &mut rng)?);
         done += n;
     }
     let x = candle_core::Tensor::cat(&parts, 0)?;
     write_samples(&x, range, kind, &a.out)?;
-    let prompt = match (&a.prompt, text) {
+    let mut prompt = match (&a.prompt, text) {
         (Some(p), _) => format!(", prompt \"{p}\", guidance {guidance}"),
         (None, true) => ", unconditional".to_string(),
         (None, false) => String::new(),
     };
+    if !experts.is_empty() {
+        let from: Vec<String> = experts.iter().map(|(t, _)| t.to_string()).collect();
+        prompt.push_str(&format!(", experts from timesteps {}", from.join(", ")));
+    }
     outln!(
         "wrote {num} samples ({}, {steps} steps, seed {}{prompt}) to {}",
         a.sampler,

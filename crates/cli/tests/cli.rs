@@ -846,6 +846,23 @@ fn compose_trained_models() {
             "needs an MCMC sampler",
         ),
         (
+            vec!["--expr", "a", "--model", &ma, "--mcmc-fraction", "1"],
+            "needs an MCMC sampler",
+        ),
+        (
+            vec![
+                "--expr",
+                "a",
+                "--model",
+                &ma,
+                "--sampler",
+                "ula",
+                "--mcmc-fraction",
+                "0",
+            ],
+            "--mcmc-fraction must lie in (0, 1]",
+        ),
+        (
             vec![
                 "--expr",
                 "a",
@@ -1591,9 +1608,16 @@ fn compose_prompts_of_a_text_conditioned_model() {
         assert!(png.width() >= 64 && png.height() >= 64);
     }
     // `sample --prompt` draws from one guided prompt with any sampler; without it, from the
-    // unconditional model.
+    // unconditional model; `--expert` adds an expert network (here the model's own run).
     let score_dir = score.strip_prefix("shapes=").expect("NAME=DIR");
-    for extra in [vec!["--prompt", "red circle", "--guidance", "3"], vec![]] {
+    let energy_dir = energy.strip_prefix("shapes=").expect("NAME=DIR");
+    let self_expert = format!("{score_dir}@6");
+    for extra in [
+        vec!["--prompt", "red circle", "--guidance", "3"],
+        vec![],
+        vec!["--prompt", "red", "--expert", &self_expert],
+    ] {
+        let with_expert = extra.contains(&"--expert");
         let mut args = vec![
             "sample",
             "--checkpoint",
@@ -1610,10 +1634,20 @@ fn compose_prompts_of_a_text_conditioned_model() {
         args.extend(extra);
         let text = ok(&recompose(&args));
         assert!(text.contains("wrote 2 samples"), "{text}");
+        assert_eq!(
+            text.contains("experts from timesteps 6"),
+            with_expert,
+            "{text}"
+        );
     }
+    let energy_self = format!("{energy_dir}@6");
+    let late_self = format!("{score_dir}@10");
     for (extra, want) in [
         (vec!["--prompt", "purple circle"], "purple"),
         (vec!["--prompt", "red", "--guidance", "-1"], "--guidance"),
+        (vec!["--expert", score_dir], "DIR@T"),
+        (vec!["--expert", &energy_self], "energy"),
+        (vec!["--expert", &late_self], "past the schedule"),
     ] {
         let mut args = vec![
             "sample",

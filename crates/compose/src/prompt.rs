@@ -458,6 +458,34 @@ impl GuidedPrompts {
         })
     }
 
+    /// The model `model` without a prompt: its unconditional model (the empty prompt) alone,
+    /// which [`GuidedPrompts::new`] otherwise adds by itself.
+    ///
+    /// # Errors
+    ///
+    /// Candle's errors placing the ids on the device; the tokenizer's (none for the empty
+    /// prompt of a working tokenizer).
+    pub fn unconditional(model: &PromptModel) -> Result<Self> {
+        let ids = model
+            .tokenizer
+            .encode_strict(&[""])?
+            .ids_tensor(&model.device)?;
+        let item = model.network.item_shape();
+        Ok(Self {
+            name: model.name.clone(),
+            parameterization: model.network.parameterization(),
+            network: Arc::clone(&model.network),
+            dim: item.iter().product(),
+            item,
+            prompts: Vec::new(),
+            coefficients: Vec::new(),
+            weights: vec![1.0],
+            ids,
+            schedule: model.schedule.clone(),
+            device: model.device.clone(),
+        })
+    }
+
     /// The model's name.
     pub fn model_name(&self) -> &str {
         &self.name
@@ -476,6 +504,77 @@ impl GuidedPrompts {
     /// The rows of one evaluation per point: the prompts and the empty prompt.
     pub fn rows_per_point(&self) -> usize {
         self.prompts.len() + 1
+    }
+}
+
+impl GuidedPrompts {
+    /// The network's predictions for the items `x` (`[n, item…]`) at the per-point timesteps
+    /// `t` under every row (the prompts and the empty prompt), in one call, combined per
+    /// point as Σ_k w_k y_k: `[n, dim]` `f32` in the network's parameterization (the guided
+    /// prediction, since every parameterization is affine in the score at fixed x and t), and
+    /// the raw energies (`[n · rows]`) when `density` asks for them.
+    fn weighted(&self, x: &Tensor, t: &Tensor, density: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let n = x.dim(0)?;
+        let rows = self.rows_per_point();
+        let pred = self.network.predict(x, t, &self.ids, density)?;
+        if pred.output.elem_count() != n * rows * self.dim {
+            return Err(Error::Shape(format!(
+                "{}: the network returned {:?} for {n} points under {rows} prompts; expected \
+                 [{}, {:?}]",
+                self.describe(),
+                pred.output.dims(),
+                n * rows,
+                self.item
+            )));
+        }
+        // Σ_k w_k y_k per point, over the rows of the point (chain-major).
+        let w32: Vec<f32> = self.weights.iter().map(|&w| w as f32).collect();
+        let w = Tensor::from_vec(w32, (1, rows, 1), &self.device)?;
+        let y = pred
+            .output
+            .to_dtype(DType::F32)?
+            .reshape((n, rows, self.dim))?
+            .broadcast_mul(&w)?
+            .sum(1)?;
+        Ok((y, pred.energy))
+    }
+}
+
+/// The guided model as a plain denoiser for the diffusion crate's samplers (`recompose sample
+/// --prompt`, with or without expert networks): its prediction at (x_t, t) is Σ_k w_k y_k, the
+/// classifier-free guided prediction y_∅ + γ (y_prompt − y_∅) for one prompt, in the network's
+/// parameterization.
+impl Denoiser for GuidedPrompts {
+    fn parameterization(&self) -> Parameterization {
+        self.parameterization
+    }
+
+    /// `cond` must be `None` (the prompts are fixed); `x_t` is `[n, item…]`.
+    fn forward(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: Option<&Tensor>,
+    ) -> recompose_diffusion::Result<Tensor> {
+        let shape_err = |msg: String| recompose_diffusion::Error::Shape(msg);
+        if cond.is_some() {
+            return Err(shape_err(format!(
+                "{} takes no further condition",
+                self.describe()
+            )));
+        }
+        if x_t.dims().get(1..) != Some(self.item.as_slice()) {
+            return Err(shape_err(format!(
+                "{} takes items of shape {:?}, got a batch of {:?}",
+                self.describe(),
+                self.item,
+                x_t.dims()
+            )));
+        }
+        let (y, _) = self
+            .weighted(x_t, t, false)
+            .map_err(|e| recompose_diffusion::Error::Denoiser(Box::new(e)))?;
+        Ok(y.reshape(x_t.dims())?)
     }
 }
 
@@ -514,35 +613,14 @@ impl Component for GuidedPrompts {
         let mut shape = vec![n];
         shape.extend_from_slice(&self.item);
         let t = Tensor::from_vec(vec![level as f32; n], n, &self.device)?;
-        let pred = self
-            .network
-            .predict(&x.reshape(shape)?, &t, &self.ids, density)?;
-        if pred.output.elem_count() != n * rows * self.dim {
-            return Err(Error::Shape(format!(
-                "{}: the network returned {:?} for {n} points under {rows} prompts; expected \
-                 [{}, {:?}]",
-                self.describe(),
-                pred.output.dims(),
-                n * rows,
-                self.item
-            )));
-        }
-        // Σ_k w_k y_k per point, over the rows of the point (chain-major).
-        let w32: Vec<f32> = self.weights.iter().map(|&w| w as f32).collect();
-        let w = Tensor::from_vec(w32, (1, rows, 1), &self.device)?;
-        let y = pred
-            .output
-            .to_dtype(DType::F32)?
-            .reshape((n, rows, self.dim))?
-            .broadcast_mul(&w)?
-            .sum(1)?;
+        let (y, energy) = self.weighted(&x.reshape(shape)?, &t, density)?;
         let m = self.schedule.marginal(level);
         let per = |v: f64| Tensor::from_vec(vec![v as f32; n], n, &self.device);
         let score = self
             .parameterization
             .to_score(&y, x, &per(m.alpha)?, &per(m.sigma)?)?;
         let log_density = if density {
-            let e = pred.energy.ok_or_else(|| {
+            let e = energy.ok_or_else(|| {
                 Error::NeedsDensity(format!("{} returned no energy", self.describe()))
             })?;
             if e.elem_count() != n * rows {

@@ -198,3 +198,73 @@ fn incompatible_experts_are_refused() {
     let err = LevelExperts::new(eps(), vec![(10, Arc::new(wide))]).expect_err("shape");
     assert!(err.to_string().contains("shape"), "{err}");
 }
+
+/// As a plain denoiser (what `recompose sample --prompt` runs), a guided prompt of a model
+/// with experts predicts the analytic guided Gaussian's ε, x₀ or v of the band of each
+/// point's own timestep, points of two bands in one call; without a prompt, the
+/// unconditional Gaussian's. A further condition and items of another shape are refused.
+#[test]
+fn guided_prompts_denoise_as_the_guided_gaussian_of_each_band() -> Res {
+    let s = schedule();
+    let tau = 60;
+    let gamma = 2.5;
+    for param in [
+        Parameterization::Epsilon,
+        Parameterization::X0,
+        Parameterization::V,
+    ] {
+        let experts = LevelExperts::new(
+            scaled(false, param, 1.0),
+            vec![(tau, scaled(false, param, 3.0))],
+        )?;
+        let model = PromptModel::new("m", Arc::new(experts), tokenizer(), s.clone(), &Device::Cpu)?;
+        let x = [0.3f32, -0.2, 1.5, 0.8];
+        let levels = [tau - 1, tau];
+        let t = Tensor::from_vec(
+            levels.iter().map(|&l| l as f32).collect::<Vec<_>>(),
+            2,
+            &Device::Cpu,
+        )?;
+        let xt = Tensor::from_vec(x.to_vec(), (2, 2), &Device::Cpu)?;
+        for prompt in [Some("a b"), None] {
+            let g = match prompt {
+                Some(p) => GuidedPrompts::new(&model, &[(gamma, p)])?,
+                None => GuidedPrompts::unconditional(&model)?,
+            };
+            assert_eq!(Denoiser::parameterization(&g), param);
+            let got = g.forward(&xt, &t, None)?.to_vec2::<f32>()?;
+            for (i, row) in x.chunks(2).enumerate() {
+                let level = levels[i];
+                let scale = if level >= tau { 3.0 } else { 1.0 };
+                let mean: Vec<f64> = mean_of(&["a", "b"]).iter().map(|m| m * scale).collect();
+                let xr: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+                let (sc, _) = diffused(&s, level, &mean, V_COND, &xr);
+                let (su, _) = diffused(&s, level, &[0.0, 0.0], V_UNCOND, &xr);
+                let (a, sigma) = (s.sqrt_alpha_bar(level), s.sigma(level));
+                for j in 0..2 {
+                    let score = match prompt {
+                        Some(_) => su[j] + gamma * (sc[j] - su[j]),
+                        None => su[j],
+                    };
+                    let eps = -sigma * score;
+                    let x0 = (xr[j] - sigma * eps) / a;
+                    let want = match param {
+                        Parameterization::Epsilon => eps,
+                        Parameterization::X0 => x0,
+                        Parameterization::V => a * eps - sigma * x0,
+                    };
+                    let g = f64::from(got[i][j]);
+                    assert!(
+                        (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{param:?} {prompt:?} level {level}: {g} vs {want}"
+                    );
+                }
+            }
+            assert!(g.forward(&xt, &t, Some(&xt)).is_err());
+            let wrong = Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?;
+            let err = g.forward(&wrong, &t, None).expect_err("items of 3");
+            assert!(err.to_string().contains("items of shape [2]"), "{err}");
+        }
+    }
+    Ok(())
+}
