@@ -85,7 +85,7 @@ pub fn decomp_fixture() -> Result<()> {
     };
     let report = train_decomp(&cfg, &opts, &Device::Cpu, &mut |_| {})?;
     std::fs::write(
-        work.join("timing.json"),
+        work.join(crate::runs::TIMING_FILE),
         serde_json::json!({
             "seconds": report.seconds,
             "steps_per_second": report.steps_per_second(),
@@ -94,17 +94,18 @@ pub fn decomp_fixture() -> Result<()> {
         .to_string(),
     )?;
     let dir = root().join("fixtures/decomp-tetrominoes");
-    std::fs::create_dir_all(&dir)?;
-    for f in [
-        "model.safetensors",
-        "model.json",
-        "config.toml",
-        "loss.jsonl",
-        "timing.json",
-        "provenance.json",
-    ] {
-        std::fs::copy(work.join(f), dir.join(f))?;
-    }
+    crate::runs::copy_run(
+        &work,
+        &dir,
+        &[
+            "model.safetensors",
+            "model.json",
+            "config.toml",
+            "loss.jsonl",
+            crate::runs::TIMING_FILE,
+            "provenance.json",
+        ],
+    )?;
     let n = IMAGE_SIZE * IMAGE_SIZE;
     for (i, name) in ["example_a.png", "example_b.png"].into_iter().enumerate() {
         let scene = generate(Kind::Tetrominoes, 1, i as u64);

@@ -88,6 +88,9 @@ pub struct ImageCompositionArgs {
     /// Multiplies the step size of every kernel (each is a multiple of β_t: 2 for ULA, 0.035
     /// for MALA, 0.1 for the Hamiltonian kernels, the paper's settings).
     pub step_scale: Option<f64>,
+    /// The fraction of the levels, the noisiest first, that run MCMC (default: the paper's
+    /// noisier half, 0.5; 1 runs it on every level).
+    pub mcmc_fraction: Option<f64>,
     /// Write the report under this name in docs/results (default `image-composition`).
     pub report: Option<String>,
     /// Trainings, and (model, setting) groups of sampling runs, at a time, each on one thread
@@ -104,7 +107,8 @@ impl ImageCompositionArgs {
     /// Parses `[--quick] [--reuse-models] [--score DIR] [--energy DIR] [--no-energy]
     /// [--no-experts] [--score-expert DIR@T]… [--energy-expert DIR@T]… [--sets N] [--chains N]
     /// [--levels N] [--guidance G] [--steps N] [--expert-steps N] [--mcmc-steps K]
-    /// [--step-scale S] [--report NAME] [--jobs N] [--settings LIST] [--samplers LIST]`.
+    /// [--step-scale S] [--mcmc-fraction F] [--report NAME] [--jobs N] [--settings LIST]
+    /// [--samplers LIST]`.
     ///
     /// # Errors
     ///
@@ -128,6 +132,7 @@ impl ImageCompositionArgs {
             steps: None,
             mcmc_steps: None,
             step_scale: None,
+            mcmc_fraction: None,
             report: None,
             jobs: 2,
             settings: setting_keys(),
@@ -166,6 +171,13 @@ impl ImageCompositionArgs {
                         _ => bail!("--step-scale expects a positive number, got '{v}'"),
                     };
                 }
+                "--mcmc-fraction" => {
+                    let v = option_value(&mut it, a)?;
+                    out.mcmc_fraction = match v.parse::<f64>() {
+                        Ok(f) if f > 0.0 && f <= 1.0 => Some(f),
+                        _ => bail!("--mcmc-fraction expects a number in (0, 1], got '{v}'"),
+                    };
+                }
                 "--report" => out.report = Some(option_value(&mut it, a)?.to_string()),
                 "--jobs" => out.jobs = positive_option(a, option_value(&mut it, a)?)?,
                 "--settings" => {
@@ -186,7 +198,8 @@ impl ImageCompositionArgs {
                      [--reuse-models] [--score DIR] [--energy DIR] [--no-energy] [--no-experts] \
                      [--score-expert DIR@T]... [--energy-expert DIR@T]... [--sets N] [--chains N] \
                      [--levels N] [--guidance G] [--steps N] [--expert-steps N] [--mcmc-steps K] \
-                     [--step-scale S] [--report NAME] [--jobs N] [--settings LIST] [--samplers LIST])"
+                     [--step-scale S] [--mcmc-fraction F] [--report NAME] [--jobs N] \
+                     [--settings LIST] [--samplers LIST])"
                 ),
             }
         }
@@ -262,6 +275,9 @@ impl ImageCompositionArgs {
         }
         if let Some(s) = self.step_scale {
             let _ = write!(c, " --step-scale {s}");
+        }
+        if let Some(f) = self.mcmc_fraction {
+            let _ = write!(c, " --mcmc-fraction {f}");
         }
         if let Some(r) = &self.report {
             let _ = write!(c, " --report {r}");
@@ -358,8 +374,18 @@ pub enum Scale {
     /// The small pretrained network of `fixtures/image-composition/`
     /// (`cargo xtask fixtures image-composition`): 24 base channels, 3.6 MB.
     Fixture,
+    /// The expert network of that model for the noisiest levels ([`FIXTURE_EXPERT_BAND`]):
+    /// 16 base channels, 1.8 MB.
+    FixtureExpert,
     /// The networks of the experiments (`fixtures/image-composition-full/`): 32 base channels.
     Full,
+}
+
+impl Scale {
+    /// The networks of an experiment: [`Scale::Quick`] for `--quick`, else [`Scale::Full`].
+    pub fn of(quick: bool) -> Self {
+        if quick { Self::Quick } else { Self::Full }
+    }
 }
 
 /// The training recipe of the text-conditioned U-Net (see the report's setup section): the
@@ -377,6 +403,7 @@ pub fn recipe(
     let (channels, mult, attention, text, default_steps, batch) = match scale {
         Scale::Quick => (8, "[1, 2]", "[]", (16, 1, 2), 4, 4),
         Scale::Fixture => (24, "[1, 2, 2]", "[8]", (64, 2, 4), 4000, 32),
+        Scale::FixtureExpert => (16, "[1, 2, 2]", "[8]", (64, 2, 4), 4000, 32),
         Scale::Full => (32, "[1, 2, 2]", "[8]", (64, 2, 4), 3000, 32),
     };
     let timesteps = match band {
@@ -450,11 +477,7 @@ fn train_job(
     } else {
         args.steps
     };
-    let scale = if args.quick {
-        Scale::Quick
-    } else {
-        Scale::Full
-    };
+    let scale = Scale::of(args.quick);
     let cfg = recipe(data, param == Param::Energy, scale, steps, band)?;
     let name = match band {
         Some((min, max)) => format!("{}-t{min}-{max}", param.key()),
@@ -709,6 +732,9 @@ fn run_cell(
     if let (Some(s), StepSize::BetaScaled(c)) = (args.step_scale, cfg.step_size) {
         cfg.step_size = StepSize::BetaScaled(s * c);
     }
+    if let (Some(f), Some(_)) = (args.mcmc_fraction, spec.kernel) {
+        cfg.mcmc_fraction = f;
+    }
     if args.quick {
         cfg.mcmc_steps = cfg.mcmc_steps.min(2);
     }
@@ -768,46 +794,90 @@ fn run_cell(
     })
 }
 
-/// Trains the small pretrained network of `fixtures/image-composition/`
-/// ([`Scale::Fixture`], score parameterization, every level; `cargo xtask fixtures
-/// image-composition`) on the full recipe's dataset, in `target/image-composition-fixture`
-/// (a cut training resumes from its checkpoint), and copies the run into the fixture
-/// directory: weights and manifest, configuration, tokenizer, loss log, provenance, timing.
+/// The band of training timesteps, [min, max), of the small model's expert network: the
+/// noisiest, where a prompt's layout is decided (the full recipe's last band).
+pub const FIXTURE_EXPERT_BAND: (usize, usize) = (850, 1000);
+
+/// Where the small model's expert network lies inside `fixtures/image-composition/`.
+pub fn fixture_expert_dir() -> String {
+    let (min, max) = FIXTURE_EXPERT_BAND;
+    format!("expert-t{min}-{max}")
+}
+
+/// Trains the small pretrained model of `fixtures/image-composition/` (`cargo xtask fixtures
+/// image-composition`) on the full recipe's dataset: its network for every level
+/// ([`Scale::Fixture`]) in `target/image-composition-fixture` and its expert network for the
+/// levels of [`FIXTURE_EXPERT_BAND`] ([`Scale::FixtureExpert`]) in
+/// `target/image-composition-fixture-expert`, side by side on one thread each (a cut training
+/// resumes from its checkpoint; a finished one of the same recipe is kept), and copies each
+/// run into the fixture directory, the expert into [`fixture_expert_dir`]: weights and
+/// manifest, configuration, tokenizer, loss log, provenance, timing.
 ///
 /// # Errors
 ///
 /// Whatever writing the dataset, training or copying reports.
 pub fn fixture(root: &Path) -> Result<()> {
+    if !recompose_core::process::pin_threads(Some(1)) {
+        bail!("could not pin candle to one thread (RAYON_NUM_THREADS=1): set it before running");
+    }
     // The configuration names its dataset relative to the workspace (as the full recipe's).
     std::env::set_current_dir(root)
         .with_context(|| format!("entering the workspace {}", root.display()))?;
     let work = Path::new("target").join("reproduce-image-composition");
     std::fs::create_dir_all(&work)?;
     let data = dataset(&work, false)?;
-    let cfg = recipe(&data, false, Scale::Fixture, None, None)?;
-    let run = Path::new("target").join("image-composition-fixture");
-    let t = train_or_reuse(&cfg, &run, true, &Device::Cpu, "the fixture network")?;
     let dir = Path::new("fixtures").join("image-composition");
-    std::fs::create_dir_all(&dir)?;
-    for f in [
-        "model.safetensors",
-        "model.json",
-        "config.toml",
-        TOKENIZER_FILE,
-        "loss.jsonl",
-        "provenance.json",
-        crate::runs::TIMING_FILE,
-    ] {
-        std::fs::copy(run.join(f), dir.join(f)).with_context(|| format!("copying {f}"))?;
-    }
-    eprintln!(
-        "{} the fixture network; wrote {}",
-        match t.seconds {
-            Some(s) => format!("trained in {s:.0} s"),
-            None => "reused".to_string(),
-        },
-        dir.display()
-    );
+    let networks = [
+        (
+            recipe(&data, false, Scale::Fixture, None, None)?,
+            Path::new("target").join("image-composition-fixture"),
+            dir.clone(),
+            "the fixture network",
+        ),
+        (
+            recipe(
+                &data,
+                false,
+                Scale::FixtureExpert,
+                None,
+                Some(FIXTURE_EXPERT_BAND),
+            )?,
+            Path::new("target").join("image-composition-fixture-expert"),
+            dir.join(fixture_expert_dir()),
+            "the fixture's expert network",
+        ),
+    ];
+    let jobs: Vec<Job<'static, ()>> = networks
+        .into_iter()
+        .map(|(cfg, run, to, what)| -> Job<'static, ()> {
+            Box::new(move || {
+                let t = train_or_reuse(&cfg, &run, true, &Device::Cpu, what)?;
+                crate::runs::copy_run(
+                    &run,
+                    &to,
+                    &[
+                        "model.safetensors",
+                        "model.json",
+                        "config.toml",
+                        TOKENIZER_FILE,
+                        "loss.jsonl",
+                        "provenance.json",
+                        crate::runs::TIMING_FILE,
+                    ],
+                )?;
+                eprintln!(
+                    "{} {what}; wrote {}",
+                    match t.seconds {
+                        Some(s) => format!("trained in {s:.0} s"),
+                        None => "reused".to_string(),
+                    },
+                    to.display()
+                );
+                Ok(())
+            })
+        })
+        .collect();
+    parallel(jobs, 2)?;
     Ok(())
 }
 
@@ -1037,13 +1107,17 @@ fn render(
         o,
         "- Sampling: {} condition sets per setting, {} chains each (the same initial noise for \
          every sampler), {} of the model's levels (respaced), guidance γ = {} on every prompt, \
-         reverse steps with x̂₀ clipped to [−1, 1]; MCMC with the paper's image settings on the \
-         noisier half of the levels{}{}. \"Calls\" counts network evaluations per chain, each \
+         reverse steps with x̂₀ clipped to [−1, 1]; MCMC with the paper's image settings on {}{}{}. \"Calls\" counts network evaluations per chain, each \
          evaluating every prompt of the expression and the unconditional model in one batch.\n",
         args.sets,
         args.chains,
         args.levels,
         args.guidance,
+        match args.mcmc_fraction {
+            None => "the noisier half of the levels".to_string(),
+            Some(f) if f >= 1.0 => "every level".to_string(),
+            Some(f) => format!("the noisiest {:.0}% of the levels", 100.0 * f),
+        },
         args.mcmc_steps
             .map(|k| format!(", {k} MCMC steps per level for every kernel"))
             .unwrap_or_default(),
@@ -1241,8 +1315,11 @@ mod tests {
             "3",
             "--step-scale",
             "0.25",
+            "--mcmc-fraction",
+            "1",
         ])?;
         assert_eq!(a.step_scale, Some(0.25));
+        assert_eq!(a.mcmc_fraction, Some(1.0));
         assert_eq!(a.settings, ["and1", "not"]);
         assert_eq!(a.samplers, ["ula", "reverse-equal"]);
         assert_eq!(a.jobs, 3);
@@ -1256,6 +1333,8 @@ mod tests {
             &["--jobs", "0"],
             &["--step-scale", "0"],
             &["--step-scale", "nan"],
+            &["--mcmc-fraction", "0"],
+            &["--mcmc-fraction", "1.5"],
         ] {
             assert!(ImageCompositionArgs::parse(bad).is_err(), "{bad:?}");
         }
@@ -1276,25 +1355,34 @@ mod tests {
             ));
         let bands = expert_bands(false);
         let networks = [
-            ("image-composition/config.toml", Scale::Fixture, None),
             (
-                "image-composition-full/score/config.toml",
+                "image-composition/config.toml".to_string(),
+                Scale::Fixture,
+                None,
+            ),
+            (
+                format!("image-composition/{}/config.toml", fixture_expert_dir()),
+                Scale::FixtureExpert,
+                Some(FIXTURE_EXPERT_BAND),
+            ),
+            (
+                "image-composition-full/score/config.toml".to_string(),
                 Scale::Full,
                 None,
             ),
             (
-                "image-composition-full/score-t500-850/config.toml",
+                "image-composition-full/score-t500-850/config.toml".to_string(),
                 Scale::Full,
                 Some(bands[0]),
             ),
             (
-                "image-composition-full/score-t850-1000/config.toml",
+                "image-composition-full/score-t850-1000/config.toml".to_string(),
                 Scale::Full,
                 Some(bands[1]),
             ),
         ];
         for (file, scale, band) in networks {
-            let committed = std::fs::read_to_string(root.join("fixtures").join(file))?;
+            let committed = std::fs::read_to_string(root.join("fixtures").join(&file))?;
             let want = recipe(&data, false, scale, None, band)?.to_toml()?;
             assert_eq!(committed, want, "{file}");
         }
@@ -1305,7 +1393,7 @@ mod tests {
     fn expert_recipes_train_their_band_alone() -> Result<()> {
         for quick in [true, false] {
             let bands = expert_bands(quick);
-            let scale = if quick { Scale::Quick } else { Scale::Full };
+            let scale = Scale::of(quick);
             let steps = recipe(Path::new("d"), false, scale, None, None)?
                 .diffusion
                 .num_timesteps;

@@ -50,6 +50,22 @@ pub fn parallel<T: Send>(jobs: Vec<Job<'_, T>>, threads: usize) -> Result<Vec<T>
 /// per second and whether it resumed.
 pub const TIMING_FILE: &str = "timing.json";
 
+/// Copies the named `files` of the run directory `from` into `to` (created if missing): how a
+/// trained run becomes a committed fixture (weights, manifest, configuration, logs; never the
+/// checkpoints).
+///
+/// # Errors
+///
+/// A file missing from `from`, or one that cannot be written, named in the context.
+pub fn copy_run(from: &Path, to: &Path, files: &[&str]) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for f in files {
+        std::fs::copy(from.join(f), to.join(f))
+            .with_context(|| format!("copying {f} from {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
 /// A training that [`train_or_reuse`] ran or found.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Training {

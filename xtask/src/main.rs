@@ -22,8 +22,8 @@
 //!                                 [--no-energy] [--no-experts] [--score-expert DIR@T]...
 //!                                 [--energy-expert DIR@T]... [--sets N] [--chains N] [--levels N]
 //!                                 [--guidance G] [--steps N] [--expert-steps N] [--mcmc-steps K]
-//!                                 [--step-scale S] [--report NAME] [--jobs N] [--settings LIST]
-//!                                 [--samplers LIST]
+//!                                 [--step-scale S] [--mcmc-fraction F] [--report NAME] [--jobs N]
+//!                                 [--settings LIST] [--samplers LIST]
 //!                                 train a text-conditioned U-Net (and its expert networks) on
 //!                                 shapes-text, compose prompts,
 //!                                 write docs/results/image-composition.md
@@ -64,7 +64,7 @@ use recompose_benches::{
     composition, decomposition, fuzz, image_composition, reference, reproduce, torch, tune,
 };
 
-const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|image|all> | fixtures [--check] | crash-test | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick | --full] [--reuse-models] | reproduce image-composition [--quick] [--reuse-models] [--score DIR] [--energy DIR] [--no-energy] [--no-experts] [--score-expert DIR@T]... [--energy-expert DIR@T]... [--sets N] [--chains N] [--levels N] [--guidance G] [--steps N] [--expert-steps N] [--mcmc-steps K] [--step-scale S] [--report NAME] [--jobs N] [--settings LIST] [--samplers LIST] | fixtures image-composition | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,...] [--report NAME] [--no-torch] | fuzz [TARGET] [--seconds N] [--seed S] [--engine mutation|afl] [--report] | gpu build>";
+const USAGE: &str = "usage: cargo xtask <ci | bench <vsa|factorization|diffusion|compose|decomp|image|all> | fixtures [--check] | crash-test | fixtures reference <DIR> | tune coupled [--variant V] [--samples N] [--refine N] [--seed S] | reproduce factorization [--quick] [--skip-capacity] | reproduce composition [--quick | --full] [--reuse-models] | reproduce image-composition [--quick] [--reuse-models] [--score DIR] [--energy DIR] [--no-energy] [--no-experts] [--score-expert DIR@T]... [--energy-expert DIR@T]... [--sets N] [--chains N] [--levels N] [--guidance G] [--steps N] [--expert-steps N] [--mcmc-steps K] [--step-scale S] [--mcmc-fraction F] [--report NAME] [--jobs N] [--settings LIST] [--samplers LIST] | fixtures image-composition | fixtures decomp [--example-only] | reproduce decomposition [--quick] [--reuse-models] [--steps N] [--batch N] [--images N] [--only KEY,...] [--report NAME] [--no-torch] | fuzz [TARGET] [--seconds N] [--seed S] [--engine mutation|afl] [--report] | gpu build>";
 
 /// The benchmark suites in `benches/benches/`.
 const SUITES: [&str; 6] = [
